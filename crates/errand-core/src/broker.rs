@@ -1,0 +1,215 @@
+//! The contract between Errand's server and a storage backend: the hot path (push, fetch, ack,
+//! settle) and the process-level duties (poller, heartbeat, orphan recovery).
+//!
+//! Every method that moves a job is one atomic step in the backend (a Lua script or MULTI on
+//! Redis), so a crash between two steps never loses a job. Payload JSON is built and edited in
+//! Rust; backends move the strings they are given and never re-encode them.
+//!
+//! This trait is ours to reshape before 1.0.
+
+use crate::{BrokerError, WireProfile};
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Result of a broker operation.
+pub type BrokerResult<T> = Result<T, BrokerError>;
+
+/// A job to push onto its queue now.
+#[derive(Debug, Clone)]
+pub struct Enqueue {
+    /// Queue name without the `queue:` prefix.
+    pub queue: String,
+    /// The payload JSON, with `enqueued_at` already set.
+    pub payload: String,
+}
+
+/// A job to store in the `schedule` set until `at`.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// When to enqueue it, in float epoch seconds.
+    pub at: f64,
+    /// The payload JSON (no `at`, no `enqueued_at`).
+    pub payload: String,
+}
+
+/// What a fetch asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// The fetching process's identity; in-flight jobs are held under it.
+    pub identity: &'a str,
+    /// Queue names in the order to try them (already weighted and shuffled by the caller).
+    pub queues: &'a [String],
+    /// At most this many jobs.
+    pub max: usize,
+    /// How long to wait for a job when every queue is empty.
+    pub wait: Duration,
+}
+
+/// A job taken from a queue and held in flight until it is acked or settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The queue it came from.
+    pub queue: String,
+    /// The exact string that was on the queue.
+    pub raw: String,
+    /// Backend-private reference to where the in-flight copy is held.
+    pub lease: String,
+}
+
+/// Bounds of the dead set, applied on every insert.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeadLimits {
+    /// Keep at most this many entries (the newest). Defaults to 10,000.
+    pub max_jobs: u64,
+    /// Drop entries older than this. Defaults to 180 days.
+    pub max_age: Duration,
+}
+
+impl Default for DeadLimits {
+    fn default() -> Self {
+        Self {
+            max_jobs: 10_000,
+            max_age: Duration::from_secs(180 * 24 * 3600),
+        }
+    }
+}
+
+/// Where a failed, snoozed or dead in-flight job goes.
+#[derive(Debug, Clone)]
+pub enum Settle {
+    /// Into the `retry` set, due at `at`.
+    Retry {
+        /// The rewritten payload (error fields, counts).
+        payload: String,
+        /// Due time, float epoch seconds.
+        at: f64,
+    },
+    /// Into the `schedule` set, due at `at` (a snooze).
+    Schedule {
+        /// The payload to store.
+        payload: String,
+        /// Due time, float epoch seconds.
+        at: f64,
+    },
+    /// Into the `dead` set, trimmed to `limits`.
+    Dead {
+        /// The payload with its error fields.
+        payload: String,
+        /// Time of death, float epoch seconds (the score).
+        now: f64,
+        /// Size and age bounds to trim to.
+        limits: DeadLimits,
+    },
+}
+
+/// One running job, as shown in Sidekiq's Busy page.
+#[derive(Debug, Clone)]
+pub struct WorkEntry {
+    /// A short id for the worker slot (Sidekiq's `tid`).
+    pub tid: String,
+    /// The JSON `{"queue", "payload" (the raw job as a string), "run_at"}`.
+    pub json: String,
+}
+
+/// One heartbeat of a server process.
+#[derive(Debug, Clone)]
+pub struct Heartbeat<'a> {
+    /// The process identity (`host:pid:nonce`).
+    pub identity: &'a str,
+    /// The static `info` JSON.
+    pub info: &'a str,
+    /// Jobs running now.
+    pub busy: usize,
+    /// Worker slots.
+    pub concurrency: usize,
+    /// Time of this beat, float epoch seconds.
+    pub beat: f64,
+    /// Whether the process is quiet or stopping.
+    pub quiet: bool,
+    /// Resident memory in KB.
+    pub rss_kb: u64,
+    /// The running jobs.
+    pub work: &'a [WorkEntry],
+    /// Jobs executed since the last flushed beat.
+    pub processed: u64,
+    /// Jobs failed since the last flushed beat.
+    pub failed: u64,
+    /// How long the process's liveness key lives without a new beat.
+    pub ttl: Duration,
+}
+
+/// A command sent to a process through Sidekiq's `<identity>-signals` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteSignal {
+    /// `TSTP`: stop fetching, finish running jobs.
+    Quiet,
+    /// `TERM`: shut down gracefully.
+    Stop,
+    /// `TTIN`: log what every worker is doing.
+    Dump,
+}
+
+impl RemoteSignal {
+    /// Maps Sidekiq's signal names; unknown names are ignored (`None`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "TSTP" => Some(Self::Quiet),
+            "TERM" | "INT" => Some(Self::Stop),
+            "TTIN" | "INFO" => Some(Self::Dump),
+            _ => None,
+        }
+    }
+}
+
+/// A storage backend's hot path and process duties.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Pushes jobs onto their queues (registering the queue names).
+    async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()>;
+
+    /// Stores jobs in the schedule set.
+    async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()>;
+
+    /// Records that `identity` is a live server working `queues`, so its in-flight jobs can be
+    /// found and recovered if it dies. Called before its first fetch.
+    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()>;
+
+    /// Moves up to `max` jobs from the queues into the process's in-flight store, trying queues
+    /// in the given order, and waits up to `wait` when all are empty.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled fetch may have moved jobs in flight; they stay in the
+    /// in-flight store and are returned to their queues by [`Broker::requeue_in_flight`] or
+    /// orphan recovery.
+    async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>>;
+
+    /// Removes a finished job from flight. Returns false when it was no longer held (its lease
+    /// was lost to recovery).
+    async fn ack(&self, job: &Fetched) -> BrokerResult<bool>;
+
+    /// Atomically removes a job from flight and stores it in the retry, schedule or dead set.
+    /// Returns false (and stores nothing) when it was no longer held.
+    async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool>;
+
+    /// Puts every in-flight job of `identity` back at the consuming end of its queue, unchanged.
+    /// Returns how many were moved.
+    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize>;
+
+    /// Moves due jobs from the retry and schedule sets to their queues, stamping `enqueued_at`.
+    /// Returns how many moved.
+    async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize>;
+
+    /// Writes a heartbeat (process hash, work hash, stats) and returns a remote signal if one
+    /// was waiting.
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>>;
+
+    /// Returns the in-flight jobs of processes whose heartbeat has expired to their queues.
+    /// Returns how many jobs were recovered.
+    async fn rescue_orphans(&self) -> BrokerResult<usize>;
+
+    /// Removes a cleanly stopped process's registration and heartbeat.
+    async fn unregister(&self, identity: &str) -> BrokerResult<()>;
+
+    /// Number of registered server processes (for poll interval scaling).
+    async fn process_count(&self) -> BrokerResult<usize>;
+}

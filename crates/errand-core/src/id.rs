@@ -1,0 +1,78 @@
+//! Job ids and process identities in Sidekiq's formats.
+
+use std::fmt::Write;
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A new job id: 12 random bytes as 24 lowercase hex characters, as Sidekiq makes them.
+pub fn new_jid() -> String {
+    hex(&rand::random::<[u8; 12]>())
+}
+
+/// The hostname Sidekiq shows: `DYNO` when set, else the OS hostname.
+pub fn hostname() -> String {
+    std::env::var("DYNO")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into()))
+}
+
+/// A process identity `<hostname>:<pid>:<12 hex nonce>`, the key of its heartbeat hash.
+pub fn new_identity() -> String {
+    format!(
+        "{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        hex(&rand::random::<[u8; 6]>())
+    )
+}
+
+/// A random UUID (version 4) in its usual text form, for ActiveJob's `job_id`.
+pub fn new_uuid() -> String {
+    let mut b = rand::random::<[u8; 16]>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jids_are_24_hex_and_distinct() {
+        let a = new_jid();
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, new_jid());
+    }
+
+    #[test]
+    fn identity_has_three_parts() {
+        let id = new_identity();
+        let parts: Vec<_> = id.rsplitn(3, ':').collect();
+        assert_eq!(parts[0].len(), 12);
+        assert_eq!(parts[1], std::process::id().to_string());
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = new_uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+}

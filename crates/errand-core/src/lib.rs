@@ -1,0 +1,28 @@
+//! The I/O-free core of Errand, a Sidekiq-compatible background-job system.
+//!
+//! # Overview
+//! Backend authors depend on this crate; applications depend on `errand`, which re-exports what
+//! they need. It holds:
+//! - [`Payload`]: a job as Sidekiq stores it, an ordered JSON object that keeps every key it does
+//!   not understand, so Ruby middleware, Sidekiq Pro and tracing keys survive every transition;
+//! - [`WireProfile`] and the timestamp rules (float seconds for Sidekiq 6/7, integer milliseconds
+//!   for Sidekiq 8; both read);
+//! - [`backoff`]: Sidekiq's retry delay formula and jitter;
+//! - [`id`]: job ids and process identities in Sidekiq's formats;
+//! - [`broker`]: the contract every backend implements (the hot path) and its value types;
+//! - [`activejob`]: unwrapping and building Rails ActiveJob payloads.
+//!
+//! The [`broker::Broker`] trait is ours to reshape before 1.0.
+
+pub mod activejob;
+pub mod backoff;
+pub mod backtrace;
+pub mod broker;
+mod error;
+pub mod id;
+mod payload;
+mod time;
+
+pub use error::{BrokerError, PayloadError};
+pub use payload::{Failure, Payload, RetrySetting};
+pub use time::{WireProfile, now, utc_date};
