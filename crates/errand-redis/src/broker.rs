@@ -1,0 +1,479 @@
+//! [`RedisBroker`]: the hot path and process duties on Redis.
+
+use crate::{Keys, scripts};
+use async_trait::async_trait;
+use errand_core::broker::{
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, RemoteSignal, Scheduled,
+    Settle,
+};
+use errand_core::{BrokerError, Payload, WireProfile};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How many values one LPUSH/ZADD carries in a bulk push.
+const PUSH_CHUNK: usize = 1_000;
+/// How many due jobs one promote round moves.
+const PROMOTE_BATCH: isize = 100;
+/// Sidekiq keeps daily stat keys for five years.
+const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
+
+fn cmd_err(e: RedisError) -> BrokerError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    {
+        BrokerError::Connection(Box::new(e))
+    } else {
+        BrokerError::Command(Box::new(e))
+    }
+}
+
+/// Settings for [`RedisBroker::connect_with`].
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    url: String,
+    namespace: Option<String>,
+    response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// A config for `url`: `redis://[user:password@]host:port/db`, `rediss://` for TLS, or
+    /// `redis+unix:///path`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: None,
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Prefixes every key with `namespace:` (redis-namespace style). Defaults to none.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// How long a command may take before it fails with a connection error. Defaults to 30 s
+    /// (a 100,000-job bulk push is one pipeline).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+}
+
+/// The Redis backend. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct RedisBroker {
+    client: Client,
+    conn: ConnectionManager,
+    /// Blocking waits (BLMOVE) hold a connection, so they get their own, made on first use.
+    blocking: std::sync::Arc<Mutex<Option<MultiplexedConnection>>>,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `url` with default settings.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable server.
+    pub async fn connect(url: &str) -> BrokerResult<Self> {
+        Self::connect_with(RedisConfig::new(url)).await
+    }
+
+    /// Connects with `config`. The connection reconnects by itself with backoff.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable server.
+    pub async fn connect_with(config: RedisConfig) -> BrokerResult<Self> {
+        // rediss:// needs a process-wide rustls crypto provider; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Config(format!("redis url: {e}")))?;
+        let cm_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = client
+            .get_connection_manager_with_config(cm_config)
+            .await
+            .map_err(cmd_err)?;
+        Ok(Self {
+            client,
+            conn,
+            blocking: Default::default(),
+            keys: Keys::new(config.namespace.as_deref()),
+        })
+    }
+
+    /// The key builder (namespace applied).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A connection for commands outside the broker contract (admin tools, tests).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn blocking_move(
+        &self,
+        from: &str,
+        to: &str,
+        wait: Duration,
+    ) -> BrokerResult<Option<String>> {
+        let mut slot = self.blocking.lock().await;
+        if slot.is_none() {
+            let cfg = AsyncConnectionConfig::new()
+                .set_response_timeout(None)
+                .set_connection_timeout(Some(Duration::from_secs(5)));
+            *slot = Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map_err(cmd_err)?,
+            );
+        }
+        let conn = slot.as_mut().expect("set above");
+        let res: Result<Option<String>, RedisError> = redis::cmd("BLMOVE")
+            .arg(from)
+            .arg(to)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(wait.as_secs_f64())
+            .query_async(conn)
+            .await;
+        if res.is_err() {
+            // Drop a broken blocking connection; the next wait makes a new one.
+            *slot = None;
+        }
+        res.map_err(cmd_err)
+    }
+
+    async fn rescue(&self, identity: &str, info: &str, require_dead: bool) -> BrokerResult<i64> {
+        let queues: Vec<String> = serde_json::from_str::<serde_json::Value>(info)
+            .ok()
+            .and_then(|v| {
+                v.get("queues")?.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|q| q.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let mut inv = scripts::RESCUE.prepare_invoke();
+        inv.key(self.keys.key(identity))
+            .key(self.keys.registry())
+            .key(self.keys.key("processes"))
+            .arg(identity)
+            .arg(self.keys.inflight_prefix(identity))
+            .arg(self.keys.queue_prefix())
+            .arg(if require_dead { "1" } else { "0" });
+        for q in &queues {
+            inv.arg(q);
+        }
+        inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for j in jobs {
+            by_queue.entry(&j.queue).or_default().push(&j.payload);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(self.keys.key("queues"))
+            .arg(by_queue.keys().collect::<Vec<_>>())
+            .ignore();
+        for (queue, payloads) in &by_queue {
+            let key = self.keys.queue(queue);
+            for chunk in payloads.chunks(PUSH_CHUNK) {
+                pipe.cmd("LPUSH").arg(&key).arg(chunk).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
+
+    async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.key("schedule");
+        let mut pipe = redis::pipe();
+        for chunk in jobs.chunks(PUSH_CHUNK) {
+            let members: Vec<(f64, &str)> = chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
+            pipe.cmd("ZADD").arg(&key).arg(members).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
+
+    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
+        let info = serde_json::json!({ "queues": queues }).to_string();
+        redis::cmd("HSETNX")
+            .arg(self.keys.registry())
+            .arg(identity)
+            .arg(info)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
+
+    async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
+        if req.queues.is_empty() || req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = self.keys.inflight_prefix(req.identity);
+        let mut inv = scripts::FETCH.prepare_invoke();
+        for q in req.queues {
+            inv.key(self.keys.queue(q));
+        }
+        inv.arg(req.max).arg(&prefix);
+        for q in req.queues {
+            inv.arg(q);
+        }
+        let flat: Vec<redis::Value> = inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let idx: usize = redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
+            let raw: String = redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
+            let queue = req.queues[idx - 1].clone();
+            out.push(Fetched {
+                lease: format!("{prefix}{queue}"),
+                queue,
+                raw,
+            });
+        }
+        if !out.is_empty() || req.wait.is_zero() {
+            return Ok(out);
+        }
+        // Everything is empty: block on the first queue in this round's order. With several
+        // queues the wait is short so the others are polled again soon.
+        let first = &req.queues[0];
+        let wait = if req.queues.len() == 1 {
+            req.wait
+        } else {
+            req.wait.min(Duration::from_millis(100))
+        };
+        let lease = format!("{prefix}{first}");
+        if let Some(raw) = self.blocking_move(&self.keys.queue(first), &lease, wait).await? {
+            out.push(Fetched {
+                queue: first.clone(),
+                raw,
+                lease,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, job: &Fetched) -> BrokerResult<bool> {
+        let n: i64 = redis::cmd("LREM")
+            .arg(&job.lease)
+            .arg(-1)
+            .arg(&job.raw)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n > 0)
+    }
+
+    async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool> {
+        let (set, payload, score, trim) = match &to {
+            Settle::Retry { payload, at } => ("retry", payload, *at, None),
+            Settle::Schedule { payload, at } => ("schedule", payload, *at, None),
+            Settle::Dead {
+                payload,
+                now,
+                limits,
+            } => ("dead", payload, *now, Some((now - limits.max_age.as_secs_f64(), limits.max_jobs))),
+        };
+        let mut inv = scripts::SETTLE.prepare_invoke();
+        inv.key(&job.lease)
+            .key(self.keys.key(set))
+            .arg(&job.raw)
+            .arg(payload)
+            .arg(score);
+        match trim {
+            Some((before, max)) => inv.arg(before).arg(max),
+            None => inv.arg("").arg(""),
+        };
+        let n: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)?;
+        Ok(n == 1)
+    }
+
+    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
+        let info: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.registry())
+            .arg(identity)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        let Some(info) = info else { return Ok(0) };
+        Ok(self.rescue(identity, &info, false).await?.max(0) as usize)
+    }
+
+    async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
+        let mut moved = 0;
+        for set in ["retry", "schedule"] {
+            let key = self.keys.key(set);
+            loop {
+                let due: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PROMOTE_BATCH)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(cmd_err)?;
+                if due.is_empty() {
+                    break;
+                }
+                let mut inv = scripts::PROMOTE.prepare_invoke();
+                inv.key(&key)
+                    .arg(self.keys.queue_prefix())
+                    .arg(self.keys.key("queues"));
+                for raw in &due {
+                    match Payload::parse(raw) {
+                        Ok(mut p) => {
+                            p.stamp_enqueued(profile, now);
+                            let queue = p.queue().to_string();
+                            inv.arg(raw).arg(p.to_json()).arg(queue);
+                        }
+                        // Unreadable members go to `default` unchanged, where the worker files
+                        // them in the dead set with the reason: nothing sits unseen in a set.
+                        Err(_) => {
+                            inv.arg(raw).arg(raw).arg("default");
+                        }
+                    }
+                }
+                let n: usize = inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)?;
+                moved += n;
+                if (due.len() as isize) < PROMOTE_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
+        let k = &self.keys;
+        let ident = k.key(beat.identity);
+        let ttl = beat.ttl.as_secs().max(1) as i64;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if beat.processed > 0 || beat.failed > 0 {
+            let date = errand_core::utc_date(beat.beat);
+            for (name, n) in [("processed", beat.processed), ("failed", beat.failed)] {
+                let daily = k.key(&format!("stat:{name}:{date}"));
+                pipe.cmd("INCRBY").arg(k.key(&format!("stat:{name}"))).arg(n).ignore();
+                pipe.cmd("INCRBY").arg(&daily).arg(n).ignore();
+                pipe.cmd("EXPIRE").arg(&daily).arg(DAILY_STAT_TTL).ignore();
+            }
+        }
+        // Sidekiq 6.4 reads `:workers`, 6.5+ read `:work`: write both.
+        for suffix in ["workers", "work"] {
+            let work = k.work(beat.identity, suffix);
+            pipe.cmd("DEL").arg(&work).ignore();
+            if !beat.work.is_empty() {
+                let fields: Vec<(&str, &str)> =
+                    beat.work.iter().map(|w| (w.tid.as_str(), w.json.as_str())).collect();
+                pipe.cmd("HSET").arg(&work).arg(fields).ignore();
+                pipe.cmd("EXPIRE").arg(&work).arg(ttl).ignore();
+            }
+        }
+        pipe.cmd("SADD").arg(k.key("processes")).arg(beat.identity).ignore();
+        pipe.cmd("HSET")
+            .arg(&ident)
+            .arg("info")
+            .arg(beat.info)
+            .arg("busy")
+            .arg(beat.busy)
+            .arg("beat")
+            .arg(beat.beat)
+            .arg("quiet")
+            .arg(if beat.quiet { "true" } else { "false" })
+            .arg("rss")
+            .arg(beat.rss_kb)
+            .arg("rtt_us")
+            .arg(0)
+            .arg("concurrency")
+            .arg(beat.concurrency)
+            .ignore();
+        pipe.cmd("EXPIRE").arg(&ident).arg(ttl).ignore();
+        // Re-assert the registration each beat: a process that was paused past its TTL and had
+        // its jobs recovered is registered again as soon as it beats.
+        pipe.cmd("HSET").arg(k.registry()).arg(beat.identity).arg(beat.info).ignore();
+        pipe.cmd("RPOP").arg(format!("{ident}-signals"));
+        let (signal,): (Option<String>,) = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(signal.as_deref().and_then(RemoteSignal::from_name))
+    }
+
+    async fn rescue_orphans(&self) -> BrokerResult<usize> {
+        let registered: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.registry())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        let mut total = 0;
+        for (identity, info) in registered {
+            let n = self.rescue(&identity, &info, true).await?;
+            if n > 0 {
+                tracing::warn!(identity, jobs = n, "recovered in-flight jobs of a dead process");
+                total += n as usize;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn unregister(&self, identity: &str) -> BrokerResult<()> {
+        let k = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SREM")
+            .arg(k.key("processes"))
+            .arg(identity)
+            .ignore()
+            .cmd("HDEL")
+            .arg(k.registry())
+            .arg(identity)
+            .ignore()
+            .cmd("DEL")
+            .arg(k.work(identity, "workers"))
+            .arg(k.work(identity, "work"))
+            .arg(k.key(identity))
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
+
+    async fn process_count(&self) -> BrokerResult<usize> {
+        redis::cmd("SCARD")
+            .arg(self.keys.key("processes"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
+}

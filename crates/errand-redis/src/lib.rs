@@ -1,0 +1,22 @@
+//! Errand's Redis backend, on Sidekiq's key layout.
+//!
+//! # Overview
+//! [`RedisBroker`] implements [`errand_core::broker::Broker`] over
+//! [redis-rs](https://docs.rs/redis): queues are `queue:<name>` lists that Ruby Sidekiq reads and
+//! writes too, `schedule`/`retry`/`dead` are the sorted sets Sidekiq's API and Web UI show, and
+//! heartbeats, work hashes and stats counters follow Sidekiq 6.4–8.x (see `docs/redis-layout.md`).
+//!
+//! What Sidekiq OSS lacks lives under Errand's own `errand:` namespace:
+//! - `errand:inflight:<identity>:<queue>`: reliable fetch's in-flight list per process and queue;
+//! - `errand:processes`: a hash from process identity to its `info` JSON, so a live process can
+//!   find and recover the in-flight jobs of one whose heartbeat expired.
+//!
+//! Every job transition is one Lua script ([`scripts`]), loaded once and run with EVALSHA; the
+//! scripts move payload strings and never re-encode JSON.
+
+mod broker;
+mod keys;
+pub mod scripts;
+
+pub use broker::{RedisBroker, RedisConfig};
+pub use keys::Keys;

@@ -1,0 +1,16 @@
+//! The Lua scripts behind each atomic step. Each file's header says what it does.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Reliable fetch of a batch from several queues into the in-flight lists.
+pub static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/fetch.lua")));
+/// In flight → retry, schedule or dead (with the dead set's trim).
+pub static SETTLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+/// Due members of `retry`/`schedule` → their queues.
+pub static PROMOTE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
+/// In-flight lists of a process → their queues (recovery and clean shutdown).
+pub static RESCUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rescue.lua")));
