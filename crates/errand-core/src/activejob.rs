@@ -74,8 +74,10 @@ fn encode_argument(v: &Value) -> Value {
     match v {
         Value::Array(a) => Value::Array(a.iter().map(encode_argument).collect()),
         Value::Object(m) => {
-            let mut out: Map<String, Value> =
-                m.iter().map(|(k, v)| (k.clone(), encode_argument(v))).collect();
+            let mut out: Map<String, Value> = m
+                .iter()
+                .map(|(k, v)| (k.clone(), encode_argument(v)))
+                .collect();
             // Rails marks a string-keyed hash with an empty symbol-key list.
             out.insert(MARKERS[0].into(), Value::Array(vec![]));
             Value::Object(out)
@@ -155,10 +157,19 @@ mod tests {
         assert_eq!(class, "UserWelcomeJob");
         assert_eq!(
             args,
-            vec![json!(42), json!("x"), json!({"a": 1}), json!("gid://shop/User/7"), json!("sym")]
+            vec![
+                json!(42),
+                json!("x"),
+                json!({"a": 1}),
+                json!("gid://shop/User/7"),
+                json!("sym")
+            ]
         );
         let gid = GlobalId::parse(args[3].as_str().unwrap()).unwrap();
-        assert_eq!((gid.app.as_str(), gid.model.as_str(), gid.id.as_str()), ("shop", "User", "7"));
+        assert_eq!(
+            (gid.app.as_str(), gid.model.as_str(), gid.id.as_str()),
+            ("shop", "User", "7")
+        );
     }
 
     #[test]
@@ -171,7 +182,12 @@ mod tests {
 
     #[test]
     fn wrap_round_trips() {
-        let p = wrap("RubyJob", &[json!(1), json!({"k": "v"})], "mailers", WireProfile::V7);
+        let p = wrap(
+            "RubyJob",
+            &[json!(1), json!({"k": "v"})],
+            "mailers",
+            WireProfile::V7,
+        );
         assert_eq!(p.class(), RAILS_WRAPPER);
         assert_eq!(p.display_class(), "RubyJob");
         assert_eq!(p.args()[0]["queue_name"], "mailers");

@@ -24,7 +24,9 @@ pub fn jitter<R: Rng + ?Sized>(profile: WireProfile, count: u32, rng: &mut R) ->
 
 /// The full delay in seconds (base or `custom`, plus jitter) before retry `count`.
 pub fn delay(profile: WireProfile, count: u32, custom: Option<u64>) -> u64 {
-    let base = custom.filter(|d| *d > 0).unwrap_or_else(|| base_delay(count));
+    let base = custom
+        .filter(|d| *d > 0)
+        .unwrap_or_else(|| base_delay(count));
     base + jitter(profile, count, &mut rand::rng())
 }
 
@@ -61,7 +63,10 @@ mod tests {
             let mut seen_v7 = std::collections::BTreeSet::new();
             for _ in 0..1000 {
                 let d7 = delay(WireProfile::V7, count, None) - base_delay(count);
-                assert!(d7 <= 9 * step && d7 % step == 0, "v7 {d7} at {count}");
+                assert!(
+                    d7 <= 9 * step && d7.is_multiple_of(step),
+                    "v7 {d7} at {count}"
+                );
                 seen_v7.insert(d7);
                 let d8 = delay(WireProfile::V8, count, None) - base_delay(count);
                 assert!(d8 < 10 * step, "v8 {d8} at {count}");

@@ -24,14 +24,24 @@ pub fn decode(value: &serde_json::Value) -> Option<Vec<String>> {
     if let Some(arr) = value.as_array() {
         return Some(
             arr.iter()
-                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect(),
         );
     }
-    let text: String = value.as_str()?.chars().filter(|c| !c.is_whitespace()).collect();
+    let text: String = value
+        .as_str()?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     let compressed = STANDARD.decode(text).ok()?;
     let mut json = Vec::new();
-    ZlibDecoder::new(&compressed[..]).read_to_end(&mut json).ok()?;
+    ZlibDecoder::new(&compressed[..])
+        .read_to_end(&mut json)
+        .ok()?;
     serde_json::from_slice(&json).ok()
 }
 

@@ -20,7 +20,11 @@ pub fn hostname() -> String {
     std::env::var("DYNO")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into()))
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        })
 }
 
 /// A process identity `<hostname>:<pid>:<12 hex nonce>`, the key of its heartbeat hash.
@@ -57,7 +61,10 @@ mod tests {
     fn jids_are_24_hex_and_distinct() {
         let a = new_jid();
         assert_eq!(a.len(), 24);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(a, new_jid());
     }
 

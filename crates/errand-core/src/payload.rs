@@ -167,7 +167,10 @@ impl Payload {
             .unwrap_or(failure.fetched_from)
             .to_string();
         self.set("queue", queue);
-        self.set("error_message", truncate(failure.message, MAX_ERROR_MESSAGE));
+        self.set(
+            "error_message",
+            truncate(failure.message, MAX_ERROR_MESSAGE),
+        );
         self.set("error_class", failure.class);
         let stamp = failure.profile.encode(failure.now);
         let count = match self.retry_count() {
@@ -262,9 +265,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes() {
-        assert!(matches!(Payload::parse("not json"), Err(PayloadError::Json(_))));
+        assert!(matches!(
+            Payload::parse("not json"),
+            Err(PayloadError::Json(_))
+        ));
         assert_eq!(Payload::parse("[1]"), Err(PayloadError::NotAnObject));
-        assert_eq!(Payload::parse(r#"{"args":[]}"#), Err(PayloadError::MissingClass));
+        assert_eq!(
+            Payload::parse(r#"{"args":[]}"#),
+            Err(PayloadError::MissingClass)
+        );
         assert_eq!(
             Payload::parse(r#"{"class":"X","args":{}}"#),
             Err(PayloadError::MissingArgs)
@@ -308,7 +317,11 @@ mod tests {
 
     #[test]
     fn retry_settings() {
-        let r = |s: &str| Payload::parse(&format!(r#"{{"class":"X","args":[],"retry":{s}}}"#)).unwrap().retry();
+        let r = |s: &str| {
+            Payload::parse(&format!(r#"{{"class":"X","args":[],"retry":{s}}}"#))
+                .unwrap()
+                .retry()
+        };
         assert_eq!(r("true"), RetrySetting::Default);
         assert_eq!(r("false"), RetrySetting::Disabled);
         assert_eq!(r("0"), RetrySetting::Count(0));

@@ -21,8 +21,7 @@ const PROMOTE_BATCH: isize = 100;
 const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
 
 fn cmd_err(e: RedisError) -> BrokerError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-    {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         BrokerError::Connection(Box::new(e))
     } else {
         BrokerError::Command(Box::new(e))
@@ -74,7 +73,9 @@ pub struct RedisBroker {
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBroker").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("RedisBroker")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,7 +179,9 @@ impl RedisBroker {
         for q in &queues {
             inv.arg(q);
         }
-        inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)
+        inv.invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
     }
 }
 
@@ -215,7 +218,8 @@ impl Broker for RedisBroker {
         let key = self.keys.key("schedule");
         let mut pipe = redis::pipe();
         for chunk in jobs.chunks(PUSH_CHUNK) {
-            let members: Vec<(f64, &str)> = chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
+            let members: Vec<(f64, &str)> =
+                chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
             pipe.cmd("ZADD").arg(&key).arg(members).ignore();
         }
         pipe.query_async::<()>(&mut self.conn.clone())
@@ -247,11 +251,16 @@ impl Broker for RedisBroker {
         for q in req.queues {
             inv.arg(q);
         }
-        let flat: Vec<redis::Value> = inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)?;
+        let flat: Vec<redis::Value> = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
         let mut out = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
-            let idx: usize = redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
-            let raw: String = redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
+            let idx: usize =
+                redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
+            let raw: String =
+                redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
             let queue = req.queues[idx - 1].clone();
             out.push(Fetched {
                 lease: format!("{prefix}{queue}"),
@@ -271,7 +280,10 @@ impl Broker for RedisBroker {
             req.wait.min(Duration::from_millis(100))
         };
         let lease = format!("{prefix}{first}");
-        if let Some(raw) = self.blocking_move(&self.keys.queue(first), &lease, wait).await? {
+        if let Some(raw) = self
+            .blocking_move(&self.keys.queue(first), &lease, wait)
+            .await?
+        {
             out.push(Fetched {
                 queue: first.clone(),
                 raw,
@@ -300,7 +312,12 @@ impl Broker for RedisBroker {
                 payload,
                 now,
                 limits,
-            } => ("dead", payload, *now, Some((now - limits.max_age.as_secs_f64(), limits.max_jobs))),
+            } => (
+                "dead",
+                payload,
+                *now,
+                Some((now - limits.max_age.as_secs_f64(), limits.max_jobs)),
+            ),
         };
         let mut inv = scripts::SETTLE.prepare_invoke();
         inv.key(&job.lease)
@@ -312,7 +329,10 @@ impl Broker for RedisBroker {
             Some((before, max)) => inv.arg(before).arg(max),
             None => inv.arg("").arg(""),
         };
-        let n: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)?;
+        let n: i64 = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
         Ok(n == 1)
     }
 
@@ -364,7 +384,10 @@ impl Broker for RedisBroker {
                         }
                     }
                 }
-                let n: usize = inv.invoke_async(&mut self.conn.clone()).await.map_err(cmd_err)?;
+                let n: usize = inv
+                    .invoke_async(&mut self.conn.clone())
+                    .await
+                    .map_err(cmd_err)?;
                 moved += n;
                 if (due.len() as isize) < PROMOTE_BATCH {
                     break;
@@ -384,7 +407,10 @@ impl Broker for RedisBroker {
             let date = errand_core::utc_date(beat.beat);
             for (name, n) in [("processed", beat.processed), ("failed", beat.failed)] {
                 let daily = k.key(&format!("stat:{name}:{date}"));
-                pipe.cmd("INCRBY").arg(k.key(&format!("stat:{name}"))).arg(n).ignore();
+                pipe.cmd("INCRBY")
+                    .arg(k.key(&format!("stat:{name}")))
+                    .arg(n)
+                    .ignore();
                 pipe.cmd("INCRBY").arg(&daily).arg(n).ignore();
                 pipe.cmd("EXPIRE").arg(&daily).arg(DAILY_STAT_TTL).ignore();
             }
@@ -394,13 +420,19 @@ impl Broker for RedisBroker {
             let work = k.work(beat.identity, suffix);
             pipe.cmd("DEL").arg(&work).ignore();
             if !beat.work.is_empty() {
-                let fields: Vec<(&str, &str)> =
-                    beat.work.iter().map(|w| (w.tid.as_str(), w.json.as_str())).collect();
+                let fields: Vec<(&str, &str)> = beat
+                    .work
+                    .iter()
+                    .map(|w| (w.tid.as_str(), w.json.as_str()))
+                    .collect();
                 pipe.cmd("HSET").arg(&work).arg(fields).ignore();
                 pipe.cmd("EXPIRE").arg(&work).arg(ttl).ignore();
             }
         }
-        pipe.cmd("SADD").arg(k.key("processes")).arg(beat.identity).ignore();
+        pipe.cmd("SADD")
+            .arg(k.key("processes"))
+            .arg(beat.identity)
+            .ignore();
         pipe.cmd("HSET")
             .arg(&ident)
             .arg("info")
@@ -421,7 +453,11 @@ impl Broker for RedisBroker {
         pipe.cmd("EXPIRE").arg(&ident).arg(ttl).ignore();
         // Re-assert the registration each beat: a process that was paused past its TTL and had
         // its jobs recovered is registered again as soon as it beats.
-        pipe.cmd("HSET").arg(k.registry()).arg(beat.identity).arg(beat.info).ignore();
+        pipe.cmd("HSET")
+            .arg(k.registry())
+            .arg(beat.identity)
+            .arg(beat.info)
+            .ignore();
         pipe.cmd("RPOP").arg(format!("{ident}-signals"));
         let (signal,): (Option<String>,) = pipe
             .query_async(&mut self.conn.clone())
@@ -440,7 +476,11 @@ impl Broker for RedisBroker {
         for (identity, info) in registered {
             let n = self.rescue(&identity, &info, true).await?;
             if n > 0 {
-                tracing::warn!(identity, jobs = n, "recovered in-flight jobs of a dead process");
+                tracing::warn!(
+                    identity,
+                    jobs = n,
+                    "recovered in-flight jobs of a dead process"
+                );
                 total += n as usize;
             }
         }

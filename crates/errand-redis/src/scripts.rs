@@ -4,7 +4,8 @@ use redis::Script;
 use std::sync::LazyLock;
 
 /// Reliable fetch of a batch from several queues into the in-flight lists.
-pub static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/fetch.lua")));
+pub static FETCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/fetch.lua")));
 /// In flight → retry, schedule or dead (with the dead set's trim).
 pub static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));

@@ -1,0 +1,72 @@
+//! Background jobs for Rust that share Redis with Ruby's Sidekiq.
+//!
+//! # Overview
+//! An application defines jobs ([`Job`]), enqueues them with a [`Client`], and runs worker
+//! processes with a [`Server`], on as many machines as it likes. Jobs travel in Sidekiq's format,
+//! so a Ruby app can enqueue jobs that Errand runs, Errand can enqueue jobs that Ruby runs, and
+//! Sidekiq's API and Web UI show Errand's queues, retries, dead jobs and processes.
+//!
+//! The server retries failures with Sidekiq's backoff (25 retries by default), files exhausted
+//! jobs in a bounded dead set and calls death handlers, runs scheduled jobs when due, and holds
+//! every running job in Redis (reliable fetch) so a crashed worker loses nothing.
+//!
+//! # Example
+//! ```rust,no_run
+//! use errand::{Client, Job, JobContext, JobOptions, JobResult, Server};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct WelcomeEmail {
+//!     user_id: u64,
+//! }
+//!
+//! impl Job for WelcomeEmail {
+//!     const NAME: &'static str = "WelcomeEmail";
+//!     fn options() -> JobOptions {
+//!         JobOptions::default().queue("critical").retry(5)
+//!     }
+//!     async fn perform(self, cx: &JobContext) -> JobResult {
+//!         println!("welcome, user {} (job {})", self.user_id, cx.jid());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = errand::redis::RedisBroker::connect("redis://127.0.0.1:6379").await?;
+//! let client = Client::new(broker.clone());
+//! client.push(WelcomeEmail { user_id: 42 }).await?;
+//!
+//! Server::builder(broker)
+//!     .register::<WelcomeEmail>()
+//!     .weighted_queues([("critical", 10), ("default", 5)])
+//!     .concurrency(10)
+//!     .build()?
+//!     .run()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//! - `redis` (default): the Redis backend, re-exported as [`redis`].
+
+mod client;
+mod context;
+mod error;
+mod job;
+pub mod middleware;
+mod registry;
+pub mod server;
+
+pub use client::{Client, Push};
+pub use context::{Data, JobContext};
+pub use errand_core::broker::DeadLimits;
+pub use errand_core::{Payload, WireProfile, activejob, backoff, broker};
+pub use error::{Error, JobError, JobErrorKind, JobResult};
+pub use job::{Job, JobOptions, Retry, decode_args, encode_args};
+pub use server::{Server, ServerBuilder, ServerHandle};
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use errand_redis::{Keys, RedisBroker, RedisConfig};
+}

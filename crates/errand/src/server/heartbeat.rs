@@ -1,0 +1,87 @@
+//! Reports the process to Redis every few seconds in Sidekiq's format (process set, identity
+//! hash, work hashes), flushes the processed/failed counters, and acts on remote signals.
+
+use super::launcher::Shared;
+use errand_core::broker::{Heartbeat, RemoteSignal, WorkEntry};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio_util::sync::CancellationToken;
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Writes one heartbeat and acts on a remote signal.
+pub(crate) async fn beat(s: &Shared) {
+    let work: Vec<WorkEntry> = s
+        .running
+        .lock()
+        .map(|r| {
+            r.iter()
+                .map(|(tid, j)| WorkEntry {
+                    tid: tid.clone(),
+                    json: j.json.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let processed = s.processed.swap(0, Ordering::Relaxed);
+    let failed = s.failed.swap(0, Ordering::Relaxed);
+    let hb = Heartbeat {
+        identity: &s.identity,
+        info: &s.info,
+        busy: work.len(),
+        concurrency: s.config().concurrency,
+        beat: errand_core::now(),
+        quiet: s.quiet.is_cancelled(),
+        rss_kb: rss_kb(),
+        work: &work,
+        processed,
+        failed,
+        ttl: s.config().process_ttl,
+    };
+    match s.broker().heartbeat(&hb).await {
+        Ok(signal) => match signal {
+            Some(RemoteSignal::Quiet) => {
+                tracing::info!("remote quiet");
+                s.quiet.cancel();
+            }
+            Some(RemoteSignal::Stop) => {
+                tracing::info!("remote stop");
+                s.quiet.cancel();
+                s.stop.cancel();
+            }
+            Some(RemoteSignal::Dump) => {
+                for w in &work {
+                    tracing::info!(tid = %w.tid, work = %w.json, "running");
+                }
+            }
+            None => {}
+        },
+        Err(e) => {
+            // Keep the counts for the next beat, as Sidekiq does.
+            s.processed.fetch_add(processed, Ordering::Relaxed);
+            s.failed.fetch_add(failed, Ordering::Relaxed);
+            tracing::error!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(s.config().heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => beat(&s).await,
+            _ = stop.cancelled() => break,
+        }
+    }
+}

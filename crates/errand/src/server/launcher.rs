@@ -1,0 +1,291 @@
+//! Starts a server's parts (manager, scheduler, heartbeat, orphan recovery) and shuts them down
+//! in Sidekiq's order: quiet (stop fetching), wait for running jobs up to the deadline, put
+//! unfinished jobs back on their queues, unregister.
+
+use super::{Config, DeathHandler, ServerBuilder};
+use crate::middleware::Middleware;
+use crate::registry::Registry;
+use crate::{Client, Data, Error};
+use errand_core::broker::Broker;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) struct Parts {
+    pub broker: Arc<dyn Broker>,
+    pub client: Client,
+    pub registry: Registry,
+    pub data: Arc<Data>,
+    pub middleware: Vec<Arc<dyn Middleware>>,
+    pub death_handlers: Vec<DeathHandler>,
+    pub config: Config,
+}
+
+/// One running job, for the Busy page and for aborting at the shutdown deadline.
+pub(crate) struct Running {
+    pub json: String,
+    pub abort: Option<AbortHandle>,
+}
+
+/// State shared by every task of one server process.
+pub(crate) struct Shared {
+    pub parts: Parts,
+    pub identity: String,
+    pub info: String,
+    pub processed: AtomicU64,
+    pub failed: AtomicU64,
+    pub running: Mutex<HashMap<String, Running>>,
+    /// Cancelled to stop fetching (quiet, or the first step of stopping).
+    pub quiet: CancellationToken,
+    /// Cancelled to stop the process.
+    pub stop: CancellationToken,
+    /// Cancelled when the shutdown deadline passes; jobs see it as their shutdown token.
+    pub deadline: CancellationToken,
+    pub jobs: TaskTracker,
+}
+
+impl Shared {
+    pub(crate) fn config(&self) -> &Config {
+        &self.parts.config
+    }
+
+    pub(crate) fn broker(&self) -> &dyn Broker {
+        &*self.parts.broker
+    }
+
+    pub(crate) fn busy(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+/// A handle to quiet or stop a running [`Server`] from elsewhere in the program.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("identity", &self.shared.identity)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// Stops fetching new jobs; running jobs finish. Idempotent.
+    pub fn quiet(&self) {
+        self.shared.quiet.cancel();
+    }
+
+    /// Starts a graceful shutdown (quiet, wait up to the shutdown timeout, requeue the rest).
+    /// Idempotent.
+    pub fn stop(&self) {
+        self.shared.quiet.cancel();
+        self.shared.stop.cancel();
+    }
+
+    /// The process identity, as listed in Sidekiq's `processes` set.
+    pub fn identity(&self) -> &str {
+        &self.shared.identity
+    }
+
+    /// Number of jobs running now.
+    pub fn busy(&self) -> usize {
+        self.shared.busy()
+    }
+}
+
+/// A worker process: fetches jobs from its queues and runs them.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("identity", &self.shared.identity)
+            .finish()
+    }
+}
+
+fn info_json(identity: &str, c: &Config) -> String {
+    let mut queues: Vec<&str> = Vec::new();
+    for (q, _) in &c.queues {
+        if !queues.contains(&q.as_str()) {
+            queues.push(q);
+        }
+    }
+    let weights: serde_json::Map<String, serde_json::Value> = c
+        .queues
+        .iter()
+        .map(|(q, w)| (q.clone(), serde_json::Value::from(*w)))
+        .collect();
+    let mode = match c.mode {
+        super::QueueMode::Strict => "strict",
+        super::QueueMode::Weighted => "weighted",
+    };
+    serde_json::json!({
+        "hostname": errand_core::id::hostname(),
+        "started_at": errand_core::now(),
+        "pid": std::process::id(),
+        "tag": c.tag,
+        "concurrency": c.concurrency,
+        "queues": queues,
+        "weights": [weights],
+        "capsules": {"default": {"concurrency": c.concurrency, "mode": mode, "weights": weights}},
+        "labels": c.labels,
+        "identity": identity,
+        "version": concat!("errand ", env!("CARGO_PKG_VERSION")),
+        "embedded": false,
+    })
+    .to_string()
+}
+
+impl Server {
+    /// A builder for a server on `broker`.
+    pub fn builder<B: Broker>(broker: B) -> ServerBuilder {
+        ServerBuilder::new(Arc::new(broker))
+    }
+
+    /// A builder for a server on a shared broker.
+    pub fn builder_arc(broker: Arc<dyn Broker>) -> ServerBuilder {
+        ServerBuilder::new(broker)
+    }
+
+    pub(crate) fn new(parts: Parts) -> Self {
+        let identity = errand_core::id::new_identity();
+        let info = info_json(&identity, &parts.config);
+        Self {
+            shared: Arc::new(Shared {
+                parts,
+                identity,
+                info,
+                processed: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                running: Mutex::new(HashMap::new()),
+                quiet: CancellationToken::new(),
+                stop: CancellationToken::new(),
+                deadline: CancellationToken::new(),
+                jobs: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// A handle to quiet or stop this server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until stopped by a signal (SIGTERM/SIGINT stop, SIGTSTP quiets), a remote `TERM`
+    /// from Sidekiq's API or Web UI, or [`ServerHandle::stop`].
+    ///
+    /// # Errors
+    /// Installing signal handlers failed. Backend failures while running are logged and
+    /// retried with backoff, never returned.
+    pub async fn run(self) -> Result<(), Error> {
+        if self.shared.config().handle_signals {
+            spawn_signal_listener(self.handle()).map_err(Error::Signal)?;
+        }
+        self.run_inner().await
+    }
+
+    /// Runs until `shutdown` completes (or another stop request), then shuts down gracefully.
+    /// Does not listen for OS signals.
+    ///
+    /// # Errors
+    /// As for [`Server::run`].
+    pub async fn run_until<F>(self, shutdown: F) -> Result<(), Error>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.handle();
+        tokio::spawn(async move {
+            shutdown.await;
+            handle.stop();
+        });
+        self.run_inner().await
+    }
+
+    async fn run_inner(self) -> Result<(), Error> {
+        let s = self.shared;
+        tracing::info!(identity = %s.identity, concurrency = s.config().concurrency, "errand server starting");
+        // The first beat comes before the first fetch, so the process is alive (and its
+        // in-flight jobs recoverable) from the start.
+        super::heartbeat::beat(&s).await;
+        let queues: Vec<String> = s.config().queues.iter().map(|(q, _)| q.clone()).collect();
+        if let Err(e) = s.broker().register(&s.identity, &queues).await {
+            tracing::error!(error = %e, "registering the process failed");
+        }
+        let background = TaskTracker::new();
+        let bg_stop = CancellationToken::new();
+        background.spawn(super::heartbeat::run(s.clone(), bg_stop.clone()));
+        background.spawn(super::scheduler::run(s.clone()));
+        background.spawn(super::scheduler::rescue(s.clone()));
+        let manager = tokio::spawn(super::manager::run(s.clone()));
+
+        s.stop.cancelled().await;
+        tracing::info!("shutting down");
+        s.quiet.cancel();
+        let _ = manager.await;
+        s.jobs.close();
+        let timeout = s.config().shutdown_timeout;
+        if tokio::time::timeout(timeout, s.jobs.wait()).await.is_err() {
+            s.deadline.cancel();
+            let aborted: Vec<AbortHandle> = s
+                .running
+                .lock()
+                .map(|mut r| r.drain().filter_map(|(_, j)| j.abort).collect())
+                .unwrap_or_default();
+            tracing::warn!(
+                jobs = aborted.len(),
+                "shutdown deadline passed, requeueing unfinished jobs"
+            );
+            for a in &aborted {
+                a.abort();
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.jobs.wait()).await;
+        }
+        match s.broker().requeue_in_flight(&s.identity).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "pushed unfinished jobs back to their queues"),
+            Err(e) => {
+                tracing::error!(error = %e, "requeueing unfinished jobs failed; they will be recovered after the process TTL")
+            }
+        }
+        bg_stop.cancel();
+        background.close();
+        background.wait().await;
+        // Final stats flush, then leave the process set.
+        super::heartbeat::beat(&s).await;
+        if let Err(e) = s.broker().unregister(&s.identity).await {
+            tracing::error!(error = %e, "unregistering the process failed");
+        }
+        let processed = s.processed.load(Ordering::Relaxed);
+        tracing::info!(processed, "errand server stopped");
+        Ok(())
+    }
+}
+
+fn spawn_signal_listener(handle: ServerHandle) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tstp = signal(SignalKind::from_raw(20))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); handle.stop(); }
+                _ = int.recv() => { tracing::info!("SIGINT"); handle.stop(); }
+                _ = tstp.recv() => { tracing::info!("SIGTSTP: quiet"); handle.quiet(); }
+            }
+        }
+    });
+    Ok(())
+}

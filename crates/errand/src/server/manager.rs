@@ -1,0 +1,139 @@
+//! Fetches jobs and hands each to a processor task, never holding more jobs than free worker
+//! slots: a batch of up to `free slots` jobs is fetched in one round trip when queues are deep,
+//! and a blocking wait hands over a lone job at once when they are shallow.
+
+use super::launcher::Shared;
+use super::{QueueMode, processor};
+use errand_core::broker::FetchRequest;
+use rand::seq::SliceRandom;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The order in which to try the queues for one fetch.
+pub(crate) fn queue_order(mode: &QueueMode, queues: &[(String, u32)]) -> Vec<String> {
+    match mode {
+        QueueMode::Strict => {
+            let mut out: Vec<String> = Vec::with_capacity(queues.len());
+            for (q, _) in queues {
+                if !out.contains(q) {
+                    out.push(q.clone());
+                }
+            }
+            out
+        }
+        QueueMode::Weighted => {
+            // Sidekiq: repeat each queue max(weight, 1) times, shuffle, keep first occurrences.
+            let mut expanded: Vec<&String> = Vec::new();
+            for (q, w) in queues {
+                for _ in 0..(*w).max(1) {
+                    expanded.push(q);
+                }
+            }
+            expanded.shuffle(&mut rand::rng());
+            let mut out: Vec<String> = Vec::with_capacity(queues.len());
+            for q in expanded {
+                if !out.contains(q) {
+                    out.push(q.clone());
+                }
+            }
+            out
+        }
+    }
+}
+
+pub(crate) async fn run(s: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(s.config().concurrency));
+    let mut failures: u32 = 0;
+    let mut seq: u64 = 0;
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = s.quiet.cancelled() => break,
+        };
+        if s.quiet.is_cancelled() {
+            break;
+        }
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let order = queue_order(&s.config().mode, &s.config().queues);
+        let req = FetchRequest {
+            identity: &s.identity,
+            queues: &order,
+            max: permits.len(),
+            wait: s.config().fetch_wait,
+        };
+        match s.broker().fetch(req).await {
+            Ok(jobs) => {
+                failures = 0;
+                for job in jobs {
+                    let Some(permit) = permits.pop() else { break };
+                    seq += 1;
+                    let tid = tid(seq);
+                    processor::spawn(&s, job, tid, permit);
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fetch failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = s.quiet.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::debug!("manager stopped fetching");
+}
+
+/// A short base-36 worker id, like Sidekiq's `tid`.
+fn tid(mut n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    while n > 0 {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_order_is_fixed_and_deduplicated() {
+        let q = vec![("a".to_string(), 1), ("b".into(), 1), ("a".into(), 1)];
+        assert_eq!(queue_order(&QueueMode::Strict, &q), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn weighted_order_follows_weights() {
+        let q = vec![
+            ("critical".to_string(), 10),
+            ("default".into(), 5),
+            ("bulk".into(), 1),
+        ];
+        let mut first = std::collections::HashMap::new();
+        let n = 20_000;
+        for _ in 0..n {
+            let order = queue_order(&QueueMode::Weighted, &q);
+            assert_eq!(order.len(), 3);
+            *first.entry(order[0].clone()).or_insert(0u32) += 1;
+        }
+        for (name, weight) in [("critical", 10.0), ("default", 5.0), ("bulk", 1.0)] {
+            let share = f64::from(first[name]) / f64::from(n);
+            assert!((share - weight / 16.0).abs() < 0.03, "{name}: {share}");
+        }
+    }
+
+    #[test]
+    fn tids_are_base36() {
+        assert_eq!(tid(35), "z");
+        assert_eq!(tid(36), "10");
+    }
+}

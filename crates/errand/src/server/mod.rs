@@ -1,0 +1,289 @@
+//! The worker process: [`Server`] and its builder.
+//!
+//! Module map (after Sidekiq): [`launcher`] runs everything and shuts down, `manager` fetches
+//! and dispatches jobs, `processor` runs one job, `retry` decides what a failure leads to,
+//! `scheduler` moves due jobs to their queues, `heartbeat` reports the process and its stats.
+
+mod heartbeat;
+pub mod launcher;
+mod manager;
+mod processor;
+mod retry;
+mod scheduler;
+
+use crate::middleware::{Logging, Middleware};
+use crate::registry::Registry;
+use crate::{Client, Data, Error, Job, JobError};
+use errand_core::broker::{Broker, DeadLimits};
+use errand_core::{Payload, WireProfile};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use launcher::{Server, ServerHandle};
+
+/// A function called with the payload and the error when a job dies: when its retries run out,
+/// on `retry(0)`, on [`JobError::dead`], and for `retry(false)` jobs that are dropped.
+pub type DeathHandler = Arc<dyn Fn(&Payload, &JobError) + Send + Sync>;
+
+/// How a server orders its queues on each fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueueMode {
+    /// Always in the given order: earlier queues starve later ones.
+    Strict,
+    /// Weighted random: a queue comes first with probability weight ÷ total, like Sidekiq.
+    Weighted,
+}
+
+/// Every setting of a server, validated by [`ServerBuilder::build`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub queues: Vec<(String, u32)>,
+    pub mode: QueueMode,
+    pub concurrency: usize,
+    pub job_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub max_retries: u32,
+    pub dead_limits: DeadLimits,
+    pub profile: WireProfile,
+    pub heartbeat_interval: Duration,
+    pub process_ttl: Duration,
+    pub poll_interval: Option<Duration>,
+    pub fetch_wait: Duration,
+    pub rescue_interval: Duration,
+    pub tag: String,
+    pub labels: Vec<String>,
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            queues: vec![("default".into(), 1)],
+            mode: QueueMode::Strict,
+            concurrency: 10,
+            job_timeout: None,
+            shutdown_timeout: Duration::from_secs(25),
+            max_retries: errand_core::backoff::DEFAULT_MAX_RETRIES,
+            dead_limits: DeadLimits::default(),
+            profile: WireProfile::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            process_ttl: Duration::from_secs(60),
+            poll_interval: None,
+            fetch_wait: Duration::from_secs(2),
+            rescue_interval: Duration::from_secs(30),
+            tag: String::new(),
+            labels: Vec::new(),
+            handle_signals: true,
+        }
+    }
+}
+
+/// Builds a [`Server`]. Setters consume and return the builder; [`ServerBuilder::build`]
+/// validates everything once.
+pub struct ServerBuilder {
+    broker: Arc<dyn Broker>,
+    registry: Registry,
+    data: Data,
+    middleware: Vec<Arc<dyn Middleware>>,
+    death_handlers: Vec<DeathHandler>,
+    config: Config,
+    errors: Vec<String>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    pub(crate) fn new(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            broker,
+            registry: Registry::default(),
+            data: Data::default(),
+            middleware: vec![Arc::new(Logging)],
+            death_handlers: Vec::new(),
+            config: Config::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Runs jobs of type `J` (dispatched by `J::NAME`).
+    pub fn register<J: Job>(mut self) -> Self {
+        self.registry.register::<J>();
+        self
+    }
+
+    /// Works these queues in strict order: a later queue is fetched from only when every earlier
+    /// one is empty. Defaults to `["default"]`.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.queues = queues.into_iter().map(|q| (q.into(), 1)).collect();
+        self.config.mode = QueueMode::Strict;
+        self
+    }
+
+    /// Works these queues by weight (`[("critical", 10), ("default", 5), ("bulk", 1)]`): each
+    /// fetch tries a queue first with probability weight ÷ total, as Sidekiq does, so low
+    /// weights are slowed but never starved.
+    pub fn weighted_queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = (S, u32)>,
+        S: Into<String>,
+    {
+        self.config.queues = queues.into_iter().map(|(q, w)| (q.into(), w)).collect();
+        self.config.mode = QueueMode::Weighted;
+        self
+    }
+
+    /// How many jobs run at once. Defaults to 10.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// Shares `value` with every job (`cx.data::<T>()`): a database pool, an HTTP client.
+    pub fn data<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.data.insert(value);
+        self
+    }
+
+    /// Adds a server middleware around each job; the first added runs outermost. A
+    /// [`Logging`] middleware is installed first by default.
+    pub fn middleware<M: Middleware>(mut self, m: M) -> Self {
+        self.middleware.push(Arc::new(m));
+        self
+    }
+
+    /// Removes every middleware added so far, including the default [`Logging`].
+    pub fn clear_middleware(mut self) -> Self {
+        self.middleware.clear();
+        self
+    }
+
+    /// Adds a death handler. Every handler runs for every death; one that panics is logged and
+    /// does not stop the others.
+    pub fn death_handler<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Payload, &JobError) + Send + Sync + 'static,
+    {
+        self.death_handlers.push(Arc::new(f));
+        self
+    }
+
+    /// Fails an attempt that runs longer than this (unless the job sets its own). Defaults to
+    /// no timeout.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.config.job_timeout = Some(timeout);
+        self
+    }
+
+    /// On shutdown, how long running jobs may finish before they are put back on their
+    /// queues. Defaults to 25 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The number of retries for jobs with `retry: true`. Defaults to 25.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.config.max_retries = n;
+        self
+    }
+
+    /// Bounds of the dead set (size and age), applied on every insert. Defaults to 10,000
+    /// jobs and 180 days.
+    pub fn dead_limits(mut self, limits: DeadLimits) -> Self {
+        self.config.dead_limits = limits;
+        self
+    }
+
+    /// The timestamp format written into payloads. Defaults to [`WireProfile::V7`].
+    pub fn wire_profile(mut self, profile: WireProfile) -> Self {
+        self.config.profile = profile;
+        self
+    }
+
+    /// How often the process reports itself and flushes stats. Defaults to 5 s.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// How long after its last heartbeat a process counts as dead, and its in-flight jobs are
+    /// recovered by others. Must exceed the heartbeat interval. Defaults to 60 s (Sidekiq's).
+    pub fn process_ttl(mut self, ttl: Duration) -> Self {
+        self.config.process_ttl = ttl;
+        self
+    }
+
+    /// A fixed average interval for moving due scheduled and retry jobs. Defaults to
+    /// Sidekiq's scaling: 5 s × the number of processes, so the cluster as a whole polls
+    /// about every 5 s whatever its size.
+    pub fn poll_interval(mut self, average: Duration) -> Self {
+        self.config.poll_interval = Some(average);
+        self
+    }
+
+    /// How often to look for dead processes' in-flight jobs. Defaults to 30 s.
+    pub fn rescue_interval(mut self, interval: Duration) -> Self {
+        self.config.rescue_interval = interval;
+        self
+    }
+
+    /// A tag shown in the Web UI's Busy page. Defaults to empty.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.config.tag = tag.into();
+        self
+    }
+
+    /// Whether [`Server::run`] listens for SIGTERM/SIGINT (stop) and SIGTSTP (quiet).
+    /// Defaults to true.
+    pub fn handle_signals(mut self, yes: bool) -> Self {
+        self.config.handle_signals = yes;
+        self
+    }
+
+    /// Validates the settings and builds the server.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming each invalid setting.
+    pub fn build(mut self) -> Result<Server, Error> {
+        let c = &self.config;
+        if c.queues.is_empty() {
+            self.errors.push("no queues".into());
+        }
+        if c.queues.iter().any(|(q, _)| q.is_empty()) {
+            self.errors.push("empty queue name".into());
+        }
+        if c.concurrency == 0 {
+            self.errors.push("concurrency must be at least 1".into());
+        }
+        if c.process_ttl <= c.heartbeat_interval {
+            self.errors
+                .push("process_ttl must be longer than heartbeat_interval".into());
+        }
+        if self.registry.names().next().is_none() {
+            self.errors.push("no jobs registered".into());
+        }
+        if !self.errors.is_empty() {
+            return Err(Error::Config(self.errors.join("; ")));
+        }
+        let client = Client::from_arc(self.broker.clone()).wire_profile(self.config.profile);
+        Ok(Server::new(launcher::Parts {
+            broker: self.broker,
+            client,
+            registry: self.registry,
+            data: Arc::new(self.data),
+            middleware: self.middleware,
+            death_handlers: self.death_handlers,
+            config: self.config,
+        }))
+    }
+}

@@ -1,0 +1,125 @@
+//! Runs one fetched job: parse, resolve its class, run the middleware chain and the job under
+//! its timeout with panics caught, then ack or hand the failure to `retry`.
+
+use super::launcher::{Running, Shared};
+use super::retry;
+use crate::middleware::Next;
+use crate::registry::Handler;
+use crate::{JobContext, JobError, JobErrorKind, JobResult};
+use errand_core::broker::{Fetched, Settle};
+use errand_core::{Payload, activejob};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::OwnedSemaphorePermit;
+
+pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: String, permit: OwnedSemaphorePermit) {
+    let json = serde_json::json!({
+        "queue": job.queue,
+        "payload": job.raw,
+        "run_at": errand_core::now() as i64,
+    })
+    .to_string();
+    if let Ok(mut r) = s.running.lock() {
+        r.insert(tid.clone(), Running { json, abort: None });
+    }
+    let task_s = s.clone();
+    let task_tid = tid.clone();
+    let handle = s.jobs.spawn(async move {
+        process(&task_s, job).await;
+        if let Ok(mut r) = task_s.running.lock() {
+            r.remove(&task_tid);
+        }
+        drop(permit);
+    });
+    if let Ok(mut r) = s.running.lock()
+        && let Some(entry) = r.get_mut(&tid)
+    {
+        entry.abort = Some(handle.abort_handle());
+    }
+}
+
+async fn process(s: &Shared, job: Fetched) {
+    let payload = match Payload::parse(&job.raw) {
+        Ok(p) => p,
+        Err(e) => return retry::bury_malformed(s, &job, &e).await,
+    };
+    s.processed.fetch_add(1, Ordering::Relaxed);
+    let unwrapped = activejob::unwrap(&payload);
+    let (class, args) = match &unwrapped {
+        Some((class, args)) => (class.as_str(), args.as_slice()),
+        None => (payload.class(), payload.args()),
+    };
+    let handler = s.parts.registry.get(class).cloned();
+    let cx = JobContext::new(
+        payload.clone(),
+        s.parts.client.clone(),
+        s.parts.data.clone(),
+    )
+    .with_shutdown(s.deadline.clone(), &job.queue);
+    let result = match &handler {
+        None => Err(JobError::retry(format!(
+            "no job is registered for class {class} on this server"
+        ))
+        .with_class("Errand::UnknownJob")),
+        Some(h) => attempt(s, h.as_ref(), args, &cx).await,
+    };
+    drop(cx);
+    let Err(err) = result else {
+        retry::persist(s, "ack", || s.broker().ack(&job)).await;
+        return;
+    };
+    match err.kind() {
+        JobErrorKind::Snooze(delay) => {
+            let to = Settle::Schedule {
+                payload: job.raw.clone(),
+                at: errand_core::now() + delay.as_secs_f64(),
+            };
+            retry::persist(s, "snooze", || s.broker().settle(&job, to.clone())).await;
+        }
+        JobErrorKind::Discard => {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                jid = payload.jid(),
+                class,
+                reason = err.message(),
+                "discarded"
+            );
+            retry::persist(s, "ack", || s.broker().ack(&job)).await;
+        }
+        _ => {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+            retry::handle_failure(s, &job, payload.clone(), handler.as_deref(), &err).await;
+        }
+    }
+}
+
+async fn attempt(
+    s: &Shared,
+    h: &dyn Handler,
+    args: &[serde_json::Value],
+    cx: &JobContext,
+) -> JobResult {
+    let timeout = h.options().timeout_value().or(s.config().job_timeout);
+    let chain = Next::new(&s.parts.middleware, h.perform(args, cx), cx).run();
+    let guarded = AssertUnwindSafe(chain).catch_unwind();
+    let outcome = match timeout {
+        Some(t) => match tokio::time::timeout(t, guarded).await {
+            Ok(o) => o,
+            Err(_) => {
+                return Err(JobError::retry(format!("job ran longer than {t:?}"))
+                    .with_class("Errand::Timeout"));
+            }
+        },
+        None => guarded.await,
+    };
+    outcome.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "job panicked".into());
+        Err(JobError::retry(msg).with_class("Errand::Panic"))
+    })
+}

@@ -1,0 +1,164 @@
+//! What a failed attempt leads to (spec §3.4): the retry set with Sidekiq's backoff, the dead
+//! set when retries run out, or nothing for `retry: false` — with death handlers and the
+//! retries-exhausted hook called exactly once per death.
+
+use super::launcher::Shared;
+use crate::JobError;
+use crate::registry::Handler;
+use errand_core::broker::{BrokerResult, Fetched, Settle};
+use errand_core::{Failure, Payload, PayloadError, RetrySetting, backoff};
+use serde_json::Value;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+/// Runs a broker step, retrying connection errors with backoff: a job's transition must not be
+/// dropped because Redis blinked. Gives up after about a minute (the job stays in flight and is
+/// recovered by the shutdown requeue or orphan recovery).
+pub(crate) async fn persist<F, Fut>(s: &Shared, what: &str, op: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = BrokerResult<bool>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=12 {
+        match op().await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(what, identity = %s.identity, "job was no longer held in flight (lease lost to recovery); change rejected");
+                return;
+            }
+            Err(e) if e.is_connection_error() && attempt < 12 => {
+                tracing::warn!(what, error = %e, attempt, "backend unavailable, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                tracing::error!(what, error = %e, "backend step failed; the job stays in flight and will be recovered");
+                return;
+            }
+        }
+    }
+}
+
+fn run_death_handlers(s: &Shared, payload: &Payload, err: &JobError) {
+    for h in &s.parts.death_handlers {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| h(payload, err))).is_err() {
+            tracing::error!(jid = payload.jid(), "a death handler panicked");
+        }
+    }
+}
+
+pub(crate) async fn handle_failure(
+    s: &Shared,
+    job: &Fetched,
+    mut payload: Payload,
+    handler: Option<&dyn Handler>,
+    err: &JobError,
+) {
+    let c = s.config();
+    let setting = match payload.retry() {
+        // An absent `retry` takes the job's own option; for an unknown class, Errand retries
+        // by default (Sidekiq would drop it), so a lagging deploy can still run it later.
+        RetrySetting::Absent => match handler.map(|h| h.options().retry_option()) {
+            Some(crate::Retry::Disabled) => RetrySetting::Disabled,
+            Some(crate::Retry::Count(n)) => RetrySetting::Count(n),
+            _ => RetrySetting::Default,
+        },
+        other => other,
+    };
+    if setting == RetrySetting::Disabled {
+        tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "failed with retry disabled; dropped");
+        run_death_handlers(s, &payload, err);
+        persist(s, "ack", || s.broker().ack(job)).await;
+        return;
+    }
+    let max = match setting {
+        RetrySetting::Count(n) => n,
+        _ => c.max_retries,
+    };
+    let now = errand_core::now();
+    let count = payload.record_failure(&Failure {
+        class: err.class(),
+        message: err.message(),
+        backtrace: err.backtrace(),
+        fetched_from: &job.queue,
+        now,
+        profile: c.profile,
+    });
+    let exhausted = count >= max || err.kind() == crate::JobErrorKind::Dead;
+    if !exhausted {
+        let custom = handler
+            .and_then(|h| h.retry_in(count, err))
+            .map(|d| d.as_secs());
+        let delay = backoff::delay(c.profile, count, custom);
+        let to = Settle::Retry {
+            payload: payload.to_json(),
+            at: now + delay as f64,
+        };
+        tracing::info!(
+            jid = payload.jid(),
+            count,
+            delay_s = delay,
+            "retry scheduled"
+        );
+        persist(s, "retry", || s.broker().settle(job, to.clone())).await;
+        return;
+    }
+    if let Some(h) = handler
+        && std::panic::catch_unwind(AssertUnwindSafe(|| h.retries_exhausted(&payload, err)))
+            .is_err()
+    {
+        tracing::error!(jid = payload.jid(), "retries_exhausted hook panicked");
+    }
+    if payload.get("dead") == Some(&Value::Bool(false)) {
+        persist(s, "ack", || s.broker().ack(job)).await;
+    } else {
+        let to = Settle::Dead {
+            payload: payload.to_json(),
+            now,
+            limits: c.dead_limits,
+        };
+        persist(s, "kill", || s.broker().settle(job, to.clone())).await;
+    }
+    tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "job died");
+    run_death_handlers(s, &payload, err);
+}
+
+/// The dead-set entry for a queue entry that is not a runnable job: a valid payload that names
+/// the problem, with the original text kept verbatim in `raw` (and as the only argument).
+pub(crate) fn malformed_entry(
+    raw: &str,
+    queue: &str,
+    err: &PayloadError,
+    s_profile: errand_core::WireProfile,
+) -> Payload {
+    let now = errand_core::now();
+    let mut p = Payload::new(
+        "Errand::InvalidPayload",
+        vec![Value::from(raw)],
+        queue,
+        s_profile,
+    );
+    p.set("retry", false);
+    p.set("error_class", "Errand::InvalidPayload");
+    p.set(
+        "error_message",
+        format!("queue entry is not a runnable job ({err}); the original text is kept in \"raw\""),
+    );
+    p.set("failed_at", s_profile.encode(now));
+    p.set("retry_count", 0);
+    p.set("raw", raw);
+    p
+}
+
+pub(crate) async fn bury_malformed(s: &Shared, job: &Fetched, err: &PayloadError) {
+    let p = malformed_entry(&job.raw, &job.queue, err, s.config().profile);
+    tracing::error!(queue = %job.queue, error = %err, "malformed queue entry moved to the dead set");
+    let to = Settle::Dead {
+        payload: p.to_json(),
+        now: errand_core::now(),
+        limits: s.config().dead_limits,
+    };
+    persist(s, "kill", || s.broker().settle(job, to.clone())).await;
+}
