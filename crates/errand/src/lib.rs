@@ -57,7 +57,7 @@ pub mod middleware;
 mod registry;
 pub mod server;
 
-pub use client::{Client, Push};
+pub use client::{Client, Push, RawJob};
 pub use context::{Data, JobContext};
 pub use errand_core::broker::DeadLimits;
 pub use errand_core::{Payload, WireProfile, activejob, backoff, broker};

@@ -1,0 +1,186 @@
+//! Support for Errand's integration tests: a private `redis-server` per test suite on a free
+//! port, condition waits with deadlines (never sleep-and-hope), and Ruby Sidekiq as a real peer.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of the test's own, on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed (install it: `apt-get install redis-server`) or does
+    /// not come up within 10 s.
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start redis-server ({e}); install it with `apt-get install redis-server`")
+                });
+            let mut server = RedisServer { child, port, _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break; // port taken between probe and bind: try another
+                }
+                if let Ok(client) = redis::Client::open(server.url())
+                    && let Ok(mut c) = client.get_connection()
+                    && redis::cmd("PING").query::<String>(&mut c).is_ok()
+                {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = server.child.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A URL selecting database `db` on this server (one namespace per test).
+    pub fn url_db(&self, db: u8) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A blocking connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `cond` holds, checking every 20 ms, and panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The blocking version of [`wait_until`], for conditions checked with a blocking connection.
+pub fn wait_until_sync(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// This crate's `ruby/` folder (the Ruby side of the interop tests).
+pub fn ruby_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ruby")
+}
+
+/// Runs a Ruby snippet with Sidekiq's client configured for `redis_url` (`ruby/prelude.rb`
+/// loaded first) and returns its standard output.
+///
+/// # Panics
+/// When Ruby is missing (install `ruby-sidekiq`) or the script fails; the panic shows stderr.
+pub fn ruby(redis_url: &str, script: &str) -> String {
+    let out = Command::new("ruby")
+        .arg("-r")
+        .arg(ruby_dir().join("prelude.rb"))
+        .arg("-e")
+        .arg(script)
+        .env("REDIS_URL", redis_url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ruby ({e}); install `ruby-sidekiq`"));
+    assert!(
+        out.status.success(),
+        "ruby failed: {}\n--- script ---\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Ruby `sidekiq` server process running `ruby/app.rb`, killed on drop.
+pub struct RubySidekiq {
+    child: Child,
+}
+
+impl RubySidekiq {
+    /// Starts `sidekiq -r ruby/app.rb -c 2` on `queues` against `redis_url`.
+    ///
+    /// # Panics
+    /// When the `sidekiq` command is missing (install `ruby-sidekiq`).
+    pub fn start(redis_url: &str, queues: &[&str]) -> Self {
+        let mut cmd = Command::new("sidekiq");
+        cmd.arg("-r").arg(ruby_dir().join("app.rb")).args(["-c", "2", "-t", "1"]);
+        for q in queues {
+            cmd.args(["-q", q]);
+        }
+        let child = cmd
+            .env("REDIS_URL", redis_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start sidekiq ({e}); install `ruby-sidekiq`"));
+        Self { child }
+    }
+}
+
+impl Drop for RubySidekiq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Logs to stderr at `warn` (or `RUST_LOG`), once per test binary.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
