@@ -139,11 +139,13 @@ impl Payload {
     }
 
     /// The `retry_count` (absent before the first failure).
+    ///
+    /// Sidekiq's manual "Retry now" decrements it first, so it can be `-1`; that reads as 0.
     pub fn retry_count(&self) -> Option<u32> {
         self.map
             .get("retry_count")
-            .and_then(Value::as_u64)
-            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+            .and_then(Value::as_i64)
+            .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
     /// A timestamp key (`created_at`, `enqueued_at`, `failed_at`, ...) in epoch seconds, whatever
@@ -173,12 +175,15 @@ impl Payload {
         );
         self.set("error_class", failure.class);
         let stamp = failure.profile.encode(failure.now);
-        let count = match self.retry_count() {
-            Some(c) if self.map.contains_key("retry_count") => {
+        // Any present count means an earlier failure, including Sidekiq's -1 after a manual
+        // retry (which makes the next count 0 again, so manual retries use no budget).
+        let previous = self.map.get("retry_count").and_then(Value::as_i64);
+        let count = match previous {
+            Some(c) => {
                 self.set("retried_at", stamp);
-                c.saturating_add(1)
+                (c + 1).clamp(0, i64::from(u32::MAX)) as u32
             }
-            _ => {
+            None => {
                 self.set("failed_at", stamp);
                 0
             }
@@ -295,6 +300,17 @@ mod tests {
         // Unknown keys survive, and an empty array stays an array.
         assert!(p.to_json().contains(r#""foo":{"bar":[]}"#));
         assert_eq!(p.str("bid"), Some("abc"));
+    }
+
+    #[test]
+    fn manual_retry_decrement_is_a_previous_failure() {
+        let mut p = Payload::parse(RUBY).unwrap();
+        p.record_failure(&failure(10.0));
+        p.set("retry_count", -1);
+        assert_eq!(p.retry_count(), Some(0));
+        assert_eq!(p.record_failure(&failure(20.0)), 0);
+        assert_eq!(p.time("failed_at"), Some(10.0));
+        assert_eq!(p.time("retried_at"), Some(20.0));
     }
 
     #[test]

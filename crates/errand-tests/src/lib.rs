@@ -41,7 +41,11 @@ impl RedisServer {
                 .unwrap_or_else(|e| {
                     panic!("cannot start redis-server ({e}); install it with `apt-get install redis-server`")
                 });
-            let mut server = RedisServer { child, port, _dir: dir };
+            let mut server = RedisServer {
+                child,
+                port,
+                _dir: dir,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = server.child.try_wait() {
@@ -153,7 +157,9 @@ impl RubySidekiq {
     /// When the `sidekiq` command is missing (install `ruby-sidekiq`).
     pub fn start(redis_url: &str, queues: &[&str]) -> Self {
         let mut cmd = Command::new("sidekiq");
-        cmd.arg("-r").arg(ruby_dir().join("app.rb")).args(["-c", "2", "-t", "1"]);
+        cmd.arg("-r")
+            .arg(ruby_dir().join("app.rb"))
+            .args(["-c", "2", "-t", "1"]);
         for q in queues {
             cmd.args(["-q", q]);
         }

@@ -3,7 +3,9 @@
 
 use errand::broker::DeadLimits;
 use errand::redis::RedisBroker;
-use errand::{Client, Job, JobContext, JobError, JobOptions, JobResult, Push, Server, ServerHandle};
+use errand::{
+    Client, Job, JobContext, JobError, JobOptions, JobResult, Push, Server, ServerHandle,
+};
 use errand_tests::{RedisServer, init_tracing, wait_until};
 use redis::Commands;
 use serde::{Deserialize, Serialize};
@@ -179,7 +181,10 @@ impl H {
     }
 
     async fn wait_zcard(&self, key: &str, n: usize) {
-        wait_until(&format!("{key} to hold {n}"), T, || async { self.zcard(key) == n }).await;
+        wait_until(&format!("{key} to hold {n}"), T, || async {
+            self.zcard(key) == n
+        })
+        .await;
     }
 
     async fn wait_log(&self, prefix: &str, n: usize) {
@@ -190,19 +195,33 @@ impl H {
     }
 
     fn int(&self, key: &str) -> i64 {
-        self.redis.conn().get::<_, Option<i64>>(key).unwrap().unwrap_or(0)
+        self.redis
+            .conn()
+            .get::<_, Option<i64>>(key)
+            .unwrap()
+            .unwrap_or(0)
     }
 }
 
 async fn stop(handle: ServerHandle, task: tokio::task::JoinHandle<()>) {
     handle.stop();
-    tokio::time::timeout(T, task).await.expect("server stops").unwrap();
+    tokio::time::timeout(T, task)
+        .await
+        .expect("server stops")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_run_ack_and_stats() {
     let h = harness().await;
-    let jid = h.client.push(Echo { id: 1, name: "two".into() }).await.unwrap();
+    let jid = h
+        .client
+        .push(Echo {
+            id: 1,
+            name: "two".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(jid.len(), 24);
     let raw: Vec<String> = h.redis.conn().lrange("queue:default", 0, -1).unwrap();
     let p: Value = serde_json::from_str(&raw[0]).unwrap();
@@ -218,22 +237,38 @@ async fn push_run_ack_and_stats() {
     // Acked: nothing left in flight.
     let identity = handle.identity().to_string();
     wait_until("in-flight list to empty", T, || async {
-        let n: usize = h.redis.conn().llen(format!("errand:inflight:{identity}:default")).unwrap();
+        let n: usize = h
+            .redis
+            .conn()
+            .llen(format!("errand:inflight:{identity}:default"))
+            .unwrap();
         n == 0
     })
     .await;
     stop(handle, task).await;
     assert_eq!(h.int("stat:processed"), 1);
-    assert_eq!(h.int(&format!("stat:processed:{}", errand_core::utc_date(errand_core::now()))), 1);
+    assert_eq!(
+        h.int(&format!(
+            "stat:processed:{}",
+            errand_core::utc_date(errand_core::now())
+        )),
+        1
+    );
     assert_eq!(h.int("stat:failed"), 0);
     let members: Vec<String> = h.redis.conn().smembers("processes").unwrap();
-    assert!(members.is_empty(), "a stopped process leaves the process set");
+    assert!(
+        members.is_empty(),
+        "a stopped process leaves the process set"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_push_of_100k_jobs() {
     let h = harness().await;
-    let jobs = (0..100_000u64).map(|i| Echo { id: i, name: "b".into() });
+    let jobs = (0..100_000u64).map(|i| Echo {
+        id: i,
+        name: "b".into(),
+    });
     let jids = h.client.push_bulk(jobs).await.unwrap();
     assert_eq!(jids.len(), 100_000);
     let distinct: std::collections::HashSet<_> = jids.iter().collect();
@@ -249,10 +284,28 @@ async fn bulk_push_of_100k_jobs() {
 async fn fifo_and_strict_queue_order() {
     let h = harness().await;
     for i in 0..3 {
-        h.client.push_with(Echo { id: i, name: "low".into() }, Push::new().queue("low")).await.unwrap();
+        h.client
+            .push_with(
+                Echo {
+                    id: i,
+                    name: "low".into(),
+                },
+                Push::new().queue("low"),
+            )
+            .await
+            .unwrap();
     }
     for i in 0..3 {
-        h.client.push_with(Echo { id: i, name: "high".into() }, Push::new().queue("high")).await.unwrap();
+        h.client
+            .push_with(
+                Echo {
+                    id: i,
+                    name: "high".into(),
+                },
+                Push::new().queue("high"),
+            )
+            .await
+            .unwrap();
     }
     let (handle, task) = h.start(h.server().queues(["high", "low"]).concurrency(1));
     h.wait_log("echo:", 6).await;
@@ -261,8 +314,12 @@ async fn fifo_and_strict_queue_order() {
     assert_eq!(
         order,
         vec![
-            "echo:0:high:high", "echo:1:high:high", "echo:2:high:high",
-            "echo:0:low:low", "echo:1:low:low", "echo:2:low:low"
+            "echo:0:high:high",
+            "echo:1:high:high",
+            "echo:2:high:high",
+            "echo:0:low:low",
+            "echo:1:low:low",
+            "echo:2:low:low"
         ]
     );
 }
@@ -271,14 +328,26 @@ async fn fifo_and_strict_queue_order() {
 async fn scheduled_jobs_run_when_due_and_not_before() {
     let h = harness().await;
     let start = Instant::now();
-    h.client.push_in(Duration::from_secs(1), Echo { id: 9, name: "later".into() }).await.unwrap();
+    h.client
+        .push_in(
+            Duration::from_secs(1),
+            Echo {
+                id: 9,
+                name: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
     let entries = h.zset("schedule");
     assert_eq!(entries.len(), 1);
     assert!(entries[0].0.get("enqueued_at").is_none());
     assert!(entries[0].0.get("at").is_none());
     let (handle, task) = h.start(h.server());
     h.wait_log("echo:9:later", 1).await;
-    assert!(start.elapsed() >= Duration::from_secs(1), "ran before it was due");
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "ran before it was due"
+    );
     stop(handle, task).await;
 }
 
@@ -302,7 +371,10 @@ async fn failure_goes_to_retry_with_sidekiq_fields_and_unknown_keys_kept() {
     assert_eq!(p["foo"], json!({"bar": []}));
     assert_eq!(p["queue"], "default");
     let delay = score - p["failed_at"].as_f64().unwrap();
-    assert!((15.0..=24.5).contains(&delay), "first retry after 15..24 s, got {delay}");
+    assert!(
+        (15.0..=24.5).contains(&delay),
+        "first retry after 15..24 s, got {delay}"
+    );
     assert!(score > before);
     assert_eq!(h.int("stat:failed"), 1);
     assert_eq!(h.deaths.load(Ordering::SeqCst), 0);
@@ -316,7 +388,9 @@ async fn due_retries_are_promoted_and_exhaust_into_dead() {
     let entry = json!({"retry": 3, "queue": "default", "args": [7], "class": "Fail",
         "jid": "0123456789abcdef01234567", "created_at": 1.0, "retry_count": 2,
         "failed_at": 2.5, "error_class": "X", "error_message": "y", "cattr": {"u": 1}});
-    let _: () = conn.zadd("retry", entry.to_string(), errand_core::now() - 1.0).unwrap();
+    let _: () = conn
+        .zadd("retry", entry.to_string(), errand_core::now() - 1.0)
+        .unwrap();
     let (handle, task) = h.start(h.server());
     h.wait_zcard("dead", 1).await;
     stop(handle, task).await;
@@ -336,7 +410,10 @@ async fn retry_zero_dies_at_once_with_hooks_called_once() {
     h.client.push(FailZero(1000)).await.unwrap();
     let (handle, task) = h.start(h.server());
     h.wait_zcard("dead", 1).await;
-    wait_until("death handler", T, || async { h.deaths.load(Ordering::SeqCst) == 1 }).await;
+    wait_until("death handler", T, || async {
+        h.deaths.load(Ordering::SeqCst) == 1
+    })
+    .await;
     stop(handle, task).await;
     assert_eq!(h.zcard("retry"), 0);
     let (p, _) = h.zset("dead").remove(0);
@@ -351,7 +428,10 @@ async fn retry_false_is_dropped_counted_and_reported() {
     let h = harness().await;
     h.client.push(NoRetry(1)).await.unwrap();
     let (handle, task) = h.start(h.server());
-    wait_until("death handler", T, || async { h.deaths.load(Ordering::SeqCst) == 1 }).await;
+    wait_until("death handler", T, || async {
+        h.deaths.load(Ordering::SeqCst) == 1
+    })
+    .await;
     stop(handle, task).await;
     assert_eq!(h.zcard("retry"), 0);
     assert_eq!(h.zcard("dead"), 0);
@@ -401,26 +481,52 @@ async fn bad_input_loses_nothing_and_crashes_nothing() {
     let mut conn = h.redis.conn();
     let _: () = conn.lpush("queue:default", "not json").unwrap();
     let _: () = conn.lpush("queue:default", r#"{"class":"Echo"}"#).unwrap();
-    h.client.push_raw(errand::RawJob::new("Nope", vec![json!(1)]), Push::new()).await.unwrap();
-    h.client.push_raw(errand::RawJob::new("Echo", vec![json!("x")]), Push::new()).await.unwrap();
-    h.client.push(Echo { id: 5, name: "after".into() }).await.unwrap();
+    h.client
+        .push_raw(errand::RawJob::new("Nope", vec![json!(1)]), Push::new())
+        .await
+        .unwrap();
+    h.client
+        .push_raw(errand::RawJob::new("Echo", vec![json!("x")]), Push::new())
+        .await
+        .unwrap();
+    h.client
+        .push(Echo {
+            id: 5,
+            name: "after".into(),
+        })
+        .await
+        .unwrap();
     let (handle, task) = h.start(h.server());
     h.wait_log("echo:5:after", 1).await;
     h.wait_zcard("dead", 2).await;
     h.wait_zcard("retry", 2).await;
     stop(handle, task).await;
     let dead = h.zset("dead");
-    let raws: Vec<&str> = dead.iter().map(|(p, _)| p["raw"].as_str().unwrap()).collect();
+    let raws: Vec<&str> = dead
+        .iter()
+        .map(|(p, _)| p["raw"].as_str().unwrap())
+        .collect();
     assert!(raws.contains(&"not json"));
     assert!(raws.contains(&r#"{"class":"Echo"}"#));
     for (p, _) in &dead {
         assert_eq!(p["error_class"], "Errand::InvalidPayload");
-        assert!(p["error_message"].as_str().unwrap().contains("not a runnable job"));
+        assert!(
+            p["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("not a runnable job")
+        );
     }
     let retry = h.zset("retry");
-    let msgs: Vec<String> = retry.iter().map(|(p, _)| p["error_message"].to_string()).collect();
+    let msgs: Vec<String> = retry
+        .iter()
+        .map(|(p, _)| p["error_message"].to_string())
+        .collect();
     assert!(msgs.iter().any(|m| m.contains("class Nope")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("arguments do not fit Echo")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("arguments do not fit Echo")),
+        "{msgs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,23 +538,50 @@ async fn dead_set_is_trimmed_by_size_and_age() {
     for i in 0..5 {
         h.client.push(FailZero(i)).await.unwrap();
     }
-    let limits = DeadLimits { max_jobs: 3, max_age: Duration::from_secs(3600) };
+    let limits = DeadLimits {
+        max_jobs: 3,
+        max_age: Duration::from_secs(3600),
+    };
     let (handle, task) = h.start(h.server().dead_limits(limits).concurrency(1));
-    wait_until("five deaths", T, || async { h.deaths.load(Ordering::SeqCst) == 5 }).await;
+    wait_until("five deaths", T, || async {
+        h.deaths.load(Ordering::SeqCst) == 5
+    })
+    .await;
     stop(handle, task).await;
     let dead = h.zset("dead");
     assert_eq!(dead.len(), 3, "keeps exactly max_jobs");
-    assert!(dead.iter().all(|(p, _)| p["class"] == "FailZero"), "the old entry aged out");
+    assert!(
+        dead.iter().all(|(p, _)| p["class"] == "FailZero"),
+        "the old entry aged out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_jobs_of_a_dead_process_are_recovered() {
     let h = harness().await;
     let mut conn = h.redis.conn();
-    let payload = h.client.build(&Echo { id: 3, name: "orphan".into() }, &Push::new()).unwrap().to_json();
+    let payload = h
+        .client
+        .build(
+            &Echo {
+                id: 3,
+                name: "orphan".into(),
+            },
+            &Push::new(),
+        )
+        .unwrap()
+        .to_json();
     // A process that died: registered, jobs in flight, heartbeat hash expired (absent).
-    let _: () = conn.hset("errand:processes", "deadhost:1:abc", r#"{"queues":["default"]}"#).unwrap();
-    let _: () = conn.lpush("errand:inflight:deadhost:1:abc:default", &payload).unwrap();
+    let _: () = conn
+        .hset(
+            "errand:processes",
+            "deadhost:1:abc",
+            r#"{"queues":["default"]}"#,
+        )
+        .unwrap();
+    let _: () = conn
+        .lpush("errand:inflight:deadhost:1:abc:default", &payload)
+        .unwrap();
     let (handle, task) = h.start(h.server());
     h.wait_log("echo:3:orphan", 1).await;
     stop(handle, task).await;
@@ -462,11 +595,20 @@ async fn in_flight_jobs_of_a_dead_process_are_recovered() {
 async fn heartbeat_writes_sidekiq_process_state_and_obeys_remote_quiet() {
     let h = harness().await;
     h.client.push(Outcome("sleep".into())).await.unwrap();
-    let (handle, task) = h.start(h.server().tag("t1").shutdown_timeout(Duration::from_millis(300)));
+    let (handle, task) = h.start(
+        h.server()
+            .tag("t1")
+            .shutdown_timeout(Duration::from_millis(300)),
+    );
     let id = handle.identity().to_string();
     let mut conn = h.redis.conn();
     wait_until("busy 1 in the process hash", T, || async {
-        h.redis.conn().hget::<_, _, Option<String>>(&id, "busy").unwrap().as_deref() == Some("1")
+        h.redis
+            .conn()
+            .hget::<_, _, Option<String>>(&id, "busy")
+            .unwrap()
+            .as_deref()
+            == Some("1")
     })
     .await;
     let info: String = conn.hget(&id, "info").unwrap();
@@ -477,7 +619,8 @@ async fn heartbeat_writes_sidekiq_process_state_and_obeys_remote_quiet() {
     let ttl: i64 = conn.ttl(&id).unwrap();
     assert!(ttl > 0 && ttl <= 2);
     for suffix in ["workers", "work"] {
-        let work: std::collections::HashMap<String, String> = conn.hgetall(format!("{id}:{suffix}")).unwrap();
+        let work: std::collections::HashMap<String, String> =
+            conn.hgetall(format!("{id}:{suffix}")).unwrap();
         assert_eq!(work.len(), 1, "{suffix}");
         let entry: Value = serde_json::from_str(work.values().next().unwrap()).unwrap();
         let inner: Value = serde_json::from_str(entry["payload"].as_str().unwrap()).unwrap();
@@ -485,12 +628,20 @@ async fn heartbeat_writes_sidekiq_process_state_and_obeys_remote_quiet() {
     }
     let _: () = conn.lpush(format!("{id}-signals"), "TSTP").unwrap();
     wait_until("quiet=true", T, || async {
-        h.redis.conn().hget::<_, _, Option<String>>(&id, "quiet").unwrap().as_deref() == Some("true")
+        h.redis
+            .conn()
+            .hget::<_, _, Option<String>>(&id, "quiet")
+            .unwrap()
+            .as_deref()
+            == Some("true")
     })
     .await;
     let _: () = conn.lpush(format!("{id}-signals"), "TERM").unwrap();
     // The remote stop shuts the server down on its own: the sleeping job is put back.
-    tokio::time::timeout(Duration::from_secs(60), task).await.expect("remote TERM stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("remote TERM stops")
+        .unwrap();
     let _ = handle;
     let queued: Vec<String> = conn.lrange("queue:default", 0, -1).unwrap();
     assert_eq!(queued.len(), 1, "the unfinished job is back on its queue");
@@ -512,7 +663,13 @@ async fn enqueue_refuses_bad_arguments_and_oversized_payloads() {
     let e = h.client.push(BadKeys(m)).await.unwrap_err();
     assert!(e.to_string().contains("invalid job"), "{e}");
     let small = h.client.clone().max_payload_size(200);
-    let e = small.push(Echo { id: 1, name: "x".repeat(500) }).await.unwrap_err();
+    let e = small
+        .push(Echo {
+            id: 1,
+            name: "x".repeat(500),
+        })
+        .await
+        .unwrap_err();
     assert!(format!("{:?}", e).contains("TooLarge"));
     let len: usize = h.redis.conn().llen("queue:default").unwrap();
     assert_eq!(len, 0, "nothing was pushed");
@@ -522,7 +679,13 @@ async fn enqueue_refuses_bad_arguments_and_oversized_payloads() {
 async fn wire_profile_v8_writes_integer_millis() {
     let h = harness().await;
     let client = h.client.clone().wire_profile(errand::WireProfile::V8);
-    client.push(Echo { id: 1, name: "v8".into() }).await.unwrap();
+    client
+        .push(Echo {
+            id: 1,
+            name: "v8".into(),
+        })
+        .await
+        .unwrap();
     let raw: String = h.redis.conn().lindex("queue:default", 0).unwrap();
     let p: Value = serde_json::from_str(&raw).unwrap();
     assert!(p["created_at"].is_u64() && p["enqueued_at"].as_u64().unwrap() > 1_000_000_000_000);

@@ -49,11 +49,16 @@ async fn count(cx: &JobContext, n: u64) -> JobResult {
 async fn main() -> anyhow::Result<()> {
     errand_tests::init_tracing();
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let concurrency: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let shutdown_ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(25_000);
     let broker = RedisBroker::connect(&url).await?;
-    let ledger = redis::Client::open(url.as_str())?.get_connection_manager().await?;
+    let ledger = redis::Client::open(url.as_str())?
+        .get_connection_manager()
+        .await?;
     Server::builder(broker)
         .register::<Ledger>()
         .register::<Sleepy>()

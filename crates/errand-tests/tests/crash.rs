@@ -1,0 +1,151 @@
+//! Crash safety with real processes: a SIGKILLed worker loses no job, and a SIGTERMed one puts
+//! its unfinished job back on the queue after the shutdown deadline.
+
+use errand::redis::RedisBroker;
+use errand::{Client, RawJob};
+use errand_tests::{RedisServer, wait_until_sync};
+use redis::Commands;
+use serde_json::json;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn worker(url: &str, concurrency: usize, shutdown_ms: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
+        .args([url, &concurrency.to_string(), &shutdown_ms.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start errand-test-worker")
+}
+
+fn identity_of(conn: &mut redis::Connection, pid: u32) -> String {
+    let mut found = None;
+    wait_until_sync("the worker to register", Duration::from_secs(20), || {
+        let members: Vec<String> = conn.smembers("processes").unwrap();
+        found = members
+            .into_iter()
+            .find(|m| m.split(':').nth(1) == Some(pid.to_string().as_str()));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_no_job() {
+    const JOBS: u64 = 20_000;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let client = Client::new(RedisBroker::connect(&url).await.unwrap());
+    // The worker's job shape, Ledger(n), travels as args [n].
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ledger(u64);
+    impl errand::Job for Ledger {
+        const NAME: &'static str = "Ledger";
+        async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
+            unreachable!("run by the worker process")
+        }
+    }
+    client.push_bulk((0..JOBS).map(Ledger)).await.unwrap();
+    // A raw push, as another language would make it, runs the same way.
+    client
+        .push_raw(
+            RawJob::new("Ledger", vec![json!(JOBS)]),
+            errand::Push::new(),
+        )
+        .await
+        .unwrap();
+
+    let mut victim = worker(&url, 20, 25_000);
+    let mut survivor = worker(&url, 20, 25_000);
+    let mut conn = redis.conn();
+    let victim_id = identity_of(&mut conn, victim.id());
+    identity_of(&mut conn, survivor.id());
+
+    wait_until_sync(
+        "a quarter of the jobs to run",
+        Duration::from_secs(60),
+        || conn.hlen::<_, u64>("ledger").unwrap() >= JOBS / 4,
+    );
+    victim.kill().expect("SIGKILL");
+    victim.wait().unwrap();
+    // Frozen until the survivor sees the victim's heartbeat expire (3 s).
+    let in_flight: u64 = conn
+        .llen(format!("errand:inflight:{victim_id}:default"))
+        .unwrap();
+    assert!(
+        in_flight <= 20,
+        "never more in flight than the concurrency: {in_flight}"
+    );
+
+    wait_until_sync("every job to run", Duration::from_secs(120), || {
+        conn.hlen::<_, u64>("ledger").unwrap() == JOBS + 1
+    });
+    let ledger: HashMap<u64, u64> = conn.hgetall("ledger").unwrap();
+    assert_eq!(ledger.len() as u64, JOBS + 1, "every job ran at least once");
+    assert!((0..=JOBS).all(|n| ledger.get(&n).copied().unwrap_or(0) >= 1));
+    let runs: u64 = ledger.values().sum();
+    let duplicates = runs - (JOBS + 1);
+    eprintln!("crash test: {in_flight} in flight at the kill, {duplicates} duplicate runs");
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates > {in_flight} in flight at the kill"
+    );
+    wait_until_sync(
+        "the victim's in-flight list to drain",
+        Duration::from_secs(20),
+        || {
+            conn.llen::<_, u64>(format!("errand:inflight:{victim_id}:default"))
+                .unwrap()
+                == 0
+        },
+    );
+    let queued: u64 = conn.llen("queue:default").unwrap();
+    assert_eq!(queued, 0);
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_requeues_a_long_job_after_the_deadline() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let raw = json!({"retry": true, "queue": "default", "args": [60_000], "class": "Sleepy",
+        "jid": "aaaaaaaaaaaaaaaaaaaaaaaa", "created_at": 1.5, "enqueued_at": 1.5, "tracing": {"t": []}})
+    .to_string();
+    let _: () = conn.lpush("queue:default", &raw).unwrap();
+    let mut w = worker(&url, 2, 500);
+    let id = identity_of(&mut conn, w.id());
+    wait_until_sync("the job to start", Duration::from_secs(20), || {
+        conn.llen::<_, u64>(format!("errand:inflight:{id}:default"))
+            .unwrap()
+            == 1
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    wait_until_sync("the worker to exit", Duration::from_secs(20), || {
+        exited = w.try_wait().unwrap();
+        exited.is_some()
+    });
+    assert!(exited.unwrap().success());
+    let back: Option<String> = conn.lindex("queue:default", -1).unwrap();
+    assert_eq!(
+        back.as_deref(),
+        Some(raw.as_str()),
+        "the exact original string is back at the consuming end"
+    );
+    let in_flight: u64 = conn.llen(format!("errand:inflight:{id}:default")).unwrap();
+    assert_eq!(in_flight, 0);
+    let members: Vec<String> = conn.smembers("processes").unwrap();
+    assert!(
+        !members.contains(&id),
+        "the stopped process left the process set"
+    );
+    let ran: Option<u64> = conn.hget("ledger", 60_000).unwrap();
+    assert_eq!(ran, None, "the job did not finish");
+}
