@@ -29,7 +29,11 @@ impl Job for WelcomeEmail {
     }
 
     async fn perform(self, cx: &JobContext) -> JobResult {
-        println!("sending the welcome email to user {} (job {})", self.user_id, cx.jid());
+        println!(
+            "sending the welcome email to user {} (job {})",
+            self.user_id,
+            cx.jid()
+        );
         if let Some(done) = cx.data::<std::sync::Arc<Done>>()
             && done.left.fetch_sub(1, Ordering::SeqCst) == 1
         {
