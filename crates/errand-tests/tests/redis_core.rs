@@ -690,3 +690,113 @@ async fn wire_profile_v8_writes_integer_millis() {
     let p: Value = serde_json::from_str(&raw).unwrap();
     assert!(p["created_at"].is_u64() && p["enqueued_at"].as_u64().unwrap() > 1_000_000_000_000);
 }
+
+#[derive(Serialize, Deserialize)]
+struct SlowBackoff(u64);
+impl Job for SlowBackoff {
+    const NAME: &'static str = "SlowBackoff";
+    async fn perform(self, _cx: &JobContext) -> JobResult {
+        Err(JobError::retry("later"))
+    }
+    fn retry_in(count: u32, _error: &JobError) -> Option<Duration> {
+        Some(Duration::from_secs(1000 + u64::from(count)))
+    }
+}
+
+/// Records around each job, and short-circuits jobs whose first argument is "blocked".
+struct Around(Log);
+
+#[errand::async_trait]
+impl errand::middleware::Middleware for Around {
+    async fn call(&self, cx: &JobContext, next: errand::middleware::Next<'_>) -> JobResult {
+        if cx.payload().args().first() == Some(&json!("blocked")) {
+            self.0.push("mw:blocked".into());
+            return Err(JobError::discard("blocked by middleware"));
+        }
+        self.0.push(format!("mw:before:{}", cx.class()));
+        let r = next.run().await;
+        self.0.push(format!("mw:after:{}", r.is_ok()));
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_custom_backoff_and_a_panicking_death_handler() {
+    let h = harness().await;
+    h.client.push(Outcome("ok".into())).await.unwrap();
+    h.client.push(Outcome("blocked".into())).await.unwrap();
+    h.client.push(SlowBackoff(1)).await.unwrap();
+    h.client.push(FailZero(7)).await.unwrap();
+    let second = Arc::new(AtomicUsize::new(0));
+    let counter = second.clone();
+    let b = h
+        .server()
+        .register::<SlowBackoff>()
+        .middleware(Around(h.log.clone()))
+        .death_handler(|_p, _e| panic!("a broken alerting hook"))
+        .death_handler(move |p, e| {
+            assert_eq!(p.class(), "FailZero");
+            assert_eq!(e.message(), "always");
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .concurrency(1);
+    let (handle, task) = h.start(b);
+    h.wait_zcard("retry", 1).await;
+    h.wait_zcard("dead", 1).await;
+    wait_until("the later death handler", T, || async {
+        second.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    stop(handle, task).await;
+    let log = h.log.all();
+    assert!(log.contains(&"mw:blocked".to_string()));
+    assert!(
+        !log.contains(&"outcome:blocked".to_string()),
+        "the middleware stopped the job"
+    );
+    let i = log.iter().position(|s| s == "mw:before:Outcome").unwrap();
+    assert_eq!(log[i + 1], "outcome:ok");
+    assert_eq!(log[i + 2], "mw:after:true");
+    let (p, score) = h.zset("retry").remove(0);
+    assert_eq!(p["class"], "SlowBackoff");
+    let delay = score - p["failed_at"].as_f64().unwrap();
+    assert!(
+        (1000.0..=1009.5).contains(&delay),
+        "custom delay plus jitter, got {delay}"
+    );
+    assert_eq!(
+        h.deaths.load(Ordering::SeqCst),
+        1,
+        "the first handler still ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_protected_redis_url() {
+    init_tracing();
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query(&mut conn)
+        .unwrap();
+    let url = redis.url().replace("redis://", "redis://:s3cret@");
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    Client::new(broker)
+        .push(Echo {
+            id: 1,
+            name: "pw".into(),
+        })
+        .await
+        .unwrap();
+    let wrong = redis.url().replace("redis://", "redis://:wrong@");
+    assert!(
+        RedisBroker::connect(&wrong).await.is_err(),
+        "a wrong password is refused"
+    );
+    let mut authed = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let len: usize = authed.llen("queue:default").unwrap();
+    assert_eq!(len, 1);
+}

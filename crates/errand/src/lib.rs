@@ -57,6 +57,7 @@ pub mod middleware;
 mod registry;
 pub mod server;
 
+pub use async_trait::async_trait;
 pub use client::{Client, Push, RawJob};
 pub use context::{Data, JobContext};
 pub use errand_core::broker::DeadLimits;
