@@ -170,8 +170,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Stores jobs in the schedule set.
     async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()>;
 
-    /// Records that `identity` is a live server working `queues`, so its in-flight jobs can be
-    /// found and recovered if it dies. Called before its first fetch.
+    /// Records that `identity` is a server working `queues`, so its in-flight jobs can be found
+    /// and recovered if it dies. Call it after the process's first [`Broker::heartbeat`] and
+    /// before its first fetch: a registered process without a live heartbeat counts as dead to
+    /// [`Broker::rescue_orphans`]. Every heartbeat re-asserts the registration from its `info`.
     async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()>;
 
     /// Moves up to `max` jobs from the queues into the process's in-flight store, trying queues
@@ -191,8 +193,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Returns false (and stores nothing) when it was no longer held.
     async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool>;
 
-    /// Puts every in-flight job of `identity` back at the consuming end of its queue, unchanged.
-    /// Returns how many were moved.
+    /// Puts every in-flight job of `identity` back at the consuming end of its queue, unchanged
+    /// (the oldest fetched is consumed first). Needs the registration: call it before
+    /// [`Broker::unregister`]. Returns how many were moved.
     async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize>;
 
     /// Moves due jobs from the retry and schedule sets to their queues, stamping `enqueued_at`.
@@ -200,7 +203,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize>;
 
     /// Writes a heartbeat (process hash, work hash, stats) and returns a remote signal if one
-    /// was waiting.
+    /// was waiting. Keeps the process alive for `beat.ttl` and re-asserts its registration;
+    /// `beat.info` must list every queue the process fetches from under `queues`, since that is
+    /// where recovery finds its in-flight jobs.
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>>;
 
     /// Returns the in-flight jobs of processes whose heartbeat has expired to their queues.
@@ -210,6 +215,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a cleanly stopped process's registration and heartbeat.
     async fn unregister(&self, identity: &str) -> BrokerResult<()>;
 
-    /// Number of registered server processes (for poll interval scaling).
+    /// Number of server processes that have sent a heartbeat and not unregistered (Sidekiq's
+    /// `processes` set, for poll interval scaling).
     async fn process_count(&self) -> BrokerResult<usize>;
 }

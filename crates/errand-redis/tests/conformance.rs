@@ -1,0 +1,160 @@
+//! The backend conformance suite on Redis: one `redis-server` shared by the cases running at a
+//! time (or `REDIS_URL` when set), each case in its own key namespace.
+
+use async_trait::async_trait;
+use errand_backend_tests::{BackendFactory, Inspect, StatCounts, TestBackend};
+use errand_redis::{Keys, RedisBroker, RedisConfig};
+use errand_tests::RedisServer;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// The server the running cases share. A `static` is never dropped, so a server kept there
+/// would outlive the test binary; instead each case's factory holds an `Arc`, and the server
+/// stops when the last case using it ends (a later case starts a new one).
+static SERVER: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+
+fn server() -> Arc<RedisServer> {
+    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot.upgrade() {
+        return s;
+    }
+    let s = Arc::new(RedisServer::start());
+    *slot = Arc::downgrade(&s);
+    s
+}
+
+fn unique_namespace() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "conformance-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Made once per case (the macro evaluates `Redis::new()` per test), so it keeps the shared
+/// server alive for exactly as long as the case runs.
+struct Redis {
+    url: String,
+    _server: Option<Arc<RedisServer>>,
+}
+
+impl Redis {
+    fn new() -> Self {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self { url, _server: None },
+            _ => {
+                let s = server();
+                Self {
+                    url: s.url(),
+                    _server: Some(s),
+                }
+            }
+        }
+    }
+}
+
+struct RedisInspect {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl RedisInspect {
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn counts(&self, suffix: &str) -> StatCounts {
+        let mut c = self.conn();
+        let p: Option<u64> = c
+            .get(self.keys.key(&format!("stat:processed{suffix}")))
+            .await
+            .unwrap();
+        let f: Option<u64> = c
+            .get(self.keys.key(&format!("stat:failed{suffix}")))
+            .await
+            .unwrap();
+        StatCounts {
+            processed: p.unwrap_or(0),
+            failed: f.unwrap_or(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Inspect for RedisInspect {
+    async fn queue(&self, name: &str) -> Vec<String> {
+        let mut list: Vec<String> = self
+            .conn()
+            .lrange(self.keys.queue(name), 0, -1)
+            .await
+            .unwrap();
+        list.reverse(); // RPOP end first
+        list
+    }
+    async fn queue_len(&self, name: &str) -> usize {
+        self.conn().llen(self.keys.queue(name)).await.unwrap()
+    }
+    async fn known_queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = self.conn().smembers(self.keys.key("queues")).await.unwrap();
+        q.sort();
+        q
+    }
+    async fn set(&self, name: &str) -> Vec<(f64, String)> {
+        let entries: Vec<(String, f64)> = self
+            .conn()
+            .zrange_withscores(self.keys.key(name), 0, -1)
+            .await
+            .unwrap();
+        entries.into_iter().map(|(m, s)| (s, m)).collect()
+    }
+    async fn in_flight(&self, identity: &str, queue: &str) -> Vec<String> {
+        let key = format!("{}{queue}", self.keys.inflight_prefix(identity));
+        let mut list: Vec<String> = self.conn().lrange(key, 0, -1).await.unwrap();
+        list.reverse(); // LPUSHed: oldest at the right
+        list
+    }
+    async fn stats(&self) -> StatCounts {
+        self.counts("").await
+    }
+    async fn daily_stats(&self, date: &str) -> StatCounts {
+        self.counts(&format!(":{date}")).await
+    }
+    async fn push_signal(&self, identity: &str, name: &str) -> bool {
+        let key = self.keys.key(&format!("{identity}-signals"));
+        let _: () = self.conn().lpush(key, name).await.unwrap();
+        true
+    }
+    async fn let_time_pass(&self, _by: Duration) {
+        // Redis expires keys on its own clock; the case polls with a deadline.
+    }
+}
+
+#[async_trait]
+impl BackendFactory for Redis {
+    fn name(&self) -> &str {
+        "redis"
+    }
+    async fn new_backend(&self) -> TestBackend {
+        let ns = unique_namespace();
+        let broker = RedisBroker::connect_with(RedisConfig::new(&self.url).namespace(ns.clone()))
+            .await
+            .expect("connect to the test redis");
+        TestBackend {
+            inspect: Arc::new(RedisInspect {
+                conn: broker.connection(),
+                keys: Keys::new(Some(&ns)),
+            }),
+            broker: Arc::new(broker),
+        }
+    }
+}
+
+errand_backend_tests::conformance_tests!(Redis::new());
