@@ -6,7 +6,7 @@
 //! plus an [`Inspect`] view of what it stores) and expands [`conformance_tests!`], which gives
 //! one `#[tokio::test]` per case:
 //!
-//! ```ignore
+//! ```text
 //! struct Memory;
 //! #[async_trait::async_trait]
 //! impl errand_backend_tests::BackendFactory for Memory { /* ... */ }
