@@ -161,6 +161,21 @@ impl RemoteSignal {
     }
 }
 
+/// The `queues` listed in a process's `info` JSON (empty when absent or unreadable): where
+/// recovery looks for the process's in-flight jobs.
+pub fn info_queues(info: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(info)
+        .ok()
+        .and_then(|v| {
+            v.get("queues")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|q| q.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// A storage backend's hot path and process duties.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {

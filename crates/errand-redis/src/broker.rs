@@ -158,16 +158,7 @@ impl RedisBroker {
     }
 
     async fn rescue(&self, identity: &str, info: &str, require_dead: bool) -> BrokerResult<i64> {
-        let queues: Vec<String> = serde_json::from_str::<serde_json::Value>(info)
-            .ok()
-            .and_then(|v| {
-                v.get("queues")?.as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|q| q.as_str().map(str::to_string))
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
+        let queues = errand_core::broker::info_queues(info);
         let mut inv = scripts::RESCUE.prepare_invoke();
         inv.key(self.keys.key(identity))
             .key(self.keys.registry())

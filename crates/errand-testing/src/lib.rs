@@ -247,7 +247,7 @@ impl State {
     /// queues named in its `info`), oldest fetched consumed first, as `rescue.lua` does.
     fn requeue(&mut self, identity: &str, info: &str) -> usize {
         let mut n = 0;
-        for queue in info_queues(info) {
+        for queue in errand_core::broker::info_queues(info) {
             let Some(list) = self
                 .in_flight
                 .get_mut(&(identity.to_string(), queue.clone()))
@@ -284,20 +284,6 @@ impl State {
             None => false,
         }
     }
-}
-
-/// The `queues` array of a registry `info` JSON (empty when absent or unreadable).
-fn info_queues(info: &str) -> Vec<String> {
-    serde_json::from_str::<serde_json::Value>(info)
-        .ok()
-        .and_then(|v| {
-            v.get("queues")?.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|q| q.as_str().map(str::to_string))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
 }
 
 /// An in-memory [`Broker`] with the Redis backend's semantics. Cheap to clone; clones share
