@@ -71,6 +71,20 @@ fn record<J: Job>(cx: &JobContext, job: &J) -> JobResult {
     Ok(())
 }
 
+/// Jobs whose whole work is recording their execution, named after their type.
+macro_rules! recording_jobs {
+    ($($job:ident),+) => {$(
+        impl Job for $job {
+            const NAME: &'static str = stringify!($job);
+            async fn perform(self, cx: &JobContext) -> JobResult {
+                record(cx, &self)
+            }
+        }
+    )+};
+}
+
+recording_jobs!(TripleJob, FifoJob, LaterJob, QuickJob, UserWelcomeJob);
+
 async fn broker(url: &str) -> RedisBroker {
     RedisBroker::connect(url).await.expect("connect broker")
 }
@@ -161,32 +175,11 @@ struct TripleJob {
     c: Value,
 }
 
-impl Job for TripleJob {
-    const NAME: &'static str = "TripleJob";
-    async fn perform(self, cx: &JobContext) -> JobResult {
-        record(cx, &self)
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct FifoJob(String);
 
-impl Job for FifoJob {
-    const NAME: &'static str = "FifoJob";
-    async fn perform(self, cx: &JobContext) -> JobResult {
-        record(cx, &self)
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct LaterJob(u64);
-
-impl Job for LaterJob {
-    const NAME: &'static str = "LaterJob";
-    async fn perform(self, cx: &JobContext) -> JobResult {
-        record(cx, &self)
-    }
-}
 
 /// Run by Ruby's `OkJob` (app.rb); Errand only pushes it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -280,13 +273,6 @@ impl Job for SlowJob {
 #[derive(Debug, Serialize, Deserialize)]
 struct QuickJob(u64);
 
-impl Job for QuickJob {
-    const NAME: &'static str = "QuickJob";
-    async fn perform(self, cx: &JobContext) -> JobResult {
-        record(cx, &self)
-    }
-}
-
 /// Fails without retries: counted as failed, then dropped.
 #[derive(Debug, Serialize, Deserialize)]
 struct FailJob(u64);
@@ -306,13 +292,6 @@ impl Job for FailJob {
 #[derive(Debug, Serialize, Deserialize)]
 struct UserWelcomeJob {
     user_id: u64,
-}
-
-impl Job for UserWelcomeJob {
-    const NAME: &'static str = "UserWelcomeJob";
-    async fn perform(self, cx: &JobContext) -> JobResult {
-        record(cx, &self)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
