@@ -283,29 +283,17 @@ async fn bulk_push_of_100k_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_and_strict_queue_order() {
     let h = harness().await;
-    for i in 0..3 {
-        h.client
-            .push_with(
-                Echo {
-                    id: i,
-                    name: "low".into(),
-                },
-                Push::new().queue("low"),
-            )
-            .await
-            .unwrap();
-    }
-    for i in 0..3 {
-        h.client
-            .push_with(
-                Echo {
-                    id: i,
-                    name: "high".into(),
-                },
-                Push::new().queue("high"),
-            )
-            .await
-            .unwrap();
+    for queue in ["low", "high"] {
+        for i in 0..3 {
+            let job = Echo {
+                id: i,
+                name: queue.into(),
+            };
+            h.client
+                .push_with(job, Push::new().queue(queue))
+                .await
+                .unwrap();
+        }
     }
     let (handle, task) = h.start(h.server().queues(["high", "low"]).concurrency(1));
     h.wait_log("echo:", 6).await;
