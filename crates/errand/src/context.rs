@@ -63,6 +63,12 @@ impl JobContext {
         self
     }
 
+    /// Takes the payload back once the attempt is over (copies it only if a clone of this
+    /// context is still alive, e.g. held by a task the job spawned).
+    pub(crate) fn into_payload(self) -> Payload {
+        Arc::try_unwrap(self.payload).unwrap_or_else(|shared| (*shared).clone())
+    }
+
     /// The job id.
     pub fn jid(&self) -> &str {
         self.payload.jid()

@@ -46,26 +46,27 @@ async fn process(s: &Shared, job: Fetched) {
         Err(e) => return retry::bury_malformed(s, &job, &e).await,
     };
     s.processed.fetch_add(1, Ordering::Relaxed);
-    let unwrapped = activejob::unwrap(&payload);
-    let (class, args) = match &unwrapped {
-        Some((class, args)) => (class.as_str(), args.as_slice()),
-        None => (payload.class(), payload.args()),
+    // The context owns the payload for the attempt; it is taken back afterwards for the retry
+    // bookkeeping, so the hot path never copies it.
+    let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
+        .with_shutdown(s.deadline.clone(), &job.queue);
+    let (handler, result) = {
+        let unwrapped = activejob::unwrap(cx.payload());
+        let (class, args) = match &unwrapped {
+            Some((class, args)) => (class.as_str(), args.as_slice()),
+            None => (cx.payload().class(), cx.payload().args()),
+        };
+        let handler = s.parts.registry.get(class).cloned();
+        let result = match &handler {
+            None => Err(JobError::retry(format!(
+                "no job is registered for class {class} on this server"
+            ))
+            .with_class("Errand::UnknownJob")),
+            Some(h) => attempt(s, h.as_ref(), args, &cx).await,
+        };
+        (handler, result)
     };
-    let handler = s.parts.registry.get(class).cloned();
-    let cx = JobContext::new(
-        payload.clone(),
-        s.parts.client.clone(),
-        s.parts.data.clone(),
-    )
-    .with_shutdown(s.deadline.clone(), &job.queue);
-    let result = match &handler {
-        None => Err(JobError::retry(format!(
-            "no job is registered for class {class} on this server"
-        ))
-        .with_class("Errand::UnknownJob")),
-        Some(h) => attempt(s, h.as_ref(), args, &cx).await,
-    };
-    drop(cx);
+    let payload = cx.into_payload();
     let Err(err) = result else {
         retry::persist(s, "ack", || s.broker().ack(&job)).await;
         return;
@@ -82,7 +83,7 @@ async fn process(s: &Shared, job: Fetched) {
             s.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 jid = payload.jid(),
-                class,
+                class = payload.display_class(),
                 reason = err.message(),
                 "discarded"
             );
@@ -90,7 +91,7 @@ async fn process(s: &Shared, job: Fetched) {
         }
         _ => {
             s.failed.fetch_add(1, Ordering::Relaxed);
-            retry::handle_failure(s, &job, payload.clone(), handler.as_deref(), &err).await;
+            retry::handle_failure(s, &job, payload, handler.as_deref(), &err).await;
         }
     }
 }
