@@ -2,7 +2,7 @@
 //! in Sidekiq's order: quiet (stop fetching), wait for running jobs up to the deadline, put
 //! unfinished jobs back on their queues, unregister.
 
-use super::{Config, DeathHandler, ServerBuilder};
+use super::{Config, DeathHandler, RetryDelay, ServerBuilder};
 use crate::middleware::Middleware;
 use crate::registry::Registry;
 use crate::{Client, Data, Error};
@@ -22,6 +22,7 @@ pub(crate) struct Parts {
     pub data: Arc<Data>,
     pub middleware: Vec<Arc<dyn Middleware>>,
     pub death_handlers: Vec<DeathHandler>,
+    pub retry_delay: Option<RetryDelay>,
     pub config: Config,
 }
 

@@ -25,6 +25,16 @@ pub use launcher::{Server, ServerHandle};
 /// on `retry(0)`, on [`JobError::dead`], and for `retry(false)` jobs that are dropped.
 pub type DeathHandler = Arc<dyn Fn(&Payload, &JobError) + Send + Sync>;
 
+/// Replaces Sidekiq's backoff for jobs that define no `retry_in`: the delay before retry
+/// number `count`, with no jitter added.
+pub type RetryDelay = Arc<dyn Fn(u32) -> Duration + Send + Sync>;
+
+/// The order in which a weighted server tries `queues` on one fetch: each queue comes first with
+/// probability weight ÷ total (Sidekiq's expand, shuffle, de-duplicate).
+pub fn weighted_order(queues: &[(String, u32)]) -> Vec<String> {
+    manager::queue_order(&QueueMode::Weighted, queues)
+}
+
 /// How a server orders its queues on each fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum QueueMode {
@@ -86,6 +96,7 @@ pub struct ServerBuilder {
     data: Data,
     middleware: Vec<Arc<dyn Middleware>>,
     death_handlers: Vec<DeathHandler>,
+    retry_delay: Option<RetryDelay>,
     config: Config,
     errors: Vec<String>,
 }
@@ -106,6 +117,7 @@ impl ServerBuilder {
             data: Data::default(),
             middleware: vec![Arc::new(Logging)],
             death_handlers: Vec::new(),
+            retry_delay: None,
             config: Config::default(),
             errors: Vec::new(),
         }
@@ -174,6 +186,16 @@ impl ServerBuilder {
         F: Fn(&Payload, &JobError) + Send + Sync + 'static,
     {
         self.death_handlers.push(Arc::new(f));
+        self
+    }
+
+    /// Replaces Sidekiq's backoff (`count⁴ + 15` s plus jitter) for jobs that define no
+    /// `retry_in`, e.g. `|_| Duration::from_secs(1)` for a demo or a test. Defaults to Sidekiq's.
+    pub fn retry_delay<F>(mut self, f: F) -> Self
+    where
+        F: Fn(u32) -> Duration + Send + Sync + 'static,
+    {
+        self.retry_delay = Some(Arc::new(f));
         self
     }
 
@@ -283,6 +305,7 @@ impl ServerBuilder {
             data: Arc::new(self.data),
             middleware: self.middleware,
             death_handlers: self.death_handlers,
+            retry_delay: self.retry_delay,
             config: self.config,
         }))
     }

@@ -88,13 +88,15 @@ pub(crate) async fn handle_failure(
     });
     let exhausted = count >= max || err.kind() == crate::JobErrorKind::Dead;
     if !exhausted {
-        let custom = handler
-            .and_then(|h| h.retry_in(count, err))
-            .map(|d| d.as_secs());
-        let delay = backoff::delay(c.profile, count, custom);
+        let custom = handler.and_then(|h| h.retry_in(count, err));
+        let delay = match (custom, &s.parts.retry_delay) {
+            (Some(d), _) => backoff::delay(c.profile, count, Some(d.as_secs())) as f64,
+            (None, Some(f)) => f(count).as_secs_f64(),
+            (None, None) => backoff::delay(c.profile, count, None) as f64,
+        };
         let to = Settle::Retry {
             payload: payload.to_json(),
-            at: now + delay as f64,
+            at: now + delay,
         };
         tracing::info!(
             jid = payload.jid(),
