@@ -1,0 +1,728 @@
+//! [`SqliteBroker`]: the broker contract on one SQLite file.
+
+use crate::schema::{SCHEMA, member_hash, state};
+use async_trait::async_trait;
+use errand_core::broker::{
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, RemoteSignal, Scheduled,
+    Settle,
+};
+use errand_core::{BrokerError, Payload, WireProfile};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How many due jobs one promotion transaction moves.
+const PROMOTE_BATCH: i64 = 500;
+/// How often a waiting fetch looks for jobs pushed by other processes.
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(25);
+
+/// What a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous = FULL`: a committed push or transition survives power loss.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: survives a process crash (SIGKILL, OOM) but the last commits may
+    /// be lost on power loss; several times faster.
+    Normal,
+}
+
+/// Settings for [`SqliteBroker::open_with`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    path: PathBuf,
+    durability: Durability,
+    busy_timeout: Duration,
+}
+
+impl SqliteConfig {
+    /// The file at `path` (created if missing).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+            durability: Durability::default(),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// What a commit survives. Defaults to [`Durability::Full`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long to wait for another process's write lock before failing. Defaults to 5 s.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
+
+/// Processed and failed counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqliteStats {
+    /// Jobs executed.
+    pub processed: u64,
+    /// Jobs failed.
+    pub failed: u64,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    /// Wakes waiting fetches of this process when it pushes or moves jobs to a queue.
+    pushed: Notify,
+    path: PathBuf,
+}
+
+/// The SQLite backend. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct SqliteBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBroker")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> BrokerError {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    match e.sqlite_error_code() {
+        // Another process held the write lock past the busy timeout: worth retrying.
+        Some(DatabaseBusy | DatabaseLocked) => BrokerError::Connection(Box::new(e)),
+        _ => BrokerError::Command(Box::new(e)),
+    }
+}
+
+fn set_state(name: &str) -> Option<i64> {
+    match name {
+        "schedule" => Some(state::SCHEDULE),
+        "retry" => Some(state::RETRY),
+        "dead" => Some(state::DEAD),
+        _ => None,
+    }
+}
+
+fn now() -> f64 {
+    errand_core::now()
+}
+
+/// Reserves `n` consecutive queue positions after every one handed out so far.
+fn next_seq(tx: &Transaction<'_>, n: i64) -> rusqlite::Result<i64> {
+    let last: i64 = tx.query_row(
+        "INSERT INTO counters(name, value) VALUES ('seq', ?1)
+         ON CONFLICT(name) DO UPDATE SET value = value + ?1 RETURNING value",
+        [n],
+        |r| r.get(0),
+    )?;
+    Ok(last - n + 1)
+}
+
+/// Adds a member to a set, replacing an equal member (sets hold each payload once, as Redis
+/// sorted sets do).
+fn add_member(tx: &Transaction<'_>, set: i64, score: f64, payload: &str) -> rusqlite::Result<()> {
+    let member = member_hash(payload);
+    tx.execute(
+        "DELETE FROM jobs WHERE state = ?1 AND member = ?2 AND payload = ?3",
+        params![set, member, payload],
+    )?;
+    tx.execute(
+        "INSERT INTO jobs(state, queue, score, member, payload) VALUES (?1, '', ?2, ?3, ?4)",
+        params![set, score, member, payload],
+    )?;
+    Ok(())
+}
+
+/// Puts `owner`'s in-flight jobs back at the consuming end of their queues, the oldest fetched
+/// first. Returns how many moved.
+fn requeue_owned(tx: &Transaction<'_>, owner: &str) -> rusqlite::Result<usize> {
+    let held: Vec<(i64, String)> = tx
+        .prepare(
+            "SELECT id, queue FROM jobs WHERE owner = ?1 AND state = ?2 ORDER BY score DESC, id DESC",
+        )?
+        .query_map(params![owner, state::IN_FLIGHT], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, queue) in &held {
+        // One before the current front of the queue: the last one moved (the oldest fetched)
+        // ends up first.
+        let front: Option<i64> = tx.query_row(
+            "SELECT MIN(seq) FROM jobs WHERE state = ?1 AND queue = ?2",
+            params![state::QUEUED, queue],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE jobs SET state = ?1, owner = NULL, score = 0, seq = ?2 WHERE id = ?3",
+            params![state::QUEUED, front.unwrap_or(1) - 1, id],
+        )?;
+    }
+    Ok(held.len())
+}
+
+fn lease(id: i64, identity: &str) -> String {
+    format!("{id}|{identity}")
+}
+
+fn parse_lease(lease: &str) -> Option<(i64, &str)> {
+    let (id, owner) = lease.split_once('|')?;
+    Some((id.parse().ok()?, owner))
+}
+
+impl SqliteBroker {
+    /// Opens (creating if needed) the file at `path` with default settings.
+    ///
+    /// # Errors
+    /// The file cannot be opened or is not a database.
+    pub async fn open(path: impl AsRef<Path>) -> BrokerResult<Self> {
+        Self::open_with(SqliteConfig::new(path)).await
+    }
+
+    /// Opens (creating if needed) the file with `config`.
+    ///
+    /// # Errors
+    /// The file cannot be opened or is not a database.
+    pub async fn open_with(config: SqliteConfig) -> BrokerResult<Self> {
+        let path = config.path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(&config.path)?;
+            conn.busy_timeout(config.busy_timeout)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let sync = match config.durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", sync)?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| BrokerError::Config(format!("opening sqlite: {e}")))?
+        .map_err(db_err)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                pushed: Notify::new(),
+                path,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the connection in the blocking pool.
+    async fn with<T, F>(&self, f: F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| BrokerError::Command(Box::new(e)))?
+        .map_err(db_err)
+    }
+
+    /// Runs `f` in one write transaction.
+    async fn write<T, F>(&self, f: F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The jobs waiting in queue `name`, the next to be fetched first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn queue(&self, name: &str) -> BrokerResult<Vec<String>> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.prepare("SELECT payload FROM jobs WHERE state = ?1 AND queue = ?2 ORDER BY seq")?
+                .query_map(params![state::QUEUED, name], |r| r.get(0))?
+                .collect()
+        })
+        .await
+    }
+
+    /// The number of jobs waiting in queue `name`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn queue_len(&self, name: &str) -> BrokerResult<usize> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state = ?1 AND queue = ?2",
+                params![state::QUEUED, name],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n as usize)
+    }
+
+    /// Every queue name pushed or promoted to, sorted.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn known_queues(&self) -> BrokerResult<Vec<String>> {
+        self.with(|c| {
+            c.prepare("SELECT name FROM queues ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+    }
+
+    /// Set `name` (`retry`, `schedule` or `dead`) as `(score, payload)`, lowest score first.
+    ///
+    /// # Errors
+    /// A database error; an unknown set name is empty.
+    pub async fn set(&self, name: &str) -> BrokerResult<Vec<(f64, String)>> {
+        let Some(set) = set_state(name) else {
+            return Ok(Vec::new());
+        };
+        self.with(move |c| {
+            c.prepare("SELECT score, payload FROM jobs WHERE state = ?1 ORDER BY score, payload")?
+                .query_map([set], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    /// The jobs `identity` holds in flight from `queue`, oldest fetched first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn in_flight(&self, identity: &str, queue: &str) -> BrokerResult<Vec<String>> {
+        let (identity, queue) = (identity.to_string(), queue.to_string());
+        self.with(move |c| {
+            c.prepare(
+                "SELECT payload FROM jobs WHERE state = ?1 AND owner = ?2 AND queue = ?3
+                 ORDER BY score, id",
+            )?
+            .query_map(params![state::IN_FLIGHT, identity, queue], |r| r.get(0))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn counters(&self, suffix: String) -> BrokerResult<SqliteStats> {
+        self.with(move |c| {
+            let get = |name: String| -> rusqlite::Result<u64> {
+                Ok(
+                    c.query_row("SELECT value FROM stats WHERE name = ?1", [name], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .optional()?
+                    .unwrap_or(0) as u64,
+                )
+            };
+            Ok(SqliteStats {
+                processed: get(format!("processed{suffix}"))?,
+                failed: get(format!("failed{suffix}"))?,
+            })
+        })
+        .await
+    }
+
+    /// The total processed and failed counters.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn stats(&self) -> BrokerResult<SqliteStats> {
+        self.counters(String::new()).await
+    }
+
+    /// The counters of one UTC day (`YYYY-MM-DD`).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn daily_stats(&self, date: &str) -> BrokerResult<SqliteStats> {
+        self.counters(format!(":{date}")).await
+    }
+
+    /// Queues remote signal `name` (`TSTP`, `TERM`, `TTIN`) for process `identity`; it acts
+    /// on it at its next heartbeat.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn push_signal(&self, identity: &str, name: &str) -> BrokerResult<()> {
+        let (identity, name) = (identity.to_string(), name.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO signals(identity, name) VALUES (?1, ?2)",
+                params![identity, name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn fetch_once(
+        tx: &Transaction<'_>,
+        identity: &str,
+        queues: &[String],
+        max: usize,
+    ) -> rusqlite::Result<Vec<Fetched>> {
+        let mut out = Vec::new();
+        let mut select = tx.prepare_cached(
+            "SELECT id, payload FROM jobs WHERE state = ?1 AND queue = ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let mut take =
+            tx.prepare_cached("UPDATE jobs SET state = ?1, owner = ?2, score = ?3 WHERE id = ?4")?;
+        for queue in queues {
+            let left = max - out.len();
+            if left == 0 {
+                break;
+            }
+            let rows: Vec<(i64, String)> = select
+                .query_map(params![state::QUEUED, queue, left as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            if rows.is_empty() {
+                continue;
+            }
+            let first = next_seq(tx, rows.len() as i64)?;
+            for (i, (id, raw)) in rows.into_iter().enumerate() {
+                take.execute(params![
+                    state::IN_FLIGHT,
+                    identity,
+                    (first + i as i64) as f64,
+                    id
+                ])?;
+                out.push(Fetched {
+                    queue: queue.clone(),
+                    raw,
+                    lease: lease(id, identity),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Broker for SqliteBroker {
+    async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let jobs = jobs.to_vec();
+        self.write(move |tx| {
+            let first = next_seq(tx, jobs.len() as i64)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs(state, queue, seq, payload) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut queue = tx.prepare_cached("INSERT OR IGNORE INTO queues(name) VALUES (?1)")?;
+            let mut last_queue: Option<&str> = None;
+            for (i, j) in jobs.iter().enumerate() {
+                insert.execute(params![state::QUEUED, j.queue, first + i as i64, j.payload])?;
+                if last_queue != Some(j.queue.as_str()) {
+                    queue.execute([&j.queue])?;
+                    last_queue = Some(&j.queue);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.inner.pushed.notify_waiters();
+        Ok(())
+    }
+
+    async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()> {
+        let jobs = jobs.to_vec();
+        self.write(move |tx| {
+            for j in &jobs {
+                add_member(tx, state::SCHEDULE, j.at, &j.payload)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
+        let identity = identity.to_string();
+        let info = serde_json::json!({ "queues": queues }).to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO processes(identity, info) VALUES (?1, ?2)",
+                params![identity, info],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
+        if req.queues.is_empty() || req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + req.wait;
+        loop {
+            // Listen before looking, so a push between the look and the wait is not missed.
+            let pushed = self.inner.pushed.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
+            let (identity, queues, max) = (req.identity.to_string(), req.queues.to_vec(), req.max);
+            let jobs = self
+                .write(move |tx| Self::fetch_once(tx, &identity, &queues, max))
+                .await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !jobs.is_empty() || left.is_zero() {
+                return Ok(jobs);
+            }
+            tokio::select! {
+                _ = pushed => {}
+                _ = tokio::time::sleep(left.min(CROSS_PROCESS_POLL)) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, job: &Fetched) -> BrokerResult<bool> {
+        let Some((id, owner)) = parse_lease(&job.lease) else {
+            return Ok(false);
+        };
+        let owner = owner.to_string();
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND owner = ?3",
+                params![id, state::IN_FLIGHT, owner],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool> {
+        let Some((id, owner)) = parse_lease(&job.lease) else {
+            return Ok(false);
+        };
+        let owner = owner.to_string();
+        self.write(move |tx| {
+            let held = tx.execute(
+                "DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND owner = ?3",
+                params![id, state::IN_FLIGHT, owner],
+            )?;
+            if held == 0 {
+                return Ok(false);
+            }
+            match &to {
+                Settle::Retry { payload, at } => add_member(tx, state::RETRY, *at, payload)?,
+                Settle::Schedule { payload, at } => add_member(tx, state::SCHEDULE, *at, payload)?,
+                Settle::Dead {
+                    payload,
+                    now,
+                    limits,
+                } => {
+                    add_member(tx, state::DEAD, *now, payload)?;
+                    tx.execute(
+                        "DELETE FROM jobs WHERE state = ?1 AND score < ?2",
+                        params![state::DEAD, now - limits.max_age.as_secs_f64()],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM jobs WHERE state = ?1 AND id NOT IN (
+                             SELECT id FROM jobs WHERE state = ?1
+                             ORDER BY score DESC, payload DESC LIMIT ?2)",
+                        params![state::DEAD, limits.max_jobs as i64],
+                    )?;
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
+        let identity = identity.to_string();
+        let n = self.write(move |tx| requeue_owned(tx, &identity)).await?;
+        if n > 0 {
+            self.inner.pushed.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
+        let mut moved = 0;
+        for set in [state::RETRY, state::SCHEDULE] {
+            loop {
+                let n = self
+                    .write(move |tx| {
+                        let due: Vec<(i64, String)> = tx
+                            .prepare_cached(
+                                "SELECT id, payload FROM jobs WHERE state = ?1 AND score <= ?2
+                                 ORDER BY score, payload LIMIT ?3",
+                            )?
+                            .query_map(params![set, now, PROMOTE_BATCH], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })?
+                            .collect::<Result<_, _>>()?;
+                        let first = next_seq(tx, due.len() as i64)?;
+                        for (i, (id, raw)) in due.iter().enumerate() {
+                            let (queue, payload) = match Payload::parse(raw) {
+                                Ok(mut p) => {
+                                    p.stamp_enqueued(profile, now);
+                                    (p.queue().to_string(), p.to_json())
+                                }
+                                // Unreadable entries go to `default` unchanged, where the
+                                // worker files them in the dead set with the reason.
+                                Err(_) => ("default".to_string(), raw.clone()),
+                            };
+                            tx.execute(
+                                "UPDATE jobs SET state = ?1, queue = ?2, seq = ?3, score = 0,
+                                 member = 0, payload = ?4 WHERE id = ?5",
+                                params![state::QUEUED, queue, first + i as i64, payload, id],
+                            )?;
+                            tx.execute("INSERT OR IGNORE INTO queues(name) VALUES (?1)", [queue])?;
+                        }
+                        Ok(due.len())
+                    })
+                    .await?;
+                moved += n;
+                if (n as i64) < PROMOTE_BATCH {
+                    break;
+                }
+            }
+        }
+        if moved > 0 {
+            self.inner.pushed.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
+        let identity = beat.identity.to_string();
+        let info = beat.info.to_string();
+        let work: Vec<(String, String)> = beat
+            .work
+            .iter()
+            .map(|w| (w.tid.clone(), w.json.clone()))
+            .collect();
+        let (busy, concurrency, at, quiet, rss) = (
+            beat.busy as i64,
+            beat.concurrency as i64,
+            beat.beat,
+            beat.quiet,
+            beat.rss_kb as i64,
+        );
+        // Whole seconds, at least one, as Redis's EXPIRE does.
+        let ttl = beat.ttl.as_secs().max(1) as f64;
+        let (processed, failed) = (beat.processed as i64, beat.failed as i64);
+        let date = errand_core::utc_date(at);
+        let signal = self
+            .write(move |tx| {
+                if processed > 0 || failed > 0 {
+                    let mut add = tx.prepare_cached(
+                        "INSERT INTO stats(name, value) VALUES (?1, ?2)
+                         ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    )?;
+                    for (name, n) in [("processed", processed), ("failed", failed)] {
+                        add.execute(params![name, n])?;
+                        add.execute(params![format!("{name}:{date}"), n])?;
+                    }
+                }
+                tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;
+                for (tid, json) in &work {
+                    tx.execute(
+                        "INSERT INTO work(identity, tid, json) VALUES (?1, ?2, ?3)",
+                        params![identity, tid, json],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO processes(identity, info, beat, expires_at, busy, concurrency, quiet, rss_kb)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(identity) DO UPDATE SET info = excluded.info, beat = excluded.beat,
+                       expires_at = excluded.expires_at, busy = excluded.busy,
+                       concurrency = excluded.concurrency, quiet = excluded.quiet, rss_kb = excluded.rss_kb",
+                    params![identity, info, at, now() + ttl, busy, concurrency, quiet, rss],
+                )?;
+                let signal: Option<(i64, String)> = tx
+                    .query_row(
+                        "SELECT id, name FROM signals WHERE identity = ?1 ORDER BY id LIMIT 1",
+                        [&identity],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((id, _)) = &signal {
+                    tx.execute("DELETE FROM signals WHERE id = ?1", [id])?;
+                }
+                Ok(signal.map(|(_, name)| name))
+            })
+            .await?;
+        Ok(signal.as_deref().and_then(RemoteSignal::from_name))
+    }
+
+    async fn rescue_orphans(&self) -> BrokerResult<usize> {
+        let at = now();
+        let rescued = self
+            .write(move |tx| {
+                let dead: Vec<String> = tx
+                    .prepare(
+                        "SELECT identity FROM processes WHERE expires_at IS NULL OR expires_at <= ?1",
+                    )?
+                    .query_map([at], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut total = Vec::new();
+                for identity in dead {
+                    let n = requeue_owned(tx, &identity)?;
+                    tx.execute("DELETE FROM processes WHERE identity = ?1", [&identity])?;
+                    tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;
+                    if n > 0 {
+                        total.push((identity, n));
+                    }
+                }
+                Ok(total)
+            })
+            .await?;
+        let mut n = 0;
+        for (identity, jobs) in rescued {
+            tracing::warn!(identity, jobs, "recovered in-flight jobs of a dead process");
+            n += jobs;
+        }
+        if n > 0 {
+            self.inner.pushed.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    async fn unregister(&self, identity: &str) -> BrokerResult<()> {
+        let identity = identity.to_string();
+        self.write(move |tx| {
+            tx.execute("DELETE FROM processes WHERE identity = ?1", [&identity])?;
+            tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;
+            tx.execute("DELETE FROM signals WHERE identity = ?1", [&identity])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn process_count(&self) -> BrokerResult<usize> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM processes WHERE beat IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n as usize)
+    }
+}

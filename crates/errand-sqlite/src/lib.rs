@@ -1,0 +1,24 @@
+//! Errand's embedded backend: one SQLite file, no server to run.
+//!
+//! # Overview
+//! [`SqliteBroker`] implements [`errand_core::broker::Broker`] on a single SQLite file
+//! (bundled SQLite: nothing to install). It is the zero-setup default for one machine; several
+//! processes on that machine may share the file. Behaviour matches the Redis backend, which
+//! the shared conformance suite (`errand-backend-tests`) checks case by case.
+//!
+//! - The file runs in WAL mode; every transition (push, fetch, ack, retry, kill, snooze,
+//!   promotion, recovery) is one `BEGIN IMMEDIATE` transaction, so a crash never leaves a job
+//!   half-moved.
+//! - Fetched jobs stay in the `jobs` table as `in flight`, owned by the process; a process that
+//!   dies (SIGKILL, OOM) stops beating, its lease expires, and a live process puts its jobs back
+//!   at the front of their queues.
+//! - A fetch takes a whole batch in one transaction; when the queues are empty it waits on an
+//!   in-process signal (pushes from this process wake it at once) and polls the file for
+//!   pushes from other processes.
+//!
+//! Moving to Redis later is a configuration change: the job code and server are the same.
+
+mod broker;
+mod schema;
+
+pub use broker::{Durability, SqliteBroker, SqliteConfig, SqliteStats};

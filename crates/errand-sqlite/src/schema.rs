@@ -1,0 +1,65 @@
+//! The file's tables. One `jobs` table holds every job in every state, so each transition is an
+//! UPDATE of one row inside one transaction.
+
+/// Job states, as stored in `jobs.state`.
+pub(crate) mod state {
+    pub const QUEUED: i64 = 0;
+    pub const IN_FLIGHT: i64 = 1;
+    pub const SCHEDULE: i64 = 2;
+    pub const RETRY: i64 = 3;
+    pub const DEAD: i64 = 4;
+}
+
+/// Creates what is missing; safe to run from every process at every start.
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id      INTEGER PRIMARY KEY,
+    state   INTEGER NOT NULL,          -- see schema::state
+    queue   TEXT    NOT NULL,          -- queued and in flight: the queue; sets: ''
+    seq     INTEGER NOT NULL DEFAULT 0,-- queued: lower is fetched first
+    score   REAL    NOT NULL DEFAULT 0,-- sets: Sidekiq's score; in flight: fetch order
+    owner   TEXT,                      -- in flight: the process identity
+    member  INTEGER NOT NULL DEFAULT 0,-- sets: hash of the payload (members are unique)
+    payload TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs(state, queue, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_score ON jobs(state, score);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_member ON jobs(state, member) WHERE state >= 2;
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS processes (
+    identity    TEXT PRIMARY KEY,
+    info        TEXT NOT NULL,
+    beat        REAL,                  -- NULL until the first heartbeat
+    expires_at  REAL,                  -- beat + ttl: alive while in the future
+    busy        INTEGER NOT NULL DEFAULT 0,
+    concurrency INTEGER NOT NULL DEFAULT 0,
+    quiet       INTEGER NOT NULL DEFAULT 0,
+    rss_kb      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS work (
+    identity TEXT NOT NULL,
+    tid      TEXT NOT NULL,
+    json     TEXT NOT NULL,
+    PRIMARY KEY (identity, tid)
+);
+CREATE TABLE IF NOT EXISTS signals (
+    id       INTEGER PRIMARY KEY,
+    identity TEXT NOT NULL,
+    name     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"#;
+
+/// A stable 64-bit FNV-1a hash of a set member, so uniqueness checks use an index instead of
+/// comparing payloads. Hand-written (five lines) because it must never change between builds
+/// that share a file, which `std`'s hasher does not promise.
+pub(crate) fn member_hash(payload: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in payload.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
