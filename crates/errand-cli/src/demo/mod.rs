@@ -1,0 +1,324 @@
+//! `errand demo`: a shop's background jobs, processed live on the embedded backend.
+//!
+//! It enqueues welcome emails (two for users deleted before the job runs), orders charged with a
+//! stable idempotency key (some retried after the charge), inventory syncs against a flaky API,
+//! a broken feed import that dies and raises an alert, and a bulk export in the low-priority
+//! queue; then it runs a server with weighted queues, shows progress, and prints a summary.
+
+mod shop;
+
+pub use shop::Shop;
+
+use crate::DemoArgs;
+use errand::broker::Broker;
+use errand::redis::RedisBroker;
+use errand::{Client, Server};
+use errand_sqlite::{SqliteBroker, SqliteConfig};
+use shop::{BulkExport, ImportLegacyFeed, ProcessOrder, SyncInventory, WelcomeEmail};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const USERS: u64 = 12;
+const DELETED_USERS: [u64; 2] = [4, 9];
+const ORDERS: u64 = 20;
+const SKUS: u64 = 3;
+
+/// Where the demo's jobs live, with the counts it shows.
+enum Store {
+    Sqlite(SqliteBroker),
+    Redis(redis::aio::ConnectionManager),
+}
+
+/// A snapshot of where every job is.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    queued: usize,
+    retry: usize,
+    scheduled: usize,
+    dead: usize,
+}
+
+impl Store {
+    async fn counts(&self) -> anyhow::Result<Counts> {
+        Ok(match self {
+            Store::Sqlite(b) => {
+                let mut queued = 0;
+                for q in ["critical", "default", "bulk"] {
+                    queued += b.queue_len(q).await?;
+                }
+                Counts {
+                    queued,
+                    retry: b.set("retry").await?.len(),
+                    scheduled: b.set("schedule").await?.len(),
+                    dead: b.set("dead").await?.len(),
+                }
+            }
+            Store::Redis(conn) => {
+                let (c, d, b, retry, scheduled, dead): (usize, usize, usize, usize, usize, usize) =
+                    redis::pipe()
+                        .llen("queue:critical")
+                        .llen("queue:default")
+                        .llen("queue:bulk")
+                        .zcard("retry")
+                        .zcard("schedule")
+                        .zcard("dead")
+                        .query_async(&mut conn.clone())
+                        .await?;
+                Counts {
+                    queued: c + d + b,
+                    retry,
+                    scheduled,
+                    dead,
+                }
+            }
+        })
+    }
+}
+
+async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Store, String)> {
+    if let Some(url) = &args.redis {
+        let broker = RedisBroker::connect(url).await?;
+        redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut broker.connection())
+            .await?;
+        let conn = broker.connection();
+        return Ok((
+            Arc::new(broker),
+            Store::Redis(conn),
+            format!("redis at {url}"),
+        ));
+    }
+    // A fresh file each run, so the summary is about this run only.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = args.sqlite.clone().into_os_string();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    let broker = SqliteBroker::open_with(SqliteConfig::new(&args.sqlite)).await?;
+    let label = format!("sqlite file {}", args.sqlite.display());
+    Ok((Arc::new(broker.clone()), Store::Sqlite(broker), label))
+}
+
+/// Prints event lines and one progress line, in place on a terminal.
+struct Screen {
+    live: bool,
+    last_plain: Option<Instant>,
+}
+
+impl Screen {
+    fn events(&self, shop: &Shop) {
+        let lines: Vec<String> =
+            std::mem::take(&mut *shop.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            if self.live {
+                let _ = write!(out, "\r\x1b[2K");
+            }
+            let _ = writeln!(out, "{l}");
+        }
+    }
+
+    fn progress(&mut self, done: usize, total: usize, c: Counts, force: bool) {
+        let width = 24;
+        let filled = (done * width).checked_div(total).unwrap_or(width);
+        let line = format!(
+            "  [{}{}] {done}/{total} done | {} queued | {} retrying | {} scheduled | {} dead",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            c.queued,
+            c.retry,
+            c.scheduled,
+            c.dead
+        );
+        let mut out = std::io::stdout().lock();
+        if self.live {
+            let _ = write!(out, "\r\x1b[2K{line}");
+            let _ = out.flush();
+        } else if force
+            || self
+                .last_plain
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            let _ = writeln!(out, "{line}");
+            self.last_plain = Some(Instant::now());
+        }
+    }
+}
+
+fn percentile_max(waits: &[f64]) -> (f64, f64) {
+    if waits.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut w = waits.to_vec();
+    w.sort_by(f64::total_cmp);
+    let median = w[w.len() / 2];
+    (median, w[w.len() - 1])
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// The backend cannot be opened or reached.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let started = Instant::now();
+    let (broker, store, label) = open(&args).await?;
+    println!("Errand demo: a shop's background jobs on the {label}\n");
+
+    let shop = Arc::new(Shop::default());
+    shop.users
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend((1..=USERS).filter(|u| !DELETED_USERS.contains(u)));
+
+    let client = Client::from_arc(broker.clone());
+    // The export goes in first, yet the critical emails pushed after it do not wait for it.
+    client
+        .push_bulk((0..args.export_chunks).map(|chunk| BulkExport { chunk }))
+        .await?;
+    client
+        .push_bulk((1..=USERS).map(|user_id| WelcomeEmail { user_id }))
+        .await?;
+    client
+        .push_bulk((1..=ORDERS).map(|i| ProcessOrder {
+            order_id: 1000 + i,
+            cents: 1_500 + 250 * i,
+        }))
+        .await?;
+    client
+        .push_bulk((1..=SKUS).map(|sku| SyncInventory { sku }))
+        .await?;
+    client.push(ImportLegacyFeed { feed_id: 42 }).await?;
+    let total = (args.export_chunks + USERS + ORDERS + SKUS + 1) as usize;
+    println!(
+        "Enqueued {total} jobs: {} export chunks (bulk), {USERS} welcome emails (critical), {ORDERS} orders, {SKUS} inventory syncs, 1 feed import\n",
+        args.export_chunks
+    );
+
+    let alerts = Arc::new(AtomicUsize::new(0));
+    let alert_count = alerts.clone();
+    let alert_shop = shop.clone();
+    let mut builder =
+        Server::builder_arc(broker.clone())
+            .register::<WelcomeEmail>()
+            .register::<ProcessOrder>()
+            .register::<SyncInventory>()
+            .register::<ImportLegacyFeed>()
+            .register::<BulkExport>()
+            .weighted_queues([("critical", 10), ("default", 5), ("bulk", 1)])
+            .concurrency(10)
+            .data(shop.clone())
+            .clear_middleware()
+            .heartbeat_interval(Duration::from_secs(1))
+            .poll_interval(Duration::from_millis(200))
+            .handle_signals(false)
+            .death_handler(move |payload, error| {
+                alert_count.fetch_add(1, Ordering::SeqCst);
+                alert_shop.events.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
+                "  ALERT      {} (job {}) is dead after {} attempts: {}: {} -> paging on-call",
+                payload.display_class(),
+                payload.jid(),
+                payload.retry_count().unwrap_or(0) + 1,
+                error.class(),
+                error.message()
+            ));
+            });
+    if !args.real_backoff {
+        // Demo pacing: 0.5 s, 1 s, 1.5 s ... instead of Sidekiq's 15 s, 16 s, 31 s ...
+        builder = builder.retry_delay(|count| Duration::from_millis(500 * (u64::from(count) + 1)));
+    }
+    let server = builder.build()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut screen = Screen {
+        live: std::io::stdout().is_terminal() && !args.plain,
+        last_plain: None,
+    };
+    let limit = if args.real_backoff {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs(120)
+    };
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let counts = loop {
+        let c = store.counts().await?;
+        screen.events(&shop);
+        let done = shop.done_total();
+        screen.progress(done + c.dead, total, c, false);
+        if done + c.dead == total && c.queued + c.retry + c.scheduled == 0 {
+            screen.progress(done + c.dead, total, c, true);
+            break c;
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("the demo did not finish within {limit:?}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut ctrl_c => { interrupted = true; break c; }
+        }
+    };
+    if screen.live {
+        println!();
+    }
+    let _ = stop_tx.send(());
+    task.await??;
+    screen.events(&shop);
+
+    let waits = shop.waits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (crit_median, crit_max) = percentile_max(waits.get("critical").map_or(&[], |v| v));
+    let (bulk_median, bulk_max) = percentile_max(waits.get("bulk").map_or(&[], |v| v));
+    let charges = shop.charges.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let calls = shop.gateway_calls.load(Ordering::Relaxed);
+    println!(
+        "\nSummary{} ({label}, {:.1} s)",
+        if interrupted { " (interrupted)" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    println!("  enqueued          {total} jobs");
+    println!(
+        "  processed         {} ok: {} welcome emails ({} skipped: user deleted), {} orders, {} inventory syncs, {} export chunks",
+        shop.done_total(),
+        shop.done_count("WelcomeEmail"),
+        shop.skipped.load(Ordering::Relaxed),
+        shop.done_count("ProcessOrder"),
+        shop.done_count("SyncInventory"),
+        shop.done_count("BulkExport"),
+    );
+    println!(
+        "  failed attempts   {} (retried with backoff until they succeeded or ran out)",
+        shop.failures.load(Ordering::Relaxed)
+    );
+    println!(
+        "  dead              {} job(s); {} alert(s) raised by the death handler",
+        counts.dead,
+        alerts.load(Ordering::SeqCst)
+    );
+    println!(
+        "  payments          {charges} orders charged once each; {} retried charge(s) deduplicated by idempotency key",
+        calls.saturating_sub(charges)
+    );
+    println!(
+        "  queue priority    critical waited {crit_median:.0} ms (median), {crit_max:.0} ms (max); bulk waited {bulk_median:.0} ms (median), {bulk_max:.0} ms (max)"
+    );
+    println!(
+        "  exported          {} rows",
+        shop.exported_rows.load(Ordering::Relaxed)
+    );
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! The `errand` command. All logic lives in the library; this only maps errors to exit codes.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = errand_cli::Cli::parse();
+    match errand_cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
