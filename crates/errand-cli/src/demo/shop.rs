@@ -155,7 +155,7 @@ impl Job for ProcessOrder {
             ));
         }
         // Every seventh order's receipt service times out once, after the charge went through.
-        if self.order_id % 7 == 0
+        if self.order_id.is_multiple_of(7)
             && shop
                 .receipt_failed
                 .lock()
