@@ -1,5 +1,8 @@
 //! Errand's backend conformance suite: one `pub async fn` per behaviour of the
-//! [`Broker`] contract, run against every backend.
+//! [`Broker`] contract, run against every backend, plus server-level cases (`server_*`) that
+//! prove the job lifecycle (queue order, scheduling, retries, dead set, snooze, discard,
+//! malformed payloads, orphan recovery, graceful shutdown, stats) through a real
+//! `errand::Server` running on the backend.
 //!
 //! # Overview
 //! A backend's test file implements [`BackendFactory`] (a fresh, isolated backend per call,
@@ -29,6 +32,9 @@ use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod server;
+pub use server::*;
 
 /// How long any single step of a case may take before the case fails.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -126,6 +132,16 @@ macro_rules! conformance_tests {
             heartbeat_returns_remote_signals,
             heartbeat_stats_accumulate,
             process_count_and_unregister,
+            server_weighted_fetch_follows_weights,
+            server_strict_queue_order,
+            server_runs_scheduled_job_when_due,
+            server_retries_then_buries_with_fields,
+            server_retry_zero_and_retry_disabled,
+            server_snooze_and_discard,
+            server_buries_malformed_payloads,
+            server_recovers_jobs_of_a_dead_process,
+            server_shutdown_requeues_unfinished_jobs,
+            server_stats_count_processed_and_failed,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

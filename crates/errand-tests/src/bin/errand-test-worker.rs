@@ -1,14 +1,37 @@
 //! A worker process for the crash and shutdown tests, so they can SIGKILL or SIGTERM a real
-//! process. Usage: `errand-test-worker <redis-url> <concurrency> <shutdown-timeout-ms>`.
+//! process. Usage: `errand-test-worker <backend> <concurrency> <shutdown-timeout-ms>`, where
+//! the backend is a Redis URL or `sqlite:<path>`.
 //!
-//! Jobs: `Ledger(n)` counts one execution of `n` in the hash `ledger`; `Sleepy(ms)` sleeps,
-//! then counts `ms` in `ledger`. The process TTL is short (3 s) so recovery is quick to test.
+//! Jobs: `Ledger(n)` counts one execution of `n` in the ledger; `Sleepy(ms)` sleeps, then
+//! counts `ms`. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
+use errand::broker::Broker;
 use errand::redis::RedisBroker;
 use errand::{Job, JobContext, JobError, JobResult, Server};
+use errand_sqlite::SqliteBroker;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Where job effects are counted: outside the job system, as a real side effect would be.
+#[derive(Clone)]
+enum LedgerStore {
+    Redis(ConnectionManager),
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+}
+
+/// Opens the SQLite ledger next to the job file (shared by every worker process).
+fn sqlite_ledger(path: &str) -> anyhow::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(format!("{path}.ledger"))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS ledger (n INTEGER PRIMARY KEY, runs INTEGER NOT NULL)",
+    )?;
+    Ok(conn)
+}
 
 #[derive(Serialize, Deserialize)]
 struct Ledger(u64);
@@ -32,16 +55,31 @@ impl Job for Sleepy {
 }
 
 async fn count(cx: &JobContext, n: u64) -> JobResult {
-    let mut conn = cx
-        .data::<ConnectionManager>()
-        .ok_or_else(|| JobError::dead("no ledger connection"))?
+    let store = cx
+        .data::<LedgerStore>()
+        .ok_or_else(|| JobError::dead("no ledger"))?
         .clone();
-    redis::cmd("HINCRBY")
-        .arg("ledger")
-        .arg(n)
-        .arg(1)
-        .query_async::<i64>(&mut conn)
-        .await?;
+    match store {
+        LedgerStore::Redis(mut conn) => {
+            redis::cmd("HINCRBY")
+                .arg("ledger")
+                .arg(n)
+                .arg(1)
+                .query_async::<i64>(&mut conn)
+                .await?;
+        }
+        LedgerStore::Sqlite(conn) => {
+            tokio::task::spawn_blocking(move || {
+                conn.lock().unwrap_or_else(|p| p.into_inner()).execute(
+                    "INSERT INTO ledger(n, runs) VALUES (?1, 1)
+                     ON CONFLICT(n) DO UPDATE SET runs = runs + 1",
+                    [n as i64],
+                )
+            })
+            .await
+            .map_err(|e| JobError::retry(e))??;
+        }
+    }
     Ok(())
 }
 
@@ -55,11 +93,21 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let concurrency: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let shutdown_ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(25_000);
-    let broker = RedisBroker::connect(&url).await?;
-    let ledger = redis::Client::open(url.as_str())?
-        .get_connection_manager()
-        .await?;
-    Server::builder(broker)
+    let (broker, ledger): (Arc<dyn Broker>, LedgerStore) = match url.strip_prefix("sqlite:") {
+        Some(path) => (
+            Arc::new(SqliteBroker::open(path).await?),
+            LedgerStore::Sqlite(Arc::new(Mutex::new(sqlite_ledger(path)?))),
+        ),
+        None => (
+            Arc::new(RedisBroker::connect(&url).await?),
+            LedgerStore::Redis(
+                redis::Client::open(url.as_str())?
+                    .get_connection_manager()
+                    .await?,
+            ),
+        ),
+    };
+    Server::builder_arc(broker)
         .register::<Ledger>()
         .register::<Sleepy>()
         .data(ledger)
