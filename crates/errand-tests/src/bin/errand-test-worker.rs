@@ -77,7 +77,7 @@ async fn count(cx: &JobContext, n: u64) -> JobResult {
                 )
             })
             .await
-            .map_err(|e| JobError::retry(e))??;
+            .map_err(JobError::retry)??;
         }
     }
     Ok(())
