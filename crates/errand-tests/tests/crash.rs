@@ -149,3 +149,103 @@ async fn sigterm_requeues_a_long_job_after_the_deadline() {
     let ran: Option<u64> = conn.hget("ledger", 60_000).unwrap();
     assert_eq!(ran, None, "the job did not finish");
 }
+
+/// The identity of the worker with `pid` in the SQLite file's process table.
+fn sqlite_identity(path: &std::path::Path, pid: u32) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut found = None;
+    wait_until_sync("the worker to beat", Duration::from_secs(20), || {
+        let ids: Vec<String> = conn
+            .prepare("SELECT identity FROM processes WHERE beat IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        found = ids
+            .into_iter()
+            .find(|m| m.split(':').nth(1) == Some(pid.to_string().as_str()));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn ledger_counts(ledger: &rusqlite::Connection) -> (u64, u64) {
+    ledger
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(runs), 0) FROM ledger",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .unwrap_or((0, 0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sigkill_mid_run_loses_no_job() {
+    const JOBS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite");
+    let broker = errand_sqlite::SqliteBroker::open(&path).await.unwrap();
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ledger(u64);
+    impl errand::Job for Ledger {
+        const NAME: &'static str = "Ledger";
+        async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
+            unreachable!("run by the worker processes")
+        }
+    }
+    Client::new(broker.clone())
+        .push_bulk((0..JOBS).map(Ledger))
+        .await
+        .unwrap();
+
+    let backend = format!("sqlite:{}", path.display());
+    let mut victim = worker(&backend, 20, 25_000);
+    let mut survivor = worker(&backend, 20, 25_000);
+    let victim_id = sqlite_identity(&path, victim.id());
+    sqlite_identity(&path, survivor.id());
+    // The workers create the ledger table on start; until then it counts as empty.
+    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
+    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
+    wait_until_sync(
+        "a quarter of the jobs to run",
+        Duration::from_secs(120),
+        || ledger_counts(&ledger).0 >= JOBS / 4,
+    );
+    victim.kill().expect("SIGKILL");
+    victim.wait().unwrap();
+    let in_flight = broker.in_flight(&victim_id, "default").await.unwrap().len() as u64;
+    assert!(
+        in_flight <= 20,
+        "never more in flight than the concurrency: {in_flight}"
+    );
+
+    wait_until_sync("every job to run", Duration::from_secs(300), || {
+        ledger_counts(&ledger).0 == JOBS
+    });
+    let (distinct, runs) = ledger_counts(&ledger);
+    assert_eq!(distinct, JOBS, "every job ran at least once");
+    let duplicates = runs - JOBS;
+    eprintln!("sqlite crash test: {in_flight} in flight at the kill, {duplicates} duplicate runs");
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates > {in_flight} in flight at the kill"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !broker
+        .in_flight(&victim_id, "default")
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the victim's jobs were not recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(broker.queue_len("default").await.unwrap(), 0);
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+}
