@@ -70,8 +70,20 @@ pub struct SqliteStats {
     pub failed: u64,
 }
 
+/// An ack waiting for the next group commit: the job's row, its owner, and who to tell.
+type PendingAck = (
+    i64,
+    String,
+    tokio::sync::oneshot::Sender<Result<bool, AckError>>,
+);
+
+/// A failed group commit, told to each of its callers: whether retrying may help, and why.
+type AckError = (bool, String);
+
 struct Inner {
     conn: Mutex<Connection>,
+    /// Acks waiting to be committed together (see [`SqliteBroker::ack`]).
+    acks: Mutex<Vec<PendingAck>>,
     /// Wakes waiting fetches of this process when it pushes or moves jobs to a queue.
     pushed: Notify,
     path: PathBuf,
@@ -164,6 +176,46 @@ fn requeue_owned(tx: &Transaction<'_>, owner: &str) -> rusqlite::Result<usize> {
     Ok(held.len())
 }
 
+/// Commits pending acks in groups until none are left (runs in the blocking pool).
+fn commit_acks(inner: &Inner) {
+    loop {
+        let batch = std::mem::take(&mut *inner.acks.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| -> rusqlite::Result<Vec<bool>> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut held = Vec::with_capacity(batch.len());
+            {
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND owner = ?3",
+                )?;
+                for (id, owner, _) in &batch {
+                    held.push(delete.execute(params![id, state::IN_FLIGHT, owner])? == 1);
+                }
+            }
+            tx.commit()?;
+            Ok(held)
+        })();
+        drop(conn);
+        match result {
+            Ok(held) => {
+                for ((_, _, reply), ok) in batch.into_iter().zip(held) {
+                    let _ = reply.send(Ok(ok));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let retryable = db_err(e).is_connection_error();
+                for (_, _, reply) in batch {
+                    let _ = reply.send(Err((retryable, why.clone())));
+                }
+            }
+        }
+    }
+}
+
 fn lease(id: i64, identity: &str) -> String {
     format!("{id}|{identity}")
 }
@@ -206,6 +258,7 @@ impl SqliteBroker {
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
+                acks: Mutex::new(Vec::new()),
                 pushed: Notify::new(),
                 path,
             }),
@@ -498,18 +551,28 @@ impl Broker for SqliteBroker {
         }
     }
 
+    /// Acks are committed in groups: every ack that arrives while a commit is under way joins
+    /// the next one, so a busy server pays one transaction (and one fsync) for many jobs, and an
+    /// idle one still commits each ack at once. Each caller gets its own answer.
     async fn ack(&self, job: &Fetched) -> BrokerResult<bool> {
         let Some((id, owner)) = parse_lease(&job.lease) else {
             return Ok(false);
         };
-        let owner = owner.to_string();
-        self.write(move |tx| {
-            Ok(tx.execute(
-                "DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND owner = ?3",
-                params![id, state::IN_FLIGHT, owner],
-            )? == 1)
-        })
-        .await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut pending = self.inner.acks.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push((id, owner.to_string(), tx));
+            pending.len() == 1
+        };
+        if first {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || commit_acks(&inner));
+        }
+        match rx.await.map_err(|e| BrokerError::Command(Box::new(e)))? {
+            Ok(held) => Ok(held),
+            Err((true, why)) => Err(BrokerError::Connection(why.into())),
+            Err((false, why)) => Err(BrokerError::Command(why.into())),
+        }
     }
 
     async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool> {

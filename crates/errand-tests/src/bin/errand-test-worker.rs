@@ -2,7 +2,7 @@
 //! process. Usage: `errand-test-worker <backend> <concurrency> <shutdown-timeout-ms>`, where
 //! the backend is a Redis URL or `sqlite:<path>`.
 //!
-//! Jobs: `Ledger(n)` counts one execution of `n` in the ledger; `Sleepy(ms)` sleeps, then
+//! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger; `Sleepy(ms)` sleeps, then
 //! counts `ms`. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
@@ -40,6 +40,17 @@ impl Job for Ledger {
     const NAME: &'static str = "Ledger";
     async fn perform(self, cx: &JobContext) -> JobResult {
         count(cx, self.0).await
+    }
+}
+
+/// Does nothing: for throughput measurements of the job system alone.
+#[derive(Serialize, Deserialize)]
+struct Noop(u64);
+
+impl Job for Noop {
+    const NAME: &'static str = "Noop";
+    async fn perform(self, _cx: &JobContext) -> JobResult {
+        Ok(())
     }
 }
 
@@ -110,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     Server::builder_arc(broker)
         .register::<Ledger>()
         .register::<Sleepy>()
+        .register::<Noop>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))
