@@ -1,10 +1,12 @@
 //! Quick start: define a job, enqueue it, run a server until it is done.
 //!
-//! Run with `cargo run -p errand --example quickstart` against a Redis at `REDIS_URL`
-//! (default `redis://127.0.0.1:6379`). The job is an ordinary Sidekiq job too: Ruby's
-//! `Sidekiq::Client.push("class" => "WelcomeEmail", "args" => [42])` would reach it.
+//! Run with `cargo run -p errand --example quickstart`: on the file `quickstart.sqlite`, or on
+//! the Redis at `REDIS_URL` when it is set. The job is an ordinary Sidekiq job too: on Redis,
+//! Ruby's `Sidekiq::Client.push("class" => "WelcomeEmail", "args" => [42])` would reach it.
 
+use errand::broker::Broker;
 use errand::redis::RedisBroker;
+use errand::sqlite::SqliteBroker;
 use errand::{Client, Job, JobContext, JobOptions, JobResult, Server};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,10 +47,12 @@ impl Job for WelcomeEmail {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let broker = RedisBroker::connect(&url).await?;
+    let broker: std::sync::Arc<dyn Broker> = match std::env::var("REDIS_URL") {
+        Ok(url) => std::sync::Arc::new(RedisBroker::connect(&url).await?),
+        Err(_) => std::sync::Arc::new(SqliteBroker::open("quickstart.sqlite").await?),
+    };
 
-    let client = Client::new(broker.clone());
+    let client = Client::from_arc(broker.clone());
     for user_id in [1, 2, 3] {
         client.push(WelcomeEmail { user_id }).await?;
     }
@@ -57,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         left: AtomicUsize::new(3),
         notify: Notify::new(),
     });
-    let server = Server::builder(broker)
+    let server = Server::builder_arc(broker)
         .register::<WelcomeEmail>()
         .weighted_queues([("critical", 10), ("default", 5)])
         .data(done.clone())

@@ -48,6 +48,7 @@
 //!
 //! # Feature flags
 //! - `redis` (default): the Redis backend, re-exported as [`redis`].
+//! - `sqlite` (default): the embedded SQLite backend, re-exported as [`sqlite`].
 
 mod client;
 mod context;
@@ -65,6 +66,12 @@ pub use errand_core::{Payload, WireProfile, activejob, backoff, broker};
 pub use error::{Error, JobError, JobErrorKind, JobResult};
 pub use job::{Job, JobOptions, Retry, decode_args, encode_args};
 pub use server::{Server, ServerBuilder, ServerHandle};
+
+/// The embedded SQLite backend (feature `sqlite`): one file, nothing to install.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use errand_sqlite::{Durability, SqliteBroker, SqliteConfig, SqliteStats};
+}
 
 /// The Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
