@@ -3,7 +3,11 @@
 //! # Overview
 //! - `errand demo`: a shop's background jobs on the embedded SQLite backend (or `--redis URL`),
 //!   processed with live progress, retries, a dead job with an alert, and a summary.
+//! - `errand bench`: a load test: bulk enqueue, drain, enqueue-to-start latency at a steady
+//!   rate, CPU per 100,000 jobs and peak RSS, on SQLite or Redis (`--json` for scripts).
 
+mod backend;
+pub mod bench;
 pub mod demo;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a demo shop backend: enqueue a realistic mix of jobs and process them live.
     Demo(DemoArgs),
+    /// Measure throughput, latency, CPU and memory with no-op jobs (a load test).
+    Bench(BenchArgs),
 }
 
 /// Options of `errand demo`.
@@ -46,6 +52,43 @@ pub struct DemoArgs {
     pub plain: bool,
 }
 
+/// Options of `errand bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The SQLite file to use (replaced at start). The default backend.
+    #[arg(long, default_value = "errand-bench.sqlite", conflicts_with = "redis")]
+    pub sqlite: PathBuf,
+    /// Use the Redis server at this URL instead of SQLite (its database is flushed first).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// How many no-op jobs to enqueue in bulk and drain.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: u64,
+    /// Jobs per `push_bulk` call while enqueueing.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: u64,
+    /// Jobs run at once by each server.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Drain with this many separate worker processes (each with `--concurrency`); 0 runs the
+    /// server inside the bench process.
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// Jobs per second pushed one by one for the latency measurement (0 skips it).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long the latency measurement pushes, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Print only one JSON object with the figures, for scripts (progress still goes to
+    /// stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run as one of the bench's worker processes.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
 /// Runs a parsed command line.
 ///
 /// # Errors
@@ -53,5 +96,6 @@ pub struct DemoArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -68,7 +68,50 @@ pub struct RedisBroker {
     conn: ConnectionManager,
     /// Blocking waits (BLMOVE) hold a connection, so they get their own, made on first use.
     blocking: std::sync::Arc<Mutex<Option<MultiplexedConnection>>>,
+    /// Acks waiting for the next pipelined flush (see [`RedisBroker::ack`]).
+    acks: std::sync::Arc<std::sync::Mutex<Vec<PendingAck>>>,
     keys: Keys,
+}
+
+/// An ack waiting to be flushed: the in-flight list, the job string, and who to tell.
+type PendingAck = (
+    String,
+    String,
+    tokio::sync::oneshot::Sender<Result<bool, AckError>>,
+);
+
+/// A failed flush, told to each of its callers: whether retrying may help, and why.
+type AckError = (bool, String);
+
+/// Sends pending acks as pipelines, one round trip per batch, until none are left.
+async fn flush_acks(
+    conn: ConnectionManager,
+    acks: std::sync::Arc<std::sync::Mutex<Vec<PendingAck>>>,
+) {
+    loop {
+        let batch = std::mem::take(&mut *acks.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (lease, raw, _) in &batch {
+            pipe.cmd("LREM").arg(lease).arg(-1).arg(raw);
+        }
+        match pipe.query_async::<Vec<i64>>(&mut conn.clone()).await {
+            Ok(removed) => {
+                for ((_, _, reply), n) in batch.into_iter().zip(removed) {
+                    let _ = reply.send(Ok(n > 0));
+                }
+            }
+            Err(e) => {
+                let retryable = cmd_err(e.clone()).is_connection_error();
+                let why = e.to_string();
+                for (_, _, reply) in batch {
+                    let _ = reply.send(Err((retryable, why.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -109,6 +152,7 @@ impl RedisBroker {
             client,
             conn,
             blocking: Default::default(),
+            acks: Default::default(),
             keys: Keys::new(config.namespace.as_deref()),
         })
     }
@@ -284,15 +328,24 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
+    /// Acks are pipelined: every ack that arrives while a flush is in flight joins the next
+    /// pipeline, so a busy server pays one round trip for many jobs and an idle one still acks
+    /// each job at once. Each caller gets its own answer.
     async fn ack(&self, job: &Fetched) -> BrokerResult<bool> {
-        let n: i64 = redis::cmd("LREM")
-            .arg(&job.lease)
-            .arg(-1)
-            .arg(&job.raw)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(cmd_err)?;
-        Ok(n > 0)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut pending = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push((job.lease.clone(), job.raw.clone(), tx));
+            pending.len() == 1
+        };
+        if first {
+            tokio::spawn(flush_acks(self.conn.clone(), self.acks.clone()));
+        }
+        match rx.await.map_err(|e| BrokerError::Command(Box::new(e)))? {
+            Ok(held) => Ok(held),
+            Err((true, why)) => Err(BrokerError::Connection(why.into())),
+            Err((false, why)) => Err(BrokerError::Command(why.into())),
+        }
     }
 
     async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool> {

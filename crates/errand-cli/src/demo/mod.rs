@@ -10,10 +10,10 @@ mod shop;
 pub use shop::Shop;
 
 use crate::DemoArgs;
+use crate::backend::Backend;
 use errand::broker::Broker;
-use errand::redis::RedisBroker;
 use errand::{Client, Server};
-use errand_sqlite::{SqliteBroker, SqliteConfig};
+use errand_sqlite::SqliteBroker;
 use shop::{BulkExport, ImportLegacyFeed, ProcessOrder, SyncInventory, WelcomeEmail};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -78,30 +78,23 @@ impl Store {
 }
 
 async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Store, String)> {
-    if let Some(url) = &args.redis {
-        let broker = RedisBroker::connect(url).await?;
-        redis::cmd("FLUSHDB")
-            .query_async::<()>(&mut broker.connection())
-            .await?;
-        let conn = broker.connection();
-        return Ok((
-            Arc::new(broker),
-            Store::Redis(conn),
-            format!("redis at {url}"),
-        ));
-    }
-    // A fresh file each run, so the summary is about this run only.
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = args.sqlite.clone().into_os_string();
-        p.push(suffix);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+    // A fresh file or database each run, so the summary is about this run only.
+    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), true).await?;
+    let broker = backend.broker();
+    Ok(match backend {
+        Backend::Redis(b) => {
+            let url = args.redis.as_deref().unwrap_or_default();
+            (
+                broker,
+                Store::Redis(b.connection()),
+                format!("redis at {url}"),
+            )
         }
-    }
-    let broker = SqliteBroker::open_with(SqliteConfig::new(&args.sqlite)).await?;
-    let label = format!("sqlite file {}", args.sqlite.display());
-    Ok((Arc::new(broker.clone()), Store::Sqlite(broker), label))
+        Backend::Sqlite(b) => {
+            let label = format!("sqlite file {}", args.sqlite.display());
+            (broker, Store::Sqlite(b), label)
+        }
+    })
 }
 
 /// Prints event lines and one progress line, in place on a terminal.

@@ -94,7 +94,7 @@ async fn count(cx: &JobContext, n: u64) -> JobResult {
     Ok(())
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     errand_tests::init_tracing();
     let args: Vec<String> = std::env::args().collect();

@@ -18,6 +18,18 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// A short base-36 worker id, like Sidekiq's `tid`.
+pub(crate) fn tid_name(mut n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    while n > 0 {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Writes one heartbeat and acts on a remote signal.
 pub(crate) async fn beat(s: &Shared) {
     let work: Vec<WorkEntry> = s
@@ -26,8 +38,13 @@ pub(crate) async fn beat(s: &Shared) {
         .map(|r| {
             r.iter()
                 .map(|(tid, j)| WorkEntry {
-                    tid: tid.clone(),
-                    json: j.json.clone(),
+                    tid: tid_name(*tid),
+                    json: serde_json::json!({
+                        "queue": j.job.queue,
+                        "payload": j.job.raw,
+                        "run_at": j.run_at,
+                    })
+                    .to_string(),
                 })
                 .collect()
         })

@@ -28,7 +28,9 @@ pub(crate) struct Parts {
 
 /// One running job, for the Busy page and for aborting at the shutdown deadline.
 pub(crate) struct Running {
-    pub json: String,
+    pub job: Arc<errand_core::broker::Fetched>,
+    /// When it started, epoch seconds (Sidekiq's `run_at`).
+    pub run_at: i64,
     pub abort: Option<AbortHandle>,
 }
 
@@ -39,7 +41,7 @@ pub(crate) struct Shared {
     pub info: String,
     pub processed: AtomicU64,
     pub failed: AtomicU64,
-    pub running: Mutex<HashMap<String, Running>>,
+    pub running: Mutex<HashMap<u64, Running>>,
     /// Cancelled to stop fetching (quiet, or the first step of stopping).
     pub quiet: CancellationToken,
     /// Cancelled to stop the process.

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// How long a fetch may wait for more free slots when the queue is deep.
+const DEEP_QUEUE_GATHER: Duration = Duration::from_millis(1);
+
 /// The order in which to try the queues for one fetch.
 pub(crate) fn queue_order(mode: &QueueMode, queues: &[(String, u32)]) -> Vec<String> {
     match mode {
@@ -46,6 +49,7 @@ pub(crate) async fn run(s: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(s.config().concurrency));
     let mut failures: u32 = 0;
     let mut seq: u64 = 0;
+    let mut deep = false;
     loop {
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -55,9 +59,22 @@ pub(crate) async fn run(s: Arc<Shared>) {
             break;
         }
         let mut permits = vec![first];
+        if deep {
+            // The queue had more than we asked for last time: let a few more slots free up
+            // (for at most a millisecond) so one round trip moves a batch, not a job.
+            let target = (s.config().concurrency / 2).max(1);
+            let until = tokio::time::Instant::now() + DEEP_QUEUE_GATHER;
+            while permits.len() < target {
+                match tokio::time::timeout_at(until, slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => permits.push(p),
+                    _ => break,
+                }
+            }
+        }
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
+        let asked = permits.len();
         let order = queue_order(&s.config().mode, &s.config().queues);
         let req = FetchRequest {
             identity: &s.identity,
@@ -68,11 +85,11 @@ pub(crate) async fn run(s: Arc<Shared>) {
         match s.broker().fetch(req).await {
             Ok(jobs) => {
                 failures = 0;
+                deep = jobs.len() == asked;
                 for job in jobs {
                     let Some(permit) = permits.pop() else { break };
                     seq += 1;
-                    let tid = tid(seq);
-                    processor::spawn(&s, job, tid, permit);
+                    processor::spawn(&s, job, seq, permit);
                 }
             }
             Err(e) => {
@@ -87,18 +104,6 @@ pub(crate) async fn run(s: Arc<Shared>) {
         }
     }
     tracing::debug!("manager stopped fetching");
-}
-
-/// A short base-36 worker id, like Sidekiq's `tid`.
-fn tid(mut n: u64) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    while n > 0 {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -133,7 +138,7 @@ mod tests {
 
     #[test]
     fn tids_are_base36() {
-        assert_eq!(tid(35), "z");
-        assert_eq!(tid(36), "10");
+        assert_eq!(super::super::heartbeat::tid_name(35), "z");
+        assert_eq!(super::super::heartbeat::tid_name(36), "10");
     }
 }

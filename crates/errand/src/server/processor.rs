@@ -14,22 +14,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::OwnedSemaphorePermit;
 
-pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: String, permit: OwnedSemaphorePermit) {
-    let json = serde_json::json!({
-        "queue": job.queue,
-        "payload": job.raw,
-        "run_at": errand_core::now() as i64,
-    })
-    .to_string();
+pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaphorePermit) {
+    // The Busy page's entry is serialized at heartbeat time, not here on the hot path.
+    let job = Arc::new(job);
+    let running = Running {
+        job: job.clone(),
+        run_at: errand_core::now() as i64,
+        abort: None,
+    };
     if let Ok(mut r) = s.running.lock() {
-        r.insert(tid.clone(), Running { json, abort: None });
+        r.insert(tid, running);
     }
     let task_s = s.clone();
-    let task_tid = tid.clone();
     let handle = s.jobs.spawn(async move {
-        process(&task_s, job).await;
+        process(&task_s, &job).await;
         if let Ok(mut r) = task_s.running.lock() {
-            r.remove(&task_tid);
+            r.remove(&tid);
         }
         drop(permit);
     });
@@ -40,10 +40,10 @@ pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: String, permit: OwnedSem
     }
 }
 
-async fn process(s: &Shared, job: Fetched) {
+async fn process(s: &Shared, job: &Fetched) {
     let payload = match Payload::parse(&job.raw) {
         Ok(p) => p,
-        Err(e) => return retry::bury_malformed(s, &job, &e).await,
+        Err(e) => return retry::bury_malformed(s, job, &e).await,
     };
     s.processed.fetch_add(1, Ordering::Relaxed);
     // The context owns the payload for the attempt; it is taken back afterwards for the retry
@@ -68,7 +68,7 @@ async fn process(s: &Shared, job: Fetched) {
     };
     let payload = cx.into_payload();
     let Err(err) = result else {
-        retry::persist(s, "ack", || s.broker().ack(&job)).await;
+        retry::persist(s, "ack", || s.broker().ack(job)).await;
         return;
     };
     match err.kind() {
@@ -77,7 +77,7 @@ async fn process(s: &Shared, job: Fetched) {
                 payload: job.raw.clone(),
                 at: errand_core::now() + delay.as_secs_f64(),
             };
-            retry::persist(s, "snooze", || s.broker().settle(&job, to.clone())).await;
+            retry::persist(s, "snooze", || s.broker().settle(job, to.clone())).await;
         }
         JobErrorKind::Discard => {
             s.failed.fetch_add(1, Ordering::Relaxed);
@@ -87,11 +87,11 @@ async fn process(s: &Shared, job: Fetched) {
                 reason = err.message(),
                 "discarded"
             );
-            retry::persist(s, "ack", || s.broker().ack(&job)).await;
+            retry::persist(s, "ack", || s.broker().ack(job)).await;
         }
         _ => {
             s.failed.fetch_add(1, Ordering::Relaxed);
-            retry::handle_failure(s, &job, payload, handler.as_deref(), &err).await;
+            retry::handle_failure(s, job, payload, handler.as_deref(), &err).await;
         }
     }
 }

@@ -1,0 +1,57 @@
+//! Opening the backend a command works on: an SQLite file (the default) or a Redis server.
+
+use errand::broker::Broker;
+use errand::redis::RedisBroker;
+use errand_sqlite::{SqliteBroker, SqliteConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// An opened backend.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    /// The embedded SQLite file.
+    Sqlite(SqliteBroker),
+    /// A Redis server.
+    Redis(Box<RedisBroker>),
+}
+
+impl Backend {
+    /// Opens Redis at `redis` if given, else the SQLite file at `sqlite`. With `fresh`, starts
+    /// from nothing: the Redis database is flushed, the SQLite file (and its WAL) replaced.
+    pub(crate) async fn open(
+        sqlite: &Path,
+        redis: Option<&str>,
+        fresh: bool,
+    ) -> anyhow::Result<Self> {
+        if let Some(url) = redis {
+            let broker = RedisBroker::connect(url).await?;
+            if fresh {
+                redis::cmd("FLUSHDB")
+                    .query_async::<()>(&mut broker.connection())
+                    .await?;
+            }
+            return Ok(Backend::Redis(Box::new(broker)));
+        }
+        if fresh {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = sqlite.as_os_str().to_owned();
+                p.push(suffix);
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Backend::Sqlite(
+            SqliteBroker::open_with(SqliteConfig::new(sqlite)).await?,
+        ))
+    }
+
+    /// The backend as the library takes it.
+    pub(crate) fn broker(&self) -> Arc<dyn Broker> {
+        match self {
+            Backend::Sqlite(b) => Arc::new(b.clone()),
+            Backend::Redis(b) => Arc::new((**b).clone()),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `errand bench` end to end on small numbers: it must finish by itself and report every figure
+//! (no timing thresholds: only that each figure is there, positive and consistent).
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .arg("bench")
+        .args([
+            "--jobs",
+            "2000",
+            "--rate",
+            "200",
+            "--seconds",
+            "1",
+            "--json",
+        ])
+        .args(args)
+        .output()
+        .expect("run errand bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "bench failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}"))
+}
+
+fn figure(v: &Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"));
+    assert!(x.is_finite() && x > 0.0, "{key} = {x} in {v}");
+    x
+}
+
+fn assert_figures(v: &Value, backend: &str, processes: u64) {
+    assert_eq!(v["backend"], backend, "{v}");
+    assert_eq!(v["jobs"], 2000, "{v}");
+    assert_eq!(v["processes"], processes, "{v}");
+    assert_eq!(
+        v["latency_jobs"], 200,
+        "every latency job reported its latency: {v}"
+    );
+    figure(v, "enqueue_jobs_per_sec");
+    figure(v, "drain_jobs_per_sec");
+    figure(v, "cpu_s_per_100k");
+    figure(v, "peak_rss_mb");
+    let (p50, p99, max) = (
+        figure(v, "latency_p50_ms"),
+        figure(v, "latency_p99_ms"),
+        figure(v, "latency_max_ms"),
+    );
+    assert!(max >= p99 && p99 >= p50, "latency order in {v}");
+}
+
+#[test]
+fn bench_on_the_embedded_backend_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.sqlite");
+    let v = bench(&["--sqlite", file.to_str().unwrap()]);
+    assert_figures(&v, "sqlite", 0);
+}
+
+#[test]
+fn bench_on_redis_with_worker_processes() {
+    let redis = errand_tests::RedisServer::start();
+    let v = bench(&["--redis", &redis.url(), "--processes", "2"]);
+    assert_figures(&v, "redis", 2);
+}
