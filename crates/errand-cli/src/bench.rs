@@ -1,7 +1,8 @@
 //! `errand bench`: a load test in the spirit of Sidekiq's own.
 //!
 //! Four figures, one phase each, on a fresh SQLite file or a flushed Redis database:
-//! 1. enqueue: `--jobs N` no-op jobs pushed with `Client::push_bulk`, `--batch` per call;
+//! 1. enqueue: `--jobs N` no-op jobs pushed with `Client::push_bulk`, `--batch` per call, then
+//!    `--single` more pushed one at a time, each awaited (Sidekiq's `perform_async` loop);
 //! 2. drain: a server of `--concurrency C` (in this process, or `--processes P` worker
 //!    processes) runs them all; the CPU time of the worker side is measured over this phase;
 //! 3. latency: with the server idle, single pushes at `--rate R` jobs/s for `--seconds S`; each
@@ -557,9 +558,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let enqueue_s = started.elapsed().as_secs_f64();
     progress.end("enqueue", pushed, args.jobs, started);
 
+    // 1b. One at a time, each push awaited before the next (Sidekiq's `perform_async` loop).
+    let started = Instant::now();
+    for n in 0..args.single {
+        client.push(Noop(args.jobs + n, false)).await?;
+        if n % 1_000 == 999 {
+            progress.show("single", n + 1, args.single, started, false);
+        }
+    }
+    let single_s = started.elapsed().as_secs_f64();
+    progress.end("single", args.single, args.single, started);
+    let single_rate = if args.single > 0 {
+        args.single as f64 / single_s
+    } else {
+        0.0
+    };
+    let drained = args.jobs + args.single;
+
     // 2. Drain.
     let (mut workers, started) = Workers::start(&args, &broker, &tally).await?;
-    wait_for(&tally, args.jobs, 0, &mut progress, "drain", started).await?;
+    wait_for(&tally, drained, 0, &mut progress, "drain", started).await?;
     let drain_s = started.elapsed().as_secs_f64();
     let drain_cpu_s = workers.cpu_since_start().await?;
 
@@ -570,18 +588,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let since;
         (since, latency_s) = push_at_rate(
             &client,
-            args.jobs,
+            drained,
             latency_jobs,
             args.rate,
             &mut progress,
             &tally,
-            args.jobs,
+            drained,
         )
         .await?;
         wait_for(
             &tally,
-            args.jobs + latency_jobs,
-            args.jobs,
+            drained + latency_jobs,
+            drained,
             &mut progress,
             "latency",
             since,
@@ -592,8 +610,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut lat = figures.latencies;
     lat.sort_by(f64::total_cmp);
     let enqueue_rate = args.jobs as f64 / enqueue_s;
-    let drain_rate = args.jobs as f64 / drain_s;
-    let cpu_per_100k = figures.drain_cpu_s * 100_000.0 / args.jobs as f64;
+    let drain_rate = drained as f64 / drain_s;
+    let cpu_per_100k = figures.drain_cpu_s * 100_000.0 / drained as f64;
     let (p50, p99, max) = (
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
@@ -612,6 +630,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "processes": args.processes,
             "enqueue_jobs_per_sec": enqueue_rate,
+            "single_enqueue_jobs_per_sec": single_rate,
             "drain_jobs_per_sec": drain_rate,
             "latency_p50_ms": p50,
             "latency_p99_ms": p99,
@@ -634,9 +653,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.jobs, args.batch
     );
     println!(
-        "  drain     {drain_rate:>10.0} jobs/s   {} jobs in {drain_s:.2} s",
-        args.jobs
+        "  single    {single_rate:>10.0} jobs/s   {} jobs pushed one at a time",
+        args.single
     );
+    println!("  drain     {drain_rate:>10.0} jobs/s   {drained} jobs in {drain_s:.2} s");
     if lat.is_empty() {
         println!("  latency   (skipped: --rate or --seconds is 0)");
     } else {

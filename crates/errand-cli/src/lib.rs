@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Jobs per `push_bulk` call while enqueueing.
     #[arg(long, default_value_t = 10_000)]
     pub batch: u64,
+    /// Jobs then pushed one at a time (`Client::push`, awaited one by one) to measure single
+    /// enqueue; they are drained with the rest.
+    #[arg(long, default_value_t = 10_000)]
+    pub single: u64,
     /// Jobs run at once by each server.
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = errand_cli::Cli::parse();
     match errand_cli::run(cli).await {

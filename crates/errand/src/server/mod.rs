@@ -253,6 +253,14 @@ impl ServerBuilder {
         self
     }
 
+    /// How long an idle fetch waits for a job before it looks again. Stopping an idle Redis
+    /// server can take up to this long (its blocking wait is not abandoned, so that no job it
+    /// moves arrives after the final requeue). Defaults to 2 s (Sidekiq's).
+    pub fn fetch_wait(mut self, wait: Duration) -> Self {
+        self.config.fetch_wait = wait;
+        self
+    }
+
     /// How often to look for dead processes' in-flight jobs. Defaults to 30 s.
     pub fn rescue_interval(mut self, interval: Duration) -> Self {
         self.config.rescue_interval = interval;
