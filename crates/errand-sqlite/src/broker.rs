@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 /// How many due jobs one promotion transaction moves.
 const PROMOTE_BATCH: i64 = 500;
 /// How often a waiting fetch looks for jobs pushed by other processes.
-const CROSS_PROCESS_POLL: Duration = Duration::from_millis(25);
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(5);
 
 /// What a commit survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -430,6 +430,22 @@ impl SqliteBroker {
         .await
     }
 
+    /// Whether any of `queues` has a job waiting (a read; takes no write lock).
+    async fn has_queued(&self, queues: Vec<String>) -> BrokerResult<bool> {
+        self.with(move |c| {
+            let mut exists = c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = ?1 AND queue = ?2)",
+            )?;
+            for q in &queues {
+                if exists.query_row(params![state::QUEUED, q], |r| r.get::<_, bool>(0))? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
     fn fetch_once(
         tx: &Transaction<'_>,
         identity: &str,
@@ -531,18 +547,28 @@ impl Broker for SqliteBroker {
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + req.wait;
+        let mut looked = false;
         loop {
             // Listen before looking, so a push between the look and the wait is not missed.
             let pushed = self.inner.pushed.notified();
             tokio::pin!(pushed);
             pushed.as_mut().enable();
-            let (identity, queues, max) = (req.identity.to_string(), req.queues.to_vec(), req.max);
-            let jobs = self
-                .write(move |tx| Self::fetch_once(tx, &identity, &queues, max))
-                .await?;
+            // After a wait, a cheap read (no write lock) decides whether a fetch is worth it,
+            // so idle processes polling for each other's pushes do not contend for the lock.
+            if !looked || self.has_queued(req.queues.to_vec()).await? {
+                let (identity, queues, max) =
+                    (req.identity.to_string(), req.queues.to_vec(), req.max);
+                let jobs = self
+                    .write(move |tx| Self::fetch_once(tx, &identity, &queues, max))
+                    .await?;
+                if !jobs.is_empty() {
+                    return Ok(jobs);
+                }
+            }
+            looked = true;
             let left = deadline.saturating_duration_since(Instant::now());
-            if !jobs.is_empty() || left.is_zero() {
-                return Ok(jobs);
+            if left.is_zero() {
+                return Ok(Vec::new());
             }
             tokio::select! {
                 _ = pushed => {}

@@ -14,7 +14,7 @@
 //!   at the front of their queues.
 //! - A fetch takes a whole batch in one transaction; when the queues are empty it waits on an
 //!   in-process signal (pushes from this process wake it at once) and polls the file for
-//!   pushes from other processes.
+//!   pushes from other processes every 5 ms with a read that takes no lock.
 //!
 //! Moving to Redis later is a configuration change: the job code and server are the same.
 

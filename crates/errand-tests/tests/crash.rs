@@ -10,13 +10,38 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn worker(url: &str, concurrency: usize, shutdown_ms: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-        .args([url, &concurrency.to_string(), &shutdown_ms.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start errand-test-worker")
+/// A worker process, killed if the test ends (or fails) while it still runs.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(url: &str, concurrency: usize, shutdown_ms: u64) -> Worker {
+    Worker(
+        Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
+            .args([url, &concurrency.to_string(), &shutdown_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start errand-test-worker"),
+    )
 }
 
 fn identity_of(conn: &mut redis::Connection, pid: u32) -> String {
