@@ -132,6 +132,7 @@ macro_rules! conformance_tests {
             heartbeat_returns_remote_signals,
             heartbeat_stats_accumulate,
             process_count_and_unregister,
+            claim_poll_is_exclusive_per_window,
             server_weighted_fetch_follows_weights,
             server_strict_queue_order,
             server_runs_scheduled_job_when_due,
@@ -973,6 +974,32 @@ pub async fn heartbeat_stats_accumulate(f: &impl BackendFactory) {
         inspect.daily_stats("2026-11-30").await,
         StatCounts::default()
     );
+}
+
+/// One caller per window gets the cluster-wide poll turn; after the window it is free again.
+pub async fn claim_poll_is_exclusive_per_window(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let window = Duration::from_secs(2);
+    assert!(
+        broker.claim_poll(window).await.unwrap(),
+        "{}: first claim",
+        f.name()
+    );
+    assert!(
+        !broker.claim_poll(window).await.unwrap(),
+        "{}: a second claim in the same window loses",
+        f.name()
+    );
+    inspect.let_time_pass(Duration::from_millis(2_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while !broker.claim_poll(window).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the turn never came free",
+            f.name()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Beating processes are counted; a clean unregister removes one and its registration (its

@@ -230,6 +230,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a cleanly stopped process's registration and heartbeat.
     async fn unregister(&self, identity: &str) -> BrokerResult<()>;
 
+    /// Claims the cluster-wide turn to move due jobs for `window`: true for exactly one caller
+    /// per window across every process sharing the backend, so the fleet as a whole promotes
+    /// about once a window whatever its size (instead of each process polling on its own).
+    async fn claim_poll(&self, window: Duration) -> BrokerResult<bool>;
+
     /// Number of server processes that have sent a heartbeat and not unregistered (Sidekiq's
     /// `processes` set, for poll interval scaling).
     async fn process_count(&self) -> BrokerResult<usize>;

@@ -553,6 +553,19 @@ impl Broker for RedisBroker {
             .map_err(cmd_err)
     }
 
+    async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
+        let won: Option<String> = redis::cmd("SET")
+            .arg(self.keys.key("errand:poller"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(window.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(won.is_some())
+    }
+
     async fn process_count(&self) -> BrokerResult<usize> {
         redis::cmd("SCARD")
             .arg(self.keys.key("processes"))

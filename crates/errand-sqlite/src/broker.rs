@@ -803,6 +803,20 @@ impl Broker for SqliteBroker {
         .await
     }
 
+    async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
+        let now_ms = (now() * 1000.0) as i64;
+        let until = now_ms + window.as_millis().max(1) as i64;
+        self.write(move |tx| {
+            let changed = tx.execute(
+                "INSERT INTO counters(name, value) VALUES ('poll_until', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value WHERE value <= ?2",
+                params![until, now_ms],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn process_count(&self) -> BrokerResult<usize> {
         self.with(|c| {
             c.query_row(

@@ -224,6 +224,10 @@ struct State {
     signals: HashMap<String, VecDeque<String>>,
     /// `stat:*` counters by key name without the `stat:` prefix.
     stats: HashMap<String, u64>,
+    /// Until when the current poll turn is held. Real time, not the injectable clock: servers
+    /// running on the broker promote by the wall clock, and a frozen manual clock would never
+    /// free the turn.
+    poll_until: Option<Instant>,
 }
 
 impl State {
@@ -657,5 +661,15 @@ impl Broker for MemoryBroker {
 
     async fn process_count(&self) -> BrokerResult<usize> {
         Ok(self.state().processes.len())
+    }
+
+    async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.poll_until.is_some_and(|until| until > now) {
+            return Ok(false);
+        }
+        state.poll_until = Some(now + window);
+        Ok(true)
     }
 }

@@ -127,7 +127,6 @@ async fn main() -> anyhow::Result<()> {
         .heartbeat_interval(Duration::from_millis(500))
         .process_ttl(Duration::from_secs(3))
         .rescue_interval(Duration::from_secs(1))
-        .poll_interval(Duration::from_secs(1))
         .shutdown_timeout(Duration::from_millis(shutdown_ms))
         .clear_middleware()
         .build()?

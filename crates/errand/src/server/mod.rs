@@ -245,9 +245,10 @@ impl ServerBuilder {
         self
     }
 
-    /// A fixed average interval for moving due scheduled and retry jobs. Defaults to
-    /// Sidekiq's scaling: 5 s × the number of processes, so the cluster as a whole polls
-    /// about every 5 s whatever its size.
+    /// How often the cluster as a whole moves due scheduled and retry jobs to their queues.
+    /// Every process asks for the turn once per interval and one wins, so a fleet of any size
+    /// promotes about once per interval (a due job starts within about one interval) and the
+    /// backend sees one cheap claim per process per interval. Defaults to 500 ms.
     pub fn poll_interval(mut self, average: Duration) -> Self {
         self.config.poll_interval = Some(average);
         self

@@ -1,43 +1,37 @@
 //! The poller, which moves due scheduled and retry jobs to their queues, and the orphan
 //! rescuer, which returns the in-flight jobs of dead processes to their queues.
 //!
-//! Poll intervals scale with the number of processes like Sidekiq's (`5 s × processes` on
-//! average, drawn at random around that), so a large fleet polls Redis about every 5 s in total
-//! instead of stampeding it.
+//! Sidekiq spreads polls by making each process wait `5 s × processes` on average, so the
+//! cluster polls about every 5 s and a due job waits 2.5 s on average, more with bad luck.
+//! Errand instead takes turns: every process asks the backend for the cluster-wide turn once
+//! per window ([`Broker::claim_poll`](errand_core::broker::Broker::claim_poll), a `SET NX PX` on
+//! Redis), and only the winner promotes. The fleet promotes about once a window (500 ms by
+//! default) whatever its size, and the backend sees one cheap claim per process per window.
 
 use super::launcher::Shared;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 
-const AVERAGE_SCHEDULED_POLL: Duration = Duration::from_secs(5);
-
-async fn average_interval(s: &Shared) -> Duration {
-    if let Some(fixed) = s.config().poll_interval {
-        return fixed;
-    }
-    let processes = s.broker().process_count().await.unwrap_or(1).max(1);
-    AVERAGE_SCHEDULED_POLL * processes as u32
-}
-
-fn random_around(average: Duration, processes_hint_large: bool) -> Duration {
-    let mut rng = rand::rng();
-    let factor = if processes_hint_large {
-        rng.random_range(0.0..2.0)
-    } else {
-        rng.random_range(0.5..1.5)
-    };
-    average.mul_f64(factor)
-}
+/// The default promotion window.
+pub(crate) const DEFAULT_POLL_WINDOW: Duration = Duration::from_millis(500);
 
 pub(crate) async fn run(s: Arc<Shared>) {
-    let first = average_interval(&s).await;
-    // Spread the first polls of processes started together.
-    let mut wait = first.mul_f64(rand::rng().random_range(0.0..1.0));
+    let window = s.config().poll_interval.unwrap_or(DEFAULT_POLL_WINDOW);
     loop {
+        // A little jitter so processes started together do not claim in lockstep.
+        let wait = window.mul_f64(rand::rng().random_range(0.9..1.1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = s.quiet.cancelled() => break,
+        }
+        match s.broker().claim_poll(window).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming the poll turn failed");
+                continue;
+            }
         }
         match s
             .broker()
@@ -48,9 +42,6 @@ pub(crate) async fn run(s: Arc<Shared>) {
             Ok(n) => tracing::debug!(jobs = n, "enqueued due jobs"),
             Err(e) => tracing::error!(error = %e, "moving due jobs failed"),
         }
-        let average = average_interval(&s).await;
-        let large = s.config().poll_interval.is_none() && average >= AVERAGE_SCHEDULED_POLL * 10;
-        wait = random_around(average, large);
     }
 }
 
