@@ -81,3 +81,58 @@ async fn server_runs_on_the_memory_broker() {
         "a stopped server unregisters"
     );
 }
+
+#[derive(Serialize, Deserialize)]
+struct Tagged {
+    id: u64,
+    name: String,
+}
+impl Job for Tagged {
+    const NAME: &'static str = "Tagged";
+    fn options() -> JobOptions {
+        JobOptions::default()
+            .queue("mail")
+            .retry(3)
+            .retry_queue("slow")
+            .backtrace(4)
+            .tags(["a", "b"])
+            .dead(false)
+    }
+    async fn perform(self, _cx: &JobContext) -> JobResult {
+        Ok(())
+    }
+}
+
+/// `push_bulk` writes its payloads on a fast path; they must be the same, key for key and in
+/// the same order, as `push` writes (apart from the jid and the timestamps).
+#[tokio::test]
+async fn bulk_payloads_match_single_pushes() {
+    let broker = MemoryBroker::new();
+    let client = Client::new(broker.clone());
+    client
+        .push(Tagged {
+            id: 1,
+            name: "x".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .push_bulk([Tagged {
+            id: 1,
+            name: "x".into(),
+        }])
+        .await
+        .unwrap();
+    let queued = broker.queue("mail");
+    assert_eq!(queued.len(), 2);
+    let strip = |raw: &str| {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw).unwrap();
+        for k in ["jid", "created_at", "enqueued_at"] {
+            assert!(v.contains_key(k), "{k} in {raw}");
+            v.insert(k.into(), serde_json::Value::Null);
+        }
+        serde_json::to_string(&v).unwrap()
+    };
+    assert_eq!(strip(&queued[0]), strip(&queued[1]));
+    assert!(queued[1].starts_with(r#"{"retry":3,"queue":"mail","args":[1,"x"],"class":"Tagged""#));
+}
