@@ -138,16 +138,6 @@ fn server(
         .build()?)
 }
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// One progress line on stderr: redrawn in place on a terminal, else a line per second and
 /// one at the end of each phase.
 struct Progress {
@@ -509,7 +499,7 @@ async fn push_at_rate(
 /// The backend cannot be opened or reached, a worker process fails, or no job finishes for a
 /// minute.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::init_tracing();
     if args.worker {
         return worker(args).await;
     }

@@ -93,6 +93,18 @@ pub struct BenchArgs {
     pub worker: bool,
 }
 
+/// Logs errors only (or what `RUST_LOG` asks for) to stderr, so the commands' own output stays
+/// readable.
+pub(crate) fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs a parsed command line.
 ///
 /// # Errors

@@ -158,13 +158,7 @@ fn percentile_max(waits: &[f64]) -> (f64, f64) {
 /// # Errors
 /// The backend cannot be opened or reached.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_tracing();
     let started = Instant::now();
     let (broker, store, label) = open(&args).await?;
     println!("Errand demo: a shop's background jobs on the {label}\n");
