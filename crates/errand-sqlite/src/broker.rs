@@ -225,6 +225,20 @@ fn parse_lease(lease: &str) -> Option<(i64, &str)> {
     Some((id.parse().ok()?, owner))
 }
 
+/// Opens the file, sets WAL and the durability, and creates what is missing.
+fn setup(config: &SqliteConfig) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(&config.path)?;
+    conn.busy_timeout(config.busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match config.durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
 impl SqliteBroker {
     /// Opens (creating if needed) the file at `path` with default settings.
     ///
@@ -241,16 +255,27 @@ impl SqliteBroker {
     pub async fn open_with(config: SqliteConfig) -> BrokerResult<Self> {
         let path = config.path.clone();
         let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
-            let conn = Connection::open(&config.path)?;
-            conn.busy_timeout(config.busy_timeout)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            let sync = match config.durability {
-                Durability::Full => "FULL",
-                Durability::Normal => "NORMAL",
-            };
-            conn.pragma_update(None, "synchronous", sync)?;
-            conn.execute_batch(SCHEMA)?;
-            Ok(conn)
+            // Switching a fresh file to WAL and creating the tables take locks that SQLite
+            // does not wait for with the busy handler when another connection is doing the
+            // same (processes started together on a new file): retry until the busy timeout.
+            let deadline = Instant::now() + config.busy_timeout;
+            loop {
+                match setup(&config) {
+                    Err(e)
+                        if Instant::now() < deadline
+                            && matches!(
+                                e.sqlite_error_code(),
+                                Some(
+                                    rusqlite::ErrorCode::DatabaseBusy
+                                        | rusqlite::ErrorCode::DatabaseLocked
+                                )
+                            ) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    done => return done,
+                }
+            }
         })
         .await
         .map_err(|e| BrokerError::Config(format!("opening sqlite: {e}")))?

@@ -26,6 +26,15 @@ impl std::ops::DerefMut for Worker {
     }
 }
 
+impl Worker {
+    /// Panics with the exit status if the worker has already exited (it failed to start).
+    fn assert_running(&mut self) {
+        if let Some(status) = self.0.try_wait().unwrap() {
+            panic!("worker {} exited early: {status}", self.0.id());
+        }
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -44,9 +53,11 @@ fn worker(url: &str, concurrency: usize, shutdown_ms: u64) -> Worker {
     )
 }
 
-fn identity_of(conn: &mut redis::Connection, pid: u32) -> String {
+fn identity_of(conn: &mut redis::Connection, worker: &mut Worker) -> String {
+    let pid = worker.id();
     let mut found = None;
     wait_until_sync("the worker to register", Duration::from_secs(20), || {
+        worker.assert_running();
         let members: Vec<String> = conn.smembers("processes").unwrap();
         found = members
             .into_iter()
@@ -84,8 +95,8 @@ async fn sigkill_mid_run_loses_no_job() {
     let mut victim = worker(&url, 20, 25_000);
     let mut survivor = worker(&url, 20, 25_000);
     let mut conn = redis.conn();
-    let victim_id = identity_of(&mut conn, victim.id());
-    identity_of(&mut conn, survivor.id());
+    let victim_id = identity_of(&mut conn, &mut victim);
+    identity_of(&mut conn, &mut survivor);
 
     wait_until_sync(
         "a quarter of the jobs to run",
@@ -141,7 +152,7 @@ async fn sigterm_requeues_a_long_job_after_the_deadline() {
     .to_string();
     let _: () = conn.lpush("queue:default", &raw).unwrap();
     let mut w = worker(&url, 2, 500);
-    let id = identity_of(&mut conn, w.id());
+    let id = identity_of(&mut conn, &mut w);
     wait_until_sync("the job to start", Duration::from_secs(20), || {
         conn.llen::<_, u64>(format!("errand:inflight:{id}:default"))
             .unwrap()
@@ -176,11 +187,13 @@ async fn sigterm_requeues_a_long_job_after_the_deadline() {
 }
 
 /// The identity of the worker with `pid` in the SQLite file's process table.
-fn sqlite_identity(path: &std::path::Path, pid: u32) -> String {
+fn sqlite_identity(path: &std::path::Path, worker: &mut Worker) -> String {
+    let pid = worker.id();
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut found = None;
     wait_until_sync("the worker to beat", Duration::from_secs(20), || {
+        worker.assert_running();
         let ids: Vec<String> = conn
             .prepare("SELECT identity FROM processes WHERE beat IS NOT NULL")
             .unwrap()
@@ -225,14 +238,21 @@ async fn sqlite_sigkill_mid_run_loses_no_job() {
         .await
         .unwrap();
 
+    // The ledger exists (in WAL mode) before the workers start, so they only open it.
+    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
+    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
+    ledger.pragma_update(None, "journal_mode", "WAL").unwrap();
+    ledger
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS ledger (n INTEGER PRIMARY KEY, runs INTEGER NOT NULL)",
+        )
+        .unwrap();
+
     let backend = format!("sqlite:{}", path.display());
     let mut victim = worker(&backend, 20, 25_000);
     let mut survivor = worker(&backend, 20, 25_000);
-    let victim_id = sqlite_identity(&path, victim.id());
-    sqlite_identity(&path, survivor.id());
-    // The workers create the ledger table on start; until then it counts as empty.
-    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
-    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
+    let victim_id = sqlite_identity(&path, &mut victim);
+    sqlite_identity(&path, &mut survivor);
     wait_until_sync(
         "a quarter of the jobs to run",
         Duration::from_secs(120),
