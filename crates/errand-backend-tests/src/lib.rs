@@ -25,7 +25,8 @@
 
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, RemoteSignal, Scheduled, Settle,
+    Broker, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
+    Scheduled, Settle,
 };
 use errand_core::{Payload, WireProfile};
 use serde_json::json;
@@ -133,6 +134,8 @@ macro_rules! conformance_tests {
             heartbeat_stats_accumulate,
             process_count_and_unregister,
             claim_poll_is_exclusive_per_window,
+            once_records_claim_complete_release,
+            once_claims_and_records_expire,
             server_weighted_fetch_follows_weights,
             server_strict_queue_order,
             server_runs_scheduled_job_when_due,
@@ -143,6 +146,8 @@ macro_rules! conformance_tests {
             server_recovers_jobs_of_a_dead_process,
             server_shutdown_requeues_unfinished_jobs,
             server_stats_count_processed_and_failed,
+            server_once_step_runs_once_across_retries,
+            server_drain_runs_nested_and_due_jobs,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1032,4 +1037,144 @@ pub async fn process_count_and_unregister(f: &impl BackendFactory) {
         .expect("unregistering twice is fine");
     b.unregister("h:2:b").await.unwrap();
     assert_eq!(b.process_count().await.unwrap(), 0);
+}
+
+/// A once-only step record: one owner claims it, others see it busy; only the owner renews,
+/// completes or releases it; a completed step hands its output to every later claim; a
+/// released claim is free for the next owner.
+pub async fn once_records_claim_complete_release(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let lease = Duration::from_secs(30);
+    let keep = Duration::from_secs(3600);
+    let claim = |key: &'static str, owner: &'static str| b.once_claim(key, owner, lease);
+
+    assert_eq!(
+        claim("j1:send", "a").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}"
+    );
+    assert_eq!(
+        claim("j1:send", "b").await.unwrap(),
+        OnceClaim::Busy,
+        "{n}: held by a"
+    );
+    assert_eq!(
+        claim("j1:send", "a").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}: a again"
+    );
+    assert_eq!(
+        claim("j2:send", "b").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}: keys are separate"
+    );
+    assert!(
+        b.once_renew("j1:send", "a", lease).await.unwrap(),
+        "{n}: owner renews"
+    );
+    assert!(
+        !b.once_renew("j1:send", "b", lease).await.unwrap(),
+        "{n}: others cannot"
+    );
+    b.once_release("j1:send", "b").await.unwrap();
+    assert_eq!(
+        claim("j1:send", "b").await.unwrap(),
+        OnceClaim::Busy,
+        "{n}: b's release did nothing"
+    );
+    assert!(
+        !b.once_complete("j1:send", "b", "1", keep).await.unwrap(),
+        "{n}: only the owner completes"
+    );
+    assert!(
+        b.once_complete("j1:send", "a", r#"{"sent":true}"#, keep)
+            .await
+            .unwrap(),
+        "{n}"
+    );
+    for owner in ["a", "b", "c"] {
+        assert_eq!(
+            claim("j1:send", owner).await.unwrap(),
+            OnceClaim::Done(r#"{"sent":true}"#.into()),
+            "{n}: completed for {owner}"
+        );
+    }
+    assert!(
+        !b.once_renew("j1:send", "a", lease).await.unwrap(),
+        "{n}: done is not renewed"
+    );
+    assert!(
+        !b.once_complete("j1:send", "a", "2", keep).await.unwrap(),
+        "{n}: completes once"
+    );
+    b.once_release("j1:send", "a").await.unwrap();
+    assert_eq!(
+        claim("j1:send", "c").await.unwrap(),
+        OnceClaim::Done(r#"{"sent":true}"#.into()),
+        "{n}: a completed step cannot be released"
+    );
+    b.once_release("j2:send", "b").await.unwrap();
+    assert_eq!(
+        claim("j2:send", "c").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}: released → free"
+    );
+}
+
+/// A claim whose holder stops renewing frees itself after its lease, and a completed record
+/// is gone after the time it is kept.
+pub async fn once_claims_and_records_expire(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let short = Duration::from_millis(1_000);
+    assert_eq!(
+        b.once_claim("j:step", "dead-holder", short).await.unwrap(),
+        OnceClaim::Claimed
+    );
+    assert_eq!(
+        b.once_claim("j:step", "c", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        OnceClaim::Busy,
+        "{n}"
+    );
+    assert_eq!(
+        b.once_claim("j:done", "a", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        OnceClaim::Claimed
+    );
+    assert!(
+        b.once_complete("j:done", "a", "7", short).await.unwrap(),
+        "{n}"
+    );
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let step = b
+            .once_claim("j:step", "c", Duration::from_secs(30))
+            .await
+            .unwrap();
+        let done = b
+            .once_claim("j:done", "c", Duration::from_secs(30))
+            .await
+            .unwrap();
+        if step == OnceClaim::Claimed && done == OnceClaim::Claimed {
+            break;
+        }
+        // Until the record expires, "c" sees it busy (or done); a claim that succeeded stays
+        // "c"'s, so later rounds see Claimed as well.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n}: expired records were never freed: {step:?} {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !b.once_renew("j:step", "dead-holder", short).await.unwrap(),
+        "{n}: the expired holder lost its claim"
+    );
 }

@@ -190,6 +190,45 @@ impl Job for Sleeper {
 // Harness
 
 /// One case's backend, client, and what its jobs report.
+/// Records `effect:<n>` inside a once-only step that returns `n * 10`, then fails on its
+/// first two attempts, so the step is reached three times but runs once.
+#[derive(Serialize, Deserialize)]
+struct OnceThenFail(u64);
+
+impl Job for OnceThenFail {
+    const NAME: &'static str = "Conformance::OnceThenFail";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let l = log(cx);
+        let n = self.0;
+        let out: u64 = cx
+            .once("effect", async {
+                l.push(format!("effect:{n}"));
+                Ok::<_, JobError>(n * 10)
+            })
+            .await?;
+        l.push(format!("output:{out}:{}", cx.idempotency_key("charge")));
+        if cx.retry_count().is_none_or(|c| c < 1) {
+            return Err(JobError::retry("fails until its second retry"));
+        }
+        Ok(())
+    }
+}
+
+/// Enqueues `Record(n)` for each n below its argument, then records itself.
+#[derive(Serialize, Deserialize)]
+struct Spawner(u64);
+
+impl Job for Spawner {
+    const NAME: &'static str = "Conformance::Spawner";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        for n in 0..self.0 {
+            cx.client().push(Record(n.to_string())).await?;
+        }
+        log(cx).push(format!("spawned:{}", self.0));
+        Ok(())
+    }
+}
+
 struct Harness {
     backend: TestBackend,
     client: Client,
@@ -222,6 +261,8 @@ impl Harness {
             .register::<FailNoRetry>()
             .register::<Outcome>()
             .register::<Sleeper>()
+            .register::<OnceThenFail>()
+            .register::<Spawner>()
             .data(self.log.clone())
             .death_handler(move |p, _e| {
                 deaths
@@ -732,6 +773,65 @@ pub async fn server_stats_count_processed_and_failed(f: &impl BackendFactory) {
             failed: m as u64
         },
         "{name}"
+    );
+    assert!(h.inspect().queue("default").await.is_empty(), "{name}");
+}
+
+/// A once-only step inside a job that fails twice runs once: the retries get its recorded
+/// output, and the idempotency key is the same in every attempt.
+pub async fn server_once_step_runs_once_across_retries(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let jid = h.client.push(OnceThenFail(4)).await.unwrap();
+    let server = h.server().retry_delay(|_| Duration::ZERO).build().unwrap();
+    let drained = server.drain().await.unwrap();
+    assert_eq!(drained.performed, 3, "{name}: two failures and a success");
+    assert_eq!(drained.failed, 2, "{name}");
+    assert_eq!(
+        h.log.count("effect:4"),
+        1,
+        "{name}: the effect ran once: {:?}",
+        h.log.all()
+    );
+    let key = format!("output:40:errand:{jid}:charge");
+    assert_eq!(
+        h.log.count(&key),
+        3,
+        "{name}: same output and key each time: {:?}",
+        h.log.all()
+    );
+    assert!(h.inspect().set("retry").await.is_empty(), "{name}");
+    assert!(h.inspect().set("dead").await.is_empty(), "{name}");
+}
+
+/// `Server::drain` runs what is queued, what those jobs enqueue, and scheduled jobs once due,
+/// and returns when nothing due is left.
+pub async fn server_drain_runs_nested_and_due_jobs(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    h.client.push(Spawner(3)).await.unwrap();
+    h.client
+        .push_in(Duration::from_secs(3600), Record("99".into()))
+        .await
+        .unwrap();
+    let server = h.server().build().unwrap();
+    let drained = server.drain().await.unwrap();
+    assert_eq!(
+        drained.performed, 4,
+        "{name}: the spawner and its three jobs"
+    );
+    assert_eq!(drained.failed, 0, "{name}");
+    assert_eq!(h.log.count("spawned:3"), 1, "{name}");
+    assert_eq!(
+        h.log.count_prefix("record:"),
+        3,
+        "{name}: {:?}",
+        h.log.all()
+    );
+    assert_eq!(
+        h.inspect().set("schedule").await.len(),
+        1,
+        "{name}: not due yet"
     );
     assert!(h.inspect().queue("default").await.is_empty(), "{name}");
 }

@@ -176,6 +176,17 @@ pub fn info_queues(info: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What [`Broker::once_claim`] found for a once-only step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnceClaim {
+    /// No finished record and no live claim: the caller now holds the step for its lease.
+    Claimed,
+    /// The step already ran to completion; its recorded output (JSON).
+    Done(String),
+    /// Another attempt holds a live claim on the step.
+    Busy,
+}
+
 /// A storage backend's hot path and process duties.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -238,4 +249,28 @@ pub trait Broker: Send + Sync + 'static {
     /// Number of server processes that have sent a heartbeat and not unregistered (Sidekiq's
     /// `processes` set, for poll interval scaling).
     async fn process_count(&self) -> BrokerResult<usize>;
+
+    /// Claims once-only step `key` for `owner` for `lease`, in one atomic step: returns the
+    /// recorded output when the step already completed, [`OnceClaim::Busy`] while another
+    /// owner's claim is live, and otherwise records the claim. A claim whose lease ran out
+    /// (its holder died) counts as absent. Claiming again as the same owner extends the lease.
+    async fn once_claim(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<OnceClaim>;
+
+    /// Extends `owner`'s live claim on `key` to `lease` from now. False when the claim is no
+    /// longer `owner`'s (it expired and another took it, or the step completed).
+    async fn once_renew(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<bool>;
+
+    /// Marks `key` completed with `output` (JSON), kept for `keep`, if `owner` still holds the
+    /// claim; false (and nothing written) otherwise.
+    async fn once_complete(
+        &self,
+        key: &str,
+        owner: &str,
+        output: &str,
+        keep: Duration,
+    ) -> BrokerResult<bool>;
+
+    /// Drops `owner`'s claim on `key` (the step failed and may run again). Does nothing when
+    /// the claim is not `owner`'s or the step completed.
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()>;
 }

@@ -25,4 +25,4 @@ mod time;
 
 pub use error::{BrokerError, PayloadError};
 pub use payload::{Failure, Payload, RetrySetting};
-pub use time::{WireProfile, now, utc_date};
+pub use time::{Clock, WireProfile, now, system_clock, utc_date};

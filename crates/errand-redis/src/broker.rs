@@ -3,8 +3,8 @@
 use crate::{Keys, scripts};
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, RemoteSignal, Scheduled,
-    Settle,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
+    Scheduled, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -123,6 +123,25 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Runs one operation of the once-only record script on `errand:once:<key>`.
+    async fn once_op<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        op: &str,
+        owner: &str,
+        ttl: Duration,
+        output: &str,
+    ) -> BrokerResult<T> {
+        scripts::ONCE
+            .key(self.keys.key(&format!("errand:once:{key}")))
+            .arg(op)
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(output)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
     /// Connects to `url` with default settings.
     ///
     /// # Errors
@@ -564,6 +583,38 @@ impl Broker for RedisBroker {
             .await
             .map_err(cmd_err)?;
         Ok(won.is_some())
+    }
+
+    async fn once_claim(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<OnceClaim> {
+        let (state, out): (i64, String) = self.once_op(key, "claim", owner, lease, "").await?;
+        Ok(match state {
+            0 => OnceClaim::Claimed,
+            1 => OnceClaim::Busy,
+            _ => OnceClaim::Done(out),
+        })
+    }
+
+    async fn once_renew(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<bool> {
+        let n: i64 = self.once_op(key, "renew", owner, lease, "").await?;
+        Ok(n == 1)
+    }
+
+    async fn once_complete(
+        &self,
+        key: &str,
+        owner: &str,
+        output: &str,
+        keep: Duration,
+    ) -> BrokerResult<bool> {
+        let n: i64 = self.once_op(key, "complete", owner, keep, output).await?;
+        Ok(n == 1)
+    }
+
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
+        let _: i64 = self
+            .once_op(key, "release", owner, Duration::ZERO, "")
+            .await?;
+        Ok(())
     }
 
     async fn process_count(&self) -> BrokerResult<usize> {

@@ -15,3 +15,5 @@ pub static PROMOTE: LazyLock<Script> =
 /// In-flight lists of a process → their queues (recovery and clean shutdown).
 pub static RESCUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rescue.lua")));
+/// Once-only step records: claim, renew, complete, release.
+pub static ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/once.lua")));

@@ -3,8 +3,8 @@
 use crate::schema::{SCHEMA, member_hash, state};
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, RemoteSignal, Scheduled,
-    Settle,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
+    Scheduled, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -788,6 +788,7 @@ impl Broker for SqliteBroker {
         let at = now();
         let rescued = self
             .write(move |tx| {
+                tx.execute("DELETE FROM once_steps WHERE expires_at <= ?1", [at])?;
                 let dead: Vec<String> = tx
                     .prepare(
                         "SELECT identity FROM processes WHERE expires_at IS NULL OR expires_at <= ?1",
@@ -823,6 +824,79 @@ impl Broker for SqliteBroker {
             tx.execute("DELETE FROM processes WHERE identity = ?1", [&identity])?;
             tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;
             tx.execute("DELETE FROM signals WHERE identity = ?1", [&identity])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn once_claim(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<OnceClaim> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        let until = now() + lease.as_secs_f64();
+        self.write(move |tx| {
+            let held: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT owner, output FROM once_steps WHERE key = ?1 AND expires_at > ?2",
+                    params![key, now()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match held {
+                Some((_, Some(output))) => return Ok(OnceClaim::Done(output)),
+                Some((holder, None)) if holder != owner => return Ok(OnceClaim::Busy),
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO once_steps(key, owner, output, expires_at) VALUES (?1, ?2, NULL, ?3)
+                 ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, output = NULL,
+                   expires_at = excluded.expires_at",
+                params![key, owner, until],
+            )?;
+            Ok(OnceClaim::Claimed)
+        })
+        .await
+    }
+
+    async fn once_renew(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<bool> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        let until = now() + lease.as_secs_f64();
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE once_steps SET expires_at = ?3
+                 WHERE key = ?1 AND owner = ?2 AND output IS NULL AND expires_at > ?4",
+                params![key, owner, until, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn once_complete(
+        &self,
+        key: &str,
+        owner: &str,
+        output: &str,
+        keep: Duration,
+    ) -> BrokerResult<bool> {
+        let (key, owner, output) = (key.to_string(), owner.to_string(), output.to_string());
+        let until = now() + keep.as_secs_f64();
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE once_steps SET output = ?3, expires_at = ?4
+                 WHERE key = ?1 AND owner = ?2 AND output IS NULL AND expires_at > ?5",
+                params![key, owner, output, until, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM once_steps WHERE key = ?1 AND owner = ?2 AND output IS NULL",
+                params![key, owner],
+            )?;
             Ok(())
         })
         .await

@@ -27,6 +27,14 @@ CREATE INDEX IF NOT EXISTS jobs_by_score ON jobs(state, score);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_member ON jobs(state, member) WHERE state >= 2;
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
+-- Once-only steps: a claim (output NULL) until the step completes, then its output; the row
+-- counts as absent after expires_at and is swept by orphan recovery.
+CREATE TABLE IF NOT EXISTS once_steps (
+    key        TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    output     TEXT,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS processes (
     identity    TEXT PRIMARY KEY,

@@ -33,8 +33,8 @@
 
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, RemoteSignal, Scheduled,
-    Settle, WorkEntry,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
+    Scheduled, Settle, WorkEntry,
 };
 use errand_core::{Payload, WireProfile};
 use std::cmp::Ordering;
@@ -43,8 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// A source of the current time in float epoch seconds.
-pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
+pub use errand_core::Clock;
 
 /// A clock that moves only when told to. Clones share the same time.
 #[derive(Debug, Clone)]
@@ -228,6 +227,17 @@ struct State {
     /// running on the broker promote by the wall clock, and a frozen manual clock would never
     /// free the turn.
     poll_until: Option<Instant>,
+    /// Once-only step records by key.
+    once: HashMap<String, OnceRecord>,
+}
+
+/// A once-only step's record: a claim until `output` is set, then the completed step.
+#[derive(Debug, Clone)]
+struct OnceRecord {
+    owner: String,
+    output: Option<String>,
+    /// Broker-clock seconds after which the record is gone.
+    expires: f64,
 }
 
 impl State {
@@ -661,6 +671,71 @@ impl Broker for MemoryBroker {
 
     async fn process_count(&self) -> BrokerResult<usize> {
         Ok(self.state().processes.len())
+    }
+
+    async fn once_claim(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<OnceClaim> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        if let Some(r) = state.once.get(key).filter(|r| r.expires > now) {
+            if let Some(out) = &r.output {
+                return Ok(OnceClaim::Done(out.clone()));
+            }
+            if r.owner != owner {
+                return Ok(OnceClaim::Busy);
+            }
+        }
+        state.once.insert(
+            key.to_string(),
+            OnceRecord {
+                owner: owner.to_string(),
+                output: None,
+                expires: now + lease.as_secs_f64(),
+            },
+        );
+        Ok(OnceClaim::Claimed)
+    }
+
+    async fn once_renew(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<bool> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        match state.once.get_mut(key) {
+            Some(r) if r.expires > now && r.owner == owner && r.output.is_none() => {
+                r.expires = now + lease.as_secs_f64();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn once_complete(
+        &self,
+        key: &str,
+        owner: &str,
+        output: &str,
+        keep: Duration,
+    ) -> BrokerResult<bool> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        match state.once.get_mut(key) {
+            Some(r) if r.expires > now && r.owner == owner && r.output.is_none() => {
+                r.output = Some(output.to_string());
+                r.expires = now + keep.as_secs_f64();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
+        let mut state = self.state();
+        if state
+            .once
+            .get(key)
+            .is_some_and(|r| r.owner == owner && r.output.is_none())
+        {
+            state.once.remove(key);
+        }
+        Ok(())
     }
 
     async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {

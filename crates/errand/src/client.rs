@@ -2,7 +2,7 @@
 
 use crate::{Error, Job, encode_args};
 use errand_core::broker::{Broker, Enqueue, Scheduled};
-use errand_core::{Payload, PayloadError, WireProfile, activejob};
+use errand_core::{Clock, Payload, PayloadError, WireProfile, activejob};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,7 @@ pub struct Client {
     broker: Arc<dyn Broker>,
     profile: WireProfile,
     max_payload: usize,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Client {
@@ -49,6 +50,7 @@ impl std::fmt::Debug for Client {
 pub struct Push {
     queue: Option<String>,
     at: Option<f64>,
+    delay: Option<Duration>,
     extra: Vec<(String, Value)>,
     jid: Option<String>,
 }
@@ -67,7 +69,8 @@ impl Push {
 
     /// Run after `delay` (Sidekiq's `perform_in`).
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.at = Some(errand_core::now() + delay.as_secs_f64());
+        self.delay = Some(delay);
+        self.at = None;
         self
     }
 
@@ -78,6 +81,7 @@ impl Push {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         );
+        self.delay = None;
         self
     }
 
@@ -138,7 +142,26 @@ impl Client {
             broker,
             profile: WireProfile::default(),
             max_payload: 1024 * 1024,
+            clock: errand_core::system_clock(),
         }
+    }
+
+    /// Reads the time from `clock` (for delays and `enqueued_at`) instead of the wall clock:
+    /// a controllable clock in tests. Defaults to the system clock.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time on this client's clock, float epoch seconds.
+    pub fn now(&self) -> f64 {
+        (self.clock)()
+    }
+
+    /// When `push` says the job should run (`None`: now).
+    fn run_at(&self, push: &Push) -> Option<f64> {
+        push.at
+            .or_else(|| push.delay.map(|d| self.now() + d.as_secs_f64()))
     }
 
     /// Writes timestamps in `profile`. Defaults to [`WireProfile::V7`].
@@ -209,7 +232,7 @@ impl Client {
     /// A payload above the size limit, or a backend failure.
     pub async fn push_payload(&self, mut p: Payload, at: Option<f64>) -> Result<String, Error> {
         let jid = p.jid().to_string();
-        let now = errand_core::now();
+        let now = self.now();
         match at.filter(|t| *t > now) {
             Some(at) => {
                 let payload = self.check_size(p.to_json())?;
@@ -240,7 +263,7 @@ impl Client {
     /// As for [`Client::push`].
     pub async fn push_with<J: Job>(&self, job: J, push: Push) -> Result<String, Error> {
         let p = self.build(&job, &push)?;
-        self.push_payload(p, push.at).await
+        self.push_payload(p, self.run_at(&push)).await
     }
 
     /// Runs `job` after `delay` (Sidekiq's `perform_in`).
@@ -277,7 +300,7 @@ impl Client {
         if opts.queue.is_empty() {
             return Err(PayloadError::EmptyQueue.into());
         }
-        let now = errand_core::now();
+        let now = self.now();
         let stamp = self.profile.encode(now);
         let retry = match opts.retry {
             crate::Retry::Default => Value::Bool(true),
@@ -322,7 +345,7 @@ impl Client {
         let mut p = Payload::new(&job.class, job.args, &job.queue, self.profile);
         p.set("retry", job.retry);
         let p = self.finish(p, &push)?;
-        self.push_payload(p, push.at).await
+        self.push_payload(p, self.run_at(&push)).await
     }
 
     /// Enqueues a job for a Ruby ActiveJob class (`perform_later`), in the wrapped form Rails'

@@ -1,12 +1,28 @@
-//! What a running job can see: its payload, the application's shared data, a client, and the
-//! server's shutdown signal.
+//! What a running job can see: its payload, the application's shared data, a client, the
+//! server's shutdown signal, and the idempotency tools (stable keys, once-only steps).
 
-use crate::Client;
+use crate::{Client, JobError};
 use errand_core::Payload;
+use errand_core::broker::OnceClaim;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How long a once-only step's completion record is kept by default: 30 days, longer than
+/// Sidekiq's 25 retries take (about 21 days).
+pub const DEFAULT_ONCE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a claim on a once-only step lasts without renewal; renewed every third of it while
+/// the step runs, so only a dead or stalled holder loses it.
+const ONCE_LEASE: Duration = Duration::from_secs(30);
+
+/// How long an attempt waits for another attempt's running step before it snoozes.
+const ONCE_WAIT: Duration = Duration::from_secs(5);
 
 /// Application state shared with every job (a database pool, an HTTP client), keyed by type.
 #[derive(Default, Clone)]
@@ -42,6 +58,7 @@ pub struct JobContext {
     data: Arc<Data>,
     client: Client,
     shutdown: CancellationToken,
+    once_ttl: Duration,
 }
 
 impl JobContext {
@@ -54,7 +71,14 @@ impl JobContext {
             data,
             client,
             shutdown: CancellationToken::new(),
+            once_ttl: DEFAULT_ONCE_TTL,
         }
+    }
+
+    /// Keeps once-only step records for `keep` instead of [`DEFAULT_ONCE_TTL`].
+    pub fn with_once_ttl(mut self, keep: Duration) -> Self {
+        self.once_ttl = keep;
+        self
     }
 
     pub(crate) fn with_shutdown(mut self, token: CancellationToken, queue: &str) -> Self {
@@ -108,5 +132,150 @@ impl JobContext {
     /// return an error so they are retried.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// A key for `scope` that is the same in every attempt of this job (every retry, and a
+    /// run after a crash) and different for every other job: `errand:<jid>:<scope>`. Derived,
+    /// never random, so it is the thing to pass as an external API's idempotency key.
+    ///
+    /// ```rust,ignore
+    /// // Stripe (or any API with idempotency keys) applies a retried charge only once.
+    /// let key = cx.idempotency_key("charge");
+    /// payments.charge(order.total, &key).await?;
+    /// ```
+    ///
+    /// Use one scope per distinct effect (`"charge"`, `"refund"`): two effects sharing a key
+    /// would be taken for one by the API. A job enqueued again is a new job with a new key;
+    /// when the same business operation may be enqueued twice, build the key from its own
+    /// identity (`format!("order-{id}-charge")`) instead, or make the job unique.
+    pub fn idempotency_key(&self, scope: &str) -> String {
+        format!("errand:{}:{}", self.jid(), scope)
+    }
+
+    /// Runs `effect` at most once to completion for this job, across retries and crashes,
+    /// and returns its output; a later attempt gets the recorded output without running it.
+    ///
+    /// `step` names the effect within the job (`"send-email"`). Before running, the attempt
+    /// claims the step in the backend (a record keyed by job id and step, written atomically);
+    /// the claim is renewed while the effect runs. Then:
+    /// - the effect succeeds: its output is recorded (JSON) and kept for the server's
+    ///   `once_ttl` (default 30 days), so a retry after a later failure skips the step;
+    /// - the effect fails: the claim is dropped and the error returned, so a retry runs the
+    ///   step again;
+    /// - another attempt holds the claim (two workers racing on one job after a recovery):
+    ///   this one waits up to 5 s for it to finish, then snoozes (runs again later, not a
+    ///   failure). The two never run the effect at the same time.
+    ///
+    /// What it cannot do: if the process dies *during* the effect, after the outside world
+    /// saw it but before the record was written, the claim expires (30 s) and a retry runs the
+    /// effect again. Pair `once` with an idempotency key ([`JobContext::idempotency_key`])
+    /// where the other side supports one, to close that window too.
+    ///
+    /// # Errors
+    /// The effect's error; a backend error (retried by the job's retry policy); a snooze while
+    /// another attempt runs the step.
+    pub async fn once<T, E, F>(&self, step: &str, effect: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Into<JobError>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let broker = self.client.broker().clone();
+        let key = format!("{}:{}", self.jid(), step);
+        let owner = errand_core::id::new_jid();
+        let backend = |e: errand_core::BrokerError| {
+            JobError::retry(format!("once-only step {step}: {e}")).with_class("Errand::Backend")
+        };
+        let waiting_until = Instant::now() + ONCE_WAIT;
+        loop {
+            match broker
+                .once_claim(&key, &owner, ONCE_LEASE)
+                .await
+                .map_err(backend)?
+            {
+                OnceClaim::Claimed => break,
+                OnceClaim::Done(output) => {
+                    tracing::debug!(jid = self.jid(), step, "once-only step already done");
+                    return serde_json::from_str(&output).map_err(|e| {
+                        JobError::dead(format!(
+                            "once-only step {step}: the recorded output does not fit the type \
+                             asked for: {e}"
+                        ))
+                        .with_class("Errand::OnceOutput")
+                    });
+                }
+                OnceClaim::Busy if Instant::now() < waiting_until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                OnceClaim::Busy => {
+                    tracing::info!(
+                        jid = self.jid(),
+                        step,
+                        "once-only step held by another attempt; snoozing"
+                    );
+                    return Err(JobError::snooze(ONCE_LEASE));
+                }
+            }
+        }
+        let renew = async {
+            let mut ticker = tokio::time::interval(ONCE_LEASE / 3);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                match broker.once_renew(&key, &owner, ONCE_LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            jid = self.jid(),
+                            step,
+                            "once-only step's claim was lost while it ran"
+                        );
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(jid = self.jid(), step, error = %e, "renewing a once-only claim failed")
+                    }
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = effect => r,
+            () = renew => unreachable!("renewal never ends"),
+        };
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Err(re) = broker.once_release(&key, &owner).await {
+                    tracing::warn!(jid = self.jid(), step, error = %re, "releasing a failed once-only step failed (it frees itself when the claim expires)");
+                }
+                return Err(e.into());
+            }
+        };
+        let output = serde_json::to_string(&value).map_err(|e| {
+            JobError::dead(format!("once-only step {step}: output is not JSON: {e}"))
+        })?;
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=6 {
+            match broker
+                .once_complete(&key, &owner, &output, self.once_ttl)
+                .await
+            {
+                Ok(true) => return Ok(value),
+                Ok(false) => {
+                    tracing::warn!(
+                        jid = self.jid(),
+                        step,
+                        "once-only step finished after its claim was lost; another attempt may run it too"
+                    );
+                    return Ok(value);
+                }
+                Err(e) if attempt < 6 && e.is_connection_error() => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 }

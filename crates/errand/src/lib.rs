@@ -60,12 +60,12 @@ pub mod server;
 
 pub use async_trait::async_trait;
 pub use client::{Client, Push, RawJob};
-pub use context::{Data, JobContext};
+pub use context::{DEFAULT_ONCE_TTL, Data, JobContext};
 pub use errand_core::broker::DeadLimits;
-pub use errand_core::{Payload, WireProfile, activejob, backoff, broker};
+pub use errand_core::{Clock, Payload, WireProfile, activejob, backoff, broker, system_clock};
 pub use error::{Error, JobError, JobErrorKind, JobResult};
 pub use job::{Job, JobOptions, Retry, decode_args, encode_args};
-pub use server::{Server, ServerBuilder, ServerHandle};
+pub use server::{Drained, Server, ServerBuilder, ServerHandle};
 
 /// The embedded SQLite backend (feature `sqlite`): one file, nothing to install.
 #[cfg(feature = "sqlite")]

@@ -56,7 +56,7 @@ pub(crate) async fn beat(s: &Shared) {
         info: &s.info,
         busy: work.len(),
         concurrency: s.config().concurrency,
-        beat: errand_core::now(),
+        beat: s.now(),
         quiet: s.quiet.is_cancelled(),
         rss_kb: rss_kb(),
         work: &work,

@@ -23,6 +23,7 @@ pub(crate) struct Parts {
     pub middleware: Vec<Arc<dyn Middleware>>,
     pub death_handlers: Vec<DeathHandler>,
     pub retry_delay: Option<RetryDelay>,
+    pub clock: errand_core::Clock,
     pub config: Config,
 }
 
@@ -58,6 +59,11 @@ impl Shared {
 
     pub(crate) fn broker(&self) -> &dyn Broker {
         &*self.parts.broker
+    }
+
+    /// The time on the server's clock, float epoch seconds.
+    pub(crate) fn now(&self) -> f64 {
+        (self.parts.clock)()
     }
 
     pub(crate) fn busy(&self) -> usize {
@@ -103,6 +109,16 @@ impl ServerHandle {
     }
 }
 
+/// What [`Server::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// Jobs fetched and run (malformed entries moved to the dead set count too).
+    pub performed: usize,
+    /// Of those, the attempts that failed (retried, dead, dropped or discarded).
+    pub failed: usize,
+}
+
 /// A worker process: fetches jobs from its queues and runs them.
 pub struct Server {
     shared: Arc<Shared>,
@@ -116,7 +132,7 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn info_json(identity: &str, c: &Config) -> String {
+fn info_json(identity: &str, c: &Config, started_at: f64) -> String {
     let mut queues: Vec<&str> = Vec::new();
     for (q, _) in &c.queues {
         if !queues.contains(&q.as_str()) {
@@ -134,7 +150,7 @@ fn info_json(identity: &str, c: &Config) -> String {
     };
     serde_json::json!({
         "hostname": errand_core::id::hostname(),
-        "started_at": errand_core::now(),
+        "started_at": started_at,
         "pid": std::process::id(),
         "tag": c.tag,
         "concurrency": c.concurrency,
@@ -162,7 +178,7 @@ impl Server {
 
     pub(crate) fn new(parts: Parts) -> Self {
         let identity = errand_core::id::new_identity();
-        let info = info_json(&identity, &parts.config);
+        let info = info_json(&identity, &parts.config, (parts.clock)());
         Self {
             shared: Arc::new(Shared {
                 parts,
@@ -177,6 +193,53 @@ impl Server {
                 jobs: TaskTracker::new(),
             }),
         }
+    }
+
+    /// Runs every job that is due now on this server's queues, one at a time, until none is
+    /// left, and returns what it did: jobs those jobs enqueue run too, failures go through the
+    /// normal retry rules (a retry whose time has not come stays in the retry set), scheduled
+    /// jobs run once due on the server's clock. For tests and one-shot batch runs; `drain`
+    /// does not register the process or write heartbeats.
+    ///
+    /// A job that keeps enqueuing itself keeps `drain` going: bound such loops in the job.
+    ///
+    /// # Errors
+    /// A backend failure while fetching or promoting.
+    pub async fn drain(&self) -> Result<Drained, Error> {
+        let s = &self.shared;
+        let mut queues: Vec<String> = Vec::new();
+        for (q, _) in &s.config().queues {
+            if !queues.contains(q) {
+                queues.push(q.clone());
+            }
+        }
+        let mut done = Drained::default();
+        loop {
+            s.broker().promote_due(s.now(), s.config().profile).await?;
+            let req = errand_core::broker::FetchRequest {
+                identity: &s.identity,
+                queues: &queues,
+                max: 1,
+                wait: std::time::Duration::ZERO,
+            };
+            let Some(job) = s.broker().fetch(req).await?.pop() else {
+                return Ok(done);
+            };
+            let failed = s.failed.load(Ordering::Relaxed);
+            super::processor::process(s, &job).await;
+            done.performed += 1;
+            if s.failed.load(Ordering::Relaxed) != failed {
+                done.failed += 1;
+            }
+        }
+    }
+
+    /// Runs `payload`'s job now, in this process, through the middleware chain and the job
+    /// timeout (panics caught), without touching the backend: nothing is fetched, acked,
+    /// retried or counted, and the job's outcome is returned as is. Inline execution for tests
+    /// and scripts; an unknown class is an `Errand::UnknownJob` error.
+    pub async fn perform(&self, payload: errand_core::Payload) -> crate::JobResult {
+        super::processor::perform_now(&self.shared, payload).await
     }
 
     /// A handle to quiet or stop this server.

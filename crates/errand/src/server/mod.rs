@@ -15,11 +15,11 @@ use crate::middleware::{Logging, Middleware};
 use crate::registry::Registry;
 use crate::{Client, Data, Error, Job, JobError};
 use errand_core::broker::{Broker, DeadLimits};
-use errand_core::{Payload, WireProfile};
+use errand_core::{Clock, Payload, WireProfile};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use launcher::{Server, ServerHandle};
+pub use launcher::{Drained, Server, ServerHandle};
 
 /// A function called with the payload and the error when a job dies: when its retries run out,
 /// on `retry(0)`, on [`JobError::dead`], and for `retry(false)` jobs that are dropped.
@@ -63,6 +63,7 @@ pub(crate) struct Config {
     pub tag: String,
     pub labels: Vec<String>,
     pub handle_signals: bool,
+    pub once_ttl: Duration,
 }
 
 impl Default for Config {
@@ -84,6 +85,7 @@ impl Default for Config {
             tag: String::new(),
             labels: Vec::new(),
             handle_signals: true,
+            once_ttl: crate::context::DEFAULT_ONCE_TTL,
         }
     }
 }
@@ -97,6 +99,7 @@ pub struct ServerBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     death_handlers: Vec<DeathHandler>,
     retry_delay: Option<RetryDelay>,
+    clock: Clock,
     config: Config,
     errors: Vec<String>,
 }
@@ -118,6 +121,7 @@ impl ServerBuilder {
             middleware: vec![Arc::new(Logging)],
             death_handlers: Vec::new(),
             retry_delay: None,
+            clock: errand_core::system_clock(),
             config: Config::default(),
             errors: Vec::new(),
         }
@@ -274,6 +278,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Reads the time from `clock` instead of the wall clock: when retries and snoozes are due,
+    /// which scheduled jobs are due, the timestamps written into payloads. For tests with a
+    /// controllable clock (`errand_testing::ManualClock`); leave it alone in production.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How long a once-only step's completion record is kept (see [`crate::JobContext::once`]):
+    /// retries of the job within this time skip the step. Defaults to 30 days.
+    pub fn once_ttl(mut self, keep: Duration) -> Self {
+        self.config.once_ttl = keep;
+        self
+    }
+
     /// Whether [`Server::run`] listens for SIGTERM/SIGINT (stop) and SIGTSTP (quiet).
     /// Defaults to true.
     pub fn handle_signals(mut self, yes: bool) -> Self {
@@ -306,7 +325,9 @@ impl ServerBuilder {
         if !self.errors.is_empty() {
             return Err(Error::Config(self.errors.join("; ")));
         }
-        let client = Client::from_arc(self.broker.clone()).wire_profile(self.config.profile);
+        let client = Client::from_arc(self.broker.clone())
+            .wire_profile(self.config.profile)
+            .clock(self.clock.clone());
         Ok(Server::new(launcher::Parts {
             broker: self.broker,
             client,
@@ -315,6 +336,7 @@ impl ServerBuilder {
             middleware: self.middleware,
             death_handlers: self.death_handlers,
             retry_delay: self.retry_delay,
+            clock: self.clock,
             config: self.config,
         }))
     }

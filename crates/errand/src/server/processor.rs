@@ -19,7 +19,7 @@ pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaph
     let job = Arc::new(job);
     let running = Running {
         job: job.clone(),
-        run_at: errand_core::now() as i64,
+        run_at: s.now() as i64,
         abort: None,
     };
     if let Ok(mut r) = s.running.lock() {
@@ -40,7 +40,7 @@ pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaph
     }
 }
 
-async fn process(s: &Shared, job: &Fetched) {
+pub(crate) async fn process(s: &Shared, job: &Fetched) {
     let payload = match Payload::parse(&job.raw) {
         Ok(p) => p,
         Err(e) => return retry::bury_malformed(s, job, &e).await,
@@ -49,7 +49,8 @@ async fn process(s: &Shared, job: &Fetched) {
     // The context owns the payload for the attempt; it is taken back afterwards for the retry
     // bookkeeping, so the hot path never copies it.
     let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
-        .with_shutdown(s.deadline.clone(), &job.queue);
+        .with_shutdown(s.deadline.clone(), &job.queue)
+        .with_once_ttl(s.config().once_ttl);
     let (handler, result) = {
         let unwrapped = activejob::unwrap(cx.payload());
         let (class, args) = match &unwrapped {
@@ -75,7 +76,7 @@ async fn process(s: &Shared, job: &Fetched) {
         JobErrorKind::Snooze(delay) => {
             let to = Settle::Schedule {
                 payload: job.raw.clone(),
-                at: errand_core::now() + delay.as_secs_f64(),
+                at: s.now() + delay.as_secs_f64(),
             };
             retry::persist(s, "snooze", || s.broker().settle(job, to.clone())).await;
         }
@@ -123,4 +124,25 @@ async fn attempt(
             .unwrap_or_else(|| "job panicked".into());
         Err(JobError::retry(msg).with_class("Errand::Panic"))
     })
+}
+
+/// Runs `payload`'s job now in this process (middleware, timeout, panics caught) without the
+/// backend: no fetch, no ack, no retry bookkeeping. The outcome is returned as is.
+pub(crate) async fn perform_now(s: &Shared, payload: Payload) -> JobResult {
+    let queue = payload.queue().to_string();
+    let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
+        .with_shutdown(s.deadline.clone(), &queue)
+        .with_once_ttl(s.config().once_ttl);
+    let unwrapped = activejob::unwrap(cx.payload());
+    let (class, args) = match &unwrapped {
+        Some((class, args)) => (class.as_str(), args.as_slice()),
+        None => (cx.payload().class(), cx.payload().args()),
+    };
+    match s.parts.registry.get(class) {
+        None => Err(
+            JobError::dead(format!("no job is registered for class {class}"))
+                .with_class("Errand::UnknownJob"),
+        ),
+        Some(h) => attempt(s, h.as_ref(), args, &cx).await,
+    }
 }

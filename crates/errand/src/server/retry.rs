@@ -77,7 +77,7 @@ pub(crate) async fn handle_failure(
         RetrySetting::Count(n) => n,
         _ => c.max_retries,
     };
-    let now = errand_core::now();
+    let now = s.now();
     let count = payload.record_failure(&Failure {
         class: err.class(),
         message: err.message(),
@@ -134,8 +134,8 @@ pub(crate) fn malformed_entry(
     queue: &str,
     err: &PayloadError,
     s_profile: errand_core::WireProfile,
+    now: f64,
 ) -> Payload {
-    let now = errand_core::now();
     let mut p = Payload::new(
         "Errand::InvalidPayload",
         vec![Value::from(raw)],
@@ -155,11 +155,11 @@ pub(crate) fn malformed_entry(
 }
 
 pub(crate) async fn bury_malformed(s: &Shared, job: &Fetched, err: &PayloadError) {
-    let p = malformed_entry(&job.raw, &job.queue, err, s.config().profile);
+    let p = malformed_entry(&job.raw, &job.queue, err, s.config().profile, s.now());
     tracing::error!(queue = %job.queue, error = %err, "malformed queue entry moved to the dead set");
     let to = Settle::Dead {
         payload: p.to_json(),
-        now: errand_core::now(),
+        now: s.now(),
         limits: s.config().dead_limits,
     };
     persist(s, "kill", || s.broker().settle(job, to.clone())).await;

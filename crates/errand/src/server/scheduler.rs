@@ -33,11 +33,7 @@ pub(crate) async fn run(s: Arc<Shared>) {
                 continue;
             }
         }
-        match s
-            .broker()
-            .promote_due(errand_core::now(), s.config().profile)
-            .await
-        {
+        match s.broker().promote_due(s.now(), s.config().profile).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(jobs = n, "enqueued due jobs"),
             Err(e) => tracing::error!(error = %e, "moving due jobs failed"),
