@@ -59,6 +59,15 @@ pub fn utc_date(secs: f64) -> String {
         .to_string()
 }
 
+/// A source of the current time in float epoch seconds: [`now`] by default, a controllable
+/// clock in tests (`errand_testing::ManualClock`).
+pub type Clock = std::sync::Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// The wall clock as a [`Clock`].
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,13 +101,4 @@ mod tests {
     fn utc_date_formats() {
         assert_eq!(utc_date(1_795_853_128.0), "2026-11-28");
     }
-}
-
-/// A source of the current time in float epoch seconds: [`now`] by default, a controllable
-/// clock in tests (`errand_testing::ManualClock`).
-pub type Clock = std::sync::Arc<dyn Fn() -> f64 + Send + Sync>;
-
-/// The wall clock as a [`Clock`].
-pub fn system_clock() -> Clock {
-    std::sync::Arc::new(now)
 }
