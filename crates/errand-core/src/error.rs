@@ -48,6 +48,9 @@ pub enum BrokerError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A job performed at push time (a test harness's inline mode) failed.
+    #[error("{0}")]
+    Inline(String),
 }
 
 impl BrokerError {

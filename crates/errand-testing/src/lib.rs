@@ -31,6 +31,9 @@
 //! # });
 //! ```
 
+mod jobs;
+pub use jobs::TestJobs;
+
 use async_trait::async_trait;
 use errand_core::broker::{
     Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
@@ -350,6 +353,15 @@ impl MemoryBroker {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Empties every queue and the `schedule`, `retry` and `dead` sets (processes, in-flight
+    /// jobs, stats and once-only records stay).
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.queues.clear();
+        state.known_queues.clear();
+        state.sets.clear();
     }
 
     /// The number of jobs waiting in queue `name`.

@@ -100,6 +100,7 @@ pub struct ServerBuilder {
     death_handlers: Vec<DeathHandler>,
     retry_delay: Option<RetryDelay>,
     clock: Clock,
+    client: Option<Client>,
     config: Config,
     errors: Vec<String>,
 }
@@ -122,6 +123,7 @@ impl ServerBuilder {
             death_handlers: Vec::new(),
             retry_delay: None,
             clock: errand_core::system_clock(),
+            client: None,
             config: Config::default(),
             errors: Vec::new(),
         }
@@ -286,6 +288,14 @@ impl ServerBuilder {
         self
     }
 
+    /// The client jobs get from `cx.client()` to enqueue further jobs. Defaults to a client on
+    /// the server's backend, with the server's wire profile and clock. Set it to send jobs'
+    /// pushes elsewhere (another backend, or a test harness that runs them inline).
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// How long a once-only step's completion record is kept (see [`crate::JobContext::once`]):
     /// retries of the job within this time skip the step. Defaults to 30 days.
     pub fn once_ttl(mut self, keep: Duration) -> Self {
@@ -325,9 +335,11 @@ impl ServerBuilder {
         if !self.errors.is_empty() {
             return Err(Error::Config(self.errors.join("; ")));
         }
-        let client = Client::from_arc(self.broker.clone())
-            .wire_profile(self.config.profile)
-            .clock(self.clock.clone());
+        let client = self.client.unwrap_or_else(|| {
+            Client::from_arc(self.broker.clone())
+                .wire_profile(self.config.profile)
+                .clock(self.clock.clone())
+        });
         Ok(Server::new(launcher::Parts {
             broker: self.broker,
             client,
