@@ -104,3 +104,34 @@ pub async fn serve(router: axum::Router) -> anyhow::Result<String> {
     });
     Ok(url)
 }
+
+/// For the tests: runs example binary `bin` (its path from `env!("CARGO_BIN_EXE_<name>")`)
+/// and returns its stdout.
+///
+/// # Panics
+/// When it cannot start or does not exit successfully (both streams are shown).
+pub fn run_example(bin: &str) -> String {
+    let out = std::process::Command::new(bin)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("start the example");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{bin} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// For the tests: asserts that `stdout` has a line equal to `line`.
+///
+/// # Panics
+/// When it has not.
+pub fn assert_line(stdout: &str, line: &str) {
+    assert!(
+        stdout.lines().any(|l| l == line),
+        "expected the line {line:?} in:\n{stdout}"
+    );
+}
