@@ -1,5 +1,6 @@
-//! Crash safety with real processes: a SIGKILLed worker loses no job, and a SIGTERMed one puts
-//! its unfinished job back on the queue after the shutdown deadline.
+//! Crash safety with real processes: a SIGKILLed worker loses no job, a SIGTERMed one puts
+//! its unfinished job back on the queue after the shutdown deadline, and a once-only effect
+//! done before a SIGKILL is not repeated by the retry.
 
 use errand::redis::RedisBroker;
 use errand::{Client, RawJob};
@@ -293,4 +294,114 @@ async fn sqlite_sigkill_mid_run_loses_no_job() {
     assert_eq!(broker.queue_len("default").await.unwrap(), 0);
     survivor.kill().unwrap();
     survivor.wait().unwrap();
+}
+
+/// Runs `OnceEffect(7)` on a worker, SIGKILLs it after the once-only effect and before the job
+/// completes, lets a second worker recover and finish the job, and checks the effect count is
+/// still 1. `ledger(n)` reads ledger entry `n`.
+fn once_effect_survives_sigkill(
+    backend: &str,
+    mut identity: impl FnMut(&mut Worker) -> String,
+    mut ledger: impl FnMut(u64) -> u64,
+) {
+    const EFFECT: u64 = 1_000_007;
+    const RUNS: u64 = 2_000_007;
+    const DONE: u64 = 3_000_007;
+    let mut victim = worker(backend, 2, 25_000);
+    identity(&mut victim);
+    wait_until_sync("the effect to happen", Duration::from_secs(30), || {
+        victim.assert_running();
+        ledger(EFFECT) == 1
+    });
+    assert_eq!(
+        ledger(DONE),
+        0,
+        "the first run is still in the job when killed"
+    );
+    victim.kill().expect("SIGKILL");
+    victim.wait().unwrap();
+
+    let mut survivor = worker(backend, 2, 25_000);
+    identity(&mut survivor);
+    wait_until_sync(
+        "the recovered job to finish",
+        Duration::from_secs(60),
+        || {
+            survivor.assert_running();
+            ledger(DONE) == 1
+        },
+    );
+    assert_eq!(ledger(RUNS), 2, "the job ran again after the kill");
+    assert_eq!(ledger(EFFECT), 1, "the once-only effect was not repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_effect_survives_sigkill_on_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let client = Client::new(RedisBroker::connect(&url).await.unwrap());
+    client
+        .push_raw(
+            RawJob::new("OnceEffect", vec![json!(7)]),
+            errand::Push::new(),
+        )
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut reader = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        once_effect_survives_sigkill(
+            &url,
+            |w| identity_of(&mut conn, w),
+            |n| {
+                reader
+                    .hget::<_, _, Option<u64>>("ledger", n)
+                    .unwrap()
+                    .unwrap_or(0)
+            },
+        )
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_effect_survives_sigkill_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite");
+    let broker = errand_sqlite::SqliteBroker::open(&path).await.unwrap();
+    Client::new(broker)
+        .push_raw(
+            RawJob::new("OnceEffect", vec![json!(7)]),
+            errand::Push::new(),
+        )
+        .await
+        .unwrap();
+    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
+    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
+    ledger.pragma_update(None, "journal_mode", "WAL").unwrap();
+    ledger
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS ledger (n INTEGER PRIMARY KEY, runs INTEGER NOT NULL)",
+        )
+        .unwrap();
+    let backend = format!("sqlite:{}", path.display());
+    tokio::task::block_in_place(|| {
+        once_effect_survives_sigkill(
+            &backend,
+            |w| sqlite_identity(&path, w),
+            |n| {
+                ledger
+                    .query_row("SELECT runs FROM ledger WHERE n = ?1", [n as i64], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|v| v as u64)
+                    .unwrap_or(0)
+            },
+        )
+    });
 }

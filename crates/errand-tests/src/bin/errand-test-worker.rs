@@ -2,8 +2,9 @@
 //! process. Usage: `errand-test-worker <backend> <concurrency> <shutdown-timeout-ms>`, where
 //! the backend is a Redis URL or `sqlite:<path>`.
 //!
-//! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger; `Sleepy(ms)` sleeps, then
-//! counts `ms`. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger;
+//! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
+//! be killed on its first run (see the type). The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -65,33 +66,64 @@ impl Job for Sleepy {
     }
 }
 
+/// A job with a once-only effect that waits to be killed on its first run: runs are counted
+/// at ledger entry `RUNS + n`, the effect (inside `cx.once`) at `EFFECT + n`, and a finished
+/// run at `DONE + n`. The crash test SIGKILLs the worker after the effect, before the job
+/// completes, and checks that the retry on another worker does not repeat the effect.
+#[derive(Serialize, Deserialize)]
+struct OnceEffect(u64);
+
+/// Ledger offsets of [`OnceEffect`]'s counters.
+const EFFECT: u64 = 1_000_000;
+const RUNS: u64 = 2_000_000;
+const DONE: u64 = 3_000_000;
+
+impl Job for OnceEffect {
+    const NAME: &'static str = "OnceEffect";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let runs = bump(cx, RUNS + self.0).await?;
+        cx.once("effect", async { bump(cx, EFFECT + self.0).await })
+            .await?;
+        if runs == 1 {
+            // Killed here by the test: after the effect, before the job completes.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        bump(cx, DONE + self.0).await?;
+        Ok(())
+    }
+}
+
 async fn count(cx: &JobContext, n: u64) -> JobResult {
+    bump(cx, n).await.map(drop)
+}
+
+/// Adds one to ledger entry `n`; returns the new count.
+async fn bump(cx: &JobContext, n: u64) -> Result<u64, JobError> {
     let store = cx
         .data::<LedgerStore>()
         .ok_or_else(|| JobError::dead("no ledger"))?
         .clone();
     match store {
-        LedgerStore::Redis(mut conn) => {
-            redis::cmd("HINCRBY")
-                .arg("ledger")
-                .arg(n)
-                .arg(1)
-                .query_async::<i64>(&mut conn)
-                .await?;
-        }
+        LedgerStore::Redis(mut conn) => Ok(redis::cmd("HINCRBY")
+            .arg("ledger")
+            .arg(n)
+            .arg(1)
+            .query_async::<u64>(&mut conn)
+            .await?),
         LedgerStore::Sqlite(conn) => {
-            tokio::task::spawn_blocking(move || {
-                conn.lock().unwrap_or_else(|p| p.into_inner()).execute(
+            let runs = tokio::task::spawn_blocking(move || {
+                conn.lock().unwrap_or_else(|p| p.into_inner()).query_row(
                     "INSERT INTO ledger(n, runs) VALUES (?1, 1)
-                     ON CONFLICT(n) DO UPDATE SET runs = runs + 1",
+                     ON CONFLICT(n) DO UPDATE SET runs = runs + 1 RETURNING runs",
                     [n as i64],
+                    |r| r.get::<_, i64>(0),
                 )
             })
             .await
             .map_err(JobError::retry)??;
+            Ok(runs as u64)
         }
     }
-    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -122,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<Ledger>()
         .register::<Sleepy>()
         .register::<Noop>()
+        .register::<OnceEffect>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))
