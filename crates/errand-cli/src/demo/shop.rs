@@ -141,8 +141,8 @@ impl Job for ProcessOrder {
     async fn perform(self, cx: &JobContext) -> JobResult {
         let shop = Shop::from(cx)?;
         shop.started(cx);
-        // Stable across every retry of this job: the same jid, the same step.
-        let key = format!("charge-{}-{}", cx.jid(), self.order_id);
+        // Stable across every retry of this job (`errand:<jid>:charge`), never random.
+        let key = cx.idempotency_key("charge");
         shop.gateway_calls.fetch_add(1, Ordering::Relaxed);
         let replay = {
             let mut charges = shop.charges.lock().unwrap_or_else(|p| p.into_inner());
