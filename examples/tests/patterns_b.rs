@@ -1,0 +1,57 @@
+//! Runs the examples on external APIs, death handling and queue priorities, and checks the
+//! outcome each reports. Each example also asserts its own outcome and exits non-zero when it
+//! does not hold.
+
+use errand_examples::{assert_line, run_example};
+
+#[test]
+fn charge_with_idempotency_key() {
+    let out = run_example(env!("CARGO_BIN_EXE_charge_with_idempotency_key"));
+    assert_line(&out, "ok: 3 attempts, 3 requests, 1 charge");
+    assert_line(
+        &out,
+        "attempt 2: no response from the payment API; retrying",
+    );
+    assert_line(
+        &out,
+        "attempt 3: order 1001 paid by ch_1 (the API replayed its first answer)",
+    );
+}
+
+#[test]
+fn death_webhook() {
+    let out = run_example(env!("CARGO_BIN_EXE_death_webhook"));
+    assert_line(&out, "ok: 1 alert posted, 1 job in the dead set");
+    assert_line(
+        &out,
+        "alert received: SyncInventory died: WarehouseUnavailable: warehouse 7 answered 503 Service Unavailable",
+    );
+}
+
+#[test]
+fn dead_set_limits() {
+    let out = run_example(env!("CARGO_BIN_EXE_dead_set_limits"));
+    assert_line(&out, "ok: size trim kept 3 of 5, age trim kept 1 of 4");
+    assert_line(
+        &out,
+        "after 5 deaths with max_jobs 3: dead set holds feeds [3, 4, 5]",
+    );
+    assert_line(
+        &out,
+        "after max_age passed, 1 more death: dead set holds feeds [6]",
+    );
+}
+
+#[test]
+fn weighted_queues() {
+    let out = run_example(env!("CARGO_BIN_EXE_weighted_queues"));
+    assert_line(
+        &out,
+        "ok: 1000000 rows exported; the password reset did not wait for the export",
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("exported 1000000 rows (") && l.contains("in 1000 chunks")),
+        "{out}"
+    );
+}
