@@ -56,7 +56,8 @@ pub struct Fetched {
     pub lease: String,
 }
 
-/// Bounds of the dead set, applied on every insert.
+/// Bounds of the dead set, applied on every insert (as Sidekiq does): entries past the age
+/// limit stay until the next job dies, then go in the same step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeadLimits {
     /// Keep at most this many entries (the newest). Defaults to 10,000.

@@ -113,6 +113,16 @@ impl JobContext {
         self.payload.retry_count()
     }
 
+    /// Which attempt this is: 1 for the first run, 2 for the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.retry_count().map_or(1, |n| n.saturating_add(2))
+    }
+
+    /// When the job was last put on its queue (`enqueued_at`, epoch seconds), if recorded.
+    pub fn enqueued_at(&self) -> Option<f64> {
+        self.payload.time("enqueued_at")
+    }
+
     /// The whole payload as stored (including keys added by other systems).
     pub fn payload(&self) -> &Payload {
         &self.payload

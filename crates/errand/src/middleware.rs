@@ -3,7 +3,7 @@
 //! A middleware receives the job's context and a [`Next`] to call the rest of the chain; it may
 //! act before and after, change the result, or return early without running the job.
 
-use crate::{JobContext, JobResult};
+use crate::{JobContext, JobErrorKind, JobResult};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -60,6 +60,16 @@ impl Middleware for Logging {
         let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
         match &result {
             Ok(()) => tracing::info!(jid = cx.jid(), class = cx.class(), elapsed_ms, "done"),
+            // Expected outcomes, not failures: a discard (declined card) or a snooze.
+            Err(e) if matches!(e.kind(), JobErrorKind::Discard | JobErrorKind::Snooze(_)) => {
+                tracing::info!(
+                    jid = cx.jid(),
+                    class = cx.class(),
+                    elapsed_ms,
+                    outcome = %e,
+                    "done without success"
+                )
+            }
             Err(e) => tracing::warn!(
                 jid = cx.jid(),
                 class = cx.class(),
