@@ -25,8 +25,8 @@
 
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
-    Scheduled, Settle,
+    Broker, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
+    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
 };
 use errand_core::{Payload, WireProfile};
 use serde_json::json;
@@ -136,6 +136,10 @@ macro_rules! conformance_tests {
             claim_poll_is_exclusive_per_window,
             once_records_claim_complete_release,
             once_claims_and_records_expire,
+            lease_sets_bound_holders_and_fence,
+            lease_expires_without_renewal,
+            rate_limits_count_and_refuse,
+            rate_window_frees_as_uses_age,
             server_weighted_fetch_follows_weights,
             server_strict_queue_order,
             server_runs_scheduled_job_when_due,
@@ -1177,4 +1181,274 @@ pub async fn once_claims_and_records_expire(f: &impl BackendFactory) {
         !b.once_renew("j:step", "dead-holder", short).await.unwrap(),
         "{n}: the expired holder lost its claim"
     );
+}
+
+fn lease<'a>(
+    key: &'a str,
+    holder: &'a str,
+    max: u32,
+    ttl: Duration,
+    fence: bool,
+) -> LeaseRequest<'a> {
+    LeaseRequest {
+        key,
+        holder,
+        max,
+        ttl,
+        fence,
+    }
+}
+
+fn token(grant: LeaseGrant) -> u64 {
+    match grant {
+        LeaseGrant::Granted { token } => token,
+        LeaseGrant::Full { holder } => {
+            panic!("expected a grant, the set is full (held by {holder})")
+        }
+    }
+}
+
+/// A lease set admits at most `max` holders, names a holder when full, renews and releases
+/// only for its holders, and hands out fencing tokens that only grow.
+pub async fn lease_sets_bound_holders_and_fence(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let ttl = Duration::from_secs(30);
+
+    let t1 = token(
+        b.lease_acquire(lease("mutex:order-1", "a", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(t1 >= 1, "{n}: fencing tokens start at 1");
+    assert_eq!(
+        b.lease_acquire(lease("mutex:order-1", "b", 1, ttl, true))
+            .await
+            .unwrap(),
+        LeaseGrant::Full { holder: "a".into() },
+        "{n}: a mutex has one holder"
+    );
+    let t2 = token(
+        b.lease_acquire(lease("mutex:order-1", "a", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(t2 > t1, "{n}: re-acquiring hands out a newer token");
+    assert!(
+        b.lease_renew("mutex:order-1", "a", ttl).await.unwrap(),
+        "{n}"
+    );
+    assert!(
+        !b.lease_renew("mutex:order-1", "b", ttl).await.unwrap(),
+        "{n}: b holds nothing"
+    );
+    assert!(!b.lease_release("mutex:order-1", "b").await.unwrap(), "{n}");
+    assert!(b.lease_release("mutex:order-1", "a").await.unwrap(), "{n}");
+    assert!(
+        !b.lease_release("mutex:order-1", "a").await.unwrap(),
+        "{n}: released once"
+    );
+    let t3 = token(
+        b.lease_acquire(lease("mutex:order-1", "b", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        t3 > t2,
+        "{n}: tokens keep growing across holders: {t1} {t2} {t3}"
+    );
+    let other = token(
+        b.lease_acquire(lease("mutex:order-2", "a", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(other >= 1, "{n}: keys are independent");
+
+    for holder in ["w1", "w2", "w3"] {
+        let t = token(
+            b.lease_acquire(lease("limit:api", holder, 3, ttl, false))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(t, 0, "{n}: no token unless asked");
+    }
+    assert!(
+        matches!(
+            b.lease_acquire(lease("limit:api", "w4", 3, ttl, false))
+                .await
+                .unwrap(),
+            LeaseGrant::Full { .. }
+        ),
+        "{n}: the fourth of three is refused"
+    );
+    let holders = b.lease_holders("limit:api").await.unwrap();
+    let mut names: Vec<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["w1", "w2", "w3"], "{n}");
+    assert!(
+        holders.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{n}: soonest first"
+    );
+    assert!(b.lease_release("limit:api", "w2").await.unwrap(), "{n}");
+    token(
+        b.lease_acquire(lease("limit:api", "w4", 3, ttl, false))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        b.lease_holders("mutex:nobody").await.unwrap().is_empty(),
+        "{n}"
+    );
+}
+
+/// A holder that stops renewing loses its lease after the ttl: another takes the slot with a
+/// newer fencing token, and the old holder can no longer renew or release.
+pub async fn lease_expires_without_renewal(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let stalled = token(
+        b.lease_acquire(lease(
+            "mutex:report",
+            "stalled",
+            1,
+            Duration::from_millis(1_000),
+            true,
+        ))
+        .await
+        .unwrap(),
+    );
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    let next = loop {
+        match b
+            .lease_acquire(lease(
+                "mutex:report",
+                "next",
+                1,
+                Duration::from_secs(30),
+                true,
+            ))
+            .await
+            .unwrap()
+        {
+            LeaseGrant::Granted { token } => break token,
+            LeaseGrant::Full { holder } => {
+                assert_eq!(holder, "stalled", "{n}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n}: the lease never ran out"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        next > stalled,
+        "{n}: the new holder's token is newer ({stalled} → {next})"
+    );
+    assert!(
+        !b.lease_renew("mutex:report", "stalled", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "{n}: the stalled holder cannot renew"
+    );
+    assert!(
+        !b.lease_release("mutex:report", "stalled").await.unwrap(),
+        "{n}"
+    );
+    assert_eq!(
+        b.lease_holders("mutex:report").await.unwrap().len(),
+        1,
+        "{n}"
+    );
+}
+
+/// Both kinds of rate limit let `limit` uses through and refuse the next with the wait until
+/// one would pass; keys are independent; refusals are counted per limiter.
+pub async fn rate_limits_count_and_refuse(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let day = Duration::from_secs(24 * 3600);
+    for kind in [RateKind::Bucket, RateKind::Window] {
+        let key = format!("{kind:?}:customer-1");
+        for i in 0..3 {
+            assert_eq!(
+                b.rate_take(&key, kind, 3, day).await.unwrap(),
+                None,
+                "{n}: {kind:?} use {i}"
+            );
+        }
+        let wait = b
+            .rate_take(&key, kind, 3, day)
+            .await
+            .unwrap()
+            .expect("the fourth is refused");
+        assert!(
+            wait > Duration::ZERO && wait <= day,
+            "{n}: {kind:?} wait {wait:?}"
+        );
+        if kind == RateKind::Window {
+            assert!(
+                wait > day - Duration::from_secs(60),
+                "{n}: the window frees a day after the first use: {wait:?}"
+            );
+        }
+        let other = format!("{kind:?}:customer-2");
+        assert_eq!(
+            b.rate_take(&other, kind, 3, day).await.unwrap(),
+            None,
+            "{n}: keys are independent"
+        );
+    }
+    b.limit_hit("api").await.unwrap();
+    b.limit_hit("api").await.unwrap();
+    b.limit_hit("exports").await.unwrap();
+    let mut hits = b.limit_hits().await.unwrap();
+    hits.sort();
+    assert_eq!(
+        hits,
+        vec![("api".to_string(), 2), ("exports".to_string(), 1)],
+        "{n}"
+    );
+}
+
+/// A sliding window lets a use through again once the oldest use in it is older than the
+/// interval.
+pub async fn rate_window_frees_as_uses_age(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let second = Duration::from_millis(1_000);
+    assert_eq!(
+        b.rate_take("w", RateKind::Window, 2, second).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        b.rate_take("w", RateKind::Window, 2, second).await.unwrap(),
+        None
+    );
+    assert!(
+        b.rate_take("w", RateKind::Window, 2, second)
+            .await
+            .unwrap()
+            .is_some(),
+        "{n}"
+    );
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while b
+        .rate_take("w", RateKind::Window, 2, second)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n}: the window never moved on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

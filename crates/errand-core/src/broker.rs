@@ -188,6 +188,48 @@ pub enum OnceClaim {
     Busy,
 }
 
+/// A request to take a slot in a lease set (see [`Broker::lease_acquire`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRequest<'a> {
+    /// The lease set (`mutex:<name>`, `unique:<digest>`, `limit:<name>:<key>`).
+    pub key: &'a str,
+    /// Who takes the slot (a guard's random id, a job id).
+    pub holder: &'a str,
+    /// How many holders the set allows at once (1 for a mutex).
+    pub max: u32,
+    /// How long the slot lasts unless renewed, on the backend's clock.
+    pub ttl: Duration,
+    /// Whether to hand out a fencing token: strictly increasing per key, kept forever (one
+    /// counter per key), so only locks that protect a resource should ask for one.
+    pub fence: bool,
+}
+
+/// What [`Broker::lease_acquire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// The holder has a slot; `token` is its fencing token (0 when none was asked for).
+    Granted {
+        /// The fencing token.
+        token: u64,
+    },
+    /// Every slot is taken by live holders; `holder` is one of them (the one whose lease
+    /// ends first).
+    Full {
+        /// A current holder.
+        holder: String,
+    },
+}
+
+/// The two kinds of rate limit [`Broker::rate_take`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    /// At most `limit` per interval, intervals aligned to the epoch (a fixed window: a burst
+    /// at the end of one interval and the start of the next can reach twice the limit).
+    Bucket,
+    /// At most `limit` in any interval-long span (a sliding window).
+    Window,
+}
+
 /// A storage backend's hot path and process duties.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -274,4 +316,40 @@ pub trait Broker: Send + Sync + 'static {
     /// Drops `owner`'s claim on `key` (the step failed and may run again). Does nothing when
     /// the claim is not `owner`'s or the step completed.
     async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()>;
+
+    /// Takes a slot in lease set `req.key` for `req.holder`, in one atomic step: holders whose
+    /// lease ran out are dropped first; a holder already in the set has its lease extended
+    /// (and gets a new token); otherwise the holder gets a slot when fewer than `req.max` are
+    /// taken. Lease times are measured on the backend's clock (Redis's `TIME`), never the
+    /// caller's, so a worker with a skewed clock cannot hold a lease longer than it should.
+    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant>;
+
+    /// Extends `holder`'s live lease in `key` to `ttl` from now. False when it has none (its
+    /// lease ran out, or it released it).
+    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool>;
+
+    /// Gives up `holder`'s slot in `key`. False when it held none.
+    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool>;
+
+    /// The live holders of lease set `key` with the epoch seconds their leases end, soonest
+    /// first.
+    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>>;
+
+    /// Counts one use of rate limit `key` (`limit` per `interval`, of `kind`) if it is under
+    /// the limit, atomically, on the backend's clock. Returns `None` when counted, or how long
+    /// until a use would be let through (nothing counted).
+    async fn rate_take(
+        &self,
+        key: &str,
+        kind: RateKind,
+        limit: u32,
+        interval: Duration,
+    ) -> BrokerResult<Option<Duration>>;
+
+    /// Adds one to limiter `name`'s count of uses turned away (shown by dashboards and
+    /// metrics).
+    async fn limit_hit(&self, name: &str) -> BrokerResult<()>;
+
+    /// Every limiter's count of uses turned away, by name.
+    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>>;
 }

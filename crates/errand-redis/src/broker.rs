@@ -3,8 +3,8 @@
 use crate::{Keys, scripts};
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
-    Scheduled, Settle,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
+    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -123,6 +123,28 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Renews or releases `holder`'s lease in `key`.
+    async fn lease_op(
+        &self,
+        key: &str,
+        op: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BrokerResult<bool> {
+        let n: i64 = scripts::LEASE
+            .key(self.keys.key(&format!("errand:lease:{key}")))
+            .key(self.keys.key(&format!("errand:fence:{key}")))
+            .arg(op)
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(0)
+            .arg("0")
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n == 1)
+    }
+
     /// Runs one operation of the once-only record script on `errand:once:<key>`.
     async fn once_op<T: redis::FromRedisValue>(
         &self,
@@ -615,6 +637,95 @@ impl Broker for RedisBroker {
             .once_op(key, "release", owner, Duration::ZERO, "")
             .await?;
         Ok(())
+    }
+
+    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant> {
+        let (granted, value): (i64, String) = scripts::LEASE
+            .key(self.keys.key(&format!("errand:lease:{}", req.key)))
+            .key(self.keys.key(&format!("errand:fence:{}", req.key)))
+            .arg("acquire")
+            .arg(req.holder)
+            .arg(req.ttl.as_millis().max(1) as u64)
+            .arg(req.max)
+            .arg(if req.fence { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(if granted == 1 {
+            LeaseGrant::Granted {
+                token: value.parse().unwrap_or(0),
+            }
+        } else {
+            LeaseGrant::Full { holder: value }
+        })
+    }
+
+    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool> {
+        self.lease_op(key, "renew", holder, ttl).await
+    }
+
+    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        self.lease_op(key, "release", holder, Duration::ZERO).await
+    }
+
+    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(cmd_err)?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let held: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.key(&format!("errand:lease:{key}")))
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(cmd_err)?;
+        Ok(held.into_iter().map(|(h, ms)| (h, ms / 1000.0)).collect())
+    }
+
+    async fn rate_take(
+        &self,
+        key: &str,
+        kind: RateKind,
+        limit: u32,
+        interval: Duration,
+    ) -> BrokerResult<Option<Duration>> {
+        let wait_ms: u64 = scripts::RATE
+            .key(self.keys.key(&format!("errand:rate:{key}")))
+            .key(self.keys.key(&format!("errand:rate-seq:{key}")))
+            .arg(match kind {
+                RateKind::Bucket => "bucket",
+                RateKind::Window => "window",
+            })
+            .arg(limit)
+            .arg(interval.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    async fn limit_hit(&self, name: &str) -> BrokerResult<()> {
+        redis::cmd("HINCRBY")
+            .arg(self.keys.key("errand:limit-hits"))
+            .arg(name)
+            .arg(1)
+            .query_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(())
+    }
+
+    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
+        let all: BTreeMap<String, u64> = redis::cmd("HGETALL")
+            .arg(self.keys.key("errand:limit-hits"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(all.into_iter().collect())
     }
 
     async fn process_count(&self) -> BrokerResult<usize> {

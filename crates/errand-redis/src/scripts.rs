@@ -17,3 +17,8 @@ pub static RESCUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rescue.lua")));
 /// Once-only step records: claim, renew, complete, release.
 pub static ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/once.lua")));
+/// Lease sets (mutexes, unique locks, concurrency limits): acquire, renew, release.
+pub static LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/lease.lua")));
+/// Rate limits: bucket and sliding window.
+pub static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/rate.lua")));

@@ -3,8 +3,8 @@
 use crate::schema::{SCHEMA, member_hash, state};
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
-    Scheduled, Settle,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
+    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -789,6 +789,7 @@ impl Broker for SqliteBroker {
         let rescued = self
             .write(move |tx| {
                 tx.execute("DELETE FROM once_steps WHERE expires_at <= ?1", [at])?;
+                tx.execute("DELETE FROM leases WHERE expires_at <= ?1", [at])?;
                 let dead: Vec<String> = tx
                     .prepare(
                         "SELECT identity FROM processes WHERE expires_at IS NULL OR expires_at <= ?1",
@@ -898,6 +899,180 @@ impl Broker for SqliteBroker {
                 params![key, owner],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant> {
+        let (key, holder) = (req.key.to_string(), req.holder.to_string());
+        let (max, ttl, fence) = (i64::from(req.max), req.ttl.as_secs_f64(), req.fence);
+        self.write(move |tx| {
+            let at = now();
+            tx.execute(
+                "DELETE FROM leases WHERE key = ?1 AND expires_at <= ?2",
+                params![key, at],
+            )?;
+            let mine: bool = tx
+                .query_row(
+                    "SELECT 1 FROM leases WHERE key = ?1 AND holder = ?2",
+                    params![key, holder],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !mine {
+                let (held, first): (i64, Option<String>) = tx.query_row(
+                    "SELECT COUNT(*), (SELECT holder FROM leases WHERE key = ?1
+                                       ORDER BY expires_at LIMIT 1)
+                     FROM leases WHERE key = ?1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if held >= max {
+                    return Ok(LeaseGrant::Full {
+                        holder: first.unwrap_or_default(),
+                    });
+                }
+            }
+            tx.execute(
+                "INSERT INTO leases(key, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key, holder) DO UPDATE SET expires_at = excluded.expires_at",
+                params![key, holder, at + ttl],
+            )?;
+            let token: i64 = if fence {
+                tx.query_row(
+                    "INSERT INTO fences(key, last) VALUES (?1, 1)
+                     ON CONFLICT(key) DO UPDATE SET last = last + 1 RETURNING last",
+                    [&key],
+                    |r| r.get(0),
+                )?
+            } else {
+                0
+            };
+            Ok(LeaseGrant::Granted {
+                token: token as u64,
+            })
+        })
+        .await
+    }
+
+    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool> {
+        let (key, holder, ttl) = (key.to_string(), holder.to_string(), ttl.as_secs_f64());
+        self.write(move |tx| {
+            let at = now();
+            let n = tx.execute(
+                "UPDATE leases SET expires_at = ?3
+                 WHERE key = ?1 AND holder = ?2 AND expires_at > ?4",
+                params![key, holder, at + ttl, at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        let (key, holder) = (key.to_string(), holder.to_string());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM leases WHERE key = ?1 AND holder = ?2 AND expires_at > ?3",
+                params![key, holder, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT holder, expires_at FROM leases WHERE key = ?1 AND expires_at > ?2
+                 ORDER BY expires_at",
+            )?
+            .query_map(params![key, now()], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn rate_take(
+        &self,
+        key: &str,
+        kind: RateKind,
+        limit: u32,
+        interval: Duration,
+    ) -> BrokerResult<Option<Duration>> {
+        let key = key.to_string();
+        let (limit, interval) = (i64::from(limit), interval.as_secs_f64().max(0.001));
+        self.write(move |tx| {
+            let at = now();
+            let wait = match kind {
+                RateKind::Bucket => {
+                    let slot = (at / interval).floor() as i64;
+                    let count: i64 = tx
+                        .query_row(
+                            "SELECT count FROM rate_buckets WHERE key = ?1 AND slot = ?2",
+                            params![key, slot],
+                            |r| r.get(0),
+                        )
+                        .optional()?
+                        .unwrap_or(0);
+                    if count >= limit {
+                        Some((slot + 1) as f64 * interval - at)
+                    } else {
+                        tx.execute(
+                            "INSERT INTO rate_buckets(key, slot, count) VALUES (?1, ?2, ?3)
+                             ON CONFLICT(key) DO UPDATE SET slot = excluded.slot,
+                               count = excluded.count",
+                            params![key, slot, count + 1],
+                        )?;
+                        None
+                    }
+                }
+                RateKind::Window => {
+                    tx.execute(
+                        "DELETE FROM rate_uses WHERE key = ?1 AND at <= ?2",
+                        params![key, at - interval],
+                    )?;
+                    let (count, oldest): (i64, Option<f64>) = tx.query_row(
+                        "SELECT COUNT(*), MIN(at) FROM rate_uses WHERE key = ?1",
+                        [&key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    if count >= limit {
+                        Some(oldest.unwrap_or(at) + interval - at)
+                    } else {
+                        tx.execute(
+                            "INSERT INTO rate_uses(key, at) VALUES (?1, ?2)",
+                            params![key, at],
+                        )?;
+                        None
+                    }
+                }
+            };
+            Ok(wait.map(|w| Duration::from_secs_f64(w.max(0.001))))
+        })
+        .await
+    }
+
+    async fn limit_hit(&self, name: &str) -> BrokerResult<()> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO limit_hits(name, hits) VALUES (?1, 1)
+                 ON CONFLICT(name) DO UPDATE SET hits = hits + 1",
+                [&name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
+        self.with(|conn| {
+            conn.prepare_cached("SELECT name, hits FROM limit_hits ORDER BY name")?
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect()
         })
         .await
     }

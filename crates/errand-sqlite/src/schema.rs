@@ -29,6 +29,21 @@ CREATE INDEX IF NOT EXISTS jobs_by_member ON jobs(state, member) WHERE state >= 
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
 -- Once-only steps: a claim (output NULL) until the step completes, then its output; the row
 -- counts as absent after expires_at and is swept by orphan recovery.
+-- Lease sets (mutexes, unique locks, concurrency limits): one row per live holder.
+CREATE TABLE IF NOT EXISTS leases (
+    key        TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, holder)
+);
+-- Fencing counters: the last token handed out per lease key (never decreases).
+CREATE TABLE IF NOT EXISTS fences (key TEXT PRIMARY KEY, last INTEGER NOT NULL);
+-- Rate limits: the current interval's count (bucket) and the uses in the window (window).
+CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, slot INTEGER NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rate_uses (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_uses_by_key ON rate_uses(key, at);
+-- Uses turned away, per limiter.
+CREATE TABLE IF NOT EXISTS limit_hits (name TEXT PRIMARY KEY, hits INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS once_steps (
     key        TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,

@@ -41,8 +41,8 @@
 use crate::{ManualClock, MemoryBroker};
 use async_trait::async_trait;
 use errand::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
-    Scheduled, Settle,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
+    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
 };
 use errand::{Client, Drained, Job, JobResult, Payload, Push, Server, ServerBuilder, WireProfile};
 use errand_core::BrokerError;
@@ -52,8 +52,9 @@ use std::time::Duration;
 type Configure = Arc<dyn Fn(ServerBuilder) -> ServerBuilder + Send + Sync>;
 
 /// Jobs under test: a [`MemoryBroker`] on a [`ManualClock`], a client for it, and a server
-/// (configured by the test) that performs what was enqueued when asked. See the
-/// [module docs](self).
+/// (configured by the test) that performs what was enqueued when asked: fake mode
+/// ([`TestJobs::with_server`]), inline mode ([`TestJobs::inline`]) and direct
+/// ([`TestJobs::perform`]).
 pub struct TestJobs {
     broker: MemoryBroker,
     clock: ManualClock,
@@ -435,5 +436,32 @@ impl Broker for InlineBroker {
     }
     async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
         self.memory.once_release(key, owner).await
+    }
+    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant> {
+        self.memory.lease_acquire(req).await
+    }
+    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool> {
+        self.memory.lease_renew(key, holder, ttl).await
+    }
+    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        self.memory.lease_release(key, holder).await
+    }
+    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        self.memory.lease_holders(key).await
+    }
+    async fn rate_take(
+        &self,
+        key: &str,
+        kind: RateKind,
+        limit: u32,
+        interval: Duration,
+    ) -> BrokerResult<Option<Duration>> {
+        self.memory.rate_take(key, kind, limit, interval).await
+    }
+    async fn limit_hit(&self, name: &str) -> BrokerResult<()> {
+        self.memory.limit_hit(name).await
+    }
+    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
+        self.memory.limit_hits().await
     }
 }

@@ -1,4 +1,6 @@
-//! Test support for Errand: [`MemoryBroker`], an in-memory reference implementation of
+//! Test support for Errand: [`TestJobs`] to test jobs and the code that enqueues them with
+//! no Redis and no running server (fake, drain, inline and direct modes on a manual clock; see
+//! [`jobs`]), and [`MemoryBroker`], an in-memory reference implementation of
 //! [`errand_core::broker::Broker`].
 //!
 //! # Overview
@@ -31,13 +33,13 @@
 //! # });
 //! ```
 
-mod jobs;
+pub mod jobs;
 pub use jobs::TestJobs;
 
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, OnceClaim, RemoteSignal,
-    Scheduled, Settle, WorkEntry,
+    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
+    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle, WorkEntry,
 };
 use errand_core::{Payload, WireProfile};
 use std::cmp::Ordering;
@@ -232,6 +234,16 @@ struct State {
     poll_until: Option<Instant>,
     /// Once-only step records by key.
     once: HashMap<String, OnceRecord>,
+    /// Lease sets: key → holder → when its lease ends (broker clock).
+    leases: HashMap<String, HashMap<String, f64>>,
+    /// Fencing counters by lease key.
+    fences: HashMap<String, u64>,
+    /// Bucket rate limits: key → (interval number, uses in it).
+    buckets: HashMap<String, (i64, u32)>,
+    /// Window rate limits: key → times of the uses in the window.
+    windows: HashMap<String, VecDeque<f64>>,
+    /// Uses turned away per limiter.
+    limit_hits: BTreeMap<String, u64>,
 }
 
 /// A once-only step's record: a claim until `output` is set, then the completed step.
@@ -748,6 +760,127 @@ impl Broker for MemoryBroker {
             state.once.remove(key);
         }
         Ok(())
+    }
+
+    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        let set = state.leases.entry(req.key.to_string()).or_default();
+        set.retain(|_, until| *until > now);
+        if !set.contains_key(req.holder) && set.len() >= req.max as usize {
+            let first = set
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(h, _)| h.clone())
+                .unwrap_or_default();
+            return Ok(LeaseGrant::Full { holder: first });
+        }
+        set.insert(req.holder.to_string(), now + req.ttl.as_secs_f64());
+        let token = if req.fence {
+            let last = state.fences.entry(req.key.to_string()).or_insert(0);
+            *last += 1;
+            *last
+        } else {
+            0
+        };
+        Ok(LeaseGrant::Granted { token })
+    }
+
+    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        match state
+            .leases
+            .get_mut(key)
+            .and_then(|set| set.get_mut(holder))
+        {
+            Some(until) if *until > now => {
+                *until = now + ttl.as_secs_f64();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        Ok(state
+            .leases
+            .get_mut(key)
+            .and_then(|set| set.remove(holder))
+            .is_some_and(|until| until > now))
+    }
+
+    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        let now = (self.clock)();
+        let state = self.state();
+        let mut held: Vec<(String, f64)> = state
+            .leases
+            .get(key)
+            .map(|set| {
+                set.iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(h, until)| (h.clone(), *until))
+                    .collect()
+            })
+            .unwrap_or_default();
+        held.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(held)
+    }
+
+    async fn rate_take(
+        &self,
+        key: &str,
+        kind: RateKind,
+        limit: u32,
+        interval: Duration,
+    ) -> BrokerResult<Option<Duration>> {
+        let now = (self.clock)();
+        let interval = interval.as_secs_f64().max(0.001);
+        let mut state = self.state();
+        let wait = match kind {
+            RateKind::Bucket => {
+                let slot = (now / interval).floor() as i64;
+                let entry = state.buckets.entry(key.to_string()).or_insert((slot, 0));
+                if entry.0 != slot {
+                    *entry = (slot, 0);
+                }
+                if entry.1 >= limit {
+                    Some((slot + 1) as f64 * interval - now)
+                } else {
+                    entry.1 += 1;
+                    None
+                }
+            }
+            RateKind::Window => {
+                let uses = state.windows.entry(key.to_string()).or_default();
+                while uses.front().is_some_and(|at| *at <= now - interval) {
+                    uses.pop_front();
+                }
+                if uses.len() >= limit as usize {
+                    Some(uses.front().copied().unwrap_or(now) + interval - now)
+                } else {
+                    uses.push_back(now);
+                    None
+                }
+            }
+        };
+        Ok(wait.map(|w| Duration::from_secs_f64(w.max(0.001))))
+    }
+
+    async fn limit_hit(&self, name: &str) -> BrokerResult<()> {
+        *self.state().limit_hits.entry(name.to_string()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
+        Ok(self
+            .state()
+            .limit_hits
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
     }
 
     async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
