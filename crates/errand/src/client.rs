@@ -1,7 +1,7 @@
 //! [`Client`]: enqueue jobs now, later, in bulk, or by class name for other languages.
 
 use crate::{Error, Job, encode_args};
-use errand_core::broker::{Broker, Enqueue, Scheduled};
+use errand_core::broker::{Broker, Enqueue, LeaseGrant, LeaseRequest, Scheduled};
 use errand_core::{Clock, Payload, PayloadError, WireProfile, activejob};
 use serde_json::Value;
 use std::sync::Arc;
@@ -198,6 +198,10 @@ impl Client {
         let mut p = Payload::new(J::NAME, args, queue, self.profile);
         opts.apply(&mut p);
         p.set("queue", queue);
+        if opts.unique_for.is_some() {
+            let key = unique_key(J::NAME, queue, p.args(), job.unique_key());
+            p.set("unique_key", key);
+        }
         self.finish(p, push)
     }
 
@@ -263,7 +267,49 @@ impl Client {
     /// As for [`Client::push`].
     pub async fn push_with<J: Job>(&self, job: J, push: Push) -> Result<String, Error> {
         let p = self.build(&job, &push)?;
-        self.push_payload(p, self.run_at(&push)).await
+        let at = self.run_at(&push);
+        match J::options().unique_for {
+            Some(period) => self.push_unique(p, at, period).await,
+            None => self.push_payload(p, at).await,
+        }
+    }
+
+    /// Takes the unique lock of payload `p` (its `unique_key`) for `period` (plus the delay
+    /// of a scheduled push), then pushes it; a held lock is a [`Error::Duplicate`].
+    async fn push_unique(
+        &self,
+        p: Payload,
+        at: Option<f64>,
+        period: Duration,
+    ) -> Result<String, Error> {
+        let key = p
+            .get("unique_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let delay = at.map_or(0.0, |at| (at - self.now()).max(0.0));
+        let ttl = period + Duration::from_secs_f64(delay);
+        let jid = p.jid().to_string();
+        let req = LeaseRequest {
+            key: &key,
+            holder: &jid,
+            max: 1,
+            ttl,
+            fence: false,
+        };
+        if let LeaseGrant::Full { holder } = self.broker.lease_acquire(req).await? {
+            return Err(Error::Duplicate {
+                existing_jid: holder,
+            });
+        }
+        match self.push_payload(p, at).await {
+            Ok(jid) => Ok(jid),
+            Err(e) => {
+                // Not enqueued: free the key for the next push (it expires anyway).
+                let _ = self.broker.lease_release(&key, &jid).await;
+                Err(e)
+            }
+        }
     }
 
     /// Runs `job` after `delay` (Sidekiq's `perform_in`).
@@ -299,6 +345,19 @@ impl Client {
         let opts = J::options();
         if opts.queue.is_empty() {
             return Err(PayloadError::EmptyQueue.into());
+        }
+        if opts.unique_for.is_some() {
+            // Unique jobs take their lock one by one; a duplicate is skipped and the job
+            // that holds its key is reported in its place.
+            let mut jids = Vec::new();
+            for job in jobs {
+                match self.push(job).await {
+                    Ok(jid) => jids.push(jid),
+                    Err(Error::Duplicate { existing_jid }) => jids.push(existing_jid),
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(jids);
         }
         let now = self.now();
         let stamp = self.profile.encode(now);
@@ -363,4 +422,29 @@ impl Client {
         let p = self.finish(p, &Push::new())?;
         self.push_payload(p, None).await
     }
+}
+
+/// The lease key of a unique job: `unique:<class>:<named key>`, or for jobs that name none
+/// `unique:<class>:<digest>` with the first 128 bits of SHA-256 over the queue and the
+/// arguments' JSON (stable across processes, versions and languages).
+pub(crate) fn unique_key(
+    class: &str,
+    queue: &str,
+    args: &[Value],
+    named: Option<String>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    if let Some(named) = named {
+        return format!("unique:{class}:{named}");
+    }
+    let mut h = Sha256::new();
+    h.update(queue.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_string(args).unwrap_or_default().as_bytes());
+    let digest = h.finalize();
+    let mut hex = String::with_capacity(32);
+    for b in &digest[..16] {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    format!("unique:{class}:{hex}")
 }

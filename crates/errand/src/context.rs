@@ -118,6 +118,14 @@ impl JobContext {
         self.retry_count().map_or(1, |n| n.saturating_add(2))
     }
 
+    /// How many times this job has snoozed so far (for backoff between snoozes).
+    pub fn snoozes(&self) -> u32 {
+        self.payload
+            .get("snoozes")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32)
+    }
+
     /// When the job was last put on its queue (`enqueued_at`, epoch seconds), if recorded.
     pub fn enqueued_at(&self) -> Option<f64> {
         self.payload.time("enqueued_at")

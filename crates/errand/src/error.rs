@@ -157,6 +157,13 @@ pub enum Error {
     /// Installing OS signal handlers failed.
     #[error("signal handler")]
     Signal(#[source] std::io::Error),
+    /// A unique job was not enqueued: a job with the same unique key is already queued,
+    /// scheduled, running or retrying (see `JobOptions::unique_for`).
+    #[error("duplicate of unique job {existing_jid}")]
+    Duplicate {
+        /// The id of the job that holds the unique key.
+        existing_jid: String,
+    },
 }
 
 impl Error {

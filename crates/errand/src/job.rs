@@ -43,6 +43,25 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn retries_exhausted(payload: &Payload, error: &JobError) {
         let _ = (payload, error);
     }
+
+    /// For jobs with [`JobOptions::unique_for`]: the key that makes two pushes duplicates.
+    /// `None` (the default) uses the class, queue and arguments; name a key to make jobs with
+    /// different arguments duplicates (`Some(format!("order-{}", self.order_id))`, ignoring a
+    /// timestamp argument).
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// When a unique job's lock is released (besides when the job dies or is discarded, and
+/// when `unique_for` runs out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UniqueUntil {
+    /// When the job starts: a duplicate may be pushed while it runs.
+    Start,
+    /// When the job succeeds (the default): no duplicate while it waits, runs or retries.
+    #[default]
+    Success,
 }
 
 /// A job's `retry` option.
@@ -68,6 +87,8 @@ pub struct JobOptions {
     pub(crate) tags: Vec<String>,
     pub(crate) dead: bool,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) unique_for: Option<Duration>,
+    pub(crate) unique_until: UniqueUntil,
 }
 
 impl Default for JobOptions {
@@ -80,6 +101,8 @@ impl Default for JobOptions {
             tags: Vec::new(),
             dead: true,
             timeout: None,
+            unique_for: None,
+            unique_until: UniqueUntil::Success,
         }
     }
 }
@@ -140,6 +163,29 @@ impl JobOptions {
         self
     }
 
+    /// Makes the job unique for `period`: while a job with the same key (class, queue and
+    /// arguments, or [`Job::unique_key`]) is queued, scheduled, running or retrying, pushing
+    /// another returns [`crate::Error::Duplicate`] with the existing job's id instead of
+    /// enqueuing it. The lock is released when the job succeeds (or starts, see
+    /// [`JobOptions::unique_until`]), dies or is discarded, and expires by itself after
+    /// `period` (plus the delay, for a scheduled push), so a crashed worker can never hold a
+    /// key forever. Choose `period` longer than the job normally waits and runs.
+    pub fn unique_for(mut self, period: Duration) -> Self {
+        self.unique_for = Some(period);
+        self
+    }
+
+    /// When a unique job's lock is released. Defaults to [`UniqueUntil::Success`].
+    pub fn unique_until(mut self, until: UniqueUntil) -> Self {
+        self.unique_until = until;
+        self
+    }
+
+    /// The unique period, if the job is unique.
+    pub fn unique_period(&self) -> Option<Duration> {
+        self.unique_for
+    }
+
     /// The queue name.
     pub fn queue_name(&self) -> &str {
         &self.queue
@@ -177,6 +223,16 @@ impl JobOptions {
         }
         if !self.dead {
             p.set("dead", false);
+        }
+        if let Some(period) = self.unique_for {
+            p.set("unique_for", period.as_secs_f64());
+            p.set(
+                "unique_until",
+                match self.unique_until {
+                    UniqueUntil::Start => "start",
+                    UniqueUntil::Success => "success",
+                },
+            );
         }
     }
 }

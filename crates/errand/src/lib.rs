@@ -54,6 +54,7 @@ mod client;
 mod context;
 mod error;
 mod job;
+pub mod locks;
 pub mod middleware;
 mod registry;
 pub mod server;
@@ -64,7 +65,8 @@ pub use context::{DEFAULT_ONCE_TTL, Data, JobContext};
 pub use errand_core::broker::DeadLimits;
 pub use errand_core::{Clock, Payload, WireProfile, activejob, backoff, broker, system_clock};
 pub use error::{Error, JobError, JobErrorKind, JobResult};
-pub use job::{Job, JobOptions, Retry, decode_args, encode_args};
+pub use job::{Job, JobOptions, Retry, UniqueUntil, decode_args, encode_args};
+pub use locks::{Admission, Limiter, Mutex, MutexGuard, Permit};
 pub use server::{Drained, Server, ServerBuilder, ServerHandle};
 
 /// The embedded SQLite backend (feature `sqlite`): one file, nothing to install.

@@ -48,6 +48,9 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
     s.processed.fetch_add(1, Ordering::Relaxed);
     // The context owns the payload for the attempt; it is taken back afterwards for the retry
     // bookkeeping, so the hot path never copies it.
+    if retry::unique_until_start(&payload) {
+        retry::free_unique_key(s, &payload).await;
+    }
     let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
         .with_shutdown(s.deadline.clone(), &job.queue)
         .with_once_ttl(s.config().once_ttl);
@@ -70,12 +73,20 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
     let payload = cx.into_payload();
     let Err(err) = result else {
         retry::persist(s, "ack", || s.broker().ack(job)).await;
+        retry::release_unique(s, &payload).await;
         return;
     };
     match err.kind() {
         JobErrorKind::Snooze(delay) => {
+            // Count the snooze in the payload, so lock and limit contention can back off.
+            let mut payload = payload;
+            let snoozes = payload
+                .get("snoozes")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            payload.set("snoozes", snoozes + 1);
             let to = Settle::Schedule {
-                payload: job.raw.clone(),
+                payload: payload.to_json(),
                 at: s.now() + delay.as_secs_f64(),
             };
             retry::persist(s, "snooze", || s.broker().settle(job, to.clone())).await;
@@ -89,6 +100,7 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
                 "discarded"
             );
             retry::persist(s, "ack", || s.broker().ack(job)).await;
+            retry::release_unique(s, &payload).await;
         }
         _ => {
             s.failed.fetch_add(1, Ordering::Relaxed);

@@ -41,6 +41,29 @@ where
     }
 }
 
+/// Frees a unique job's key (its `unique_key` lease, held by its jid) when the job is done
+/// with it. Releasing is best effort: the lease expires by itself after `unique_for`.
+pub(crate) async fn release_unique(s: &Shared, payload: &Payload) {
+    if !unique_until_start(payload) {
+        free_unique_key(s, payload).await;
+    }
+}
+
+/// Frees a unique job's key whatever its `unique_until` (at the start of a `start` job).
+pub(crate) async fn free_unique_key(s: &Shared, payload: &Payload) {
+    let Some(key) = payload.get("unique_key").and_then(Value::as_str) else {
+        return;
+    };
+    if let Err(e) = s.broker().lease_release(key, payload.jid()).await {
+        tracing::warn!(jid = payload.jid(), key, error = %e, "releasing a unique lock failed; it expires by itself");
+    }
+}
+
+/// Whether a unique job's key is released when it starts rather than when it succeeds.
+pub(crate) fn unique_until_start(payload: &Payload) -> bool {
+    payload.get("unique_until").and_then(Value::as_str) == Some("start")
+}
+
 fn run_death_handlers(s: &Shared, payload: &Payload, err: &JobError) {
     for h in &s.parts.death_handlers {
         if std::panic::catch_unwind(AssertUnwindSafe(|| h(payload, err))).is_err() {
@@ -71,6 +94,7 @@ pub(crate) async fn handle_failure(
         tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "failed with retry disabled; dropped");
         run_death_handlers(s, &payload, err);
         persist(s, "ack", || s.broker().ack(job)).await;
+        release_unique(s, &payload).await;
         return;
     }
     let max = match setting {
@@ -125,6 +149,7 @@ pub(crate) async fn handle_failure(
     }
     tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "job died");
     run_death_handlers(s, &payload, err);
+    release_unique(s, &payload).await;
 }
 
 /// The dead-set entry for a queue entry that is not a runnable job: a valid payload that names
