@@ -414,6 +414,15 @@ impl Limiter {
     /// # Errors
     /// A backend failure.
     pub async fn acquire(&self, key: &str) -> Result<Admission, BrokerError> {
+        let admission = self.try_acquire(key).await?;
+        if matches!(admission, Admission::Over { .. }) {
+            self.broker.limit_hit(&self.name).await?;
+        }
+        Ok(admission)
+    }
+
+    /// One attempt, without counting a refusal.
+    async fn try_acquire(&self, key: &str) -> Result<Admission, BrokerError> {
         let slot = self.slot_key(key);
         let admission = match self.kind {
             Kind::Concurrent { max, lease } => {
@@ -443,10 +452,33 @@ impl Limiter {
                 },
             },
         };
-        if matches!(admission, Admission::Over { .. }) {
-            self.broker.limit_hit(&self.name).await?;
-        }
         Ok(admission)
+    }
+
+    /// Asks for one use under `key`, waiting up to `wait` while over the limit (rate limits
+    /// sleep until their window frees; concurrent limits poll with backoff from 10 to
+    /// 250 ms). Returns the last refusal when `wait` runs out.
+    ///
+    /// # Errors
+    /// A backend failure.
+    pub async fn acquire_wait(&self, key: &str, wait: Duration) -> Result<Admission, BrokerError> {
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let admission = self.try_acquire(key).await?;
+            let Admission::Over { retry_after } = &admission else {
+                return Ok(admission);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // One refusal counted per call, however many times it looked.
+                self.broker.limit_hit(&self.name).await?;
+                return Ok(admission);
+            }
+            let nap = retry_after.unwrap_or(pause).min(left);
+            tokio::time::sleep(nap).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// The current holders of a concurrent limit's `key` (empty for rate limits).
@@ -513,7 +545,20 @@ impl JobContext {
     /// # Errors
     /// The snooze when over the limit; a backend failure (retried).
     pub async fn limit(&self, limiter: &Limiter, key: &str) -> Result<Permit, JobError> {
-        match limiter.acquire(key).await.map_err(backend)? {
+        self.limit_wait(limiter, key, Duration::ZERO).await
+    }
+
+    /// As [`JobContext::limit`], but first waits up to `wait` for the limit to admit the use.
+    ///
+    /// # Errors
+    /// The snooze when still over the limit after `wait`; a backend failure (retried).
+    pub async fn limit_wait(
+        &self,
+        limiter: &Limiter,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Permit, JobError> {
+        match limiter.acquire_wait(key, wait).await.map_err(backend)? {
             Admission::Admitted(permit) => Ok(permit),
             Admission::Over { retry_after } => {
                 tracing::debug!(

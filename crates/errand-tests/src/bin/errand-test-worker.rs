@@ -4,7 +4,8 @@
 //!
 //! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger;
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
-//! be killed on its first run (see the type). The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! be killed on its first run (see the type); `ProcessOrder(id, mutex)` charges an order once
+//! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -93,6 +94,81 @@ impl Job for OnceEffect {
     }
 }
 
+/// Charges order `0` once unless it was already charged (check, a 2 ms "API call", then
+/// record): a check-then-act race when copies of the job run at once. With `1 == true` the
+/// job holds the mutex `order-<id>` around it. Charges count at ledger entry `CHARGED + id`.
+#[derive(Serialize, Deserialize)]
+struct ProcessOrder(u64, bool);
+
+/// Ledger offsets of [`ProcessOrder`]'s counters.
+const CHARGED: u64 = 4_000_000;
+const PAID: u64 = 5_000_000;
+
+impl Job for ProcessOrder {
+    const NAME: &'static str = "ProcessOrder";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let _guard = if self.1 {
+            let name = format!("order-{}", self.0);
+            Some(
+                cx.lock_wait(&name, Duration::from_secs(10), Duration::from_secs(30))
+                    .await?,
+            )
+        } else {
+            None
+        };
+        if read(cx, PAID + self.0).await? > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        bump(cx, CHARGED + self.0).await?;
+        bump(cx, PAID + self.0).await?;
+        Ok(())
+    }
+}
+
+/// A unique job (unique for 5 s) that sleeps `0` ms, then counts it.
+#[derive(Serialize, Deserialize)]
+struct UniqueSleepy(u64);
+
+impl Job for UniqueSleepy {
+    const NAME: &'static str = "UniqueSleepy";
+    fn options() -> errand::JobOptions {
+        errand::JobOptions::default().unique_for(Duration::from_secs(5))
+    }
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        tokio::time::sleep(Duration::from_millis(self.0)).await;
+        count(cx, self.0).await
+    }
+}
+
+/// Reads ledger entry `n` (0 when absent).
+async fn read(cx: &JobContext, n: u64) -> Result<u64, JobError> {
+    let store = cx
+        .data::<LedgerStore>()
+        .ok_or_else(|| JobError::dead("no ledger"))?
+        .clone();
+    match store {
+        LedgerStore::Redis(mut conn) => Ok(redis::cmd("HGET")
+            .arg("ledger")
+            .arg(n)
+            .query_async::<Option<u64>>(&mut conn)
+            .await?
+            .unwrap_or(0)),
+        LedgerStore::Sqlite(conn) => {
+            let runs = tokio::task::spawn_blocking(move || {
+                conn.lock().unwrap_or_else(|p| p.into_inner()).query_row(
+                    "SELECT COALESCE(MAX(runs), 0) FROM ledger WHERE n = ?1",
+                    [n as i64],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map_err(JobError::retry)??;
+            Ok(runs as u64)
+        }
+    }
+}
+
 async fn count(cx: &JobContext, n: u64) -> JobResult {
     bump(cx, n).await.map(drop)
 }
@@ -155,6 +231,8 @@ async fn main() -> anyhow::Result<()> {
         .register::<Sleepy>()
         .register::<Noop>()
         .register::<OnceEffect>()
+        .register::<ProcessOrder>()
+        .register::<UniqueSleepy>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))
