@@ -12,3 +12,16 @@ fn pass_ids() {
         "user 2 was deleted before the job ran; nothing to send",
     );
 }
+
+#[test]
+fn order_lock() {
+    let out = run_example(env!("CARGO_BIN_EXE_order_lock"));
+    assert_line(&out, "ok: 6 jobs for 2 orders, 2 charges");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.ends_with("already paid, nothing to do"))
+            .count(),
+        4,
+        "the other copies found the order paid:\n{out}"
+    );
+}
