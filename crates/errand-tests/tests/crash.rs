@@ -210,6 +210,20 @@ fn sqlite_identity(path: &std::path::Path, worker: &mut Worker) -> String {
     found.unwrap()
 }
 
+/// The SQLite ledger next to the job file, created (in WAL mode) before the workers start so
+/// they only open it: processes switching a fresh file to WAL together can refuse each other.
+fn sqlite_ledger(path: &std::path::Path) -> rusqlite::Connection {
+    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
+    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
+    ledger.pragma_update(None, "journal_mode", "WAL").unwrap();
+    ledger
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS ledger (n INTEGER PRIMARY KEY, runs INTEGER NOT NULL)",
+        )
+        .unwrap();
+    ledger
+}
+
 fn ledger_counts(ledger: &rusqlite::Connection) -> (u64, u64) {
     ledger
         .query_row(
@@ -239,15 +253,7 @@ async fn sqlite_sigkill_mid_run_loses_no_job() {
         .await
         .unwrap();
 
-    // The ledger exists (in WAL mode) before the workers start, so they only open it.
-    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
-    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
-    ledger.pragma_update(None, "journal_mode", "WAL").unwrap();
-    ledger
-        .execute_batch(
-            "CREATE TABLE IF NOT EXISTS ledger (n INTEGER PRIMARY KEY, runs INTEGER NOT NULL)",
-        )
-        .unwrap();
+    let ledger = sqlite_ledger(&path);
 
     let backend = format!("sqlite:{}", path.display());
     let mut victim = worker(&backend, 20, 25_000);
@@ -381,14 +387,7 @@ async fn once_effect_survives_sigkill_on_sqlite() {
         )
         .await
         .unwrap();
-    let ledger = rusqlite::Connection::open(format!("{}.ledger", path.display())).unwrap();
-    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
-    ledger.pragma_update(None, "journal_mode", "WAL").unwrap();
-    ledger
-        .execute_batch(
-            "CREATE TABLE IF NOT EXISTS ledger (n INTEGER PRIMARY KEY, runs INTEGER NOT NULL)",
-        )
-        .unwrap();
+    let ledger = sqlite_ledger(&path);
     let backend = format!("sqlite:{}", path.display());
     tokio::task::block_in_place(|| {
         once_effect_survives_sigkill(
