@@ -26,7 +26,7 @@
 use async_trait::async_trait;
 use errand_core::broker::{
     Broker, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
+    OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
 };
 use errand_core::{Payload, WireProfile};
 use serde_json::json;
@@ -130,6 +130,7 @@ macro_rules! conformance_tests {
             promote_due_stamps_in_profile,
             requeue_in_flight_returns_jobs_unchanged,
             rescue_orphans_recovers_only_expired_processes,
+            rescue_buries_a_poison_pill_after_max_recoveries,
             heartbeat_returns_remote_signals,
             heartbeat_stats_accumulate,
             process_count_and_unregister,
@@ -862,7 +863,7 @@ pub async fn rescue_orphans_recovers_only_expired_processes(f: &impl BackendFact
     assert_eq!(raws(&live_jobs), vec![job("q", 3), job("q", 4)]);
 
     assert_eq!(
-        b.rescue_orphans().await.unwrap(),
+        b.rescue_orphans(&RescuePolicy::default()).await.unwrap(),
         0,
         "{}: both alive",
         f.name()
@@ -872,7 +873,7 @@ pub async fn rescue_orphans_recovers_only_expired_processes(f: &impl BackendFact
     inspect.let_time_pass(Duration::from_secs(2)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let rescued = loop {
-        let n = b.rescue_orphans().await.unwrap();
+        let n = b.rescue_orphans(&RescuePolicy::default()).await.unwrap();
         if n > 0 {
             break n;
         }
@@ -908,7 +909,11 @@ pub async fn rescue_orphans_recovers_only_expired_processes(f: &impl BackendFact
         1,
         "the dead process is forgotten"
     );
-    assert_eq!(b.rescue_orphans().await.unwrap(), 0, "nothing twice");
+    assert_eq!(
+        b.rescue_orphans(&RescuePolicy::default()).await.unwrap(),
+        0,
+        "nothing twice"
+    );
 }
 
 /// A heartbeat returns the oldest waiting remote signal, one per beat, mapping Sidekiq's names;
@@ -1451,4 +1456,85 @@ pub async fn rate_window_frees_as_uses_age(f: &impl BackendFactory) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A job whose worker dies every time it runs is recovered `max_recoveries - 1` times, then
+/// buried as an `Errand::PoisonPill` dead entry (its arguments and jid kept); a job recovered
+/// fewer times goes back to its queue; a clean shutdown's requeue does not count.
+pub async fn rescue_buries_a_poison_pill_after_max_recoveries(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let policy = RescuePolicy::default();
+    assert_eq!(policy.max_recoveries, 3);
+    b.push(&[enqueue("q", job("q", 1)), enqueue("q", job("q", 2))])
+        .await
+        .unwrap();
+    // A clean shutdown puts jobs back without counting.
+    let polite = "host:9:polite";
+    beat(
+        b,
+        polite,
+        &info(polite, &["q"]),
+        Duration::from_secs(600),
+        0,
+    )
+    .await;
+    b.register(polite, &queues(&["q"])).await.unwrap();
+    assert_eq!(fetch(b, polite, &["q"], 2, Duration::ZERO).await.len(), 2);
+    assert_eq!(b.requeue_in_flight(polite).await.unwrap(), 2);
+    b.unregister(polite).await.unwrap();
+
+    for crash in 1..=3u32 {
+        let dying = format!("host:{crash}:dying");
+        beat(b, &dying, &info(&dying, &["q"]), Duration::from_secs(1), 0).await;
+        b.register(&dying, &queues(&["q"])).await.unwrap();
+        // Job 1 is the pill: fetched in every crash. Job 2 only in the first.
+        let max = if crash == 1 { 2 } else { 1 };
+        let held = fetch(b, &dying, &["q"], max, Duration::ZERO).await;
+        assert_eq!(held[0].raw, job("q", 1), "{n}: crash {crash}");
+        if crash > 1 {
+            assert_eq!(inspect.queue("q").await, vec![job("q", 2)], "{n}");
+        }
+        inspect.let_time_pass(Duration::from_secs(2)).await;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while b.rescue_orphans(&policy).await.unwrap() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{n}: crash {crash} was never recovered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if crash < 3 {
+            assert!(
+                inspect.queue("q").await.contains(&job("q", 1)),
+                "{n}: recovered {crash} time(s): back on its queue"
+            );
+            assert!(inspect.set("dead").await.is_empty(), "{n}");
+        }
+    }
+    assert_eq!(
+        inspect.queue("q").await,
+        vec![job("q", 2)],
+        "{n}: the job recovered once is still queued"
+    );
+    let dead = inspect.set("dead").await;
+    assert_eq!(dead.len(), 1, "{n}: the pill is dead");
+    let entry = Payload::parse(&dead[0].1).unwrap();
+    assert_eq!(entry.jid(), "q-000000000000000000000001", "{n}");
+    assert_eq!(
+        entry.get("error_class"),
+        Some(&json!("Errand::PoisonPill")),
+        "{n}"
+    );
+    let message = entry
+        .get("error_message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default();
+    assert!(message.contains("3 times"), "{n}: {message}");
+    assert_eq!(
+        entry.args(),
+        &[json!(1), json!("x"), json!({"k": []})],
+        "{n}: args kept"
+    );
 }

@@ -188,6 +188,50 @@ pub enum OnceClaim {
     Busy,
 }
 
+/// How orphan recovery ([`Broker::rescue_orphans`]) treats the jobs it recovers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RescuePolicy {
+    /// A job recovered from dead processes this many times is a poison pill (it kills its
+    /// worker: an abort, an OOM kill) and goes to the dead set instead of back to its queue.
+    /// Recoveries are counted per job id; a clean shutdown's requeue does not count.
+    pub max_recoveries: u32,
+    /// The dead set's bounds, applied when a poison pill is buried.
+    pub dead_limits: DeadLimits,
+    /// The timestamp format of the dead entry's `failed_at`.
+    pub profile: WireProfile,
+}
+
+impl Default for RescuePolicy {
+    fn default() -> Self {
+        Self {
+            max_recoveries: 3,
+            dead_limits: DeadLimits::default(),
+            profile: WireProfile::default(),
+        }
+    }
+}
+
+/// The dead-set entry of a poison pill: `raw` with the failure fields of an
+/// `Errand::PoisonPill` error naming how many times the job's worker died. `None` when `raw`
+/// is not a job payload (it goes back to its queue, where the malformed-entry path buries it).
+pub fn poison_entry(raw: &str, recoveries: u32, now: f64, profile: WireProfile) -> Option<String> {
+    let mut p = crate::Payload::parse(raw).ok()?;
+    let queue = p.queue().to_string();
+    let message = format!(
+        "the job's worker process died while running it {recoveries} times (an abort, an OOM \
+         kill, a crash); it was moved to the dead set instead of being run again"
+    );
+    p.record_failure(&crate::Failure {
+        class: "Errand::PoisonPill",
+        message: &message,
+        backtrace: &[],
+        fetched_from: &queue,
+        now,
+        profile,
+    });
+    Some(p.to_json())
+}
+
 /// A request to take a slot in a lease set (see [`Broker::lease_acquire`]).
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseRequest<'a> {
@@ -277,9 +321,10 @@ pub trait Broker: Send + Sync + 'static {
     /// where recovery finds its in-flight jobs.
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>>;
 
-    /// Returns the in-flight jobs of processes whose heartbeat has expired to their queues.
-    /// Returns how many jobs were recovered.
-    async fn rescue_orphans(&self) -> BrokerResult<usize>;
+    /// Returns the in-flight jobs of processes whose heartbeat has expired to their queues,
+    /// except poison pills: a job recovered `policy.max_recoveries` times goes to the dead set
+    /// as [`poison_entry`]. Returns how many jobs were recovered (requeued or buried).
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize>;
 
     /// Removes a cleanly stopped process's registration and heartbeat.
     async fn unregister(&self, identity: &str) -> BrokerResult<()>;

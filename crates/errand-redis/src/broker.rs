@@ -4,7 +4,7 @@ use crate::{Keys, scripts};
 use async_trait::async_trait;
 use errand_core::broker::{
     Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
+    OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -123,6 +123,46 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Moves the poison list's jobs (set aside by recovery) to the dead set as
+    /// `Errand::PoisonPill` entries, one atomic step each, so a crash in between leaves a job
+    /// on the list for the next pass, never nowhere.
+    async fn bury_poison(&self, policy: &RescuePolicy) -> BrokerResult<()> {
+        let poison = self.keys.key("errand:poison");
+        let dead = self.keys.key("dead");
+        let mut conn = self.conn.clone();
+        loop {
+            let raw: Option<String> = redis::cmd("LINDEX")
+                .arg(&poison)
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .map_err(cmd_err)?;
+            let Some(raw) = raw else {
+                return Ok(());
+            };
+            let now = errand_core::now();
+            let entry =
+                errand_core::broker::poison_entry(&raw, policy.max_recoveries, now, policy.profile)
+                    .unwrap_or_else(|| raw.clone());
+            let limits = policy.dead_limits;
+            let _: i64 = scripts::SETTLE
+                .key(&poison)
+                .key(&dead)
+                .arg(&raw)
+                .arg(&entry)
+                .arg(now)
+                .arg(now - limits.max_age.as_secs_f64())
+                .arg(limits.max_jobs)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(cmd_err)?;
+            tracing::error!(
+                recoveries = policy.max_recoveries,
+                "poison pill: a job killed its worker repeatedly; moved to the dead set"
+            );
+        }
+    }
+
     /// Renews or releases `holder`'s lease in `key`.
     async fn lease_op(
         &self,
@@ -242,16 +282,25 @@ impl RedisBroker {
         res.map_err(cmd_err)
     }
 
-    async fn rescue(&self, identity: &str, info: &str, require_dead: bool) -> BrokerResult<i64> {
+    async fn rescue(
+        &self,
+        identity: &str,
+        info: &str,
+        require_dead: bool,
+        max_recoveries: u32,
+    ) -> BrokerResult<i64> {
         let queues = errand_core::broker::info_queues(info);
         let mut inv = scripts::RESCUE.prepare_invoke();
         inv.key(self.keys.key(identity))
             .key(self.keys.registry())
             .key(self.keys.key("processes"))
+            .key(self.keys.key("errand:poison"))
             .arg(identity)
             .arg(self.keys.inflight_prefix(identity))
             .arg(self.keys.queue_prefix())
-            .arg(if require_dead { "1" } else { "0" });
+            .arg(if require_dead { "1" } else { "0" })
+            .arg(max_recoveries.max(1))
+            .arg(self.keys.key("errand:recoveries:"));
         for q in &queues {
             inv.arg(q);
         }
@@ -429,7 +478,7 @@ impl Broker for RedisBroker {
             .await
             .map_err(cmd_err)?;
         let Some(info) = info else { return Ok(0) };
-        Ok(self.rescue(identity, &info, false).await?.max(0) as usize)
+        Ok(self.rescue(identity, &info, false, u32::MAX).await?.max(0) as usize)
     }
 
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
@@ -551,7 +600,7 @@ impl Broker for RedisBroker {
         Ok(signal.as_deref().and_then(RemoteSignal::from_name))
     }
 
-    async fn rescue_orphans(&self) -> BrokerResult<usize> {
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
         let registered: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.keys.registry())
             .query_async(&mut self.conn.clone())
@@ -559,7 +608,9 @@ impl Broker for RedisBroker {
             .map_err(cmd_err)?;
         let mut total = 0;
         for (identity, info) in registered {
-            let n = self.rescue(&identity, &info, true).await?;
+            let n = self
+                .rescue(&identity, &info, true, policy.max_recoveries)
+                .await?;
             if n > 0 {
                 tracing::warn!(
                     identity,
@@ -569,6 +620,7 @@ impl Broker for RedisBroker {
                 total += n as usize;
             }
         }
+        self.bury_poison(policy).await?;
         Ok(total)
     }
 

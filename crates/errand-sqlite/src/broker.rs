@@ -3,8 +3,8 @@
 use crate::schema::{SCHEMA, member_hash, state};
 use async_trait::async_trait;
 use errand_core::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
+    Broker, BrokerResult, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant,
+    LeaseRequest, OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -151,16 +151,69 @@ fn add_member(tx: &Transaction<'_>, set: i64, score: f64, payload: &str) -> rusq
     Ok(())
 }
 
+/// Adds `payload` to the dead set at `now`, then trims the set by age and size.
+fn bury(
+    tx: &Transaction<'_>,
+    payload: &str,
+    now: f64,
+    limits: &DeadLimits,
+) -> rusqlite::Result<()> {
+    add_member(tx, state::DEAD, now, payload)?;
+    tx.execute(
+        "DELETE FROM jobs WHERE state = ?1 AND score < ?2",
+        params![state::DEAD, now - limits.max_age.as_secs_f64()],
+    )?;
+    tx.execute(
+        "DELETE FROM jobs WHERE state = ?1 AND id NOT IN (
+             SELECT id FROM jobs WHERE state = ?1
+             ORDER BY score DESC, payload DESC LIMIT ?2)",
+        params![state::DEAD, limits.max_jobs as i64],
+    )?;
+    Ok(())
+}
+
 /// Puts `owner`'s in-flight jobs back at the consuming end of their queues, the oldest fetched
-/// first. Returns how many moved.
-fn requeue_owned(tx: &Transaction<'_>, owner: &str) -> rusqlite::Result<usize> {
-    let held: Vec<(i64, String)> = tx
+/// first. When recovering a dead process (`poison` given), each job's recovery count goes up
+/// and a job reaching the limit is buried as a poison pill instead. Returns how many moved.
+fn requeue_owned(
+    tx: &Transaction<'_>,
+    owner: &str,
+    poison: Option<&RescuePolicy>,
+) -> rusqlite::Result<usize> {
+    let held: Vec<(i64, String, i64, String)> = tx
         .prepare(
-            "SELECT id, queue FROM jobs WHERE owner = ?1 AND state = ?2 ORDER BY score DESC, id DESC",
+            "SELECT id, queue, recoveries, payload FROM jobs WHERE owner = ?1 AND state = ?2
+             ORDER BY score DESC, id DESC",
         )?
-        .query_map(params![owner, state::IN_FLIGHT], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![owner, state::IN_FLIGHT], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
-    for (id, queue) in &held {
+    for (id, queue, recoveries, payload) in &held {
+        if let Some(policy) = poison {
+            let count = recoveries + 1;
+            if count >= i64::from(policy.max_recoveries.max(1)) {
+                let at = now();
+                if let Some(entry) = errand_core::broker::poison_entry(
+                    payload,
+                    count.min(i64::from(u32::MAX)) as u32,
+                    at,
+                    policy.profile,
+                ) {
+                    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+                    bury(tx, &entry, at, &policy.dead_limits)?;
+                    tracing::error!(
+                        recoveries = count,
+                        "poison pill: a job killed its worker repeatedly; moved to the dead set"
+                    );
+                    continue;
+                }
+            }
+            tx.execute(
+                "UPDATE jobs SET recoveries = ?2 WHERE id = ?1",
+                params![id, count],
+            )?;
+        }
         // One before the current front of the queue: the last one moved (the oldest fetched)
         // ends up first.
         let front: Option<i64> = tx.query_row(
@@ -236,6 +289,22 @@ fn setup(config: &SqliteConfig) -> rusqlite::Result<Connection> {
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.execute_batch(SCHEMA)?;
+    // Files made before recovery counts existed get the column.
+    let has_recoveries: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'recoveries'")?
+        .exists([])?;
+    if !has_recoveries
+        && let Err(e) =
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0")
+    {
+        // Another process may have added it between the look and the change.
+        let added = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'recoveries'")?
+            .exists([])?;
+        if !added {
+            return Err(e);
+        }
+    }
     Ok(conn)
 }
 
@@ -646,19 +715,7 @@ impl Broker for SqliteBroker {
                     payload,
                     now,
                     limits,
-                } => {
-                    add_member(tx, state::DEAD, *now, payload)?;
-                    tx.execute(
-                        "DELETE FROM jobs WHERE state = ?1 AND score < ?2",
-                        params![state::DEAD, now - limits.max_age.as_secs_f64()],
-                    )?;
-                    tx.execute(
-                        "DELETE FROM jobs WHERE state = ?1 AND id NOT IN (
-                             SELECT id FROM jobs WHERE state = ?1
-                             ORDER BY score DESC, payload DESC LIMIT ?2)",
-                        params![state::DEAD, limits.max_jobs as i64],
-                    )?;
-                }
+                } => bury(tx, payload, *now, limits)?,
             }
             Ok(true)
         })
@@ -667,7 +724,9 @@ impl Broker for SqliteBroker {
 
     async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
         let identity = identity.to_string();
-        let n = self.write(move |tx| requeue_owned(tx, &identity)).await?;
+        let n = self
+            .write(move |tx| requeue_owned(tx, &identity, None))
+            .await?;
         if n > 0 {
             self.inner.pushed.notify_waiters();
         }
@@ -784,8 +843,9 @@ impl Broker for SqliteBroker {
         Ok(signal.as_deref().and_then(RemoteSignal::from_name))
     }
 
-    async fn rescue_orphans(&self) -> BrokerResult<usize> {
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
         let at = now();
+        let policy = *policy;
         let rescued = self
             .write(move |tx| {
                 tx.execute("DELETE FROM once_steps WHERE expires_at <= ?1", [at])?;
@@ -798,7 +858,7 @@ impl Broker for SqliteBroker {
                     .collect::<Result<_, _>>()?;
                 let mut total = Vec::new();
                 for identity in dead {
-                    let n = requeue_owned(tx, &identity)?;
+                    let n = requeue_owned(tx, &identity, Some(&policy))?;
                     tx.execute("DELETE FROM processes WHERE identity = ?1", [&identity])?;
                     tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;
                     if n > 0 {

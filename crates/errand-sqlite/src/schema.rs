@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     score   REAL    NOT NULL DEFAULT 0,-- sets: Sidekiq's score; in flight: fetch order
     owner   TEXT,                      -- in flight: the process identity
     member  INTEGER NOT NULL DEFAULT 0,-- sets: hash of the payload (members are unique)
-    payload TEXT    NOT NULL
+    payload TEXT    NOT NULL,
+    recoveries INTEGER NOT NULL DEFAULT 0 -- times recovered from a dead process (poison pills)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs(state, queue, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_score ON jobs(state, score);

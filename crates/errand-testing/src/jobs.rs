@@ -42,7 +42,7 @@ use crate::{ManualClock, MemoryBroker};
 use async_trait::async_trait;
 use errand::broker::{
     Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle,
+    OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
 };
 use errand::{Client, Drained, Job, JobResult, Payload, Push, Server, ServerBuilder, WireProfile};
 use errand_core::BrokerError;
@@ -407,8 +407,8 @@ impl Broker for InlineBroker {
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
         self.memory.heartbeat(beat).await
     }
-    async fn rescue_orphans(&self) -> BrokerResult<usize> {
-        self.memory.rescue_orphans().await
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
+        self.memory.rescue_orphans(policy).await
     }
     async fn unregister(&self, identity: &str) -> BrokerResult<()> {
         self.memory.unregister(identity).await

@@ -39,7 +39,7 @@ pub use jobs::TestJobs;
 use async_trait::async_trait;
 use errand_core::broker::{
     Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, Scheduled, Settle, WorkEntry,
+    OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle, WorkEntry,
 };
 use errand_core::{Payload, WireProfile};
 use std::cmp::Ordering;
@@ -244,6 +244,8 @@ struct State {
     windows: HashMap<String, VecDeque<f64>>,
     /// Uses turned away per limiter.
     limit_hits: BTreeMap<String, u64>,
+    /// Times each job (by jid) was recovered from a dead process.
+    recoveries: HashMap<String, u32>,
 }
 
 /// A once-only step's record: a claim until `output` is set, then the completed step.
@@ -274,6 +276,46 @@ impl State {
 
     /// Moves one process's in-flight jobs back to the consuming end of their queues (the
     /// queues named in its `info`), oldest fetched consumed first, as `rescue.lua` does.
+    /// Recovers a dead process's jobs: as [`State::requeue`], but counting each job's
+    /// recoveries and burying poison pills in the dead set.
+    fn recover(&mut self, identity: &str, info: &str, policy: &RescuePolicy, now: f64) -> usize {
+        let mut n = 0;
+        for queue in errand_core::broker::info_queues(info) {
+            let Some(list) = self
+                .in_flight
+                .get_mut(&(identity.to_string(), queue.clone()))
+            else {
+                continue;
+            };
+            let moved: Vec<String> = list.drain(..).collect();
+            n += moved.len();
+            for raw in moved {
+                let jid = Payload::parse(&raw).ok().map(|p| p.jid().to_string());
+                let count = jid.as_ref().map(|jid| {
+                    let c = self.recoveries.entry(jid.clone()).or_insert(0);
+                    *c += 1;
+                    *c
+                });
+                let entry = count
+                    .filter(|c| *c >= policy.max_recoveries.max(1))
+                    .and_then(|c| errand_core::broker::poison_entry(&raw, c, now, policy.profile));
+                match entry {
+                    Some(entry) => {
+                        if let Some(jid) = &jid {
+                            self.recoveries.remove(jid);
+                        }
+                        let dead = self.set_mut("dead");
+                        dead.add(now, &entry);
+                        dead.remove_below(now - policy.dead_limits.max_age.as_secs_f64());
+                        dead.keep_newest(policy.dead_limits.max_jobs);
+                    }
+                    None => self.queues.entry(queue.clone()).or_default().push_back(raw),
+                }
+            }
+        }
+        n
+    }
+
     fn requeue(&mut self, identity: &str, info: &str) -> usize {
         let mut n = 0;
         for queue in errand_core::broker::info_queues(info) {
@@ -658,7 +700,7 @@ impl Broker for MemoryBroker {
         Ok(signal.as_deref().and_then(RemoteSignal::from_name))
     }
 
-    async fn rescue_orphans(&self) -> BrokerResult<usize> {
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
         let now = (self.clock)();
         let total = {
             let mut s = self.state();
@@ -673,7 +715,7 @@ impl Broker for MemoryBroker {
                 if s.beats.contains_key(&identity) {
                     continue;
                 }
-                total += s.requeue(&identity, &info);
+                total += s.recover(&identity, &info, policy, now);
                 s.registry.remove(&identity);
                 s.processes.remove(&identity);
             }

@@ -1,20 +1,47 @@
 -- Recover the in-flight jobs of one process, if (and only if) its heartbeat has expired.
 -- KEYS[1] the process's heartbeat hash, KEYS[2] Errand's registry hash, KEYS[3] Sidekiq's
--- `processes` set. ARGV[1] identity, ARGV[2] its in-flight key prefix, ARGV[3] queue key prefix,
--- ARGV[4] 1 to require the heartbeat to be gone (recovery) or 0 (own clean shutdown),
--- ARGV[5..] queue names. Jobs go back unchanged to the consuming (right) end of their queue,
--- oldest fetched consumed first. Returns the number moved, or -1 if the process is alive.
+-- `processes` set, KEYS[4] the poison list (jobs to bury). ARGV[1] identity, ARGV[2] its
+-- in-flight key prefix, ARGV[3] queue key prefix, ARGV[4] 1 to require the heartbeat to be
+-- gone (recovery) or 0 (own clean shutdown), ARGV[5] recoveries that make a poison pill,
+-- ARGV[6] the per-job recovery counter prefix, ARGV[7..] queue names.
+-- Jobs go back unchanged to the consuming (right) end of their queue, the oldest fetched
+-- consumed first. On recovery each job's counter (by jid, kept 7 days) goes up by one; a job
+-- that reaches the limit goes to the poison list instead, for the caller to bury.
+-- Returns the number moved, or -1 if the process is alive.
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
 end
+local recovering = ARGV[4] == '1'
+local limit = tonumber(ARGV[5])
 local n = 0
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   local q = ARGV[i]
-  while redis.call('LMOVE', ARGV[2] .. q, ARGV[3] .. q, 'LEFT', 'RIGHT') do
+  local from, to = ARGV[2] .. q, ARGV[3] .. q
+  local job = redis.call('LPOP', from)
+  while job do
     n = n + 1
+    local poisoned = false
+    if recovering then
+      local ok, decoded = pcall(cjson.decode, job)
+      if ok and type(decoded) == 'table' and type(decoded['jid']) == 'string' then
+        local counter = ARGV[6] .. decoded['jid']
+        local count = redis.call('INCR', counter)
+        redis.call('EXPIRE', counter, 604800)
+        if count >= limit then
+          poisoned = true
+          redis.call('DEL', counter)
+        end
+      end
+    end
+    if poisoned then
+      redis.call('RPUSH', KEYS[4], job)
+    else
+      redis.call('RPUSH', to, job)
+    end
+    job = redis.call('LPOP', from)
   end
 end
-if ARGV[4] == '1' then
+if recovering then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[3], ARGV[1])
 end

@@ -64,6 +64,7 @@ pub(crate) struct Config {
     pub labels: Vec<String>,
     pub handle_signals: bool,
     pub once_ttl: Duration,
+    pub max_recoveries: u32,
 }
 
 impl Default for Config {
@@ -86,6 +87,7 @@ impl Default for Config {
             labels: Vec::new(),
             handle_signals: true,
             once_ttl: crate::context::DEFAULT_ONCE_TTL,
+            max_recoveries: 3,
         }
     }
 }
@@ -293,6 +295,14 @@ impl ServerBuilder {
     /// pushes elsewhere (another backend, or a test harness that runs them inline).
     pub fn client(mut self, client: Client) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// How many times a job may be recovered from dead processes before it counts as a poison
+    /// pill (it kills its worker: an abort, an OOM kill) and goes to the dead set as
+    /// `Errand::PoisonPill` instead of crash-looping the fleet. Defaults to 3; at least 1.
+    pub fn max_recoveries(mut self, n: u32) -> Self {
+        self.config.max_recoveries = n.max(1);
         self
     }
 

@@ -43,7 +43,12 @@ pub(crate) async fn run(s: Arc<Shared>) {
 
 pub(crate) async fn rescue(s: Arc<Shared>) {
     loop {
-        match s.broker().rescue_orphans().await {
+        let policy = errand_core::broker::RescuePolicy {
+            max_recoveries: s.config().max_recoveries,
+            dead_limits: s.config().dead_limits,
+            profile: s.config().profile,
+        };
+        match s.broker().rescue_orphans(&policy).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "recovered jobs of dead processes"),
             Err(e) => tracing::error!(error = %e, "orphan recovery failed"),
