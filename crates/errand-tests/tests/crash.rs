@@ -1,6 +1,7 @@
 //! Crash safety with real processes: a SIGKILLed worker loses no job, a SIGTERMed one puts
-//! its unfinished job back on the queue after the shutdown deadline, and a once-only effect
-//! done before a SIGKILL is not repeated by the retry.
+//! its unfinished job back on the queue after the shutdown deadline, a once-only effect
+//! done before a SIGKILL is not repeated by the retry, and a job that kills its worker every
+//! time goes to the dead set after three recoveries instead of crash-looping the fleet.
 
 use errand::redis::RedisBroker;
 use errand::{Client, RawJob};
@@ -403,4 +404,73 @@ async fn once_effect_survives_sigkill_on_sqlite() {
             },
         )
     });
+}
+
+/// R14 (poison pill): 2,000 normal jobs and one that aborts its process, on two supervised
+/// workers (restarted when they die). The pill is recovered twice, buried on its third
+/// recovery as `Errand::PoisonPill`, and every normal job completes; none is dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_pill_is_buried_after_three_recoveries() {
+    const JOBS: u64 = 2_000;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let client = Client::new(RedisBroker::connect(&url).await.unwrap());
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ledger(u64);
+    impl errand::Job for Ledger {
+        const NAME: &'static str = "Ledger";
+        async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
+            unreachable!("run by the worker processes")
+        }
+    }
+    client.push_bulk((0..JOBS / 2).map(Ledger)).await.unwrap();
+    let pill = client
+        .push_raw(RawJob::new("Abort", vec![json!(1)]), errand::Push::new())
+        .await
+        .unwrap();
+    client
+        .push_bulk((JOBS / 2..JOBS).map(Ledger))
+        .await
+        .unwrap();
+
+    let mut conn = redis.conn();
+    let mut workers = vec![worker(&url, 5, 5_000), worker(&url, 5, 5_000)];
+    let mut restarts = 0;
+    tokio::task::block_in_place(|| {
+        wait_until_sync(
+            "the pill buried and every job run",
+            Duration::from_secs(120),
+            || {
+                // The supervisor: a worker that died is replaced.
+                for w in &mut workers {
+                    if w.try_wait().unwrap().is_some() {
+                        *w = worker(&url, 5, 5_000);
+                        restarts += 1;
+                    }
+                }
+                let ran: usize = conn.hlen("ledger").unwrap();
+                let dead: usize = conn.zcard("dead").unwrap();
+                // Normal jobs use ledger entries 0..JOBS; the pill counts its runs at 6,000,001.
+                ran as u64 >= JOBS + 1 && dead == 1
+            },
+        )
+    });
+    let runs: Option<u64> = conn.hget("ledger", 6_000_001).unwrap();
+    assert_eq!(
+        runs,
+        Some(3),
+        "the pill ran (and killed its worker) three times"
+    );
+    assert_eq!(restarts, 3, "one restart per crash");
+    let dead: Vec<String> = conn.zrange("dead", 0, -1).unwrap();
+    let entry = errand::Payload::parse(&dead[0]).unwrap();
+    assert_eq!(entry.jid(), pill);
+    assert_eq!(entry.get("error_class"), Some(&json!("Errand::PoisonPill")));
+    let ran: HashMap<u64, u64> = conn.hgetall("ledger").unwrap();
+    assert!(
+        (0..JOBS).all(|n| ran.contains_key(&n)),
+        "every normal job ran"
+    );
+    let queued: usize = conn.llen("queue:default").unwrap();
+    assert_eq!(queued, 0);
 }

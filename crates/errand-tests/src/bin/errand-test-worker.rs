@@ -5,7 +5,8 @@
 //! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger;
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
 //! be killed on its first run (see the type); `ProcessOrder(id, mutex)` charges an order once
-//! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s; `Abort(n)` aborts the
+//! process (a poison pill). The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -141,6 +142,22 @@ impl Job for UniqueSleepy {
     }
 }
 
+/// Kills its own process (`abort`): a poison pill, as an OOM kill or a crash in native code
+/// would be.
+#[derive(Serialize, Deserialize)]
+struct Abort(u64);
+
+impl Job for Abort {
+    const NAME: &'static str = "Abort";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        bump(cx, ABORTS + self.0).await?;
+        std::process::abort();
+    }
+}
+
+/// Ledger offset of [`Abort`]'s runs.
+const ABORTS: u64 = 6_000_000;
+
 /// Reads ledger entry `n` (0 when absent).
 async fn read(cx: &JobContext, n: u64) -> Result<u64, JobError> {
     let store = cx
@@ -233,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<OnceEffect>()
         .register::<ProcessOrder>()
         .register::<UniqueSleepy>()
+        .register::<Abort>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))
