@@ -6,9 +6,17 @@ use rand::Rng;
 /// Sidekiq's default number of retries when a job says `retry: true`.
 pub const DEFAULT_MAX_RETRIES: u32 = 25;
 
-/// The base delay in seconds before retry number `count` (0 for the first failure).
+/// The longest base delay, whatever the count: 30 days (Sidekiq's 25 retries stay far below,
+/// at 3.8 days for the last; only huge custom retry counts reach it).
+pub const MAX_BASE_DELAY: u64 = 30 * 24 * 3600;
+
+/// The base delay in seconds before retry number `count` (0 for the first failure), saturating
+/// at [`MAX_BASE_DELAY`].
 pub fn base_delay(count: u32) -> u64 {
-    u64::from(count).pow(4) + 15
+    u64::from(count)
+        .saturating_pow(4)
+        .saturating_add(15)
+        .min(MAX_BASE_DELAY)
 }
 
 /// The random jitter in seconds added to a delay for retry `count`, drawn from `rng`.
@@ -20,6 +28,7 @@ pub fn jitter<R: Rng + ?Sized>(profile: WireProfile, count: u32, rng: &mut R) ->
         WireProfile::V7 => rng.random_range(0..10) * step,
         WireProfile::V8 => rng.random_range(0..10 * step),
     }
+    .min(MAX_BASE_DELAY)
 }
 
 /// The full delay in seconds (base or `custom`, plus jitter) before retry `count`.
@@ -27,7 +36,7 @@ pub fn delay(profile: WireProfile, count: u32, custom: Option<u64>) -> u64 {
     let base = custom
         .filter(|d| *d > 0)
         .unwrap_or_else(|| base_delay(count));
-    base + jitter(profile, count, &mut rand::rng())
+    base.saturating_add(jitter(profile, count, &mut rand::rng()))
 }
 
 #[cfg(test)]
@@ -81,5 +90,15 @@ mod tests {
         assert!((100..=109).contains(&d));
         let d = delay(WireProfile::V7, 0, Some(0));
         assert!((15..=24).contains(&d), "zero falls back to the default");
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        assert_eq!(base_delay(u32::MAX), MAX_BASE_DELAY);
+        assert_eq!(base_delay(1_000_000), MAX_BASE_DELAY);
+        for profile in [WireProfile::V7, WireProfile::V8] {
+            let d = delay(profile, u32::MAX, None);
+            assert!((MAX_BASE_DELAY..=2 * MAX_BASE_DELAY).contains(&d), "{d}");
+        }
     }
 }

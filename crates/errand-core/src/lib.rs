@@ -24,5 +24,5 @@ mod payload;
 mod time;
 
 pub use error::{BrokerError, PayloadError};
-pub use payload::{Failure, Payload, RetrySetting};
+pub use payload::{Failure, MALFORMED_PREVIEW, Payload, RetrySetting, malformed_entry};
 pub use time::{Clock, WireProfile, now, system_clock, utc_date};

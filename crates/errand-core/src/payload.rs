@@ -242,6 +242,56 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// How much of a bad queue entry a dead-set entry keeps (in `raw`, and again as its argument):
+/// enough to see what it was, bounded so a 10 MB blob does not become a 10 MB dead entry.
+pub const MALFORMED_PREVIEW: usize = 32 * 1024;
+
+/// The dead-set entry for a queue entry that is not a runnable job: a valid payload of class
+/// `Errand::InvalidPayload` whose `error_message` names `reason`, with the original text kept in
+/// `raw` (and as the only argument) — cut to [`MALFORMED_PREVIEW`] bytes with the original size
+/// noted when it is longer.
+pub fn malformed_entry(
+    raw: &str,
+    queue: &str,
+    reason: &str,
+    profile: WireProfile,
+    now: f64,
+) -> Payload {
+    let (kept, message) = if raw.len() > MALFORMED_PREVIEW {
+        let mut end = MALFORMED_PREVIEW;
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        (
+            &raw[..end],
+            format!(
+                "queue entry is not a runnable job ({reason}); the first {end} of its {} bytes are kept in \"raw\"",
+                raw.len()
+            ),
+        )
+    } else {
+        (
+            raw,
+            format!(
+                "queue entry is not a runnable job ({reason}); the original text is kept in \"raw\""
+            ),
+        )
+    };
+    let mut p = Payload::new(
+        "Errand::InvalidPayload",
+        vec![Value::from(kept)],
+        queue,
+        profile,
+    );
+    p.set("retry", false);
+    p.set("error_class", "Errand::InvalidPayload");
+    p.set("error_message", message);
+    p.set("failed_at", profile.encode(now));
+    p.set("retry_count", 0);
+    p.set("raw", kept);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +393,20 @@ mod tests {
         assert_eq!(r("0"), RetrySetting::Count(0));
         assert_eq!(r("5"), RetrySetting::Count(5));
         assert_eq!(r("null"), RetrySetting::Absent);
+    }
+
+    #[test]
+    fn malformed_entries_keep_a_bounded_preview() {
+        let small = malformed_entry("{not json", "default", "bad", WireProfile::V7, 1.0);
+        assert_eq!(small.get("raw"), Some(&Value::from("{not json")));
+        let huge = "é".repeat(MALFORMED_PREVIEW);
+        let p = malformed_entry(&huge, "default", "too big", WireProfile::V7, 1.0);
+        let kept = p.get("raw").and_then(Value::as_str).unwrap();
+        assert!(kept.len() <= MALFORMED_PREVIEW && huge.starts_with(kept));
+        let message = p.get("error_message").and_then(Value::as_str).unwrap();
+        assert!(
+            message.contains(&format!("of its {} bytes", huge.len())),
+            "{message}"
+        );
     }
 }

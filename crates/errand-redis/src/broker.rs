@@ -253,7 +253,7 @@ impl RedisBroker {
         from: &str,
         to: &str,
         wait: Duration,
-    ) -> BrokerResult<Option<String>> {
+    ) -> BrokerResult<Option<Vec<u8>>> {
         let mut slot = self.blocking.lock().await;
         if slot.is_none() {
             let cfg = AsyncConnectionConfig::new()
@@ -267,7 +267,7 @@ impl RedisBroker {
             );
         }
         let conn = slot.as_mut().expect("set above");
-        let res: Result<Option<String>, RedisError> = redis::cmd("BLMOVE")
+        let res: Result<Option<Vec<u8>>, RedisError> = redis::cmd("BLMOVE")
             .arg(from)
             .arg(to)
             .arg("RIGHT")
@@ -280,6 +280,46 @@ impl RedisBroker {
             *slot = None;
         }
         res.map_err(cmd_err)
+    }
+
+    /// A fetched entry as text; an entry that is not UTF-8 (raw bytes pushed by another
+    /// client) cannot be a job: it goes from flight to the dead set at once, as an
+    /// `Errand::InvalidPayload` entry showing its text lossily, and `None` is returned.
+    async fn text_or_bury(
+        &self,
+        lease: &str,
+        queue: &str,
+        bytes: Vec<u8>,
+    ) -> BrokerResult<Option<String>> {
+        let bytes = match String::from_utf8(bytes) {
+            Ok(text) => return Ok(Some(text)),
+            Err(e) => e.into_bytes(),
+        };
+        let now = errand_core::now();
+        let entry = errand_core::malformed_entry(
+            &String::from_utf8_lossy(&bytes),
+            queue,
+            "not UTF-8 text",
+            WireProfile::default(),
+            now,
+        );
+        let limits = errand_core::broker::DeadLimits::default();
+        let _: i64 = scripts::SETTLE
+            .key(lease)
+            .key(self.keys.key("dead"))
+            .arg(&bytes[..])
+            .arg(entry.to_json())
+            .arg(now)
+            .arg(now - limits.max_age.as_secs_f64())
+            .arg(limits.max_jobs)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        tracing::error!(
+            queue,
+            "a queue entry that is not UTF-8 text moved to the dead set"
+        );
+        Ok(None)
     }
 
     async fn rescue(
@@ -384,14 +424,13 @@ impl Broker for RedisBroker {
         for pair in flat.chunks_exact(2) {
             let idx: usize =
                 redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
-            let raw: String =
+            let bytes: Vec<u8> =
                 redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
             let queue = req.queues[idx - 1].clone();
-            out.push(Fetched {
-                lease: format!("{prefix}{queue}"),
-                queue,
-                raw,
-            });
+            let lease = format!("{prefix}{queue}");
+            if let Some(raw) = self.text_or_bury(&lease, &queue, bytes).await? {
+                out.push(Fetched { lease, queue, raw });
+            }
         }
         if !out.is_empty() || req.wait.is_zero() {
             return Ok(out);
@@ -405,9 +444,10 @@ impl Broker for RedisBroker {
             req.wait.min(Duration::from_millis(100))
         };
         let lease = format!("{prefix}{first}");
-        if let Some(raw) = self
+        if let Some(bytes) = self
             .blocking_move(&self.keys.queue(first), &lease, wait)
             .await?
+            && let Some(raw) = self.text_or_bury(&lease, first, bytes).await?
         {
             out.push(Fetched {
                 queue: first.clone(),

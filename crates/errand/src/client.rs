@@ -176,6 +176,12 @@ impl Client {
         self
     }
 
+    /// The payload size limit in bytes ([`Client::max_payload_size`]); servers bury larger
+    /// queue entries without decoding them.
+    pub fn payload_limit(&self) -> usize {
+        self.max_payload
+    }
+
     /// The backend behind this client.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker

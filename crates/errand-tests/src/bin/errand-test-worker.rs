@@ -6,7 +6,7 @@
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
 //! be killed on its first run (see the type); `ProcessOrder(id, mutex)` charges an order once
 //! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s; `Abort(n)` aborts the
-//! process (a poison pill). The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! process (a poison pill); `Sum(numbers)` takes big arguments. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -155,6 +155,22 @@ impl Job for Abort {
     }
 }
 
+/// Adds up its numbers and counts one run at ledger entry `SUMS` (big but legal arguments).
+#[derive(Serialize, Deserialize)]
+struct Sum(Vec<u64>);
+
+/// Ledger entry of [`Sum`]'s runs.
+const SUMS: u64 = 7_000_000;
+
+impl Job for Sum {
+    const NAME: &'static str = "Sum";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let total: u64 = self.0.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+        tracing::debug!(total, n = self.0.len(), "sum");
+        count(cx, SUMS).await
+    }
+}
+
 /// Ledger offset of [`Abort`]'s runs.
 const ABORTS: u64 = 6_000_000;
 
@@ -251,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<ProcessOrder>()
         .register::<UniqueSleepy>()
         .register::<Abort>()
+        .register::<Sum>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))

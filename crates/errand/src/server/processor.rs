@@ -41,10 +41,22 @@ pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaph
 }
 
 pub(crate) async fn process(s: &Shared, job: &Fetched) {
+    // Checked before parsing, so a 10 MB entry is never decoded.
+    let limit = s.parts.client.payload_limit();
+    if job.raw.len() > limit {
+        let reason = format!(
+            "payload of {} bytes is over the limit of {limit} bytes",
+            job.raw.len()
+        );
+        return retry::bury_malformed(s, job, &reason).await;
+    }
     let payload = match Payload::parse(&job.raw) {
         Ok(p) => p,
-        Err(e) => return retry::bury_malformed(s, job, &e).await,
+        Err(e) => return retry::bury_malformed(s, job, &e.to_string()).await,
     };
+    if let Some(reason) = invalid_jid(&payload) {
+        return retry::bury_malformed(s, job, reason).await;
+    }
     s.processed.fetch_add(1, Ordering::Relaxed);
     // The context owns the payload for the attempt; it is taken back afterwards for the retry
     // bookkeeping, so the hot path never copies it.
@@ -156,5 +168,16 @@ pub(crate) async fn perform_now(s: &Shared, payload: Payload) -> JobResult {
                 .with_class("Errand::UnknownJob"),
         ),
         Some(h) => attempt(s, h.as_ref(), args, &cx).await,
+    }
+}
+
+/// Why a payload's `jid` cannot identify it (missing, not a string, or over 255 bytes), if so.
+fn invalid_jid(payload: &Payload) -> Option<&'static str> {
+    match payload.get("jid") {
+        Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= 255 => None,
+        Some(serde_json::Value::String(j)) if j.is_empty() => Some("empty jid"),
+        Some(serde_json::Value::String(_)) => Some("jid longer than 255 bytes"),
+        Some(_) => Some("jid is not a string"),
+        None => Some("no jid"),
     }
 }

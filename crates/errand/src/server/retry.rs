@@ -6,7 +6,7 @@ use super::launcher::Shared;
 use crate::JobError;
 use crate::registry::Handler;
 use errand_core::broker::{BrokerResult, Fetched, Settle};
-use errand_core::{Failure, Payload, PayloadError, RetrySetting, backoff};
+use errand_core::{Failure, Payload, RetrySetting, backoff};
 use serde_json::Value;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -101,6 +101,17 @@ pub(crate) async fn handle_failure(
         RetrySetting::Count(n) => n,
         _ => c.max_retries,
     };
+    // A retry_count that is not a count (1e300, "NaN", true, an integer past i64) cannot be
+    // trusted to end the retries: the job is treated as exhausted.
+    let bad_count = payload
+        .get("retry_count")
+        .is_some_and(|v| v.as_i64().is_none_or(|n| n < -1));
+    if bad_count {
+        tracing::warn!(
+            jid = payload.jid(),
+            "invalid retry_count; treated as exhausted"
+        );
+    }
     let now = s.now();
     let count = payload.record_failure(&Failure {
         class: err.class(),
@@ -110,7 +121,7 @@ pub(crate) async fn handle_failure(
         now,
         profile: c.profile,
     });
-    let exhausted = count >= max || err.kind() == crate::JobErrorKind::Dead;
+    let exhausted = count >= max || err.kind() == crate::JobErrorKind::Dead || bad_count;
     if !exhausted {
         let custom = handler.and_then(|h| h.retry_in(count, err));
         let delay = match (custom, &s.parts.retry_delay) {
@@ -152,36 +163,9 @@ pub(crate) async fn handle_failure(
     release_unique(s, &payload).await;
 }
 
-/// The dead-set entry for a queue entry that is not a runnable job: a valid payload that names
-/// the problem, with the original text kept verbatim in `raw` (and as the only argument).
-pub(crate) fn malformed_entry(
-    raw: &str,
-    queue: &str,
-    err: &PayloadError,
-    s_profile: errand_core::WireProfile,
-    now: f64,
-) -> Payload {
-    let mut p = Payload::new(
-        "Errand::InvalidPayload",
-        vec![Value::from(raw)],
-        queue,
-        s_profile,
-    );
-    p.set("retry", false);
-    p.set("error_class", "Errand::InvalidPayload");
-    p.set(
-        "error_message",
-        format!("queue entry is not a runnable job ({err}); the original text is kept in \"raw\""),
-    );
-    p.set("failed_at", s_profile.encode(now));
-    p.set("retry_count", 0);
-    p.set("raw", raw);
-    p
-}
-
-pub(crate) async fn bury_malformed(s: &Shared, job: &Fetched, err: &PayloadError) {
-    let p = malformed_entry(&job.raw, &job.queue, err, s.config().profile, s.now());
-    tracing::error!(queue = %job.queue, error = %err, "malformed queue entry moved to the dead set");
+pub(crate) async fn bury_malformed(s: &Shared, job: &Fetched, reason: &str) {
+    let p = errand_core::malformed_entry(&job.raw, &job.queue, reason, s.config().profile, s.now());
+    tracing::error!(queue = %job.queue, reason, "malformed queue entry moved to the dead set");
     let to = Settle::Dead {
         payload: p.to_json(),
         now: s.now(),
