@@ -151,7 +151,7 @@ async fn bad_input_never_crashes_the_worker_and_every_entry_is_accounted_for() {
     ));
 
     // Entries that run: duplicate jids (both run), a jid with CRLF, 900 KiB of legal arguments.
-    let runs = vec![
+    let runs = [
         ledger_job(20_001, json!({"jid": "same-jid"})),
         ledger_job(20_002, json!({"jid": "same-jid"})),
         ledger_job(20_003, json!({"jid": "line\r\nbreak"})),
