@@ -129,6 +129,7 @@ macro_rules! conformance_tests {
             promote_due_moves_only_due_jobs,
             promote_due_stamps_in_profile,
             requeue_in_flight_returns_jobs_unchanged,
+            held_lists_and_release_returns_one_job,
             rescue_orphans_recovers_only_expired_processes,
             rescue_buries_a_poison_pill_after_max_recoveries,
             heartbeat_returns_remote_signals,
@@ -1536,5 +1537,49 @@ pub async fn rescue_buries_a_poison_pill_after_max_recoveries(f: &impl BackendFa
         entry.args(),
         &[json!(1), json!("x"), json!({"k": []})],
         "{n}: args kept"
+    );
+}
+
+/// `held` lists a process's in-flight jobs as fetch returned them (oldest first), and
+/// `release` puts one back at the consuming end of its queue, once.
+pub async fn held_lists_and_release_returns_one_job(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let me = "host:1:me";
+    beat(b, me, &info(me, &["q"]), Duration::from_secs(600), 0).await;
+    b.register(me, &queues(&["q"])).await.unwrap();
+    b.push(
+        &(1..=4)
+            .map(|i| enqueue("q", job("q", i)))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let fetched = fetch(b, me, &["q"], 3, Duration::ZERO).await;
+    let held = b.held(me, &queues(&["q"])).await.unwrap();
+    assert_eq!(
+        raws(&held),
+        raws(&fetched),
+        "{n}: held = fetched, oldest first"
+    );
+    assert_eq!(held[1].lease, fetched[1].lease, "{n}: same lease");
+    assert!(
+        b.held(me, &queues(&["other"])).await.unwrap().is_empty(),
+        "{n}"
+    );
+
+    assert!(b.release(&held[1]).await.unwrap(), "{n}");
+    assert!(!b.release(&held[1]).await.unwrap(), "{n}: released once");
+    assert!(!b.ack(&fetched[1]).await.unwrap(), "{n}: no longer held");
+    assert_eq!(
+        inspect.queue("q").await,
+        vec![job("q", 2), job("q", 4)],
+        "{n}: back at the consuming end"
+    );
+    assert_eq!(
+        raws(&b.held(me, &queues(&["q"])).await.unwrap()),
+        vec![job("q", 1), job("q", 3)],
+        "{n}"
     );
 }

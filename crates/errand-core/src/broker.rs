@@ -311,6 +311,15 @@ pub trait Broker: Send + Sync + 'static {
     /// [`Broker::unregister`]. Returns how many were moved.
     async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize>;
 
+    /// The jobs `identity` holds in flight from `queues`, as [`Broker::fetch`] returned them.
+    /// With [`Broker::release`], lets a live process find jobs stranded in its in-flight store
+    /// by a fetch whose reply was lost (the connection broke after the backend moved them).
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>>;
+
+    /// Puts one in-flight job back at the consuming end of its queue, unchanged, if it is still
+    /// held. Returns false when it was not.
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool>;
+
     /// Moves due jobs from the retry and schedule sets to their queues, stamping `enqueued_at`.
     /// Returns how many moved.
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize>;

@@ -521,6 +521,39 @@ impl Broker for RedisBroker {
         Ok(self.rescue(identity, &info, false, u32::MAX).await?.max(0) as usize)
     }
 
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
+        let prefix = self.keys.inflight_prefix(identity);
+        let mut out = Vec::new();
+        for q in queues {
+            let lease = format!("{prefix}{q}");
+            let raws: Vec<String> = redis::cmd("LRANGE")
+                .arg(&lease)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(cmd_err)?;
+            // The list's left end holds the newest fetched: oldest first is right to left.
+            out.extend(raws.into_iter().rev().map(|raw| Fetched {
+                queue: q.clone(),
+                raw,
+                lease: lease.clone(),
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
+        let n: i64 = scripts::RELEASE
+            .key(&job.lease)
+            .key(self.keys.queue(&job.queue))
+            .arg(&job.raw)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n == 1)
+    }
+
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
         for set in ["retry", "schedule"] {

@@ -22,3 +22,6 @@ pub static LEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/lease.lua")));
 /// Rate limits: bucket and sliding window.
 pub static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/rate.lua")));
+/// One in-flight job back to its queue (a job stranded by a lost fetch reply).
+pub static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));

@@ -733,6 +733,64 @@ impl Broker for SqliteBroker {
         Ok(n)
     }
 
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
+        let owner = identity.to_string();
+        let queues = queues.to_vec();
+        self.with(move |conn| {
+            let rows: Vec<(i64, String, String)> = conn
+                .prepare_cached(
+                    "SELECT id, queue, payload FROM jobs WHERE owner = ?1 AND state = ?2
+                     ORDER BY score, id",
+                )?
+                .query_map(params![owner, state::IN_FLIGHT], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows
+                .into_iter()
+                .filter(|(_, q, _)| queues.contains(q))
+                .map(|(id, queue, raw)| Fetched {
+                    queue,
+                    raw,
+                    lease: lease(id, &owner),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
+        let Some((id, owner)) = parse_lease(&job.lease) else {
+            return Ok(false);
+        };
+        let (owner, queue) = (owner.to_string(), job.queue.clone());
+        let released = self
+            .write(move |tx| {
+                let front: Option<i64> = tx.query_row(
+                    "SELECT MIN(seq) FROM jobs WHERE state = ?1 AND queue = ?2",
+                    params![state::QUEUED, queue],
+                    |r| r.get(0),
+                )?;
+                let n = tx.execute(
+                    "UPDATE jobs SET state = ?1, owner = NULL, score = 0, seq = ?2
+                     WHERE id = ?3 AND state = ?4 AND owner = ?5",
+                    params![
+                        state::QUEUED,
+                        front.unwrap_or(1) - 1,
+                        id,
+                        state::IN_FLIGHT,
+                        owner
+                    ],
+                )?;
+                Ok(n == 1)
+            })
+            .await?;
+        if released {
+            self.inner.pushed.notify_waiters();
+        }
+        Ok(released)
+    }
+
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
         for set in [state::RETRY, state::SCHEDULE] {

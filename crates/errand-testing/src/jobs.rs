@@ -401,6 +401,12 @@ impl Broker for InlineBroker {
     async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
         self.memory.requeue_in_flight(identity).await
     }
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
+        self.memory.held(identity, queues).await
+    }
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
+        self.memory.release(job).await
+    }
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         self.memory.promote_due(now, profile).await
     }

@@ -631,6 +631,41 @@ impl Broker for MemoryBroker {
         Ok(n)
     }
 
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
+        let s = self.state();
+        let mut out = Vec::new();
+        for q in queues {
+            let key = (identity.to_string(), q.clone());
+            let lease = serde_json::to_string(&key).unwrap_or_default();
+            if let Some(list) = s.in_flight.get(&key) {
+                out.extend(list.iter().rev().map(|raw| Fetched {
+                    queue: q.clone(),
+                    raw: raw.clone(),
+                    lease: lease.clone(),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
+        let released = {
+            let mut s = self.state();
+            let held = s.take_in_flight(job);
+            if held {
+                s.queues
+                    .entry(job.queue.clone())
+                    .or_default()
+                    .push_back(job.raw.clone());
+            }
+            held
+        };
+        if released {
+            self.pushed.notify_waiters();
+        }
+        Ok(released)
+    }
+
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
         {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    persistence: &'static [&'static str],
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -20,48 +21,106 @@ fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
+/// No persistence: the default for tests that never restart Redis.
+const EPHEMERAL: &[&str] = &["--save", "", "--appendonly", "no"];
+/// Every write fsynced to the append-only file before Redis answers (RELIABILITY-PLAN R2).
+const AOF_ALWAYS: &[&str] = &[
+    "--save",
+    "",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+];
+
+fn spawn_redis(port: u16, dir: &Path, persistence: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(persistence)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}); install it with `apt-get install redis-server`"
+            )
+        })
+}
+
 impl RedisServer {
-    /// Starts a server and waits until it answers PING.
+    /// Starts a server without persistence and waits until it answers PING.
     ///
     /// # Panics
     /// When `redis-server` is not installed (install it: `apt-get install redis-server`) or does
     /// not come up within 10 s.
     pub fn start() -> Self {
+        Self::start_with(EPHEMERAL)
+    }
+
+    /// Starts a server that fsyncs every write to its append-only file, so it can be killed
+    /// and restarted ([`RedisServer::kill9`], [`RedisServer::restart`]) without losing an
+    /// acknowledged write.
+    ///
+    /// # Panics
+    /// As for [`RedisServer::start`].
+    pub fn start_durable() -> Self {
+        Self::start_with(AOF_ALWAYS)
+    }
+
+    fn start_with(persistence: &'static [&'static str]) -> Self {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start redis-server ({e}); install it with `apt-get install redis-server`")
-                });
             let mut server = RedisServer {
-                child,
+                child: spawn_redis(port, dir.path(), persistence),
                 port,
-                _dir: dir,
+                persistence,
+                dir,
             };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = server.child.try_wait() {
-                    break; // port taken between probe and bind: try another
-                }
-                if let Ok(client) = redis::Client::open(server.url())
-                    && let Ok(mut c) = client.get_connection()
-                    && redis::cmd("PING").query::<String>(&mut c).is_ok()
-                {
-                    return server;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if server.wait_ready() {
+                return server;
             }
             let _ = server.child.kill();
+            let _ = server.child.wait();
         }
         panic!("redis-server did not start");
+    }
+
+    /// Waits up to 10 s for PING; false when the process exited (port taken) or never answered.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGKILLs the server (no shutdown, no final save).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and data folder (after [`RedisServer::kill9`])
+    /// and waits until it answers.
+    ///
+    /// # Panics
+    /// When it does not come back within 10 s.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.child = spawn_redis(self.port, self.dir.path(), self.persistence);
+        assert!(self.wait_ready(), "redis-server did not come back");
     }
 
     /// `redis://127.0.0.1:<port>`.

@@ -1,6 +1,6 @@
 //! A worker process for the crash and shutdown tests, so they can SIGKILL or SIGTERM a real
-//! process. Usage: `errand-test-worker <backend> <concurrency> <shutdown-timeout-ms>`, where
-//! the backend is a Redis URL or `sqlite:<path>`.
+//! process. Usage: `errand-test-worker <backend> <concurrency> <shutdown-timeout-ms>
+//! [<ledger-redis-url>]`, where the backend is a Redis URL or `sqlite:<path>`.
 //!
 //! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger;
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
@@ -245,6 +245,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let concurrency: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let shutdown_ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(25_000);
+    // The ledger may live on a Redis of its own, so a fault on the job Redis leaves it intact.
+    let ledger_url = args.get(4).cloned().unwrap_or_else(|| url.clone());
     let (broker, ledger): (Arc<dyn Broker>, LedgerStore) = match url.strip_prefix("sqlite:") {
         Some(path) => (
             Arc::new(SqliteBroker::open(path).await?),
@@ -253,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
         None => (
             Arc::new(RedisBroker::connect(&url).await?),
             LedgerStore::Redis(
-                redis::Client::open(url.as_str())?
+                redis::Client::open(ledger_url.as_str())?
                     .get_connection_manager()
                     .await?,
             ),

@@ -6,6 +6,7 @@ use super::launcher::Shared;
 use super::{QueueMode, processor};
 use errand_core::broker::FetchRequest;
 use rand::seq::SliceRandom;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -50,6 +51,10 @@ pub(crate) async fn run(s: Arc<Shared>) {
     let mut failures: u32 = 0;
     let mut seq: u64 = 0;
     let mut deep = false;
+    // Set when a fetch failed on the connection: its reply may have been lost after the
+    // backend moved jobs in flight, so once fetching works again the process looks for jobs
+    // it holds but is not running, and puts them back.
+    let mut check_stranded = false;
     loop {
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -91,8 +96,12 @@ pub(crate) async fn run(s: Arc<Shared>) {
                     seq += 1;
                     processor::spawn(&s, job, seq, permit);
                 }
+                if check_stranded {
+                    check_stranded = !release_stranded(&s).await;
+                }
             }
             Err(e) => {
+                check_stranded |= e.is_connection_error();
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
                 tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fetch failed");
@@ -104,6 +113,57 @@ pub(crate) async fn run(s: Arc<Shared>) {
         }
     }
     tracing::debug!("manager stopped fetching");
+}
+
+/// Puts back jobs this process holds in flight but is not running (stranded by a lost fetch
+/// reply). Returns false when the backend could not be asked (try again later).
+async fn release_stranded(s: &Shared) -> bool {
+    let mut queues: Vec<String> = Vec::new();
+    for (q, _) in &s.config().queues {
+        if !queues.contains(q) {
+            queues.push(q.clone());
+        }
+    }
+    let held = match s.broker().held(&s.identity, &queues).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list in-flight jobs; will look again");
+            return false;
+        }
+    };
+    // What the processors hold, counted, so identical payloads are matched one for one.
+    let mut running: HashMap<(String, String), usize> = HashMap::new();
+    if let Ok(r) = s.running.lock() {
+        for job in r.values() {
+            *running
+                .entry((job.job.lease.clone(), job.job.raw.clone()))
+                .or_default() += 1;
+        }
+    }
+    let mut released = 0;
+    for job in held {
+        if let Some(n) = running.get_mut(&(job.lease.clone(), job.raw.clone()))
+            && *n > 0
+        {
+            *n -= 1;
+            continue;
+        }
+        match s.broker().release(&job).await {
+            Ok(true) => released += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not put a stranded job back; will look again");
+                return false;
+            }
+        }
+    }
+    if released > 0 {
+        tracing::warn!(
+            released,
+            "put back jobs stranded in flight by a fetch whose reply was lost"
+        );
+    }
+    true
 }
 
 #[cfg(test)]
