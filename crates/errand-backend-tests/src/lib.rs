@@ -130,6 +130,7 @@ macro_rules! conformance_tests {
             promote_due_stamps_in_profile,
             requeue_in_flight_returns_jobs_unchanged,
             held_lists_and_release_returns_one_job,
+            fetch_hands_out_increasing_fencing_tokens,
             rescue_orphans_recovers_only_expired_processes,
             rescue_buries_a_poison_pill_after_max_recoveries,
             heartbeat_returns_remote_signals,
@@ -1581,5 +1582,41 @@ pub async fn held_lists_and_release_returns_one_job(f: &impl BackendFactory) {
         raws(&b.held(me, &queues(&["q"])).await.unwrap()),
         vec![job("q", 1), job("q", 3)],
         "{n}"
+    );
+}
+
+/// Every fetched job carries a fencing token larger than any handed out before, so a job
+/// recovered and fetched again carries a larger token than its earlier attempt.
+pub async fn fetch_hands_out_increasing_fencing_tokens(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let (a, other) = ("host:1:a", "host:2:b");
+    for id in [a, other] {
+        beat(b, id, &info(id, &["q", "r"]), Duration::from_secs(600), 0).await;
+        b.register(id, &queues(&["q", "r"])).await.unwrap();
+    }
+    b.push(
+        &(1..=6)
+            .map(|i| enqueue(if i % 2 == 0 { "q" } else { "r" }, job("q", i)))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let first = fetch(b, a, &["q", "r"], 4, Duration::ZERO).await;
+    let second = fetch(b, other, &["q", "r"], 2, Duration::ZERO).await;
+    let tokens: Vec<u64> = first.iter().chain(&second).map(|j| j.token).collect();
+    assert!(tokens[0] > 0, "{n}: tokens start above 0: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "{n}: strictly increasing: {tokens:?}"
+    );
+    assert_eq!(b.requeue_in_flight(a).await.unwrap(), 4, "{n}");
+    let again = fetch(b, other, &["q", "r"], 4, Duration::ZERO).await;
+    assert_eq!(again.len(), 4, "{n}");
+    let last = *tokens.last().unwrap();
+    assert!(
+        again.iter().all(|j| j.token > last),
+        "{n}: the recovered jobs' new attempts carry larger tokens"
     );
 }

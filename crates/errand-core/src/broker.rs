@@ -54,6 +54,11 @@ pub struct Fetched {
     pub raw: String,
     /// Backend-private reference to where the in-flight copy is held.
     pub lease: String,
+    /// This attempt's fencing token: strictly increasing across every fetch on the backend, so
+    /// a job recovered from a stalled worker and fetched again carries a larger token than the
+    /// stalled attempt. Jobs pass it to the resources they write (`JobContext::lease_token`).
+    /// 0 where unknown ([`Broker::held`]).
+    pub token: u64,
 }
 
 /// Bounds of the dead set, applied on every insert (as Sidekiq does): entries past the age

@@ -412,7 +412,8 @@ impl Broker for RedisBroker {
         for q in req.queues {
             inv.key(self.keys.queue(q));
         }
-        inv.arg(req.max).arg(&prefix);
+        let seq = self.keys.key("errand:lease-seq");
+        inv.arg(req.max).arg(&prefix).arg(&seq);
         for q in req.queues {
             inv.arg(q);
         }
@@ -421,15 +422,26 @@ impl Broker for RedisBroker {
             .await
             .map_err(cmd_err)?;
         let mut out = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks_exact(2) {
+        let mut token: u64 = match flat.first() {
+            Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
+            None => 0,
+        };
+        for pair in flat.get(1..).unwrap_or_default().chunks_exact(2) {
             let idx: usize =
                 redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
             let bytes: Vec<u8> =
                 redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
             let queue = req.queues[idx - 1].clone();
             let lease = format!("{prefix}{queue}");
+            let this = token;
+            token += 1;
             if let Some(raw) = self.text_or_bury(&lease, &queue, bytes).await? {
-                out.push(Fetched { lease, queue, raw });
+                out.push(Fetched {
+                    lease,
+                    queue,
+                    raw,
+                    token: this,
+                });
             }
         }
         if !out.is_empty() || req.wait.is_zero() {
@@ -449,7 +461,13 @@ impl Broker for RedisBroker {
             .await?
             && let Some(raw) = self.text_or_bury(&lease, first, bytes).await?
         {
+            let token: u64 = redis::cmd("INCR")
+                .arg(&seq)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(cmd_err)?;
             out.push(Fetched {
+                token,
                 queue: first.clone(),
                 raw,
                 lease,
@@ -535,6 +553,7 @@ impl Broker for RedisBroker {
                 .map_err(cmd_err)?;
             // The list's left end holds the newest fetched: oldest first is right to left.
             out.extend(raws.into_iter().rev().map(|raw| Fetched {
+                token: 0,
                 queue: q.clone(),
                 raw,
                 lease: lease.clone(),

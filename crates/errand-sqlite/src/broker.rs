@@ -573,10 +573,12 @@ impl SqliteBroker {
                     (first + i as i64) as f64,
                     id
                 ])?;
+                // The fetch order doubles as the fencing token: strictly increasing.
                 out.push(Fetched {
                     queue: queue.clone(),
                     raw,
                     lease: lease(id, identity),
+                    token: (first + i as i64) as u64,
                 });
             }
         }
@@ -737,22 +739,23 @@ impl Broker for SqliteBroker {
         let owner = identity.to_string();
         let queues = queues.to_vec();
         self.with(move |conn| {
-            let rows: Vec<(i64, String, String)> = conn
+            let rows: Vec<(i64, String, String, f64)> = conn
                 .prepare_cached(
-                    "SELECT id, queue, payload FROM jobs WHERE owner = ?1 AND state = ?2
+                    "SELECT id, queue, payload, score FROM jobs WHERE owner = ?1 AND state = ?2
                      ORDER BY score, id",
                 )?
                 .query_map(params![owner, state::IN_FLIGHT], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<_, _>>()?;
             Ok(rows
                 .into_iter()
-                .filter(|(_, q, _)| queues.contains(q))
-                .map(|(id, queue, raw)| Fetched {
+                .filter(|(_, q, _, _)| queues.contains(q))
+                .map(|(id, queue, raw, token)| Fetched {
                     queue,
                     raw,
                     lease: lease(id, &owner),
+                    token: token as u64,
                 })
                 .collect())
         })

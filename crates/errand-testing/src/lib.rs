@@ -246,6 +246,8 @@ struct State {
     limit_hits: BTreeMap<String, u64>,
     /// Times each job (by jid) was recovered from a dead process.
     recoveries: HashMap<String, u32>,
+    /// The last fencing token handed out by a fetch.
+    lease_seq: u64,
 }
 
 /// A once-only step's record: a claim until `output` is set, then the completed step.
@@ -523,13 +525,18 @@ impl MemoryBroker {
             }
             let key = (req.identity.to_string(), queue.clone());
             let lease = serde_json::to_string(&key).unwrap_or_default();
-            let held = s.in_flight.entry(key).or_default();
             for raw in taken {
-                held.push_front(raw.clone());
+                s.lease_seq += 1;
+                let token = s.lease_seq;
+                s.in_flight
+                    .entry(key.clone())
+                    .or_default()
+                    .push_front(raw.clone());
                 out.push(Fetched {
                     queue: queue.clone(),
                     raw,
                     lease: lease.clone(),
+                    token,
                 });
             }
         }
@@ -639,6 +646,7 @@ impl Broker for MemoryBroker {
             let lease = serde_json::to_string(&key).unwrap_or_default();
             if let Some(list) = s.in_flight.get(&key) {
                 out.extend(list.iter().rev().map(|raw| Fetched {
+                    token: 0,
                     queue: q.clone(),
                     raw: raw.clone(),
                     lease: lease.clone(),

@@ -59,6 +59,7 @@ pub struct JobContext {
     client: Client,
     shutdown: CancellationToken,
     once_ttl: Duration,
+    lease_token: u64,
 }
 
 impl JobContext {
@@ -72,7 +73,23 @@ impl JobContext {
             client,
             shutdown: CancellationToken::new(),
             once_ttl: DEFAULT_ONCE_TTL,
+            lease_token: 0,
         }
+    }
+
+    /// Sets the attempt's fencing token (the server does, from the fetch).
+    pub fn with_lease_token(mut self, token: u64) -> Self {
+        self.lease_token = token;
+        self
+    }
+
+    /// This attempt's fencing token, from the fetch that handed the job to this process:
+    /// strictly increasing across fetches, so if this worker stalls past its heartbeat and the
+    /// job is recovered and fetched by another, the new attempt's token is larger. Send it with
+    /// writes to resources that can refuse an older token than they have seen (see
+    /// [`crate::locks`]); a stalled attempt that wakes up is then refused. 0 outside a server.
+    pub fn lease_token(&self) -> u64 {
+        self.lease_token
     }
 
     /// Keeps once-only step records for `keep` instead of [`DEFAULT_ONCE_TTL`].

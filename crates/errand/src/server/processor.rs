@@ -65,7 +65,8 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
     }
     let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
         .with_shutdown(s.deadline.clone(), &job.queue)
-        .with_once_ttl(s.config().once_ttl);
+        .with_once_ttl(s.config().once_ttl)
+        .with_lease_token(job.token);
     let (handler, result) = {
         let unwrapped = activejob::unwrap(cx.payload());
         let (class, args) = match &unwrapped {
