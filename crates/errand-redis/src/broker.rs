@@ -422,25 +422,24 @@ impl Broker for RedisBroker {
             .await
             .map_err(cmd_err)?;
         let mut out = Vec::with_capacity(flat.len() / 2);
-        let mut token: u64 = match flat.first() {
+        let first_token: u64 = match flat.first() {
             Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
             None => 0,
         };
-        for pair in flat.get(1..).unwrap_or_default().chunks_exact(2) {
+        let pairs = flat.get(1..).unwrap_or_default().chunks_exact(2);
+        for (token, pair) in (first_token..).zip(pairs) {
             let idx: usize =
                 redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
             let bytes: Vec<u8> =
                 redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
             let queue = req.queues[idx - 1].clone();
             let lease = format!("{prefix}{queue}");
-            let this = token;
-            token += 1;
             if let Some(raw) = self.text_or_bury(&lease, &queue, bytes).await? {
                 out.push(Fetched {
                     lease,
                     queue,
                     raw,
-                    token: this,
+                    token,
                 });
             }
         }
