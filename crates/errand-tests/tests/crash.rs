@@ -474,3 +474,92 @@ async fn a_poison_pill_is_buried_after_three_recoveries() {
     let queued: usize = conn.llen("queue:default").unwrap();
     assert_eq!(queued, 0);
 }
+
+/// R4 (lease expiry, pause, fencing): worker A holds jobs of 3 s when it is SIGSTOPped past
+/// its heartbeat; worker B recovers and finishes them. When A is continued, its late writes to
+/// the fenced store are refused by their older lease tokens (one per job A held), its late
+/// acks change nothing, and every job's effect is recorded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_is_fenced_off_when_it_wakes() {
+    const JOBS: u64 = 20;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let client = Client::new(RedisBroker::connect(&url).await.unwrap());
+    let jobs: Vec<RawJob> = (0..JOBS)
+        .map(|n| RawJob::new("Fenced", vec![json!(n), json!(3_000)]))
+        .collect();
+    for job in jobs {
+        client.push_raw(job, errand::Push::new()).await.unwrap();
+    }
+    let mut conn = redis.conn();
+    let mut a = worker(&url, 10, 5_000);
+    let a_id = identity_of(&mut conn, &mut a);
+    let in_flight_key = format!("errand:inflight:{a_id}:default");
+    let mut frozen = 0;
+    tokio::task::block_in_place(|| {
+        wait_until_sync("A to hold ten jobs", Duration::from_secs(20), || {
+            frozen = conn.llen(&in_flight_key).unwrap();
+            frozen == 10
+        })
+    });
+    let pid = a.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut b = worker(&url, 10, 5_000);
+    identity_of(&mut conn, &mut b);
+    tokio::task::block_in_place(|| {
+        wait_until_sync(
+            "B to finish every job, A's included",
+            Duration::from_secs(60),
+            || conn.hlen::<_, u64>("ledger").unwrap() == JOBS,
+        )
+    });
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::task::block_in_place(|| {
+        wait_until_sync(
+            "A's late writes to be refused",
+            Duration::from_secs(30),
+            || {
+                let stale: HashMap<u64, u64> = conn.hgetall("stale").unwrap();
+                stale.values().sum::<u64>() as usize == frozen
+            },
+        )
+    });
+    // A's late acks find nothing to remove: its in-flight copies went back with the recovery.
+    let ledger: HashMap<u64, u64> = conn.hgetall("ledger").unwrap();
+    assert_eq!(ledger.len() as u64, JOBS);
+    assert!(
+        ledger.values().all(|r| *r == 1),
+        "each job's effect exactly once: {ledger:?}"
+    );
+    assert!(a.try_wait().unwrap().is_none(), "A carries on after waking");
+    tokio::task::block_in_place(|| {
+        wait_until_sync(
+            "A's in-flight list to stay empty",
+            Duration::from_secs(10),
+            || conn.llen::<_, usize>(&in_flight_key).unwrap() == 0,
+        )
+    });
+    let queued: usize = conn.llen("queue:default").unwrap();
+    let retry: usize = conn.zcard("retry").unwrap();
+    let dead: usize = conn.zcard("dead").unwrap();
+    assert_eq!(
+        (queued, retry, dead),
+        (0, 0, 0),
+        "nothing re-queued or failed by A's late acks"
+    );
+    eprintln!(
+        "fencing: A froze holding {frozen} jobs; B finished them; A's {frozen} late writes refused"
+    );
+}

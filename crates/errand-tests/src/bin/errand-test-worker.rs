@@ -6,7 +6,8 @@
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
 //! be killed on its first run (see the type); `ProcessOrder(id, mutex)` charges an order once
 //! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s; `Abort(n)` aborts the
-//! process (a poison pill); `Sum(numbers)` takes big arguments. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! process (a poison pill); `Sum(numbers)` takes big arguments; `Fenced(n, ms)` writes to a fenced store. The
+//! ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -155,6 +156,39 @@ impl Job for Abort {
     }
 }
 
+/// Works for `1` ms, then writes job `0`'s result to a fenced store (Redis hashes `fence`,
+/// `ledger`, `stale`): accepted only with a lease token larger than any seen for the job,
+/// otherwise counted in `stale`. A stalled attempt that wakes up after its job was recovered
+/// and finished elsewhere is refused there.
+#[derive(Serialize, Deserialize)]
+struct Fenced(u64, u64);
+
+impl Job for Fenced {
+    const NAME: &'static str = "Fenced";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        tokio::time::sleep(Duration::from_millis(self.1)).await;
+        let Some(LedgerStore::Redis(conn)) = cx.data::<LedgerStore>() else {
+            return Err(JobError::dead("Fenced needs a Redis ledger"));
+        };
+        let script = redis::Script::new(
+            r"local seen = tonumber(redis.call('HGET', 'fence', ARGV[1]) or '0')
+              if tonumber(ARGV[2]) <= seen then
+                redis.call('HINCRBY', 'stale', ARGV[1], 1)
+                return 0
+              end
+              redis.call('HSET', 'fence', ARGV[1], ARGV[2])
+              redis.call('HINCRBY', 'ledger', ARGV[1], 1)
+              return 1",
+        );
+        script
+            .arg(self.0)
+            .arg(cx.lease_token())
+            .invoke_async::<i64>(&mut conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
 /// Adds up its numbers and counts one run at ledger entry `SUMS` (big but legal arguments).
 #[derive(Serialize, Deserialize)]
 struct Sum(Vec<u64>);
@@ -270,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<UniqueSleepy>()
         .register::<Abort>()
         .register::<Sum>()
+        .register::<Fenced>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))
