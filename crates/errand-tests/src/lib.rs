@@ -37,6 +37,8 @@ fn spawn_redis(port: u16, dir: &Path, persistence: &[&str]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(persistence)
+        // DEBUG SLEEP, for the stall tests (Redis 7 refuses it unless enabled).
+        .args(["--enable-debug-command", "local"])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
