@@ -122,6 +122,10 @@ impl std::fmt::Debug for RedisBroker {
     }
 }
 
+/// How long past its wait a blocking fetch may go without a reply before the link counts as
+/// broken.
+const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
+
 impl RedisBroker {
     /// Moves the poison list's jobs (set aside by recovery) to the dead set as
     /// `Errand::PoisonPill` entries, one atomic step each, so a crash in between leaves a job
@@ -267,14 +271,30 @@ impl RedisBroker {
             );
         }
         let conn = slot.as_mut().expect("set above");
-        let res: Result<Option<Vec<u8>>, RedisError> = redis::cmd("BLMOVE")
-            .arg(from)
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(from)
             .arg(to)
             .arg("RIGHT")
             .arg("LEFT")
-            .arg(wait.as_secs_f64())
-            .query_async(conn)
-            .await;
+            .arg(wait.as_secs_f64());
+        let query = cmd.query_async::<Option<Vec<u8>>>(conn);
+        // The connection has no response timeout of its own (the wait is the point); a reply
+        // later than the wait plus a margin means the link is gone (a partition, a stalled
+        // server). A move that happened anyway is found by the server's stranded-job check.
+        let res: Result<Option<Vec<u8>>, RedisError> =
+            match tokio::time::timeout(wait + BLOCKING_MARGIN, query).await {
+                Ok(res) => res,
+                Err(_) => {
+                    *slot = None;
+                    return Err(BrokerError::Connection(
+                        format!(
+                            "no reply to a blocking fetch within {:?}",
+                            wait + BLOCKING_MARGIN
+                        )
+                        .into(),
+                    ));
+                }
+            };
         if res.is_err() {
             // Drop a broken blocking connection; the next wait makes a new one.
             *slot = None;

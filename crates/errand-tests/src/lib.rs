@@ -251,3 +251,150 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// What a [`FaultProxy`] does to the traffic passing through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything at once.
+    None,
+    /// Hold each chunk this long before forwarding it.
+    Latency(Duration),
+    /// Forward nothing while set (bytes wait, as in a partition where TCP keeps retrying);
+    /// connections stay open and traffic resumes when it is lifted.
+    Blackhole,
+}
+
+/// A TCP proxy in front of a server (toxiproxy and netem are not available here): set a
+/// [`Fault`] to add latency or partition the link, or [`FaultProxy::cut`] every connection.
+/// Runs on threads; stops when dropped.
+pub struct FaultProxy {
+    port: u16,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+    /// Incremented to cut every connection open now.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:<upstream>`.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub fn start(upstream: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let port = listener.local_addr().unwrap().port();
+        let fault = std::sync::Arc::new(std::sync::Mutex::new(Fault::None));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, g, st) = (fault.clone(), generation.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream))
+                        else {
+                            continue;
+                        };
+                        let born = g.load(Ordering::SeqCst);
+                        for (from, to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            let (f, g, st) = (f.clone(), g.clone(), st.clone());
+                            std::thread::spawn(move || pump(from, to, &f, &g, born, &st));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            port,
+            fault,
+            generation,
+            stop,
+        }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sets the fault for all traffic from now on.
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    /// Closes every connection open now (new ones are accepted).
+    pub fn cut(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+/// Copies `from` to `to` under the current fault until either side closes, the connection is
+/// cut (its generation passed) or the proxy stops.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    fault: &std::sync::Mutex<Fault>,
+    generation: &std::sync::atomic::AtomicU64,
+    born: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stop.load(Ordering::SeqCst) || generation.load(Ordering::SeqCst) != born {
+            break;
+        }
+        let now = *fault.lock().unwrap_or_else(|p| p.into_inner());
+        if now == Fault::Blackhole {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Fault::Latency(d) = now {
+                    std::thread::sleep(d);
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+impl RedisServer {
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
