@@ -5,7 +5,7 @@
 //! retry, schedule and dead sets, and every process's in-flight jobs. proptest shrinks a
 //! failing sequence to a minimal one and keeps it in `proptest-regressions/` to replay.
 //!
-//! CI runs 64 sequences of up to 40 steps; `cargo test -p errand-tests --test model --
+//! CI runs 256 sequences of up to 40 steps; `cargo test -p errand-tests --test model --
 //! --ignored` runs the plan's 1,000.
 
 use errand::WireProfile;
@@ -14,7 +14,7 @@ use errand::redis::{RedisBroker, RedisConfig};
 use errand_testing::MemoryBroker;
 use errand_tests::RedisServer;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use std::time::Duration;
 
 const QUEUES: [&str; 2] = ["a", "b"];
@@ -260,7 +260,9 @@ async fn run(runner_cases: u32) {
     let redis = RedisServer::start();
     let mut runner = TestRunner::new(Config {
         cases: runner_cases,
-        failure_persistence: None,
+        // A failing sequence, shrunk, is saved next to this file and replayed first next time.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        source_file: Some(file!()),
         ..Config::default()
     });
     let url = redis.url();
@@ -341,7 +343,7 @@ async fn run(runner_cases: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_matches_the_reference_model() {
-    run(64).await;
+    run(256).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
