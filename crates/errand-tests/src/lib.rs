@@ -398,3 +398,84 @@ impl RedisServer {
         self.port
     }
 }
+
+/// An `errand-test-worker` process, SIGKILLed if the test ends (or fails) while it runs.
+pub struct Worker(pub Child);
+
+impl Worker {
+    /// Starts the worker binary `bin` (an integration test passes
+    /// `env!("CARGO_BIN_EXE_errand-test-worker")`) on `backend` (a Redis URL or
+    /// `sqlite:<path>`), with `concurrency`, a shutdown timeout, and optionally a separate Redis
+    /// for its ledger.
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
+    pub fn start(
+        bin: &str,
+        backend: &str,
+        concurrency: usize,
+        shutdown_ms: u64,
+        ledger: Option<&str>,
+    ) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.args([backend, &concurrency.to_string(), &shutdown_ms.to_string()]);
+        if let Some(ledger) = ledger {
+            cmd.arg(ledger);
+        }
+        Worker(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start errand-test-worker"),
+        )
+    }
+
+    /// Panics with the exit status if the worker has already exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.0.try_wait().expect("wait on the worker") {
+            panic!("worker {} exited early: {status}", self.0.id());
+        }
+    }
+
+    /// The worker's identity once it has registered in Sidekiq's `processes` set on `conn`'s
+    /// Redis (its pid is the identity's second part). Waits up to 20 s.
+    ///
+    /// # Panics
+    /// When it exits or does not register in time.
+    pub fn identity(&mut self, conn: &mut redis::Connection) -> String {
+        let pid = self.0.id().to_string();
+        let mut found = None;
+        wait_until_sync("the worker to register", Duration::from_secs(20), || {
+            self.assert_running();
+            let members: Vec<String> = redis::cmd("SMEMBERS")
+                .arg("processes")
+                .query(conn)
+                .expect("read processes");
+            found = members
+                .into_iter()
+                .find(|m| m.split(':').nth(1) == Some(pid.as_str()));
+            found.is_some()
+        });
+        found.expect("found above")
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -6,23 +6,13 @@
 
 use errand::redis::RedisBroker;
 use errand::{Client, Error};
-use errand_tests::{RedisServer, wait_until_sync};
+use errand_tests::{RedisServer, Worker, wait_until_sync};
 use redis::Commands;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const GOOD: u64 = 10_000;
-
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A job payload for the worker's `Ledger(n)` with `extra` keys merged in (or removed when null).
 fn ledger_job(n: u64, extra: Value) -> String {
@@ -213,13 +203,12 @@ async fn bad_input_never_crashes_the_worker_and_every_entry_is_accounted_for() {
         "oversized enqueue refused: {refused:?}"
     );
 
-    let mut worker = Worker(
-        Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-            .args([&url, "10", "5000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut worker = Worker::start(
+        env!("CARGO_BIN_EXE_errand-test-worker"),
+        &url,
+        10,
+        5_000,
+        None,
     );
     let pid = worker.0.id();
     let expected_dead = dead_bound.len() + 1; // and the non-JSON schedule member

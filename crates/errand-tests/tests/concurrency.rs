@@ -8,33 +8,21 @@ use errand::{
     Admission, Client, Error, Job, JobContext, JobOptions, JobResult, Limiter, Mutex, Push, RawJob,
     Server,
 };
-use errand_tests::{RedisServer, wait_until, wait_until_sync};
+use errand_tests::{RedisServer, Worker, wait_until, wait_until_sync};
 use redis::Commands;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// A worker process, killed when the test ends.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn worker(url: &str, concurrency: usize) -> Worker {
-    Worker(
-        Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-            .args([url, &concurrency.to_string(), "5000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start errand-test-worker"),
+    Worker::start(
+        env!("CARGO_BIN_EXE_errand-test-worker"),
+        url,
+        concurrency,
+        5_000,
+        None,
     )
 }
 

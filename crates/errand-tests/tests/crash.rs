@@ -5,68 +5,25 @@
 
 use errand::redis::RedisBroker;
 use errand::{Client, RawJob};
-use errand_tests::{RedisServer, wait_until_sync};
+use errand_tests::{RedisServer, Worker, wait_until_sync};
 use redis::Commands;
 use serde_json::json;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// A worker process, killed if the test ends (or fails) while it still runs.
-struct Worker(Child);
-
-impl std::ops::Deref for Worker {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Worker {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Worker {
-    /// Panics with the exit status if the worker has already exited (it failed to start).
-    fn assert_running(&mut self) {
-        if let Some(status) = self.0.try_wait().unwrap() {
-            panic!("worker {} exited early: {status}", self.0.id());
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn worker(url: &str, concurrency: usize, shutdown_ms: u64) -> Worker {
-    Worker(
-        Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-            .args([url, &concurrency.to_string(), &shutdown_ms.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start errand-test-worker"),
+    Worker::start(
+        env!("CARGO_BIN_EXE_errand-test-worker"),
+        url,
+        concurrency,
+        shutdown_ms,
+        None,
     )
 }
 
 fn identity_of(conn: &mut redis::Connection, worker: &mut Worker) -> String {
-    let pid = worker.id();
-    let mut found = None;
-    wait_until_sync("the worker to register", Duration::from_secs(20), || {
-        worker.assert_running();
-        let members: Vec<String> = conn.smembers("processes").unwrap();
-        found = members
-            .into_iter()
-            .find(|m| m.split(':').nth(1) == Some(pid.to_string().as_str()));
-        found.is_some()
-    });
-    found.unwrap()
+    worker.identity(conn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,19 +5,20 @@
 
 use errand::Client;
 use errand::redis::RedisBroker;
-use errand_tests::{RedisServer, wait_until_sync};
+use errand_tests::{RedisServer, Worker, wait_until_sync};
 use redis::Commands;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A worker on `url` with concurrency 5, its ledger on `ledger` (or `url`).
+fn worker(url: &str, ledger: Option<&str>) -> Worker {
+    Worker::start(
+        env!("CARGO_BIN_EXE_errand-test-worker"),
+        url,
+        5,
+        5_000,
+        ledger,
+    )
 }
 
 /// User plus system CPU seconds of process `pid` so far (from /proc, 100 ticks a second).
@@ -54,18 +55,8 @@ async fn redis_killed_twice_loses_no_acknowledged_job() {
         .push_bulk((0..JOBS).map(Ledger))
         .await
         .unwrap();
-    let mut workers: Vec<Worker> = (0..2)
-        .map(|_| {
-            Worker(
-                Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-                    .args([url.as_str(), "5", "5000", ledger_redis.url().as_str()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let ledger_url = ledger_redis.url();
+    let mut workers: Vec<Worker> = (0..2).map(|_| worker(&url, Some(&ledger_url))).collect();
     let mut ledger = ledger_redis.conn();
     let ran = |ledger: &mut redis::Connection| -> u64 { ledger.hlen("ledger").unwrap() };
 
@@ -179,18 +170,7 @@ async fn redis_stalls_lose_nothing_and_rescue_no_live_worker() {
     }
     let client = Client::new(RedisBroker::connect(&url).await.unwrap());
     client.push_bulk((0..JOBS).map(Ledger)).await.unwrap();
-    let mut workers: Vec<Worker> = (0..2)
-        .map(|_| {
-            Worker(
-                Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-                    .args([url.as_str(), "5", "5000"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let mut workers: Vec<Worker> = (0..2).map(|_| worker(&url, None)).collect();
     // A client pushing one job every 20 ms throughout, timing each push.
     let pusher = {
         let client = client.clone();
@@ -254,21 +234,6 @@ async fn redis_stalls_lose_nothing_and_rescue_no_live_worker() {
     );
 }
 
-/// The identity of worker `w` once it has registered (its pid is the identity's second part).
-fn identity_of(conn: &mut redis::Connection, w: &mut Worker) -> String {
-    let pid = w.0.id().to_string();
-    let mut found = None;
-    wait_until_sync("the worker to register", Duration::from_secs(20), || {
-        assert!(w.0.try_wait().unwrap().is_none(), "the worker exited");
-        let members: Vec<String> = conn.smembers("processes").unwrap();
-        found = members
-            .into_iter()
-            .find(|m| m.split(':').nth(1) == Some(pid.as_str()));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 /// R7 (partition), through the in-repo fault proxy: worker W1 reaches Redis through the proxy,
 /// W2 directly; the link of W1 is blackholed for 6 s (twice its heartbeat TTL). W1 neither
 /// crashes nor busy-loops, W2 recovers and finishes W1's jobs, W1 beats again soon after the
@@ -292,21 +257,12 @@ async fn a_partitioned_worker_recovers_and_its_late_writes_are_refused() {
         }
     }
     // W1 reaches everything (jobs and the fenced store) through the proxy, W2 directly.
-    let spawn = |url: &str| {
-        Worker(
-            Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
-                .args([url, "5", "5000", url])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let spawn = |url: &str| worker(url, Some(url));
     let mut w1 = spawn(&proxy.redis_url());
     let mut w2 = spawn(&redis.url());
     let mut conn = redis.conn();
-    let w1_id = identity_of(&mut conn, &mut w1);
-    identity_of(&mut conn, &mut w2);
+    let w1_id = w1.identity(&mut conn);
+    w2.identity(&mut conn);
     tokio::task::block_in_place(|| {
         wait_until_sync("a quarter of the jobs", Duration::from_secs(60), || {
             conn.hlen::<_, u64>("ledger").unwrap() >= JOBS / 4
