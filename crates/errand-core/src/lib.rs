@@ -20,6 +20,7 @@ pub mod backtrace;
 pub mod broker;
 mod error;
 pub mod id;
+pub mod invariants;
 mod payload;
 mod time;
 

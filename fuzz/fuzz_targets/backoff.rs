@@ -1,0 +1,3 @@
+//! Any retry count and custom delay: see `errand_core::invariants::backoff_input`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_core::invariants::backoff_input(data));

@@ -1,0 +1,3 @@
+//! Any bytes as a queue entry: see `errand_core::invariants::queue_entry`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_core::invariants::queue_entry(data));
