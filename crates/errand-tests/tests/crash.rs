@@ -520,3 +520,94 @@ async fn a_stalled_worker_is_fenced_off_when_it_wakes() {
         "fencing: A froze holding {frozen} jobs; B finished them; A's {frozen} late writes refused"
     );
 }
+
+/// Ten jobs of 30 s on one worker, as a fetched batch (plan R5/R6 share this setup).
+fn ten_long_jobs(conn: &mut redis::Connection) -> Vec<String> {
+    let jobs: Vec<String> = (0..10)
+        .map(|n| {
+            json!({"retry": true, "queue": "default", "args": [30_000 + n], "class": "Sleepy",
+                   "jid": format!("long{n:020}"), "created_at": 1.5, "enqueued_at": 1.5})
+            .to_string()
+        })
+        .collect();
+    let _: () = conn.lpush("queue:default", &jobs).unwrap();
+    jobs
+}
+
+/// R5 (graceful shutdown): ten jobs of 30 s, a 5 s shutdown timeout, SIGTERM: the process
+/// exits within 8 s and every job is back on its queue, byte for byte, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_ten_long_jobs_exits_in_time_and_requeues_all() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let jobs = ten_long_jobs(&mut conn);
+    let mut w = worker(&url, 10, 5_000);
+    let id = identity_of(&mut conn, &mut w);
+    let in_flight = format!("errand:inflight:{id}:default");
+    wait_until_sync("all ten to start", Duration::from_secs(20), || {
+        conn.llen::<_, usize>(&in_flight).unwrap() == 10
+    });
+    let pid = w.id().to_string();
+    let sent = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut exited = None;
+    wait_until_sync("the worker to exit", Duration::from_secs(20), || {
+        exited = w.try_wait().unwrap();
+        exited.is_some()
+    });
+    let took = sent.elapsed();
+    assert!(exited.unwrap().success());
+    assert!(
+        took <= Duration::from_secs(8),
+        "exited {took:?} after SIGTERM"
+    );
+    let mut back: Vec<String> = conn.lrange("queue:default", 0, -1).unwrap();
+    back.sort();
+    let mut expected = jobs.clone();
+    expected.sort();
+    assert_eq!(back, expected, "every job back, unchanged");
+    assert_eq!(conn.llen::<_, usize>(&in_flight).unwrap(), 0);
+    let ran: usize = conn.hlen("ledger").unwrap();
+    assert_eq!(ran, 0, "none finished (each needed 30 s)");
+}
+
+/// R6 (a) (orphan recovery latency): ten jobs of 30 s in flight when their worker is
+/// SIGKILLed; with a 3 s heartbeat TTL and a 1 s orphan scan, all ten are back on the queue
+/// within TTL + scan + 2 s, and a second worker runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_jobs_are_requeued_within_ttl_and_scan() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    ten_long_jobs(&mut conn);
+    let mut victim = worker(&url, 10, 5_000);
+    let id = identity_of(&mut conn, &mut victim);
+    let in_flight = format!("errand:inflight:{id}:default");
+    wait_until_sync("all ten to start", Duration::from_secs(20), || {
+        conn.llen::<_, usize>(&in_flight).unwrap() == 10
+    });
+    // The survivor starts first, so only the recovery latency is measured.
+    let mut survivor = worker(&url, 10, 5_000);
+    identity_of(&mut conn, &mut survivor);
+    victim.kill().expect("SIGKILL");
+    victim.wait().unwrap();
+    let killed = std::time::Instant::now();
+    wait_until_sync(
+        "the ten jobs to be recovered",
+        Duration::from_secs(30),
+        || conn.llen::<_, usize>(&in_flight).unwrap() == 0,
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(6),
+        "recovered {took:?} after the kill"
+    );
+    eprintln!("orphan recovery: 10 jobs back {took:?} after SIGKILL (TTL 3 s, scan 1 s)");
+}

@@ -788,3 +788,37 @@ async fn password_protected_redis_url() {
     let len: usize = authed.llen("queue:default").unwrap();
     assert_eq!(len, 1);
 }
+
+/// R13 (dead set bounds at scale): 15,000 jobs that die at once leave exactly the default
+/// 10,000 newest in the dead set; the oldest 5,000 were trimmed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifteen_thousand_deaths_keep_the_newest_ten_thousand() {
+    let h = harness().await;
+    h.client
+        .push_bulk((2_000..17_000).map(FailZero))
+        .await
+        .unwrap();
+    let server = h
+        .server()
+        .clear_middleware()
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let drained = server.drain().await.unwrap();
+    assert_eq!(drained.performed, 15_000);
+    let mut conn = h.redis.conn();
+    let size: usize = conn.zcard("dead").unwrap();
+    assert_eq!(size, 10_000, "the default bound, exactly");
+    let dead: Vec<String> = conn.zrange("dead", 0, -1).unwrap();
+    let mut kept: Vec<u64> = dead
+        .iter()
+        .map(|raw| {
+            serde_json::from_str::<Value>(raw).unwrap()["args"][0]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(kept.first(), Some(&7_000), "the oldest 5,000 went first");
+    assert_eq!(kept.last(), Some(&16_999));
+}
