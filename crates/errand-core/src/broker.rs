@@ -325,6 +325,11 @@ pub trait Broker: Send + Sync + 'static {
     /// held. Returns false when it was not.
     async fn release(&self, job: &Fetched) -> BrokerResult<bool>;
 
+    /// The backend's clock, float epoch seconds (Redis: `TIME`; SQLite and memory: the one
+    /// machine's clock). Servers promote due jobs by it, so a worker with a skewed clock
+    /// neither runs scheduled jobs early nor holds them back.
+    async fn now(&self) -> BrokerResult<f64>;
+
     /// Moves due jobs from the retry and schedule sets to their queues, stamping `enqueued_at`.
     /// Returns how many moved.
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize>;

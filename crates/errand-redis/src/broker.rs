@@ -592,6 +592,14 @@ impl Broker for RedisBroker {
         Ok(n == 1)
     }
 
+    async fn now(&self) -> BrokerResult<f64> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        Ok(secs as f64 + micros as f64 / 1e6)
+    }
+
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
         for set in ["retry", "schedule"] {

@@ -794,6 +794,10 @@ impl Broker for SqliteBroker {
         Ok(released)
     }
 
+    async fn now(&self) -> BrokerResult<f64> {
+        Ok(now())
+    }
+
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
         for set in [state::RETRY, state::SCHEDULE] {

@@ -407,6 +407,9 @@ impl Broker for InlineBroker {
     async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
         self.memory.release(job).await
     }
+    async fn now(&self) -> BrokerResult<f64> {
+        self.memory.now().await
+    }
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         self.memory.promote_due(now, profile).await
     }

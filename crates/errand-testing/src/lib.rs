@@ -674,6 +674,10 @@ impl Broker for MemoryBroker {
         Ok(released)
     }
 
+    async fn now(&self) -> BrokerResult<f64> {
+        Ok((self.clock)())
+    }
+
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
         {

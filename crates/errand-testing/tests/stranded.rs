@@ -55,6 +55,9 @@ impl Broker for LosesOneReply {
     async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
         self.inner.release(job).await
     }
+    async fn now(&self) -> BrokerResult<f64> {
+        self.inner.now().await
+    }
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         self.inner.promote_due(now, profile).await
     }

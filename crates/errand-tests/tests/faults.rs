@@ -317,3 +317,65 @@ async fn a_partitioned_worker_recovers_and_its_late_writes_are_refused() {
     assert_eq!(dead, 0);
     assert!(w2.0.try_wait().unwrap().is_none());
 }
+
+/// R11 (clock skew): three workers whose clocks are right, an hour ahead and an hour behind
+/// share 60 jobs scheduled 4 s ahead by Redis's clock. Promotion goes by Redis's clock, so no
+/// job starts early and all start within the poll interval and a second of their time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_worker_clocks_run_scheduled_jobs_on_time() {
+    const JOBS: u64 = 60;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let due = secs as f64 + micros as f64 / 1e6 + 4.0;
+    let client = Client::new(RedisBroker::connect(&url).await.unwrap());
+    let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(due);
+    for n in 0..JOBS {
+        client
+            .push_raw(
+                errand::RawJob::new("StartedAt", vec![serde_json::json!(n)]),
+                errand::Push::new().at(at),
+            )
+            .await
+            .unwrap();
+    }
+    let _workers: Vec<Worker> = ["0", "3600", "-3600"]
+        .into_iter()
+        .map(|skew| {
+            let mut w = Worker(
+                std::process::Command::new(env!("CARGO_BIN_EXE_errand-test-worker"))
+                    .args([url.as_str(), "5", "5000"])
+                    .env("ERRAND_TEST_CLOCK_SKEW_S", skew)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            w.identity(&mut conn);
+            w
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        wait_until_sync("every job to run", Duration::from_secs(30), || {
+            conn.hlen::<_, u64>("started").unwrap() == JOBS
+        })
+    });
+    let started: HashMap<u64, f64> = conn.hgetall("started").unwrap();
+    let earliest = started.values().cloned().fold(f64::MAX, f64::min);
+    let latest = started.values().cloned().fold(f64::MIN, f64::max);
+    eprintln!(
+        "clock skew ±1 h: {JOBS} jobs started {:+.3} s to {:+.3} s from their time (Redis clock)",
+        earliest - due,
+        latest - due
+    );
+    assert!(
+        earliest >= due,
+        "no job started early: {:+.3} s",
+        earliest - due
+    );
+    assert!(
+        latest <= due + 1.5,
+        "all started within 1.5 s: {:+.3} s",
+        latest - due
+    );
+}

@@ -6,8 +6,8 @@
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
 //! be killed on its first run (see the type); `ProcessOrder(id, mutex)` charges an order once
 //! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s; `Abort(n)` aborts the
-//! process (a poison pill); `Sum(numbers)` takes big arguments; `Fenced(n, ms)` writes to a fenced store. The
-//! ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! process (a poison pill); `Sum(numbers)` takes big arguments; `Fenced(n, ms)` writes to a fenced store; `StartedAt(n)` records its start by Redis's
+//! clock. `ERRAND_TEST_CLOCK_SKEW_S` skews the worker's clock. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -189,6 +189,29 @@ impl Job for Fenced {
     }
 }
 
+/// Records when it started, by the ledger Redis's clock (`TIME`), in hash `started`, and
+/// counts the run: for the clock-skew test.
+#[derive(Serialize, Deserialize)]
+struct StartedAt(u64);
+
+impl Job for StartedAt {
+    const NAME: &'static str = "StartedAt";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let Some(LedgerStore::Redis(conn)) = cx.data::<LedgerStore>() else {
+            return Err(JobError::dead("StartedAt needs a Redis ledger"));
+        };
+        let mut conn = conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        redis::cmd("HSET")
+            .arg("started")
+            .arg(self.0)
+            .arg(secs as f64 + micros as f64 / 1e6)
+            .query_async::<i64>(&mut conn)
+            .await?;
+        count(cx, self.0).await
+    }
+}
+
 /// Adds up its numbers and counts one run at ledger entry `SUMS` (big but legal arguments).
 #[derive(Serialize, Deserialize)]
 struct Sum(Vec<u64>);
@@ -295,7 +318,13 @@ async fn main() -> anyhow::Result<()> {
             ),
         ),
     };
+    // A worker whose clock is off by this many seconds (the clock-skew test).
+    let skew: f64 = std::env::var("ERRAND_TEST_CLOCK_SKEW_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
     Server::builder_arc(broker)
+        .clock(Arc::new(move || errand_core::now() + skew))
         .register::<Ledger>()
         .register::<Sleepy>()
         .register::<Noop>()
@@ -305,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<Abort>()
         .register::<Sum>()
         .register::<Fenced>()
+        .register::<StartedAt>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))

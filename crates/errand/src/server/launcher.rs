@@ -215,7 +215,7 @@ impl Server {
         }
         let mut done = Drained::default();
         loop {
-            s.broker().promote_due(s.now(), s.config().profile).await?;
+            super::scheduler::promote(s).await?;
             let req = errand_core::broker::FetchRequest {
                 identity: &s.identity,
                 queues: &queues,

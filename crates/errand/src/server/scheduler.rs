@@ -33,7 +33,7 @@ pub(crate) async fn run(s: Arc<Shared>) {
                 continue;
             }
         }
-        match s.broker().promote_due(s.now(), s.config().profile).await {
+        match promote(&s).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(jobs = n, "enqueued due jobs"),
             Err(e) => tracing::error!(error = %e, "moving due jobs failed"),
@@ -62,4 +62,15 @@ pub(crate) async fn rescue(s: Arc<Shared>) {
             _ = s.quiet.cancelled() => break,
         }
     }
+}
+
+/// Moves due jobs to their queues by the backend's clock, not this worker's (which may be
+/// skewed): a job scheduled for 12:00 runs at 12:00 by the backend, whatever the worker's
+/// clock says. (The memory backend's clock is the one tests control.)
+pub(crate) async fn promote(s: &Shared) -> errand_core::broker::BrokerResult<usize> {
+    let now = match s.broker().now().await {
+        Ok(backend) => backend,
+        Err(_) => s.now(),
+    };
+    s.broker().promote_due(now, s.config().profile).await
 }
