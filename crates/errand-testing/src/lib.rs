@@ -14,7 +14,8 @@
 //! - the process registry maps an identity to its `info` JSON, whose `queues` tell recovery
 //!   which in-flight lists to look at;
 //! - heartbeats expire `ttl` after they were written, measured on an injectable clock
-//!   ([`ManualClock`]), so orphan recovery is testable without sleeping;
+//!   ([`ManualClock`]), so orphan recovery is testable without sleeping; the same clock is the
+//!   backend clock servers promote due jobs by;
 //! - `stat:processed` / `stat:failed` counters, total and per UTC day.
 //!
 //! Read-only inspection helpers ([`MemoryBroker::queue`], [`MemoryBroker::set`],
@@ -393,7 +394,9 @@ impl MemoryBroker {
         Self::with_clock(Arc::new(errand_core::now))
     }
 
-    /// An empty broker whose heartbeat expiry is measured on `clock`.
+    /// An empty broker on `clock`: heartbeat, lease and record expiry are measured on it, and
+    /// it is the backend clock ([`Broker::now`]) that servers promote due jobs by — so a
+    /// server writing retries by the wall clock needs a clock here that flows with it.
     pub fn with_clock(clock: Clock) -> Self {
         Self {
             state: Default::default(),
