@@ -38,13 +38,11 @@
 //! # });
 //! ```
 
+use crate::intercept::{Intercept, Intercepted};
 use crate::{ManualClock, MemoryBroker};
 use async_trait::async_trait;
-use errand::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
-};
-use errand::{Client, Drained, Job, JobResult, Payload, Push, Server, ServerBuilder, WireProfile};
+use errand::broker::{Broker, BrokerResult, Enqueue, Scheduled};
+use errand::{Client, Drained, Job, JobResult, Payload, Push, Server, ServerBuilder};
 use errand_core::BrokerError;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -118,10 +116,12 @@ impl TestJobs {
         let inner = Arc::new(InlineInner {
             server: OnceLock::new(),
         });
-        let handle = Arc::new(InlineBroker {
-            memory: this.broker.clone(),
-            inner: Arc::downgrade(&inner),
-        });
+        let handle = Arc::new(Intercepted::new(
+            Arc::new(this.broker.clone()),
+            Inline {
+                inner: Arc::downgrade(&inner),
+            },
+        ));
         let client = Client::from_arc(handle).clock(this.clock.clock());
         let server = this
             .builder()
@@ -337,8 +337,8 @@ impl TestJobs {
     }
 }
 
-/// Inline mode's server, reachable from the broker handle without a reference cycle (the
-/// server's client holds the handle; the handle holds only a weak reference back).
+/// Inline mode's server, reachable from the inline hooks without a reference cycle (the
+/// server's client holds the hooks; the hooks hold only a weak reference back).
 struct InlineInner {
     server: OnceLock<Server>,
 }
@@ -349,13 +349,13 @@ impl InlineInner {
     }
 }
 
-/// The broker behind an inline client: pushes perform; everything else is the memory broker.
-struct InlineBroker {
-    memory: MemoryBroker,
+/// The hooks behind an inline client: pushes and scheduled pushes perform the jobs at once;
+/// everything else is the memory broker.
+struct Inline {
     inner: Weak<InlineInner>,
 }
 
-impl InlineBroker {
+impl Inline {
     async fn perform_all<'a>(&self, raws: impl Iterator<Item = &'a str>) -> BrokerResult<()> {
         let inner = self
             .inner
@@ -377,100 +377,13 @@ impl InlineBroker {
 }
 
 #[async_trait]
-impl Broker for InlineBroker {
-    async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
+impl Intercept for Inline {
+    async fn push(&self, _inner: &dyn Broker, jobs: &[Enqueue]) -> BrokerResult<()> {
         self.perform_all(jobs.iter().map(|j| j.payload.as_str()))
             .await
     }
-    async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()> {
+    async fn schedule(&self, _inner: &dyn Broker, jobs: &[Scheduled]) -> BrokerResult<()> {
         self.perform_all(jobs.iter().map(|j| j.payload.as_str()))
             .await
-    }
-    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
-        self.memory.register(identity, queues).await
-    }
-    async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
-        self.memory.fetch(req).await
-    }
-    async fn ack(&self, job: &Fetched) -> BrokerResult<bool> {
-        self.memory.ack(job).await
-    }
-    async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool> {
-        self.memory.settle(job, to).await
-    }
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
-        self.memory.requeue_in_flight(identity).await
-    }
-    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
-        self.memory.held(identity, queues).await
-    }
-    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
-        self.memory.release(job).await
-    }
-    async fn now(&self) -> BrokerResult<f64> {
-        self.memory.now().await
-    }
-    async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
-        self.memory.promote_due(now, profile).await
-    }
-    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
-        self.memory.heartbeat(beat).await
-    }
-    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
-        self.memory.rescue_orphans(policy).await
-    }
-    async fn unregister(&self, identity: &str) -> BrokerResult<()> {
-        self.memory.unregister(identity).await
-    }
-    async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
-        self.memory.claim_poll(window).await
-    }
-    async fn process_count(&self) -> BrokerResult<usize> {
-        self.memory.process_count().await
-    }
-    async fn once_claim(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<OnceClaim> {
-        self.memory.once_claim(key, owner, lease).await
-    }
-    async fn once_renew(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<bool> {
-        self.memory.once_renew(key, owner, lease).await
-    }
-    async fn once_complete(
-        &self,
-        key: &str,
-        owner: &str,
-        output: &str,
-        keep: Duration,
-    ) -> BrokerResult<bool> {
-        self.memory.once_complete(key, owner, output, keep).await
-    }
-    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
-        self.memory.once_release(key, owner).await
-    }
-    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant> {
-        self.memory.lease_acquire(req).await
-    }
-    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool> {
-        self.memory.lease_renew(key, holder, ttl).await
-    }
-    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
-        self.memory.lease_release(key, holder).await
-    }
-    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
-        self.memory.lease_holders(key).await
-    }
-    async fn rate_take(
-        &self,
-        key: &str,
-        kind: RateKind,
-        limit: u32,
-        interval: Duration,
-    ) -> BrokerResult<Option<Duration>> {
-        self.memory.rate_take(key, kind, limit, interval).await
-    }
-    async fn limit_hit(&self, name: &str) -> BrokerResult<()> {
-        self.memory.limit_hit(name).await
-    }
-    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
-        self.memory.limit_hits().await
     }
 }

@@ -34,7 +34,9 @@
 //! # });
 //! ```
 
+pub mod intercept;
 pub mod jobs;
+pub use intercept::{Intercept, Intercepted};
 pub use jobs::TestJobs;
 
 use async_trait::async_trait;

@@ -479,3 +479,15 @@ impl Drop for Worker {
         let _ = self.0.wait();
     }
 }
+
+/// The worker binary's `Ledger(n)` job as a client sees it, for pushing typed jobs (with
+/// `push_bulk`) that only worker processes run.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Ledger(pub u64);
+
+impl errand::Job for Ledger {
+    const NAME: &'static str = "Ledger";
+    async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
+        unreachable!("run by errand-test-worker processes, not by the test")
+    }
+}

@@ -5,7 +5,7 @@
 
 use errand::Client;
 use errand::redis::RedisBroker;
-use errand_tests::{RedisServer, Worker, wait_until_sync};
+use errand_tests::{Ledger, RedisServer, Worker, wait_until_sync};
 use redis::Commands;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,14 +43,6 @@ async fn redis_killed_twice_loses_no_acknowledged_job() {
     let mut redis = RedisServer::start_durable();
     let ledger_redis = RedisServer::start();
     let url = redis.url();
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Ledger(u64);
-    impl errand::Job for Ledger {
-        const NAME: &'static str = "Ledger";
-        async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
-            unreachable!("run by the worker processes")
-        }
-    }
     Client::new(RedisBroker::connect(&url).await.unwrap())
         .push_bulk((0..JOBS).map(Ledger))
         .await
@@ -160,14 +152,6 @@ async fn redis_stalls_lose_nothing_and_rescue_no_live_worker() {
     const PUSHED: u64 = 300;
     let redis = RedisServer::start();
     let url = redis.url();
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Ledger(u64);
-    impl errand::Job for Ledger {
-        const NAME: &'static str = "Ledger";
-        async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
-            unreachable!("run by the worker processes")
-        }
-    }
     let client = Client::new(RedisBroker::connect(&url).await.unwrap());
     client.push_bulk((0..JOBS).map(Ledger)).await.unwrap();
     let mut workers: Vec<Worker> = (0..2).map(|_| worker(&url, None)).collect();
