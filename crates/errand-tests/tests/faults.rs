@@ -252,10 +252,22 @@ async fn a_partitioned_worker_recovers_and_its_late_writes_are_refused() {
             conn.hlen::<_, u64>("ledger").unwrap() >= JOBS / 4
         })
     });
-    let held: usize = conn
-        .llen(format!("errand:inflight:{w1_id}:default"))
-        .unwrap();
     proxy.set(errand_tests::Fault::Blackhole);
+    // What W1 holds once cut off: a fetch already forwarded still lands, so read until two
+    // reads 50 ms apart agree.
+    let in_flight = format!("errand:inflight:{w1_id}:default");
+    let mut held: usize = conn.llen(&in_flight).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_until_sync(
+            "W1's in-flight list to settle",
+            Duration::from_secs(5),
+            || {
+                std::thread::sleep(Duration::from_millis(50));
+                let now: usize = conn.llen(&in_flight).unwrap();
+                std::mem::replace(&mut held, now) == now
+            },
+        )
+    });
     let cpu_before = cpu_seconds(w1.0.id());
     std::thread::sleep(Duration::from_secs(6)); // the partition
     let cpu_during = (cpu_seconds(w1.0.id()) - cpu_before) / 6.0;
