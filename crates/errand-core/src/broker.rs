@@ -416,4 +416,18 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Every limiter's count of uses turned away, by name.
     async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>>;
+
+    /// The queues paused from the dashboard or the CLI ([`crate::admin::Admin::set_paused`]):
+    /// servers leave them out of their fetches. Read once per heartbeat.
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>>;
+
+    /// Adds one minute's execution metrics (`minute` = minutes since the epoch, UTC) to the
+    /// per-minute records and to the all-time totals ([`crate::admin::Admin::metrics`],
+    /// [`crate::admin::Admin::metrics_totals`]). Servers call it at each heartbeat with what
+    /// ran since the last one.
+    async fn record_metrics(
+        &self,
+        minute: i64,
+        classes: &[crate::admin::ClassMetrics],
+    ) -> BrokerResult<()>;
 }

@@ -10,11 +10,14 @@
 //! - [`backoff`]: Sidekiq's retry delay formula and jitter;
 //! - [`id`]: job ids and process identities in Sidekiq's formats;
 //! - [`broker`]: the contract every backend implements (the hot path) and its value types;
+//! - [`admin`]: the admin side of a backend (listing, paging, moving, deleting; processes and
+//!   metrics) that the dashboard and the CLI are built on;
 //! - [`activejob`]: unwrapping and building Rails ActiveJob payloads.
 //!
 //! The [`broker::Broker`] trait is ours to reshape before 1.0.
 
 pub mod activejob;
+pub mod admin;
 pub mod backoff;
 pub mod backtrace;
 pub mod broker;

@@ -144,4 +144,14 @@ impl<I: Intercept> Broker for Intercepted<I> {
     async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
         self.inner.limit_hits().await
     }
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
+        self.inner.paused_queues().await
+    }
+    async fn record_metrics(
+        &self,
+        minute: i64,
+        classes: &[errand::admin::ClassMetrics],
+    ) -> BrokerResult<()> {
+        self.inner.record_metrics(minute, classes).await
+    }
 }

@@ -34,6 +34,7 @@
 //! # });
 //! ```
 
+mod admin;
 pub mod intercept;
 pub mod jobs;
 pub use intercept::{Intercept, Intercepted};
@@ -251,6 +252,12 @@ struct State {
     recoveries: HashMap<String, u32>,
     /// The last fencing token handed out by a fetch.
     lease_seq: u64,
+    /// Paused queue names.
+    paused: BTreeSet<String>,
+    /// Execution metrics per (minute, class).
+    metrics: BTreeMap<(i64, String), errand_core::admin::ClassMetrics>,
+    /// All-time execution metrics per class.
+    metrics_totals: BTreeMap<String, errand_core::admin::ClassMetrics>,
 }
 
 /// A once-only step's record: a claim until `output` is set, then the completed step.
@@ -272,6 +279,14 @@ impl State {
 
     fn set_mut(&mut self, name: &str) -> &mut ZSet {
         self.sets.entry(name.to_string()).or_default()
+    }
+
+    /// Adds `payload` to the dead set at `now` and trims it to `limits`.
+    fn bury(&mut self, payload: &str, now: f64, limits: errand_core::broker::DeadLimits) {
+        let dead = self.set_mut("dead");
+        dead.add(now, payload);
+        dead.remove_below(now - limits.max_age.as_secs_f64());
+        dead.keep_newest(limits.max_jobs);
     }
 
     /// Drops process hashes whose TTL has passed (Redis's expiry).
@@ -309,10 +324,7 @@ impl State {
                         if let Some(jid) = &jid {
                             self.recoveries.remove(jid);
                         }
-                        let dead = self.set_mut("dead");
-                        dead.add(now, &entry);
-                        dead.remove_below(now - policy.dead_limits.max_age.as_secs_f64());
-                        dead.keep_newest(policy.dead_limits.max_jobs);
+                        self.bury(&entry, now, policy.dead_limits);
                     }
                     None => self.queues.entry(queue.clone()).or_default().push_back(raw),
                 }
@@ -619,12 +631,7 @@ impl Broker for MemoryBroker {
                 payload,
                 now,
                 limits,
-            } => {
-                let dead = s.set_mut("dead");
-                dead.add(now, &payload);
-                dead.remove_below(now - limits.max_age.as_secs_f64());
-                dead.keep_newest(limits.max_jobs);
-            }
+            } => s.bury(&payload, now, limits),
         }
         Ok(true)
     }
@@ -975,6 +982,32 @@ impl Broker for MemoryBroker {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect())
+    }
+
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
+        Ok(self.state().paused.iter().cloned().collect())
+    }
+
+    async fn record_metrics(
+        &self,
+        minute: i64,
+        classes: &[errand_core::admin::ClassMetrics],
+    ) -> BrokerResult<()> {
+        let mut s = self.state();
+        for m in classes {
+            s.metrics
+                .entry((minute, m.class.clone()))
+                .or_insert_with(|| errand_core::admin::ClassMetrics::new(&m.class))
+                .merge(m);
+            s.metrics_totals
+                .entry(m.class.clone())
+                .or_insert_with(|| errand_core::admin::ClassMetrics::new(&m.class))
+                .merge(m);
+        }
+        // Keep 26 hours of minutes, as the other backends do.
+        let keep_from = minute - 26 * 60;
+        s.metrics.retain(|(m, _), _| *m >= keep_from);
+        Ok(())
     }
 
     async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {

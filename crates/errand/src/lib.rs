@@ -63,7 +63,9 @@ pub use async_trait::async_trait;
 pub use client::{Client, Push, RawJob};
 pub use context::{DEFAULT_ONCE_TTL, Data, JobContext};
 pub use errand_core::broker::DeadLimits;
-pub use errand_core::{Clock, Payload, WireProfile, activejob, backoff, broker, system_clock};
+pub use errand_core::{
+    Clock, Payload, WireProfile, activejob, admin, backoff, broker, system_clock,
+};
 pub use error::{Error, JobError, JobErrorKind, JobResult};
 pub use job::{Job, JobOptions, Retry, UniqueUntil, decode_args, encode_args};
 pub use locks::{Admission, Limiter, Mutex, MutexGuard, Permit};

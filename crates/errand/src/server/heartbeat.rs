@@ -2,6 +2,7 @@
 //! hash, work hashes), flushes the processed/failed counters, and acts on remote signals.
 
 use super::launcher::Shared;
+use errand_core::admin::ClassMetrics;
 use errand_core::broker::{Heartbeat, RemoteSignal, WorkEntry};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,6 +50,15 @@ pub(crate) async fn beat(s: &Shared) {
                 .collect()
         })
         .unwrap_or_default();
+    flush_metrics(s).await;
+    match s.broker().paused_queues().await {
+        Ok(paused) => {
+            if let Ok(mut p) = s.paused.lock() {
+                *p = paused;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read paused queues"),
+    }
     let processed = s.processed.swap(0, Ordering::Relaxed);
     let failed = s.failed.swap(0, Ordering::Relaxed);
     let hb = Heartbeat {
@@ -87,6 +97,29 @@ pub(crate) async fn beat(s: &Shared) {
             s.processed.fetch_add(processed, Ordering::Relaxed);
             s.failed.fetch_add(failed, Ordering::Relaxed);
             tracing::error!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Writes the execution metrics gathered since the last beat; on failure they are kept for
+/// the next one.
+async fn flush_metrics(s: &Shared) {
+    let taken: Vec<ClassMetrics> = match s.metrics.lock() {
+        Ok(mut m) if !m.is_empty() => std::mem::take(&mut *m).into_values().collect(),
+        _ => return,
+    };
+    let minute = (s.now() / 60.0).floor() as i64;
+    if let Err(e) = s.broker().record_metrics(minute, &taken).await {
+        tracing::warn!(error = %e, "could not write job metrics; keeping them for the next beat");
+        if let Ok(mut m) = s.metrics.lock() {
+            for c in taken {
+                match m.get_mut(&c.class) {
+                    Some(existing) => existing.merge(&c),
+                    None => {
+                        m.insert(c.class.clone(), c);
+                    }
+                }
+            }
         }
     }
 }

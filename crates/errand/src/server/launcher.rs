@@ -6,6 +6,7 @@ use super::{Config, DeathHandler, RetryDelay, ServerBuilder};
 use crate::middleware::Middleware;
 use crate::registry::Registry;
 use crate::{Client, Data, Error};
+use errand_core::admin::ClassMetrics;
 use errand_core::broker::Broker;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,10 @@ pub(crate) struct Shared {
     /// Cancelled when the shutdown deadline passes; jobs see it as their shutdown token.
     pub deadline: CancellationToken,
     pub jobs: TaskTracker,
+    /// Queues paused from the dashboard or CLI, refreshed at each heartbeat.
+    pub paused: Mutex<Vec<String>>,
+    /// Execution metrics per class since the last heartbeat flushed them.
+    pub metrics: Mutex<HashMap<String, ClassMetrics>>,
 }
 
 impl Shared {
@@ -68,6 +73,21 @@ impl Shared {
 
     pub(crate) fn busy(&self) -> usize {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Counts one attempt of `class` that took `ms` for the Metrics page.
+    pub(crate) fn record_metric(&self, class: &str, ms: u64, failed: bool) {
+        let Ok(mut m) = self.metrics.lock() else {
+            return;
+        };
+        match m.get_mut(class) {
+            Some(c) => c.record(ms, failed),
+            None => {
+                let mut c = ClassMetrics::new(class);
+                c.record(ms, failed);
+                m.insert(class.to_string(), c);
+            }
+        }
     }
 }
 
@@ -191,6 +211,8 @@ impl Server {
                 stop: CancellationToken::new(),
                 deadline: CancellationToken::new(),
                 jobs: TaskTracker::new(),
+                paused: Mutex::new(Vec::new()),
+                metrics: Mutex::new(HashMap::new()),
             }),
         }
     }

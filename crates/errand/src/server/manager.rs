@@ -80,7 +80,21 @@ pub(crate) async fn run(s: Arc<Shared>) {
             permits.push(p);
         }
         let asked = permits.len();
-        let order = queue_order(&s.config().mode, &s.config().queues);
+        let mut order = queue_order(&s.config().mode, &s.config().queues);
+        if let Ok(paused) = s.paused.lock()
+            && !paused.is_empty()
+        {
+            order.retain(|q| !paused.contains(q));
+        }
+        if order.is_empty() {
+            // Every queue is paused: look again after the next heartbeat's refresh.
+            drop(permits);
+            tokio::select! {
+                _ = tokio::time::sleep(s.config().heartbeat_interval.min(Duration::from_secs(1))) => {}
+                _ = s.quiet.cancelled() => break,
+            }
+            continue;
+        }
         let req = FetchRequest {
             identity: &s.identity,
             queues: &order,

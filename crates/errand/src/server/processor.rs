@@ -79,7 +79,15 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
                 "no job is registered for class {class} on this server"
             ))
             .with_class("Errand::UnknownJob")),
-            Some(h) => attempt(s, h.as_ref(), args, &cx).await,
+            Some(h) => {
+                let started = std::time::Instant::now();
+                let result = attempt(s, h.as_ref(), args, &cx).await;
+                let failed = result
+                    .as_ref()
+                    .is_err_and(|e| !matches!(e.kind(), JobErrorKind::Snooze(_)));
+                s.record_metric(class, started.elapsed().as_millis() as u64, failed);
+                result
+            }
         };
         (handler, result)
     };

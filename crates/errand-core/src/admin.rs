@@ -1,0 +1,398 @@
+//! The admin side of a backend: what the dashboard, the JSON API, `/metrics` and the ops CLI
+//! read and change (listing and paging queues and sets, counting, moving and deleting jobs,
+//! processes and their signals, execution metrics).
+//!
+//! The [`Admin`] trait holds small primitives, each one atomic step in the backend; the
+//! composite operations a person asks for (retry a dead job now, kill a retry, retry with edited
+//! arguments, filter a set) are built on them once, in the web and CLI layers, so every backend
+//! behaves the same. Backends never re-encode payloads: the exact string in a set or queue is
+//! what [`Admin::set_remove`] and [`Admin::queue_delete`] are given back.
+//!
+//! Execution metrics ([`ClassMetrics`]) are written by servers through
+//! [`crate::broker::Broker::record_metrics`] and read here.
+
+use crate::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use async_trait::async_trait;
+
+/// One of the three sorted sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetName {
+    /// Failed jobs waiting for their next attempt (`retry`), scored by when it is due.
+    Retry,
+    /// Jobs pushed to run later, and snoozed jobs (`schedule`), scored by when they are due.
+    Scheduled,
+    /// Jobs that ran out of retries or were killed (`dead`), scored by time of death.
+    Dead,
+}
+
+impl SetName {
+    /// Every set, in the dashboard's order.
+    pub const ALL: [SetName; 3] = [SetName::Retry, SetName::Scheduled, SetName::Dead];
+
+    /// The Redis key (Sidekiq's name): `retry`, `schedule`, `dead`.
+    pub fn key(self) -> &'static str {
+        match self {
+            SetName::Retry => "retry",
+            SetName::Scheduled => "schedule",
+            SetName::Dead => "dead",
+        }
+    }
+
+    /// The set named by its key or by its plural page name (`retries`, `scheduled`, `dead`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "retry" | "retries" => Some(SetName::Retry),
+            "schedule" | "scheduled" => Some(SetName::Scheduled),
+            "dead" | "morgue" => Some(SetName::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// Which end a page starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Sets: lowest score first (soonest due, oldest death). Queues: next to run first.
+    #[default]
+    Asc,
+    /// Sets: highest score first. Queues: newest pushed first.
+    Desc,
+}
+
+/// One member of a sorted set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetEntry {
+    /// Its score: float epoch seconds (due time, or time of death).
+    pub score: f64,
+    /// The exact stored string (usually a job payload; possibly not JSON at all).
+    pub raw: String,
+}
+
+/// A queue as the Queues page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSummary {
+    /// Name without the `queue:` prefix.
+    pub name: String,
+    /// Jobs waiting.
+    pub size: u64,
+    /// The next job to run (the oldest), exactly as stored: its `enqueued_at` gives the
+    /// queue's latency. `None` when the queue is empty.
+    pub oldest: Option<String>,
+    /// Whether servers skip this queue (paused from the dashboard or the CLI).
+    pub paused: bool,
+}
+
+/// A live server process, from its heartbeat (Errand's or Ruby Sidekiq's: same hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRecord {
+    /// `host:pid:nonce`.
+    pub identity: String,
+    /// The `info` JSON (hostname, pid, tag, queues, concurrency, started_at, ...).
+    pub info: String,
+    /// Jobs running at the last beat.
+    pub busy: u64,
+    /// Worker slots (the hash's `concurrency` field; 0 when the process did not write it, as
+    /// Sidekiq 6.4 does not: read `info.concurrency` then).
+    pub concurrency: u64,
+    /// Time of the last beat, float epoch seconds.
+    pub beat: f64,
+    /// Whether the process is quiet (or stopping).
+    pub quiet: bool,
+    /// Resident memory in KB.
+    pub rss_kb: u64,
+    /// Running jobs as `(tid, json)`, the JSON being `{"queue", "payload" (the job as a
+    /// string), "run_at"}` (Sidekiq's work hash).
+    pub work: Vec<(String, String)>,
+}
+
+/// Totals per UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Jobs executed (`stat:processed`).
+    pub processed: u64,
+    /// Jobs failed (`stat:failed`).
+    pub failed: u64,
+}
+
+/// What a backend says about itself for the dashboard (Redis: version, memory, clients).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendInfo {
+    /// `redis`, `sqlite` or `memory`.
+    pub kind: String,
+    /// Labelled facts, in display order (`("version", "7.0.15")`, ...).
+    pub facts: Vec<(String, String)>,
+}
+
+/// Upper bounds, in milliseconds, of the execution-time histogram buckets (Sidekiq 7's); a
+/// 26th bucket holds everything slower.
+pub const HISTOGRAM_BOUNDS_MS: [u64; 25] = [
+    20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800, 5750, 8500, 13000, 20000,
+    30000, 45000, 65000, 100000, 150000, 225000, 335000,
+];
+
+/// Number of histogram buckets: the bounds plus one for slower runs.
+pub const HISTOGRAM_BUCKETS: usize = HISTOGRAM_BOUNDS_MS.len() + 1;
+
+/// The histogram bucket a run of `ms` milliseconds falls in.
+pub fn histogram_bucket(ms: u64) -> usize {
+    HISTOGRAM_BOUNDS_MS
+        .iter()
+        .position(|&bound| ms <= bound)
+        .unwrap_or(HISTOGRAM_BOUNDS_MS.len())
+}
+
+/// Execution metrics of one job class over some span (a minute when recorded, a window when
+/// read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassMetrics {
+    /// The job class (an ActiveJob's wrapped class).
+    pub class: String,
+    /// Attempts run, failed ones included.
+    pub executions: u64,
+    /// Attempts that failed.
+    pub failures: u64,
+    /// Total run time of the successful attempts, in milliseconds (Sidekiq's rule: failures
+    /// are not timed).
+    pub total_ms: u64,
+    /// Successful attempts per execution-time bucket ([`HISTOGRAM_BOUNDS_MS`]).
+    pub histogram: [u64; HISTOGRAM_BUCKETS],
+}
+
+impl ClassMetrics {
+    /// Empty metrics for `class`.
+    pub fn new(class: impl Into<String>) -> Self {
+        Self {
+            class: class.into(),
+            executions: 0,
+            failures: 0,
+            total_ms: 0,
+            histogram: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+
+    /// Counts one attempt that took `ms` milliseconds.
+    pub fn record(&mut self, ms: u64, failed: bool) {
+        self.executions += 1;
+        if failed {
+            self.failures += 1;
+        } else {
+            self.total_ms += ms;
+            self.histogram[histogram_bucket(ms)] += 1;
+        }
+    }
+
+    /// Adds `other`'s counts (same class) to these.
+    pub fn merge(&mut self, other: &ClassMetrics) {
+        self.executions += other.executions;
+        self.failures += other.failures;
+        self.total_ms += other.total_ms;
+        for (a, b) in self.histogram.iter_mut().zip(other.histogram.iter()) {
+            *a += b;
+        }
+    }
+
+    /// The upper bound (ms) of the bucket holding quantile `q` (0..=1) of the successful
+    /// runs; `None` when there were none, `Some(u64::MAX)` when it is the open last bucket.
+    pub fn percentile_ms(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.histogram.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.histogram.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(HISTOGRAM_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+}
+
+/// Merges per-minute (or per-bucket) rows into one [`ClassMetrics`] per class, sorted by class.
+pub fn merge_by_class(rows: impl IntoIterator<Item = ClassMetrics>) -> Vec<ClassMetrics> {
+    let mut by: std::collections::BTreeMap<String, ClassMetrics> = Default::default();
+    for row in rows {
+        match by.get_mut(&row.class) {
+            Some(m) => m.merge(&row),
+            None => {
+                by.insert(row.class.clone(), row);
+            }
+        }
+    }
+    by.into_values().collect()
+}
+
+/// The admin side of a backend. Every method is one atomic step; none re-encodes a payload.
+///
+/// Methods that take a `member` or `raw` take the exact stored string (as a page returned
+/// it), so an entry that changed or moved since the page was read is simply not found
+/// (`false`), never a different job.
+#[async_trait]
+pub trait Admin: Send + Sync + 'static {
+    /// The `stat:processed` / `stat:failed` totals.
+    async fn counters(&self) -> BrokerResult<Counters>;
+
+    /// The counters of each UTC date given (`YYYY-MM-DD`), in the same order; zero for days
+    /// with nothing recorded.
+    async fn daily_counters(&self, dates: &[String]) -> BrokerResult<Vec<Counters>>;
+
+    /// What the backend is, with a few facts for the dashboard.
+    async fn backend_info(&self) -> BrokerResult<BackendInfo>;
+
+    /// Every known queue (the `queues` set, plus any paused queue), sorted by name.
+    async fn queues(&self) -> BrokerResult<Vec<QueueSummary>>;
+
+    /// Up to `limit` entries of `queue` from position `offset`, exactly as stored. `Asc`
+    /// starts from the next to run.
+    async fn queue_page(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+        order: Order,
+    ) -> BrokerResult<Vec<String>>;
+
+    /// Removes one entry equal to `raw` from `queue` (Sidekiq's `LREM queue 1 raw`). False
+    /// when none was there.
+    async fn queue_delete(&self, queue: &str, raw: &str) -> BrokerResult<bool>;
+
+    /// Empties `queue` and forgets its name. Returns how many jobs were removed.
+    async fn queue_clear(&self, queue: &str) -> BrokerResult<u64>;
+
+    /// Pauses (`true`) or resumes a queue: servers stop fetching from a paused queue within a
+    /// heartbeat ([`crate::broker::Broker::paused_queues`]). Its jobs stay where they are.
+    async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()>;
+
+    /// How many entries `set` holds.
+    async fn set_size(&self, set: SetName) -> BrokerResult<u64>;
+
+    /// Up to `limit` entries of `set` from position `offset` in score order.
+    async fn set_page(
+        &self,
+        set: SetName,
+        offset: usize,
+        limit: usize,
+        order: Order,
+    ) -> BrokerResult<Vec<SetEntry>>;
+
+    /// Every entry of `set` whose score is exactly `score` (how Sidekiq addresses an entry:
+    /// `<score>-<jid>`; the caller picks the one with the jid).
+    async fn set_at_score(&self, set: SetName, score: f64) -> BrokerResult<Vec<SetEntry>>;
+
+    /// Removes `member` from `set`. False when it was not there.
+    async fn set_remove(&self, set: SetName, member: &str) -> BrokerResult<bool>;
+
+    /// In one step: removes `member` from `set` and, if it was there, pushes `payload` onto
+    /// `queue` (registering the queue name). False (and nothing pushed) when it was not.
+    async fn set_to_queue(
+        &self,
+        set: SetName,
+        member: &str,
+        queue: &str,
+        payload: &str,
+    ) -> BrokerResult<bool>;
+
+    /// In one step: removes `member` from `set` and, if it was there, adds `payload` to the
+    /// dead set at score `now`, trimmed to `limits`. False (and nothing added) when it was not.
+    async fn set_to_dead(
+        &self,
+        set: SetName,
+        member: &str,
+        payload: &str,
+        now: f64,
+        limits: DeadLimits,
+    ) -> BrokerResult<bool>;
+
+    /// Empties `set`. Returns how many entries were removed.
+    async fn set_clear(&self, set: SetName) -> BrokerResult<u64>;
+
+    /// Every live process (one whose heartbeat has not expired), Errand's and Ruby Sidekiq's,
+    /// sorted by identity.
+    async fn processes(&self) -> BrokerResult<Vec<ProcessRecord>>;
+
+    /// Sends `signal` to process `identity` through its `<identity>-signals` list (picked up
+    /// at its next heartbeat).
+    async fn signal(&self, identity: &str, signal: RemoteSignal) -> BrokerResult<()>;
+
+    /// Execution metrics per class over the minutes `from_minute..=to_minute` (minutes since
+    /// the epoch, UTC), merged per class and sorted by class. Backends keep at least the last
+    /// 25 hours.
+    async fn metrics(&self, from_minute: i64, to_minute: i64) -> BrokerResult<Vec<ClassMetrics>>;
+
+    /// Execution metrics per class since the backend was new (monotonic counters, for
+    /// Prometheus), sorted by class.
+    async fn metrics_totals(&self) -> BrokerResult<Vec<ClassMetrics>>;
+}
+
+/// The name a remote signal travels under (`TSTP`, `TERM`, `TTIN`).
+pub fn signal_name(signal: RemoteSignal) -> &'static str {
+    match signal {
+        RemoteSignal::Quiet => "TSTP",
+        RemoteSignal::Stop => "TERM",
+        RemoteSignal::Dump => "TTIN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_sidekiqs_bounds() {
+        assert_eq!(histogram_bucket(0), 0);
+        assert_eq!(histogram_bucket(20), 0);
+        assert_eq!(histogram_bucket(21), 1);
+        assert_eq!(histogram_bucket(335_000), 24);
+        assert_eq!(histogram_bucket(335_001), 25);
+        assert_eq!(HISTOGRAM_BUCKETS, 26);
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut m = ClassMetrics::new("A");
+        assert_eq!(m.percentile_ms(0.5), None);
+        for _ in 0..90 {
+            m.record(10, false);
+        }
+        for _ in 0..10 {
+            m.record(600, false);
+        }
+        m.record(5, true);
+        assert_eq!(m.executions, 101);
+        assert_eq!(m.failures, 1);
+        assert_eq!(m.total_ms, 90 * 10 + 10 * 600);
+        assert_eq!(m.percentile_ms(0.5), Some(20));
+        assert_eq!(m.percentile_ms(0.9), Some(20));
+        assert_eq!(m.percentile_ms(0.95), Some(750));
+        assert_eq!(m.percentile_ms(1.0), Some(750));
+        m.record(10_000_000, false);
+        assert_eq!(m.percentile_ms(1.0), Some(u64::MAX));
+    }
+
+    #[test]
+    fn merge_sums_per_class() {
+        let mut a = ClassMetrics::new("A");
+        a.record(10, false);
+        let mut b = ClassMetrics::new("B");
+        b.record(10, true);
+        let mut a2 = ClassMetrics::new("A");
+        a2.record(100, false);
+        let merged = merge_by_class([b, a, a2]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].class, "A");
+        assert_eq!(merged[0].executions, 2);
+        assert_eq!(merged[0].total_ms, 110);
+        assert_eq!(merged[1].failures, 1);
+    }
+
+    #[test]
+    fn set_names_parse_both_spellings() {
+        for set in SetName::ALL {
+            assert_eq!(SetName::parse(set.key()), Some(set));
+        }
+        assert_eq!(SetName::parse("retries"), Some(SetName::Retry));
+        assert_eq!(SetName::parse("nope"), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! The JSON API behind every page (described in `openapi.json`), and the operations the pages'
+//! forms share with it.
+
+use crate::data::{self, Action, Entry, Window};
+use crate::params::{ListQuery, Posted};
+use crate::{AppState, set_slug};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use errand_core::admin::{Order, SetName};
+use errand_core::BrokerError;
+use errand_core::broker::RemoteSignal;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The OpenAPI description of this API.
+pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
+
+fn err(e: BrokerError) -> Response {
+    tracing::error!(error = %e, "dashboard API request failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "backend", "message": e.to_string()})),
+    )
+        .into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not_found", "message": what})),
+    )
+        .into_response()
+}
+
+fn bad(msg: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "message": msg})),
+    )
+        .into_response()
+}
+
+/// `GET /api/stats`: the totals and what the backend is.
+pub(crate) async fn stats(State(st): State<AppState>) -> Response {
+    let overview = match data::overview(&*st.admin).await {
+        Ok(o) => o,
+        Err(e) => return err(e),
+    };
+    let info = match st.admin.backend_info().await {
+        Ok(i) => i,
+        Err(e) => return err(e),
+    };
+    let facts: serde_json::Map<String, Value> = info
+        .facts
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    Json(json!({"stats": overview, "backend": {"kind": info.kind, "facts": facts}})).into_response()
+}
+
+/// `GET /api/history?days=N` (1..=180).
+pub(crate) async fn history(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    match data::history(&*st.admin, q.days()).await {
+        Ok(days) => Json(json!({
+            "days": days.into_iter().map(|(date, processed, failed)| json!({"date": date, "processed": processed, "failed": failed})).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `GET /api/stream?interval=S`: server-sent `stats` events with the totals every S seconds
+/// (2..=60).
+pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let every = Duration::from_secs(q.interval());
+    let events = futures::stream::unfold((st, None::<tokio::time::Interval>), move |(st, tick)| async move {
+        let mut tick = match tick {
+            Some(t) => t,
+            None => {
+                let mut t = tokio::time::interval(every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            }
+        };
+        tick.tick().await;
+        let event = match data::overview(&*st.admin).await {
+            Ok(o) => Event::default()
+                .event("stats")
+                .json_data(&o)
+                .unwrap_or_else(|_| Event::default().comment("unserializable")),
+            Err(e) => Event::default().event("error").data(e.to_string()),
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (st, Some(tick))))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /api/busy`: processes and running jobs.
+pub(crate) async fn busy(State(st): State<AppState>) -> Response {
+    match data::busy(&*st.admin).await {
+        Ok((processes, work)) => Json(json!({"processes": processes, "work": work})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// Signals one live process, or every live one for `all`. Returns how many were signalled.
+pub(crate) async fn send_signal(
+    st: &AppState,
+    identity: &str,
+    signal: RemoteSignal,
+) -> Result<u64, BrokerError> {
+    let live = st.admin.processes().await?;
+    let mut n = 0;
+    for p in live.iter().filter(|p| identity == "all" || p.identity == identity) {
+        st.admin.signal(&p.identity, signal).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `POST /api/busy/{quiet|stop}` with `identity` (or `all`).
+pub(crate) async fn busy_action(
+    State(st): State<AppState>,
+    Path(action): Path<String>,
+    posted: Posted,
+) -> Response {
+    let signal = match action.as_str() {
+        "quiet" => RemoteSignal::Quiet,
+        "stop" => RemoteSignal::Stop,
+        _ => return not_found("no such action"),
+    };
+    match send_signal(&st, posted.get("identity").unwrap_or(""), signal).await {
+        Ok(n) => Json(json!({"signalled": n})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `GET /api/queues`.
+pub(crate) async fn queues(State(st): State<AppState>) -> Response {
+    match data::queues(&*st.admin).await {
+        Ok(q) => Json(json!({"queues": q})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `GET /api/queues/{name}?page&per_page&sort`: a queue's jobs.
+pub(crate) async fn queue(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let per_page = q.per_page();
+    let page = q.page();
+    let order = q.order(Order::Asc);
+    let offset = ((page - 1) * per_page).min(data::MAX_OFFSET);
+    let size = match st.admin.queues().await {
+        Ok(all) => all.into_iter().find(|x| x.name == name).map_or(0, |x| x.size),
+        Err(e) => return err(e),
+    };
+    match st.admin.queue_page(&name, offset, per_page, order).await {
+        Ok(entries) => Json(json!({
+            "queue": name,
+            "size": size,
+            "page": page,
+            "per_page": per_page,
+            "jobs": entries.iter().map(|raw| json!({"job": data::JobView::new(raw), "raw": raw})).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// Runs a queue action; `None` for an unknown action. Returns the redirect code and count.
+pub(crate) async fn queue_op(
+    st: &AppState,
+    name: &str,
+    action: &str,
+    raw: Option<&str>,
+) -> Result<Option<(&'static str, u64)>, BrokerError> {
+    Ok(Some(match action {
+        "pause" => {
+            st.admin.set_paused(name, true).await?;
+            ("paused", 1)
+        }
+        "resume" => {
+            st.admin.set_paused(name, false).await?;
+            ("resumed", 1)
+        }
+        "clear" => ("cleared", st.admin.queue_clear(name).await?),
+        "delete" => match st.admin.queue_delete(name, raw.unwrap_or("")).await? {
+            true => ("delete", 1),
+            false => ("gone", 0),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// `POST /api/queues/{name}/{pause|resume|clear|delete}` (`delete` takes `raw`).
+pub(crate) async fn queue_action(
+    State(st): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    posted: Posted,
+) -> Response {
+    match queue_op(&st, &name, &action, posted.get("raw")).await {
+        Ok(Some((done, n))) => Json(json!({"done": done, "count": n})).into_response(),
+        Ok(None) => not_found("no such action"),
+        Err(e) => err(e),
+    }
+}
+
+/// `GET /api/{set}?page&per_page&sort&class&queue&error&q`.
+pub(crate) async fn set_list(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+    set: SetName,
+) -> Response {
+    let default = if set == SetName::Dead {
+        Order::Desc
+    } else {
+        Order::Asc
+    };
+    match data::set_page(
+        &*st.admin,
+        set,
+        q.page(),
+        q.per_page(),
+        q.order(default),
+        &q.filter(),
+    )
+    .await
+    {
+        Ok(p) => Json(json!({"set": set_slug(set), "page": p})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+fn entry_json(e: &Entry) -> Value {
+    json!({
+        "key": e.key,
+        "score": e.score,
+        "job": e.job,
+        "raw": e.raw,
+        "backtrace": data::backtrace(&e.raw),
+    })
+}
+
+/// `GET /api/{set}/job?key=…`.
+pub(crate) async fn set_job(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+    set: SetName,
+) -> Response {
+    match data::find(&*st.admin, set, q.key.as_deref().unwrap_or("")).await {
+        Ok(Some(e)) => Json(entry_json(&e)).into_response(),
+        Ok(None) => not_found("no such job in this set"),
+        Err(e) => err(e),
+    }
+}
+
+/// `POST /api/{set}/job/{retry|delete|kill|edit}` with `key` (and `args` for `edit`).
+pub(crate) async fn set_job_action(
+    State(st): State<AppState>,
+    Path(action): Path<String>,
+    posted: Posted,
+    set: SetName,
+) -> Response {
+    let entry = match data::find(&*st.admin, set, posted.get("key").unwrap_or("")).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return not_found("no such job in this set"),
+        Err(e) => return err(e),
+    };
+    if action == "edit" {
+        if set != SetName::Dead {
+            return not_found("arguments are edited on dead jobs");
+        }
+        return match data::retry_with_args(
+            &*st.admin,
+            st.actions(),
+            set,
+            &entry.raw,
+            posted.get("args").unwrap_or(""),
+        )
+        .await
+        {
+            Ok(true) => Json(json!({"done": "retry", "count": 1})).into_response(),
+            Ok(false) => not_found("no such job in this set"),
+            Err(msg) => bad(&msg),
+        };
+    }
+    let Some(act) = Action::parse(&action) else {
+        return not_found("no such action");
+    };
+    match data::apply(&*st.admin, st.actions(), set, &entry.raw, act).await {
+        Ok(true) => Json(json!({"done": act, "count": 1})).into_response(),
+        Ok(false) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "conflict", "message": format!("the job could not be {}", act.done())})),
+        )
+            .into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// Applies `action` to the entries `keys` address. Returns how many changed.
+pub(crate) async fn bulk(
+    st: &AppState,
+    set: SetName,
+    action: Action,
+    keys: &[&str],
+) -> Result<u64, BrokerError> {
+    let mut n = 0;
+    for key in keys.iter().take(data::MAX_PER_PAGE * 10) {
+        if let Some(e) = data::find(&*st.admin, set, key).await?
+            && data::apply(&*st.admin, st.actions(), set, &e.raw, action).await?
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `POST /api/{set}/bulk` with `action` and `keys` (an array).
+pub(crate) async fn set_bulk(State(st): State<AppState>, posted: Posted, set: SetName) -> Response {
+    let Some(action) = posted.get("action").and_then(Action::parse) else {
+        return bad("action must be retry, delete or kill");
+    };
+    let mut keys = posted.all("keys");
+    keys.extend(posted.all("key"));
+    match bulk(&st, set, action, &keys).await {
+        Ok(n) => Json(json!({"done": action, "count": n})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `POST /api/{set}/all` with `action` and optional filter fields.
+pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: SetName) -> Response {
+    let Some(action) = posted.get("action").and_then(Action::parse) else {
+        return bad("action must be retry, delete or kill");
+    };
+    match data::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
+        Ok(n) => Json(json!({"done": action, "count": n})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `GET /api/metrics?window=hour|day`.
+pub(crate) async fn metrics(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let window = Window::parse(q.window.as_deref());
+    match data::class_metrics(&*st.admin, window).await {
+        Ok(rows) => Json(json!({"window": window, "classes": rows})).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `GET /api/openapi.json`.
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

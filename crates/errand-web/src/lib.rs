@@ -1,0 +1,223 @@
+//! Errand's dashboard: an axum [`Router`] an application mounts in its own server (or serves
+//! alone with `errand web`), with pages for the totals and live rates, busy processes and
+//! running jobs, queues, retries, scheduled and dead jobs with their actions, and per-class
+//! metrics; a JSON API behind every page (described in `openapi.json`, served at
+//! `/api/openapi.json`); and Prometheus `/metrics`.
+//!
+//! It works on every backend through the admin side only ([`errand_core::admin::Admin`]), so
+//! what it shows and does is the same on Redis and on SQLite, and on Redis it shows Ruby
+//! Sidekiq's processes and jobs like Errand's own.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # let broker = errand_testing_stub();
+//! # fn errand_testing_stub() -> std::sync::Arc<dyn errand_core::admin::Admin> { unimplemented!() }
+//! use errand_web::{Auth, WebConfig};
+//! let app = axum::Router::new().nest(
+//!     "/errand",
+//!     errand_web::router(broker, WebConfig::default().base_path("/errand").auth(Auth::Token("s3cret".into()))),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7878").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Security
+//! Bind to loopback unless authentication is configured ([`Auth`]). Every state-changing
+//! request is a POST with a CSRF token bound to the session; everything that comes from a job
+//! is escaped when rendered; the Content-Security-Policy forbids inline scripts; paging, filter
+//! and chart parameters are bounded. See [`security`].
+
+mod api;
+mod assets;
+pub mod data;
+mod pages;
+mod params;
+mod prom;
+pub mod security;
+
+use axum::Router;
+use axum::routing::{get, post};
+use errand_core::WireProfile;
+use errand_core::admin::{Admin, SetName};
+use errand_core::broker::DeadLimits;
+use std::sync::Arc;
+
+pub use security::Auth;
+
+/// How the dashboard is set up.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Authentication (none by default).
+    pub auth: Auth,
+    /// The path the router is nested at (`/errand`), for the links it renders; empty at `/`.
+    pub base_path: String,
+    /// Timestamp format written into payloads moved by actions.
+    pub profile: WireProfile,
+    /// Dead-set bounds applied when a person kills a job.
+    pub dead_limits: DeadLimits,
+    /// Mark cookies `Secure` (serve over HTTPS).
+    pub secure_cookies: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            auth: Auth::None,
+            base_path: String::new(),
+            profile: WireProfile::default(),
+            dead_limits: DeadLimits::default(),
+            secure_cookies: false,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Sets the authentication.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Sets the path the router is mounted at (no trailing slash), e.g. `/errand`.
+    pub fn base_path(mut self, path: impl Into<String>) -> Self {
+        self.base_path = path.into().trim_end_matches('/').to_string();
+        self
+    }
+
+    /// Sets the wire profile of payloads the actions write.
+    pub fn profile(mut self, profile: WireProfile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// Sets the dead-set bounds applied on kill.
+    pub fn dead_limits(mut self, limits: DeadLimits) -> Self {
+        self.dead_limits = limits;
+        self
+    }
+
+    /// Marks cookies `Secure`.
+    pub fn secure_cookies(mut self, on: bool) -> Self {
+        self.secure_cookies = on;
+        self
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub admin: Arc<dyn Admin>,
+    pub config: Arc<WebConfig>,
+    pub secret: Arc<[u8; 32]>,
+}
+
+impl AppState {
+    pub(crate) fn actions(&self) -> data::ActionConfig {
+        data::ActionConfig {
+            profile: self.config.profile,
+            dead_limits: self.config.dead_limits,
+        }
+    }
+
+    /// A path under the mount point.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_path)
+    }
+}
+
+/// The page name of a set (`retries`, `scheduled`, `dead`).
+pub(crate) fn set_slug(set: SetName) -> &'static str {
+    match set {
+        SetName::Retry => "retries",
+        SetName::Scheduled => "scheduled",
+        SetName::Dead => "dead",
+    }
+}
+
+/// The dashboard, its JSON API and `/metrics`, on `admin`.
+pub fn router(admin: Arc<dyn Admin>, config: WebConfig) -> Router {
+    let state = AppState {
+        admin,
+        config: Arc::new(config),
+        secret: Arc::new(security::new_secret()),
+    };
+    let mut r = Router::new()
+        .route("/", get(pages::dashboard))
+        .route("/busy", get(pages::busy))
+        .route("/busy/{action}", post(pages::busy_action))
+        .route("/queues", get(pages::queues))
+        .route("/queues/{name}", get(pages::queue))
+        .route("/queues/{name}/{action}", post(pages::queue_action))
+        .route("/job-metrics", get(pages::metrics))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/metrics", get(prom::metrics))
+        .route("/assets/{file}", get(assets::serve))
+        .route("/api/stats", get(api::stats))
+        .route("/api/history", get(api::history))
+        .route("/api/stream", get(api::stream))
+        .route("/api/busy", get(api::busy))
+        .route("/api/busy/{action}", post(api::busy_action))
+        .route("/api/queues", get(api::queues))
+        .route("/api/queues/{name}", get(api::queue))
+        .route("/api/queues/{name}/{action}", post(api::queue_action))
+        .route("/api/metrics", get(api::metrics))
+        .route("/api/openapi.json", get(api::openapi));
+    for set in SetName::ALL {
+        let slug = set_slug(set);
+        r = r
+            .route(
+                &format!("/{slug}"),
+                get(move |s, sec, q| pages::set_list(s, sec, q, set)),
+            )
+            .route(
+                &format!("/{slug}/job"),
+                get(move |s, sec, q| pages::set_job(s, sec, q, set)),
+            )
+            .route(
+                &format!("/{slug}/job/{{action}}"),
+                post(move |s, sec, p, req| pages::set_job_action(s, sec, p, req, set)),
+            )
+            .route(
+                &format!("/{slug}/bulk"),
+                post(move |s, req| pages::set_bulk(s, req, set)),
+            )
+            .route(
+                &format!("/{slug}/all"),
+                post(move |s, req| pages::set_all(s, req, set)),
+            )
+            .route(
+                &format!("/api/{slug}"),
+                get(move |s, q| api::set_list(s, q, set)),
+            )
+            .route(
+                &format!("/api/{slug}/job"),
+                get(move |s, q| api::set_job(s, q, set)),
+            )
+            .route(
+                &format!("/api/{slug}/job/{{action}}"),
+                post(move |s, p, req| api::set_job_action(s, p, req, set)),
+            )
+            .route(
+                &format!("/api/{slug}/bulk"),
+                post(move |s, req| api::set_bulk(s, req, set)),
+            )
+            .route(
+                &format!("/api/{slug}/all"),
+                post(move |s, req| api::set_all(s, req, set)),
+            );
+    }
+    r.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        security::guard,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(params::MAX_BODY))
+    .with_state(state)
+}
+
+/// Whether `addr` is a loopback address (where running without authentication is fine).
+pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}

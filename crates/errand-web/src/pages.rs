@@ -1,0 +1,1251 @@
+//! The HTML pages and their form actions. Rendered with maud, which escapes every value that
+//! is not explicitly marked pre-escaped (none here comes from a job), so job data always
+//! renders as text.
+
+use crate::data::{self, Action, Entry, JobView, Overview, SetPage, Window};
+use crate::params::{ListQuery, Posted, clamp_num};
+use crate::security::{self, RequestSecurity};
+use crate::{AppState, set_slug};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use errand_core::admin::{Order, SetName};
+use errand_core::BrokerError;
+use errand_core::broker::RemoteSignal;
+use maud::{DOCTYPE, Markup, html};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Characters kept as they are in a query-string value.
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a query-string or path-segment value.
+pub(crate) fn enc(s: &str) -> String {
+    utf8_percent_encode(s, QUERY).to_string()
+}
+
+/// The request's security facts (nonce, CSRF token), put there by [`security::guard`].
+pub(crate) struct Sec(pub RequestSecurity);
+
+impl<S: Send + Sync> FromRequestParts<S> for Sec {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestSecurity>()
+            .cloned()
+            .map(Sec)
+            .ok_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// What the layout needs.
+struct Ctx<'a> {
+    st: &'a AppState,
+    sec: &'a RequestSecurity,
+    overview: Overview,
+    backend: String,
+    now: f64,
+}
+
+impl Ctx<'_> {
+    fn url(&self, path: &str) -> String {
+        self.st.url(path)
+    }
+
+    /// The hidden CSRF field every form carries.
+    fn csrf(&self) -> Markup {
+        html! { input type="hidden" name=(security::CSRF_FIELD) value=(self.sec.csrf); }
+    }
+}
+
+async fn ctx<'a>(st: &'a AppState, sec: &'a RequestSecurity) -> Result<Ctx<'a>, BrokerError> {
+    let overview = data::overview(&*st.admin).await?;
+    let info = st.admin.backend_info().await?;
+    let version = info
+        .facts
+        .iter()
+        .find(|(k, _)| k == "version" || k == "redis_version" || k == "sqlite_version")
+        .map(|(_, v)| format!(" {v}"))
+        .unwrap_or_default();
+    Ok(Ctx {
+        st,
+        sec,
+        now: overview.time,
+        overview,
+        backend: format!("{}{version}", info.kind),
+    })
+}
+
+/// A backend failure as a page.
+fn failure(e: BrokerError) -> Response {
+    tracing::error!(error = %e, "dashboard request failed");
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Errand — error" } }
+            body { main { h1 { "The backend could not be read" } p { (e.to_string()) } } }
+        }
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// Formats `n` with thousands separators.
+pub(crate) fn num(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration for people: `12 ms`, `3.2 s`, `4 min`, `3 h`, `2 d`.
+pub(crate) fn dur(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs < 1.0 {
+        format!("{} ms", (secs * 1000.0).round())
+    } else if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else if secs < 3600.0 {
+        format!("{} min", (secs / 60.0).floor())
+    } else if secs < 86_400.0 {
+        format!("{} h", (secs / 3600.0).floor())
+    } else {
+        format!("{} d", (secs / 86_400.0).floor())
+    }
+}
+
+fn ms(v: Option<u64>) -> String {
+    match v {
+        None => "—".into(),
+        Some(u64::MAX) => "> 335 s".into(),
+        Some(ms) if ms < 1000 => format!("≤ {ms} ms"),
+        Some(ms) => format!("≤ {:.1} s", ms as f64 / 1000.0),
+    }
+}
+
+fn exact(epoch: f64) -> String {
+    chrono::DateTime::from_timestamp_millis((epoch * 1000.0) as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| epoch.to_string())
+}
+
+fn relative(epoch: f64, now: f64) -> String {
+    if !epoch.is_finite() {
+        return if epoch > 0.0 { "never" } else { "always" }.into();
+    }
+    let d = now - epoch;
+    let a = d.abs();
+    if a < 5.0 {
+        return "just now".into();
+    }
+    let (n, unit) = if a < 60.0 {
+        (a.floor(), "second")
+    } else if a < 3600.0 {
+        ((a / 60.0).floor(), "minute")
+    } else if a < 86_400.0 {
+        ((a / 3600.0).floor(), "hour")
+    } else {
+        ((a / 86_400.0).floor(), "day")
+    };
+    let plural = if n == 1.0 { "" } else { "s" };
+    if d >= 0.0 {
+        format!("{n} {unit}{plural} ago")
+    } else {
+        format!("in {n} {unit}{plural}")
+    }
+}
+
+/// A time shown relative, with the exact time on hover (and refreshed by app.js).
+fn time(epoch: f64, now: f64) -> Markup {
+    if !epoch.is_finite() {
+        return html! { span.muted { (relative(epoch, now)) } };
+    }
+    let iso = chrono::DateTime::from_timestamp_millis((epoch * 1000.0) as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    html! {
+        time.rel datetime=(iso) data-epoch=(epoch) title=(exact(epoch)) { (relative(epoch, now)) }
+    }
+}
+
+fn opt_time(epoch: Option<f64>, now: f64) -> Markup {
+    match epoch {
+        Some(t) => time(t, now),
+        None => html! { span.muted { "—" } },
+    }
+}
+
+const NAV: [(&str, &str); 7] = [
+    ("dashboard", "Dashboard"),
+    ("busy", "Busy"),
+    ("queues", "Queues"),
+    ("retries", "Retries"),
+    ("scheduled", "Scheduled"),
+    ("dead", "Dead"),
+    ("job-metrics", "Metrics"),
+];
+
+fn layout(c: &Ctx<'_>, title: &str, active: &str, flash: Option<Markup>, body: Markup) -> Markup {
+    let o = &c.overview;
+    let count = |slug: &str| match slug {
+        "busy" => Some(o.busy),
+        "queues" => Some(o.enqueued),
+        "retries" => Some(o.retries),
+        "scheduled" => Some(o.scheduled),
+        "dead" => Some(o.dead),
+        _ => None,
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · Errand" }
+                link rel="icon" href=(c.url("/assets/favicon.svg")) type="image/svg+xml";
+                link rel="stylesheet" href=(c.url("/assets/app.css"));
+                script src=(c.url("/assets/theme.js")) nonce=(c.sec.nonce) {}
+                script src=(c.url("/assets/app.js")) nonce=(c.sec.nonce) defer {}
+            }
+            body {
+                header.topbar {
+                    a.brand href=(c.url("/")) {
+                        img src=(c.url("/assets/favicon.svg")) alt="" width="22" height="22";
+                        " Errand"
+                    }
+                    nav.nav aria-label="Main" {
+                        @for (slug, label) in NAV {
+                            @let href = if slug == "dashboard" { c.url("/") } else { c.url(&format!("/{slug}")) };
+                            a.nav-link.active[slug == active] href=(href) aria-current=[(slug == active).then_some("page")] {
+                                (label)
+                                @if let Some(n) = count(slug).filter(|n| *n > 0) {
+                                    " " span.count { (num(n)) }
+                                }
+                            }
+                        }
+                    }
+                    span.backend { (c.backend) }
+                    @if c.st.config.auth.is_enabled() {
+                        form.inline method="post" action=(c.url("/logout")) {
+                            (c.csrf())
+                            button.btn.btn-ghost.btn-sm type="submit" { "Sign out" }
+                        }
+                    }
+                    button #theme-toggle.icon-btn type="button" aria-label="Toggle dark mode" title="Toggle dark mode" {}
+                }
+                main.container {
+                    @if let Some(f) = flash { (f) }
+                    (body)
+                    footer.footer {
+                        "Errand " (env!("CARGO_PKG_VERSION")) " · rendered " (time(c.now, c.now))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn page(c: &Ctx<'_>, title: &str, active: &str, q: &ListQuery, body: Markup) -> Response {
+    let flash = flash(q);
+    let mut resp = layout(c, title, active, flash, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+/// The message after an action, from the fixed codes the redirects use (never free text).
+fn flash(q: &ListQuery) -> Option<Markup> {
+    let n = clamp_num(q.n.as_deref(), 0, 0, u64::MAX);
+    let jobs = |n: u64| format!("{} job{}", num(n), if n == 1 { "" } else { "s" });
+    let (ok, text) = match q.done.as_deref()? {
+        "retry" => (true, format!("{} enqueued", jobs(n))),
+        "delete" => (true, format!("{} deleted", jobs(n))),
+        "kill" => (true, format!("{} moved to Dead", jobs(n))),
+        "gone" => (
+            false,
+            "That job is no longer there (it ran, moved or was deleted meanwhile).".into(),
+        ),
+        "paused" => (true, "Queue paused: servers stop fetching from it within a heartbeat.".into()),
+        "resumed" => (true, "Queue resumed.".into()),
+        "cleared" => (true, format!("Queue cleared: {} removed", jobs(n))),
+        "quiet" => (true, format!("Quiet sent to {} process{} (taken at the next heartbeat)", num(n), if n == 1 { "" } else { "es" })),
+        "stop" => (true, format!("Stop sent to {} process{} (taken at the next heartbeat)", num(n), if n == 1 { "" } else { "es" })),
+        _ => return None,
+    };
+    Some(html! {
+        div class=(if ok { "flash flash-ok" } else { "flash flash-error" }) role="status" { (text) }
+    })
+}
+
+/// Where to go after an action: `return_to` when it is a path of ours, else `fallback`.
+fn back(st: &AppState, posted: &Posted, fallback: &str, done: &str, n: u64) -> Response {
+    let base = &st.config.base_path;
+    let target = posted
+        .get("return_to")
+        .filter(|r| {
+            r.starts_with(&format!("{base}/"))
+                && !r.starts_with("//")
+                && !r.contains("://")
+                && !r.contains('\\')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| st.url(fallback));
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let kept: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "done" && k != "n")
+        .map(|(k, v)| format!("{}={}", enc(&k), enc(&v)))
+        .collect();
+    let mut q = kept.join("&");
+    if !q.is_empty() {
+        q.push('&');
+    }
+    q.push_str(&format!("done={done}&n={n}"));
+    Redirect::to(&format!("{path}?{q}")).into_response()
+}
+
+fn cards(o: &Overview) -> Markup {
+    let items: [(&str, &str, u64, &str); 8] = [
+        ("processed", "Processed", o.processed, ""),
+        ("failed", "Failed", o.failed, if o.failed > 0 { "stat-danger" } else { "" }),
+        ("busy", "Busy", o.busy, ""),
+        ("enqueued", "Enqueued", o.enqueued, ""),
+        ("retries", "Retries", o.retries, if o.retries > 0 { "stat-warn" } else { "" }),
+        ("scheduled", "Scheduled", o.scheduled, ""),
+        ("dead", "Dead", o.dead, if o.dead > 0 { "stat-danger" } else { "" }),
+        ("processes", "Processes", o.processes, ""),
+    ];
+    html! {
+        section.cards {
+            @for (key, label, value, extra) in items {
+                div class=(format!("card stat {extra}")) {
+                    div.stat-label { (label) }
+                    div.stat-value data-stat=(key) { (num(value)) }
+                }
+            }
+        }
+    }
+}
+
+/// A server-rendered SVG line chart of daily history.
+fn history_chart(days: &[(String, u64, u64)]) -> Markup {
+    let (w, h, left, bottom, top) = (800.0, 200.0, 48.0, 22.0, 10.0);
+    let max = days
+        .iter()
+        .map(|(_, p, f)| (*p).max(*f))
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let n = days.len().max(2) as f64 - 1.0;
+    let x = |i: usize| left + (w - left - 8.0) * i as f64 / n;
+    let y = |v: u64| top + (h - top - bottom) * (1.0 - v as f64 / max);
+    let points = |pick: fn(&(String, u64, u64)) -> u64| {
+        days.iter()
+            .enumerate()
+            .map(|(i, d)| format!("{:.1},{:.1}", x(i), y(pick(d))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let first = days.first().map(|d| d.0.as_str()).unwrap_or("");
+    let last = days.last().map(|d| d.0.as_str()).unwrap_or("");
+    let total_p: u64 = days.iter().map(|d| d.1).sum();
+    let total_f: u64 = days.iter().map(|d| d.2).sum();
+    html! {
+        svg.chart.history viewBox="0 0 800 200" role="img"
+            aria-label=(format!("Processed and failed per day from {first} to {last}: {} processed, {} failed", num(total_p), num(total_f))) {
+            g.grid {
+                @for i in 0..=4 {
+                    @let gy = top + (h - top - bottom) * f64::from(i) / 4.0;
+                    line x1=(left) x2=(w - 8.0) y1=(format!("{gy:.1}")) y2=(format!("{gy:.1}")) {}
+                }
+            }
+            polyline.series.series-processed points=(points(|d| d.1)) {}
+            polyline.series.series-failed points=(points(|d| d.2)) {}
+            g.axis {
+                text x="4" y=(top + 10.0) { (num(max as u64)) }
+                text x="4" y=(h - bottom) { "0" }
+                text x=(left) y=(h - 4.0) { (first) }
+                text x=(w - 8.0) y=(h - 4.0) text-anchor="end" { (last) }
+            }
+        }
+        div.legend { span.key.key-processed { "Processed" } span.key.key-failed { "Failed" } }
+    }
+}
+
+/// `GET /`: totals, live rates, history, backend facts.
+pub(crate) async fn dashboard(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = match ctx(&st, &sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let days = q.days();
+    let history = match data::history(&*st.admin, days).await {
+        Ok(h) => h,
+        Err(e) => return failure(e),
+    };
+    let info = match st.admin.backend_info().await {
+        Ok(i) => i,
+        Err(e) => return failure(e),
+    };
+    let body = html! {
+        div.page-head {
+            h1 { "Dashboard" }
+            p.subtitle { "Everything Errand (and Sidekiq) holds on this " (info.kind) " backend." }
+        }
+        (cards(&c.overview))
+        section.panel {
+            div.panel-head { h2 { "Live" } div.panel-tools { span.muted { "processed and failed per second" } } }
+            div.live data-stream=(c.url("/api/stream?interval=2")) {
+                svg.chart.live-chart viewBox="0 0 800 200" aria-label="Processed and failed per second" {}
+                div.live-status aria-live="polite" { "connecting…" }
+            }
+        }
+        section.panel {
+            div.panel-head {
+                h2 { "History" }
+                div.panel-tools {
+                    @for d in [7u32, 30, 90, 180] {
+                        a.page-link.active[d == days] href=(c.url(&format!("/?days={d}"))) { (d) " days" }
+                    }
+                }
+            }
+            (history_chart(&history))
+        }
+        section.panel {
+            div.panel-head { h2 { "Backend" } }
+            dl.kv {
+                dt { "Kind" } dd { (info.kind) }
+                @for (k, v) in &info.facts {
+                    dt { (k) } dd.mono { (v) }
+                }
+            }
+        }
+    };
+    page(&c, "Dashboard", "dashboard", &q, body)
+}
+
+/// `GET /busy`: processes and running jobs.
+pub(crate) async fn busy(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = match ctx(&st, &sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let (processes, work) = match data::busy(&*st.admin).await {
+        Ok(b) => b,
+        Err(e) => return failure(e),
+    };
+    let return_to = c.url("/busy");
+    let body = html! {
+        div.page-head {
+            h1 { "Busy" }
+            p.subtitle { (num(processes.len() as u64)) " processes, " (num(work.len() as u64)) " jobs running" }
+            div.actions {
+                form.inline method="post" action=(c.url("/busy/quiet")) {
+                    (c.csrf()) input type="hidden" name="identity" value="all";
+                    input type="hidden" name="return_to" value=(return_to);
+                    button.btn data-confirm="Quiet every process? They stop fetching new jobs." { "Quiet all" }
+                }
+                form.inline method="post" action=(c.url("/busy/stop")) {
+                    (c.csrf()) input type="hidden" name="identity" value="all";
+                    input type="hidden" name="return_to" value=(return_to);
+                    button.btn.btn-danger data-confirm="Stop every process? They finish or requeue their jobs and exit." { "Stop all" }
+                }
+            }
+        }
+        section.panel {
+            div.panel-head { h2 { "Processes" } }
+            @if processes.is_empty() {
+                div.empty { "No live processes. Start a server and it appears here within a heartbeat." }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr {
+                        th { "Process" } th { "Queues" } th { "Busy" } th { "Started" } th { "Last beat" } th { "RSS" } th { "Status" } th { }
+                    } }
+                    tbody {
+                        @for p in &processes {
+                            tr {
+                                td {
+                                    div.mono { (p.hostname) ":" (p.pid) }
+                                    div.muted.small {
+                                        @if !p.tag.is_empty() { span.badge.badge-info { (p.tag) } " " }
+                                        (if p.errand { p.version.as_str() } else if p.version.is_empty() { "sidekiq (ruby)" } else { p.version.as_str() })
+                                    }
+                                }
+                                td.mono { (p.queues.join(", ")) }
+                                td {
+                                    (p.busy) " / " (p.concurrency)
+                                    div.bar data-value=(p.busy) data-max=(p.concurrency.max(1)) { div.bar-fill {} }
+                                }
+                                td { (opt_time(p.started_at, c.now)) }
+                                td { (time(p.beat, c.now)) }
+                                td { (format!("{:.1} MB", p.rss_kb as f64 / 1024.0)) }
+                                td {
+                                    @if p.quiet { span.badge.badge-warn { "quiet" } } @else { span.badge.badge-ok { "running" } }
+                                }
+                                td.row-actions {
+                                    @if !p.quiet {
+                                        form.inline method="post" action=(c.url("/busy/quiet")) {
+                                            (c.csrf()) input type="hidden" name="identity" value=(p.identity);
+                                            input type="hidden" name="return_to" value=(return_to);
+                                            button.btn.btn-sm { "Quiet" }
+                                        }
+                                    }
+                                    form.inline method="post" action=(c.url("/busy/stop")) {
+                                        (c.csrf()) input type="hidden" name="identity" value=(p.identity);
+                                        input type="hidden" name="return_to" value=(return_to);
+                                        button.btn.btn-sm.btn-danger data-confirm=(format!("Stop {}:{}?", p.hostname, p.pid)) { "Stop" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+        section.panel {
+            div.panel-head { h2 { "Running jobs" } }
+            @if work.is_empty() {
+                div.empty { "Nothing is running right now." }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr { th { "Process" } th { "Queue" } th { "Job" } th { "Arguments" } th { "Started" } } }
+                    tbody {
+                        @for w in &work {
+                            tr {
+                                td.mono.small { (w.identity) " " span.muted { (w.tid) } }
+                                td { a href=(c.url(&format!("/queues/{}", enc(&w.queue)))) { (w.queue) } }
+                                td { div { (w.job.class) } div.mono.muted.small { (w.job.jid) } }
+                                td.args { code { (w.job.args_preview()) } }
+                                td { (time(w.run_at, c.now)) " " span.muted { "(" (dur(c.now - w.run_at)) ")" } }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    page(&c, "Busy", "busy", &q, body)
+}
+
+/// `POST /busy/{quiet|stop}`: signals one process (`identity`) or all (`identity=all`).
+pub(crate) async fn busy_action(
+    State(st): State<AppState>,
+    Path(action): Path<String>,
+    posted: Posted,
+) -> Response {
+    let signal = match action.as_str() {
+        "quiet" => RemoteSignal::Quiet,
+        "stop" => RemoteSignal::Stop,
+        _ => return security::status(StatusCode::NOT_FOUND),
+    };
+    match crate::api::send_signal(&st, posted.get("identity").unwrap_or(""), signal).await {
+        Ok(n) => back(&st, &posted, "/busy", &action, n),
+        Err(e) => failure(e),
+    }
+}
+
+/// `GET /queues`.
+pub(crate) async fn queues(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = match ctx(&st, &sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let queues = match data::queues(&*st.admin).await {
+        Ok(q) => q,
+        Err(e) => return failure(e),
+    };
+    let return_to = c.url("/queues");
+    let body = html! {
+        div.page-head { h1 { "Queues" } p.subtitle { (num(queues.len() as u64)) " queues, " (num(c.overview.enqueued)) " jobs waiting" } }
+        section.panel {
+            @if queues.is_empty() {
+                div.empty { "No queues yet: they appear when the first job is pushed." }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr { th { "Queue" } th.num { "Size" } th.num { "Latency" } th { "Status" } th { } } }
+                    tbody {
+                        @for qv in &queues {
+                            @let base = format!("/queues/{}", enc(&qv.name));
+                            tr {
+                                td { a href=(c.url(&base)) { (qv.name) } }
+                                td.num { (num(qv.size)) }
+                                td.num title="Age of the next job to run" { @if qv.size > 0 { (dur(qv.latency)) } @else { span.muted { "—" } } }
+                                td { @if qv.paused { span.badge.badge-warn { "paused" } } @else { span.badge.badge-ok { "active" } } }
+                                td.row-actions {
+                                    form.inline method="post" action=(c.url(&format!("{base}/{}", if qv.paused { "resume" } else { "pause" }))) {
+                                        (c.csrf()) input type="hidden" name="return_to" value=(return_to);
+                                        button.btn.btn-sm { @if qv.paused { "Resume" } @else { "Pause" } }
+                                    }
+                                    form.inline method="post" action=(c.url(&format!("{base}/clear"))) {
+                                        (c.csrf()) input type="hidden" name="return_to" value=(return_to);
+                                        button.btn.btn-sm.btn-danger data-confirm=(format!("Delete all {} jobs in {}?", num(qv.size), qv.name)) { "Clear" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    page(&c, "Queues", "queues", &q, body)
+}
+
+fn pager(c: &Ctx<'_>, path: &str, q: &ListQuery, page: usize, per_page: usize, total: u64) -> Markup {
+    let pages = (total as usize).div_ceil(per_page).max(1);
+    let link = |p: usize| {
+        let mut parts = vec![format!("page={p}")];
+        for (k, v) in [
+            ("per_page", q.per_page.as_deref()),
+            ("sort", q.sort.as_deref()),
+            ("class", q.class.as_deref()),
+            ("queue", q.queue.as_deref()),
+            ("error", q.error.as_deref()),
+            ("q", q.q.as_deref()),
+        ] {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                parts.push(format!("{k}={}", enc(v)));
+            }
+        }
+        c.url(&format!("{path}?{}", parts.join("&")))
+    };
+    html! {
+        @if pages > 1 {
+            nav.pager aria-label="Pages" {
+                @if page > 1 { a.page-link href=(link(page - 1)) rel="prev" { "‹ Prev" } }
+                span.page-info { "Page " (num(page as u64)) " of " (num(pages as u64)) }
+                @if page < pages { a.page-link href=(link(page + 1)) rel="next" { "Next ›" } }
+            }
+        }
+    }
+}
+
+/// `GET /queues/{name}`: a queue's jobs, paged.
+pub(crate) async fn queue(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = match ctx(&st, &sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let all = match data::queues(&*st.admin).await {
+        Ok(q) => q,
+        Err(e) => return failure(e),
+    };
+    let info = all.into_iter().find(|x| x.name == name);
+    let (size, paused) = info.as_ref().map_or((0, false), |i| (i.size, i.paused));
+    let per_page = q.per_page();
+    let page_no = q.page();
+    let order = q.order(Order::Asc);
+    let offset = ((page_no - 1) * per_page).min(data::MAX_OFFSET);
+    let entries = match st.admin.queue_page(&name, offset, per_page, order).await {
+        Ok(e) => e,
+        Err(e) => return failure(e),
+    };
+    let base = format!("/queues/{}", enc(&name));
+    let return_to = c.url(&format!("{base}?page={page_no}&sort={}", if order == Order::Asc { "asc" } else { "desc" }));
+    let body = html! {
+        div.page-head {
+            h1 { "Queue " span.mono { (name) } }
+            p.subtitle {
+                (num(size)) " jobs"
+                @if let Some(i) = &info { @if i.size > 0 { " · latency " (dur(i.latency)) } }
+                @if paused { " · " span.badge.badge-warn { "paused" } }
+            }
+            div.actions {
+                form.inline method="post" action=(c.url(&format!("{base}/{}", if paused { "resume" } else { "pause" }))) {
+                    (c.csrf()) input type="hidden" name="return_to" value=(return_to);
+                    button.btn { @if paused { "Resume" } @else { "Pause" } }
+                }
+                form.inline method="post" action=(c.url(&format!("{base}/clear"))) {
+                    (c.csrf()) input type="hidden" name="return_to" value=(c.url("/queues"));
+                    button.btn.btn-danger data-confirm=(format!("Delete all {} jobs in {name}?", num(size))) { "Clear queue" }
+                }
+            }
+        }
+        section.panel {
+            @if entries.is_empty() {
+                div.empty { "This queue is empty." }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr {
+                        th.num {
+                            a.sort href=(c.url(&format!("{base}?sort={}", if order == Order::Asc { "desc" } else { "asc" }))) {
+                                @if order == Order::Asc { "Next to run ▴" } @else { "Newest ▾" }
+                            }
+                        }
+                        th { "Job" } th { "Arguments" } th { "Enqueued" } th { }
+                    } }
+                    tbody {
+                        @for (i, raw) in entries.iter().enumerate() {
+                            @let job = JobView::new(raw);
+                            tr {
+                                td.num.muted { (num((offset + i + 1) as u64)) }
+                                td { div { (job.class) } div.mono.muted.small { (job.jid) } }
+                                td.args { code { (job.args_preview()) } }
+                                td { (opt_time(job.enqueued_at, c.now)) }
+                                td.row-actions {
+                                    form.inline method="post" action=(c.url(&format!("{base}/delete"))) {
+                                        (c.csrf()) input type="hidden" name="raw" value=(raw);
+                                        input type="hidden" name="return_to" value=(return_to);
+                                        button.btn.btn-sm.btn-danger data-confirm="Delete this job?" { "Delete" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } }
+                (pager(&c, &base, &q, page_no, per_page, size))
+            }
+        }
+    };
+    page(&c, &format!("Queue {name}"), "queues", &q, body)
+}
+
+/// `POST /queues/{name}/{pause|resume|clear|delete}`.
+pub(crate) async fn queue_action(
+    State(st): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    posted: Posted,
+) -> Response {
+    let fallback = format!("/queues/{}", enc(&name));
+    match crate::api::queue_op(&st, &name, &action, posted.get("raw")).await {
+        Ok(Some((done, n))) => back(&st, &posted, &fallback, done, n),
+        Ok(None) => security::status(StatusCode::NOT_FOUND),
+        Err(e) => failure(e),
+    }
+}
+
+fn set_title(set: SetName) -> &'static str {
+    match set {
+        SetName::Retry => "Retries",
+        SetName::Scheduled => "Scheduled",
+        SetName::Dead => "Dead",
+    }
+}
+
+fn default_order(set: SetName) -> Order {
+    match set {
+        SetName::Dead => Order::Desc,
+        _ => Order::Asc,
+    }
+}
+
+fn retry_label(set: SetName) -> &'static str {
+    match set {
+        SetName::Scheduled => "Run now",
+        _ => "Retry now",
+    }
+}
+
+fn when_label(set: SetName) -> &'static str {
+    match set {
+        SetName::Retry => "Next retry",
+        SetName::Scheduled => "Runs",
+        SetName::Dead => "Died",
+    }
+}
+
+fn row_actions(c: &Ctx<'_>, set: SetName, e: &Entry, return_to: &str) -> Markup {
+    let slug = set_slug(set);
+    let form = |action: &str, label: &str, class: &str, confirm: Option<&str>| {
+        html! {
+            form.inline method="post" action=(c.url(&format!("/{slug}/job/{action}"))) {
+                (c.csrf())
+                input type="hidden" name="key" value=(e.key);
+                input type="hidden" name="return_to" value=(return_to);
+                button class=(format!("btn btn-sm {class}")) data-confirm=[confirm] { (label) }
+            }
+        }
+    };
+    html! {
+        @if e.job.readable { (form("retry", retry_label(set), "", None)) }
+        @if set != SetName::Dead { (form("kill", "Kill", "", Some("Move this job to Dead?"))) }
+        (form("delete", "Delete", "btn-danger", Some("Delete this job?")))
+    }
+}
+
+/// `GET /retries`, `/scheduled`, `/dead`: a set, paged, sortable and filtered.
+pub(crate) async fn set_list(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+    set: SetName,
+) -> Response {
+    let c = match ctx(&st, &sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let order = q.order(default_order(set));
+    let filter = q.filter();
+    let listing: SetPage =
+        match data::set_page(&*st.admin, set, q.page(), q.per_page(), order, &filter).await {
+            Ok(p) => p,
+            Err(e) => return failure(e),
+        };
+    let slug = set_slug(set);
+    let path = format!("/{slug}");
+    let mut here = vec![format!("page={}", listing.page)];
+    for (k, v) in [
+        ("sort", q.sort.as_deref()),
+        ("class", filter.class.as_deref()),
+        ("queue", filter.queue.as_deref()),
+        ("error", filter.error.as_deref()),
+        ("q", filter.text.as_deref()),
+    ] {
+        if let Some(v) = v {
+            here.push(format!("{k}={}", enc(v)));
+        }
+    }
+    let return_to = c.url(&format!("{path}?{}", here.join("&")));
+    let flip = if order == Order::Asc { "desc" } else { "asc" };
+    let mut sort_link = vec![format!("sort={flip}")];
+    sort_link.extend(here.iter().skip(1).filter(|p| !p.starts_with("sort=")).cloned());
+    let filter_fields = html! {
+        @if let Some(v) = &filter.class { input type="hidden" name="class" value=(v); }
+        @if let Some(v) = &filter.queue { input type="hidden" name="queue" value=(v); }
+        @if let Some(v) = &filter.error { input type="hidden" name="error" value=(v); }
+        @if let Some(v) = &filter.text { input type="hidden" name="q" value=(v); }
+    };
+    let scope = if filter.is_empty() { "all" } else { "all matching" };
+    let body = html! {
+        div.page-head {
+            h1 { (set_title(set)) }
+            p.subtitle {
+                (num(listing.total)) @if filter.is_empty() { " jobs" } @else { " matching jobs" }
+                @if listing.truncated { " (only the first " (num(data::MAX_SCAN as u64)) " were searched)" }
+            }
+            div.actions {
+                form.inline method="post" action=(c.url(&format!("{path}/all"))) {
+                    (c.csrf()) (filter_fields)
+                    input type="hidden" name="return_to" value=(return_to);
+                    @if set != SetName::Dead || listing.total > 0 {
+                        button.btn name="action" value="retry" data-confirm=(format!("{} {scope} {} jobs?", retry_label(set), num(listing.total))) disabled[listing.total == 0] { (retry_label(set)) " " (scope) }
+                    }
+                    @if set != SetName::Dead {
+                        button.btn name="action" value="kill" data-confirm=(format!("Kill {scope} {} jobs?", num(listing.total))) disabled[listing.total == 0] { "Kill " (scope) }
+                    }
+                    button.btn.btn-danger name="action" value="delete" data-confirm=(format!("Delete {scope} {} jobs?", num(listing.total))) disabled[listing.total == 0] { "Delete " (scope) }
+                }
+            }
+        }
+        div.toolbar {
+            form.filters method="get" action=(c.url(&path)) {
+                input.input type="search" name="class" placeholder="Class" value=[filter.class.as_deref()] aria-label="Class";
+                input.input type="search" name="queue" placeholder="Queue" value=[filter.queue.as_deref()] aria-label="Queue";
+                @if set != SetName::Scheduled {
+                    input.input type="search" name="error" placeholder="Error text" value=[filter.error.as_deref()] aria-label="Error text";
+                }
+                input.input type="search" name="q" placeholder="Job id or arguments" value=[filter.text.as_deref()] aria-label="Job id or arguments";
+                @if let Some(s) = &q.sort { input type="hidden" name="sort" value=(s); }
+                button.btn type="submit" { "Filter" }
+                @if !filter.is_empty() { a.btn.btn-ghost href=(c.url(&path)) { "Reset" } }
+            }
+        }
+        section.panel {
+            @if listing.entries.is_empty() {
+                div.empty {
+                    @if !filter.is_empty() { "No job matches this filter." }
+                    @else { @match set {
+                        SetName::Retry => "No retries — all clear.",
+                        SetName::Scheduled => "Nothing scheduled.",
+                        SetName::Dead => "No dead jobs.",
+                    } }
+                }
+            } @else {
+                form #bulk.bulk-bar method="post" action=(c.url(&format!("{path}/bulk"))) {
+                    (c.csrf())
+                    input type="hidden" name="return_to" value=(return_to);
+                    span.selected-count data-group="jobs" { "0 selected" }
+                    button.btn.btn-sm name="action" value="retry" data-needs-selection { (retry_label(set)) }
+                    @if set != SetName::Dead {
+                        button.btn.btn-sm name="action" value="kill" data-needs-selection data-confirm="Kill the selected jobs?" { "Kill" }
+                    }
+                    button.btn.btn-sm.btn-danger name="action" value="delete" data-needs-selection data-confirm="Delete the selected jobs?" { "Delete" }
+                }
+                div.table-wrap { table.table {
+                    thead { tr {
+                        th.check { input.select-all type="checkbox" data-group="jobs" aria-label="Select all"; }
+                        th { a.sort href=(c.url(&format!("{path}?{}", sort_link.join("&")))) { (when_label(set)) @if order == Order::Asc { " ▴" } @else { " ▾" } } }
+                        th { "Job" } th { "Queue" } th { "Arguments" }
+                        @if set != SetName::Scheduled { th { "Error" } }
+                        @if set == SetName::Retry { th.num { "Retries" } }
+                        th { }
+                    } }
+                    tbody {
+                        @for e in &listing.entries {
+                            @let detail = c.url(&format!("{path}/job?key={}", enc(&e.key)));
+                            tr {
+                                td.check { input.row-select type="checkbox" data-group="jobs" name="key" value=(e.key) form="bulk" aria-label="Select"; }
+                                td { a href=(detail) { (time(e.score, c.now)) } }
+                                td { a href=(detail) { (e.job.class) } div.mono.muted.small { (e.job.jid) } }
+                                td { (e.job.queue) }
+                                td.args { code { (e.job.args_preview()) } }
+                                @if set != SetName::Scheduled {
+                                    td.error-text {
+                                        @if let Some(ec) = &e.job.error_class { strong { (ec) } ": " }
+                                        (data::preview(e.job.error_message.as_deref().or(e.job.unreadable_reason.as_deref()).unwrap_or(""), 200))
+                                    }
+                                }
+                                @if set == SetName::Retry { td.num { (e.job.retry_count.map(|n| num(n)).unwrap_or_default()) } }
+                                td.row-actions { (row_actions(&c, set, e, &return_to)) }
+                            }
+                        }
+                    }
+                } }
+                (pager(&c, &path, &q, listing.page, listing.per_page, listing.total))
+            }
+        }
+    };
+    page(&c, set_title(set), slug, &q, body)
+}
+
+/// `GET /{set}/job?key=…`: one job in full.
+pub(crate) async fn set_job(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+    set: SetName,
+) -> Response {
+    job_page(&st, &sec, &q, set, None).await
+}
+
+async fn job_page(
+    st: &AppState,
+    sec: &RequestSecurity,
+    q: &ListQuery,
+    set: SetName,
+    error: Option<(String, String)>,
+) -> Response {
+    let c = match ctx(st, sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let key = q.key.clone().unwrap_or_default();
+    let entry = match data::find(&*st.admin, set, &key).await {
+        Ok(e) => e,
+        Err(e) => return failure(e),
+    };
+    let slug = set_slug(set);
+    let list = c.url(&format!("/{slug}"));
+    let Some(e) = entry else {
+        let body = html! {
+            div.page-head { h1 { "Job not found" } }
+            div.empty { "This job is no longer in " (set_title(set)) " (it ran, moved or was deleted). " a href=(list) { "Back to " (set_title(set)) } }
+        };
+        let mut resp = page(&c, "Job not found", slug, q, body);
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return resp;
+    };
+    let j = &e.job;
+    let pretty_args = serde_json::to_string_pretty(&j.args).unwrap_or_default();
+    let pretty_raw = serde_json::from_str::<serde_json::Value>(&e.raw)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| e.raw.clone());
+    let trace = data::backtrace(&e.raw);
+    let (edit_error, edit_value) = match &error {
+        Some((msg, args)) => (Some(msg.as_str()), args.clone()),
+        None => (None, pretty_args.clone()),
+    };
+    let body = html! {
+        div.page-head {
+            h1 { (j.class) }
+            p.subtitle { a href=(list) { "‹ " (set_title(set)) } " · " span.mono { (j.jid) } }
+            div.actions { (row_actions(&c, set, &e, &list)) }
+        }
+        section.panel {
+            dl.kv {
+                dt { "Class" } dd { (j.class) @if let Some(w) = &j.wrapper { " " span.muted.small { "(" (w) ")" } } }
+                dt { "Queue" } dd { a href=(c.url(&format!("/queues/{}", enc(&j.queue)))) { (j.queue) } }
+                dt { "Job id" } dd.mono { (j.jid) }
+                dt { (when_label(set)) } dd { (time(e.score, c.now)) " " span.muted.small { (exact(e.score)) } }
+                dt { "Created" } dd { (opt_time(j.created_at, c.now)) }
+                dt { "Enqueued" } dd { (opt_time(j.enqueued_at, c.now)) }
+                @if j.failed_at.is_some() { dt { "Failed" } dd { (opt_time(j.failed_at, c.now)) } }
+                @if j.retried_at.is_some() { dt { "Retried" } dd { (opt_time(j.retried_at, c.now)) } }
+                @if let Some(n) = j.retry_count { dt { "Retry count" } dd { (n) } }
+                @if let Some(ec) = &j.error_class { dt { "Error class" } dd.mono { (ec) } }
+                @if let Some(m) = &j.error_message { dt { "Error message" } dd.error-text { (m) } }
+                @if let Some(r) = &j.unreadable_reason { dt { "Unreadable" } dd.error-text { (r) } }
+            }
+        }
+        section.panel {
+            div.panel-head { h2 { "Arguments" } }
+            pre.code { (pretty_args) }
+        }
+        @if let Some(lines) = &trace {
+            section.panel {
+                div.panel-head { h2 { "Backtrace" } }
+                pre.code.backtrace { @for l in lines { (l) "\n" } }
+            }
+        }
+        @if set == SetName::Dead && j.readable {
+            section.panel {
+                div.panel-head { h2 { "Retry with edited arguments" } }
+                form method="post" action=(c.url(&format!("/{slug}/job/edit"))) {
+                    (c.csrf())
+                    input type="hidden" name="key" value=(e.key);
+                    input type="hidden" name="return_to" value=(list);
+                    @if let Some(msg) = edit_error { div.flash.flash-error role="alert" { (msg) } }
+                    textarea.input.code-input name="args" rows="8" aria-label="Arguments as a JSON array" { (edit_value) }
+                    p { button.btn.btn-primary type="submit" { "Retry with these arguments" } }
+                }
+            }
+        }
+        section.panel {
+            div.panel-head { h2 { "Payload" } }
+            pre.code { (pretty_raw) }
+        }
+    };
+    let mut resp = page(&c, &j.class, slug, q, body);
+    if error.is_some() {
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    resp
+}
+
+/// `POST /{set}/job/{retry|delete|kill|edit}` with the entry's `key`.
+pub(crate) async fn set_job_action(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Path(action): Path<String>,
+    posted: Posted,
+    set: SetName,
+) -> Response {
+    let key = posted.get("key").unwrap_or("");
+    let list = format!("/{}", set_slug(set));
+    let entry = match data::find(&*st.admin, set, key).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return back(&st, &posted, &list, "gone", 0),
+        Err(e) => return failure(e),
+    };
+    if action == "edit" {
+        let args = posted.get("args").unwrap_or("");
+        return match data::retry_with_args(&*st.admin, st.actions(), set, &entry.raw, args).await {
+            Ok(true) => back(&st, &posted, &list, "retry", 1),
+            Ok(false) => back(&st, &posted, &list, "gone", 0),
+            Err(msg) => {
+                let q = ListQuery {
+                    key: Some(key.to_string()),
+                    ..Default::default()
+                };
+                job_page(&st, &sec, &q, set, Some((msg, args.to_string()))).await
+            }
+        };
+    }
+    let Some(action) = Action::parse(&action) else {
+        return security::status(StatusCode::NOT_FOUND);
+    };
+    match data::apply(&*st.admin, st.actions(), set, &entry.raw, action).await {
+        Ok(true) => back(&st, &posted, &list, action_code(action), 1),
+        Ok(false) => back(&st, &posted, &list, "gone", 0),
+        Err(e) => failure(e),
+    }
+}
+
+fn action_code(a: Action) -> &'static str {
+    match a {
+        Action::Retry => "retry",
+        Action::Delete => "delete",
+        Action::Kill => "kill",
+    }
+}
+
+/// `POST /{set}/bulk`: `action` on every selected `key`.
+pub(crate) async fn set_bulk(State(st): State<AppState>, posted: Posted, set: SetName) -> Response {
+    let list = format!("/{}", set_slug(set));
+    let Some(action) = posted.get("action").and_then(Action::parse) else {
+        return security::status(StatusCode::BAD_REQUEST);
+    };
+    match crate::api::bulk(&st, set, action, &posted.all("key")).await {
+        Ok(n) => back(&st, &posted, &list, action_code(action), n),
+        Err(e) => failure(e),
+    }
+}
+
+/// `POST /{set}/all`: `action` on every entry (matching the filter fields, when given).
+pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: SetName) -> Response {
+    let list = format!("/{}", set_slug(set));
+    let Some(action) = posted.get("action").and_then(Action::parse) else {
+        return security::status(StatusCode::BAD_REQUEST);
+    };
+    match data::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
+        Ok(n) => back(&st, &posted, &list, action_code(action), n),
+        Err(e) => failure(e),
+    }
+}
+
+/// `GET /job-metrics`: executions, failures and durations per class.
+pub(crate) async fn metrics(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = match ctx(&st, &sec).await {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    let window = Window::parse(q.window.as_deref());
+    let rows = match data::class_metrics(&*st.admin, window).await {
+        Ok(r) => r,
+        Err(e) => return failure(e),
+    };
+    let max = rows.iter().map(|r| r.executions).max().unwrap_or(1).max(1);
+    let body = html! {
+        div.page-head {
+            h1 { "Metrics" }
+            p.subtitle { "Per job class, " @if window == Window::Hour { "over the last hour" } @else { "over the last 24 hours" } ". Durations are of successful runs, from a histogram (upper bucket bounds)." }
+            div.actions {
+                a.page-link.active[window == Window::Hour] href=(c.url("/job-metrics?window=hour")) { "Last hour" }
+                a.page-link.active[window == Window::Day] href=(c.url("/job-metrics?window=day")) { "Last 24 hours" }
+            }
+        }
+        section.panel {
+            @if rows.is_empty() {
+                div.empty { "No job ran in this window." }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr {
+                        th { "Class" } th.num { "Executions" } th.num { "Failures" } th.num { "Failure rate" }
+                        th.num { "Mean" } th.num { "p50" } th.num { "p95" } th.num { "p99" }
+                    } }
+                    tbody {
+                        @for r in &rows {
+                            tr {
+                                td {
+                                    div { (r.class) }
+                                    div.bar data-value=(r.executions) data-max=(max) { div.bar-fill {} }
+                                }
+                                td.num { (num(r.executions)) }
+                                td.num { (num(r.failures)) }
+                                td.num { (format!("{:.1} %", 100.0 * r.failures as f64 / r.executions.max(1) as f64)) }
+                                td.num { (r.mean_ms.map(|m| format!("{m:.1} ms")).unwrap_or_else(|| "—".into())) }
+                                td.num { (ms(r.p50_ms)) }
+                                td.num { (ms(r.p95_ms)) }
+                                td.num { (ms(r.p99_ms)) }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    page(&c, "Metrics", "job-metrics", &q, body)
+}
+
+/// `GET /login`: the token form (with token authentication).
+pub(crate) async fn login_form(State(st): State<AppState>, Sec(sec): Sec) -> Response {
+    login_page(&st, &sec, None)
+}
+
+fn login_page(st: &AppState, sec: &RequestSecurity, error: Option<&str>) -> Response {
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in · Errand" }
+                link rel="stylesheet" href=(st.url("/assets/app.css"));
+                script src=(st.url("/assets/theme.js")) nonce=(sec.nonce) {}
+            }
+            body {
+                main.container.login {
+                    section.panel {
+                        h1 { "Errand" }
+                        @if let Some(e) = error { div.flash.flash-error role="alert" { (e) } }
+                        form method="post" action=(st.url("/login")) {
+                            input type="hidden" name=(security::CSRF_FIELD) value=(sec.csrf);
+                            label for="token" { "Access token" }
+                            input #token.input type="password" name="token" autocomplete="current-password" required;
+                            p { button.btn.btn-primary type="submit" { "Sign in" } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut resp = body.into_response();
+    if error.is_some() {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    resp
+}
+
+/// `POST /login`: checks the token and sets the auth cookie.
+pub(crate) async fn login(State(st): State<AppState>, Sec(sec): Sec, posted: Posted) -> Response {
+    let Some(value) = security::auth_cookie_value(&st, posted.get("token").unwrap_or("")) else {
+        return login_page(&st, &sec, Some("That token is not right."));
+    };
+    let mut resp = Redirect::to(&st.url("/")).into_response();
+    let cookie = format!(
+        "{}={value}; Path={}; HttpOnly; SameSite=Strict{}",
+        security::AUTH_COOKIE,
+        security::cookie_path(&st),
+        if st.config.secure_cookies { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// `POST /logout`: clears the auth cookie.
+pub(crate) async fn logout(State(st): State<AppState>, _posted: Posted) -> Response {
+    let mut resp = Redirect::to(&st.url("/login")).into_response();
+    let cookie = format!(
+        "{}=; Path={}; HttpOnly; SameSite=Strict; Max-Age=0",
+        security::AUTH_COOKIE,
+        security::cookie_path(&st)
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_durations_read_well() {
+        assert_eq!(num(0), "0");
+        assert_eq!(num(1234567), "1,234,567");
+        assert_eq!(dur(0.012), "12 ms");
+        assert_eq!(dur(3.24), "3.2 s");
+        assert_eq!(dur(600.0), "10 min");
+        assert_eq!(relative(100.0, 100.0), "just now");
+        assert_eq!(relative(100.0, 280.0), "3 minutes ago");
+        assert_eq!(relative(400.0, 100.0), "in 5 minutes");
+        assert_eq!(relative(f64::INFINITY, 100.0), "never");
+    }
+}
