@@ -34,7 +34,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod admin;
 mod server;
+pub use admin::*;
 pub use server::*;
 
 /// How long any single step of a case may take before the case fails.

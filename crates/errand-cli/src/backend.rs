@@ -47,6 +47,14 @@ impl Backend {
         ))
     }
 
+    /// The backend's admin side, for the dashboard and the ops commands.
+    pub(crate) fn admin(&self) -> Arc<dyn errand::admin::Admin> {
+        match self {
+            Backend::Sqlite(b) => Arc::new(b.clone()),
+            Backend::Redis(b) => Arc::new((**b).clone()),
+        }
+    }
+
     /// The backend as the library takes it.
     pub(crate) fn broker(&self) -> Arc<dyn Broker> {
         match self {

@@ -5,10 +5,12 @@
 //!   processed with live progress, retries, a dead job with an alert, and a summary.
 //! - `errand bench`: a load test: bulk enqueue, drain, enqueue-to-start latency at a steady
 //!   rate, CPU per 100,000 jobs and peak RSS, on SQLite or Redis (`--json` for scripts).
+//! - `errand web`: the dashboard (pages, JSON API, Prometheus `/metrics`) on SQLite or Redis.
 
 mod backend;
 pub mod bench;
 pub mod demo;
+pub mod web;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,6 +31,35 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput, latency, CPU and memory with no-op jobs (a load test).
     Bench(BenchArgs),
+    /// Serve the dashboard: queues, busy, retries, scheduled, dead, metrics, with actions.
+    Web(WebArgs),
+}
+
+/// Options of `errand web`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebArgs {
+    /// The SQLite file to show. The default backend.
+    #[arg(long, default_value = "errand.sqlite", conflicts_with = "redis")]
+    pub sqlite: PathBuf,
+    /// Show the Redis server at this URL instead (Sidekiq's data included).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis: Option<String>,
+    /// Address to listen on. Anything but loopback needs authentication.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub bind: std::net::SocketAddr,
+    /// Require this access token (a bearer header, or the sign-in form).
+    #[arg(long, env = "ERRAND_WEB_TOKEN", hide_env_values = true, conflicts_with = "basic")]
+    pub token: Option<String>,
+    /// Require HTTP basic authentication, as `user:password`.
+    #[arg(long, env = "ERRAND_WEB_BASIC", hide_env_values = true)]
+    pub basic: Option<String>,
+    /// Serve a non-loopback address without authentication anyway (anyone who reaches it can
+    /// delete jobs and stop processes).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Mount the dashboard under this path (`/errand`) instead of `/`.
+    #[arg(long, default_value = "")]
+    pub base_path: String,
 }
 
 /// Options of `errand demo`.
@@ -113,5 +144,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Web(args) => web::run(args).await,
     }
 }

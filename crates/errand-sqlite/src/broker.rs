@@ -2,6 +2,7 @@
 
 use crate::schema::{SCHEMA, member_hash, state};
 use async_trait::async_trait;
+use errand_core::admin::ClassMetrics;
 use errand_core::broker::{
     Broker, BrokerResult, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant,
     LeaseRequest, OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
@@ -121,7 +122,7 @@ fn set_state(name: &str) -> Option<i64> {
     }
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     errand_core::now()
 }
 
@@ -152,7 +153,7 @@ fn add_member(tx: &Transaction<'_>, set: i64, score: f64, payload: &str) -> rusq
 }
 
 /// Adds `payload` to the dead set at `now`, then trims the set by age and size.
-fn bury(
+pub(crate) fn bury(
     tx: &Transaction<'_>,
     payload: &str,
     now: f64,
@@ -169,6 +170,26 @@ fn bury(
              ORDER BY score DESC, payload DESC LIMIT ?2)",
         params![state::DEAD, limits.max_jobs as i64],
     )?;
+    Ok(())
+}
+
+/// Pushes `jobs` onto the newest end of their queues and registers the queue names.
+pub(crate) fn enqueue(tx: &Transaction<'_>, jobs: &[Enqueue]) -> rusqlite::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let first = next_seq(tx, jobs.len() as i64)?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO jobs(state, queue, seq, payload) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut queue = tx.prepare_cached("INSERT OR IGNORE INTO queues(name) VALUES (?1)")?;
+    let mut last_queue: Option<&str> = None;
+    for (i, j) in jobs.iter().enumerate() {
+        insert.execute(params![state::QUEUED, j.queue, first + i as i64, j.payload])?;
+        if last_queue != Some(j.queue.as_str()) {
+            queue.execute([&j.queue])?;
+            last_queue = Some(&j.queue);
+        }
+    }
     Ok(())
 }
 
@@ -269,6 +290,22 @@ fn commit_acks(inner: &Inner) {
     }
 }
 
+/// The processed and failed counters named with `suffix` (`""` for the totals, `":<date>"` for
+/// one UTC day), zero when nothing was recorded.
+pub(crate) fn read_stats(conn: &Connection, suffix: &str) -> rusqlite::Result<SqliteStats> {
+    let mut get = conn.prepare_cached("SELECT value FROM stats WHERE name = ?1")?;
+    let mut value = |name: String| -> rusqlite::Result<u64> {
+        Ok(get
+            .query_row([name], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64)
+    };
+    Ok(SqliteStats {
+        processed: value(format!("processed{suffix}"))?,
+        failed: value(format!("failed{suffix}"))?,
+    })
+}
+
 fn lease(id: i64, identity: &str) -> String {
     format!("{id}|{identity}")
 }
@@ -364,8 +401,13 @@ impl SqliteBroker {
         &self.inner.path
     }
 
+    /// Wakes this process's waiting fetches: jobs were pushed or moved onto a queue.
+    pub(crate) fn notify_pushed(&self) {
+        self.inner.pushed.notify_waiters();
+    }
+
     /// Runs `f` on the connection in the blocking pool.
-    async fn with<T, F>(&self, f: F) -> BrokerResult<T>
+    pub(crate) async fn with<T, F>(&self, f: F) -> BrokerResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -381,7 +423,7 @@ impl SqliteBroker {
     }
 
     /// Runs `f` in one write transaction.
-    async fn write<T, F>(&self, f: F) -> BrokerResult<T>
+    pub(crate) async fn write<T, F>(&self, f: F) -> BrokerResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
@@ -472,23 +514,8 @@ impl SqliteBroker {
         .await
     }
 
-    async fn counters(&self, suffix: String) -> BrokerResult<SqliteStats> {
-        self.with(move |c| {
-            let get = |name: String| -> rusqlite::Result<u64> {
-                Ok(
-                    c.query_row("SELECT value FROM stats WHERE name = ?1", [name], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .optional()?
-                    .unwrap_or(0) as u64,
-                )
-            };
-            Ok(SqliteStats {
-                processed: get(format!("processed{suffix}"))?,
-                failed: get(format!("failed{suffix}"))?,
-            })
-        })
-        .await
+    async fn stats_named(&self, suffix: String) -> BrokerResult<SqliteStats> {
+        self.with(move |c| read_stats(c, &suffix)).await
     }
 
     /// The total processed and failed counters.
@@ -496,7 +523,7 @@ impl SqliteBroker {
     /// # Errors
     /// A database error.
     pub async fn stats(&self) -> BrokerResult<SqliteStats> {
-        self.counters(String::new()).await
+        self.stats_named(String::new()).await
     }
 
     /// The counters of one UTC day (`YYYY-MM-DD`).
@@ -504,7 +531,7 @@ impl SqliteBroker {
     /// # Errors
     /// A database error.
     pub async fn daily_stats(&self, date: &str) -> BrokerResult<SqliteStats> {
-        self.counters(format!(":{date}")).await
+        self.stats_named(format!(":{date}")).await
     }
 
     /// Queues remote signal `name` (`TSTP`, `TERM`, `TTIN`) for process `identity`; it acts
@@ -593,24 +620,8 @@ impl Broker for SqliteBroker {
             return Ok(());
         }
         let jobs = jobs.to_vec();
-        self.write(move |tx| {
-            let first = next_seq(tx, jobs.len() as i64)?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs(state, queue, seq, payload) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut queue = tx.prepare_cached("INSERT OR IGNORE INTO queues(name) VALUES (?1)")?;
-            let mut last_queue: Option<&str> = None;
-            for (i, j) in jobs.iter().enumerate() {
-                insert.execute(params![state::QUEUED, j.queue, first + i as i64, j.payload])?;
-                if last_queue != Some(j.queue.as_str()) {
-                    queue.execute([&j.queue])?;
-                    last_queue = Some(&j.queue);
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        self.inner.pushed.notify_waiters();
+        self.write(move |tx| enqueue(tx, &jobs)).await?;
+        self.notify_pushed();
         Ok(())
     }
 
@@ -1226,5 +1237,20 @@ impl Broker for SqliteBroker {
         })
         .await
         .map(|n| n as usize)
+    }
+
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT name FROM paused_queues ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_metrics(&self, minute: i64, classes: &[ClassMetrics]) -> BrokerResult<()> {
+        let classes = classes.to_vec();
+        self.write(move |tx| crate::admin::add_metrics(tx, minute, &classes))
+            .await
     }
 }

@@ -16,8 +16,14 @@
 //!   in-process signal (pushes from this process wake it at once) and polls the file for
 //!   pushes from other processes every 5 ms with a read that takes no lock.
 //!
+//! - The admin side ([`errand_core::admin::Admin`], for the dashboard and the CLI) reads and
+//!   changes the same rows: a queue page is a range of a queue's rows in fetch order, a set page
+//!   a range in `(score, member)` order, and every move (retry now, kill, delete) is one
+//!   transaction, with the same semantics as the Redis backend.
+//!
 //! Moving to Redis later is a configuration change: the job code and server are the same.
 
+mod admin;
 mod broker;
 mod schema;
 

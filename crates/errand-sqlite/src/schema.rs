@@ -74,6 +74,29 @@ CREATE TABLE IF NOT EXISTS signals (
     name     TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- The tables below came with the admin side; files made before it get them here, at the next
+-- open (CREATE TABLE IF NOT EXISTS is the whole migration: nothing existing changes).
+-- Queues servers leave out of their fetches (paused from the dashboard or the CLI).
+CREATE TABLE IF NOT EXISTS paused_queues (name TEXT PRIMARY KEY);
+-- Execution metrics per minute (minutes since the epoch, UTC) and class, kept 26 hours;
+-- `histogram` is a JSON array of errand_core::admin::HISTOGRAM_BUCKETS counts.
+CREATE TABLE IF NOT EXISTS metrics (
+    minute     INTEGER NOT NULL,
+    class      TEXT    NOT NULL,
+    executions INTEGER NOT NULL,
+    failures   INTEGER NOT NULL,
+    total_ms   INTEGER NOT NULL,
+    histogram  TEXT    NOT NULL,
+    PRIMARY KEY (minute, class)
+) WITHOUT ROWID;
+-- The same counts per class since the file was new (monotonic, for Prometheus).
+CREATE TABLE IF NOT EXISTS metrics_totals (
+    class      TEXT    PRIMARY KEY,
+    executions INTEGER NOT NULL,
+    failures   INTEGER NOT NULL,
+    total_ms   INTEGER NOT NULL,
+    histogram  TEXT    NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// A stable 64-bit FNV-1a hash of a set member, so uniqueness checks use an index instead of

@@ -1,7 +1,10 @@
-//! The backend conformance suite on SQLite: each case on its own file in its own temp dir.
+//! The backend conformance suites (the broker's and the admin side's) on SQLite: each case on
+//! its own file in its own temp dir.
 
 use async_trait::async_trait;
-use errand_backend_tests::{BackendFactory, Inspect, StatCounts, TestBackend};
+use errand_backend_tests::{
+    AdminBackend, AdminFactory, BackendFactory, Inspect, StatCounts, TestBackend,
+};
 use errand_sqlite::SqliteBroker;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +21,20 @@ impl Sqlite {
             dir: tempfile::tempdir().expect("temp dir"),
             opened: Mutex::new(0),
         }
+    }
+}
+
+impl Sqlite {
+    /// A broker on a new file of its own in the case's temp dir.
+    async fn open_new(&self) -> SqliteBroker {
+        let n = {
+            let mut opened = self.opened.lock().unwrap();
+            *opened += 1;
+            *opened
+        };
+        SqliteBroker::open(self.dir.path().join(format!("errand-{n}.sqlite")))
+            .await
+            .expect("open sqlite")
     }
 }
 
@@ -72,14 +89,7 @@ impl BackendFactory for Sqlite {
         "sqlite"
     }
     async fn new_backend(&self) -> TestBackend {
-        let n = {
-            let mut opened = self.opened.lock().unwrap();
-            *opened += 1;
-            *opened
-        };
-        let broker = SqliteBroker::open(self.dir.path().join(format!("errand-{n}.sqlite")))
-            .await
-            .expect("open sqlite");
+        let broker = self.open_new().await;
         TestBackend {
             broker: Arc::new(broker.clone()),
             inspect: Arc::new(SqliteInspect(broker)),
@@ -87,4 +97,13 @@ impl BackendFactory for Sqlite {
     }
 }
 
+#[async_trait]
+impl AdminFactory for Sqlite {
+    async fn new_admin_backend(&self) -> AdminBackend {
+        let broker = self.open_new().await;
+        AdminBackend::new(Arc::new(broker.clone()), Arc::new(SqliteInspect(broker)))
+    }
+}
+
 errand_backend_tests::conformance_tests!(Sqlite::new());
+errand_backend_tests::admin_conformance_tests!(Sqlite::new());

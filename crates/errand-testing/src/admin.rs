@@ -12,7 +12,12 @@ use errand_core::broker::{BrokerResult, DeadLimits, RemoteSignal};
 /// At most this many minutes are read by one [`Admin::metrics`] call.
 const MAX_METRIC_MINUTES: i64 = 1_500;
 
-fn page<T: Clone>(items: impl DoubleEndedIterator<Item = T>, offset: usize, limit: usize, order: Order) -> Vec<T> {
+fn page<T: Clone>(
+    items: impl DoubleEndedIterator<Item = T>,
+    offset: usize,
+    limit: usize,
+    order: Order,
+) -> Vec<T> {
     match order {
         Order::Asc => items.skip(offset).take(limit).collect(),
         Order::Desc => items.rev().skip(offset).take(limit).collect(),

@@ -9,8 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use errand_core::admin::{Order, SetName};
 use errand_core::BrokerError;
+use errand_core::admin::{Order, SetName};
 use errand_core::broker::RemoteSignal;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -76,25 +76,28 @@ pub(crate) async fn history(State(st): State<AppState>, Query(q): Query<ListQuer
 /// (2..=60).
 pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let every = Duration::from_secs(q.interval());
-    let events = futures::stream::unfold((st, None::<tokio::time::Interval>), move |(st, tick)| async move {
-        let mut tick = match tick {
-            Some(t) => t,
-            None => {
-                let mut t = tokio::time::interval(every);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            }
-        };
-        tick.tick().await;
-        let event = match data::overview(&*st.admin).await {
-            Ok(o) => Event::default()
-                .event("stats")
-                .json_data(&o)
-                .unwrap_or_else(|_| Event::default().comment("unserializable")),
-            Err(e) => Event::default().event("error").data(e.to_string()),
-        };
-        Some((Ok::<_, std::convert::Infallible>(event), (st, Some(tick))))
-    });
+    let events = futures::stream::unfold(
+        (st, None::<tokio::time::Interval>),
+        move |(st, tick)| async move {
+            let mut tick = match tick {
+                Some(t) => t,
+                None => {
+                    let mut t = tokio::time::interval(every);
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    t
+                }
+            };
+            tick.tick().await;
+            let event = match data::overview(&*st.admin).await {
+                Ok(o) => Event::default()
+                    .event("stats")
+                    .json_data(&o)
+                    .unwrap_or_else(|_| Event::default().comment("unserializable")),
+                Err(e) => Event::default().event("error").data(e.to_string()),
+            };
+            Some((Ok::<_, std::convert::Infallible>(event), (st, Some(tick))))
+        },
+    );
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -103,7 +106,9 @@ pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery
 /// `GET /api/busy`: processes and running jobs.
 pub(crate) async fn busy(State(st): State<AppState>) -> Response {
     match data::busy(&*st.admin).await {
-        Ok((processes, work)) => Json(json!({"processes": processes, "work": work})).into_response(),
+        Ok((processes, work)) => {
+            Json(json!({"processes": processes, "work": work})).into_response()
+        }
         Err(e) => err(e),
     }
 }
@@ -116,7 +121,10 @@ pub(crate) async fn send_signal(
 ) -> Result<u64, BrokerError> {
     let live = st.admin.processes().await?;
     let mut n = 0;
-    for p in live.iter().filter(|p| identity == "all" || p.identity == identity) {
+    for p in live
+        .iter()
+        .filter(|p| identity == "all" || p.identity == identity)
+    {
         st.admin.signal(&p.identity, signal).await?;
         n += 1;
     }
@@ -159,7 +167,10 @@ pub(crate) async fn queue(
     let order = q.order(Order::Asc);
     let offset = ((page - 1) * per_page).min(data::MAX_OFFSET);
     let size = match st.admin.queues().await {
-        Ok(all) => all.into_iter().find(|x| x.name == name).map_or(0, |x| x.size),
+        Ok(all) => all
+            .into_iter()
+            .find(|x| x.name == name)
+            .map_or(0, |x| x.size),
         Err(e) => return err(e),
     };
     match st.admin.queue_page(&name, offset, per_page, order).await {

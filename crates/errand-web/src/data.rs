@@ -481,9 +481,7 @@ pub async fn apply(
                 return Ok(false);
             }
             let now = errand_core::now();
-            admin
-                .set_to_dead(set, raw, raw, now, cfg.dead_limits)
-                .await
+            admin.set_to_dead(set, raw, raw, now, cfg.dead_limits).await
         }
     }
 }
@@ -634,7 +632,12 @@ pub async fn busy(admin: &dyn Admin) -> BrokerResult<(Vec<ProcessView>, Vec<Work
 
 fn process_view(r: ProcessRecord) -> (ProcessView, Vec<WorkView>) {
     let info: Value = serde_json::from_str(&r.info).unwrap_or(Value::Null);
-    let s = |k: &str| info.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| {
+        info.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let concurrency = if r.concurrency > 0 {
         r.concurrency
     } else {
@@ -812,7 +815,10 @@ mod tests {
     fn filter_input_is_bounded() {
         let long = "x".repeat(1 << 20);
         let f = Filter::new(Some(&long), Some("  "), None, None);
-        assert_eq!(f.class.as_deref().map(|s| s.chars().count()), Some(MAX_FILTER_LEN));
+        assert_eq!(
+            f.class.as_deref().map(|s| s.chars().count()),
+            Some(MAX_FILTER_LEN)
+        );
         assert_eq!(f.queue, None);
     }
 

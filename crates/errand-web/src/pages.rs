@@ -10,8 +10,8 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use errand_core::admin::{Order, SetName};
 use errand_core::BrokerError;
+use errand_core::admin::{Order, SetName};
 use errand_core::broker::RemoteSignal;
 use maud::{DOCTYPE, Markup, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -100,7 +100,7 @@ pub(crate) fn num(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -212,6 +212,7 @@ fn layout(c: &Ctx<'_>, title: &str, active: &str, flash: Option<Markup>, body: M
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
+                meta name="csrf-token" content=(c.sec.csrf);
                 title { (title) " · Errand" }
                 link rel="icon" href=(c.url("/assets/favicon.svg")) type="image/svg+xml";
                 link rel="stylesheet" href=(c.url("/assets/app.css"));
@@ -278,11 +279,28 @@ fn flash(q: &ListQuery) -> Option<Markup> {
             false,
             "That job is no longer there (it ran, moved or was deleted meanwhile).".into(),
         ),
-        "paused" => (true, "Queue paused: servers stop fetching from it within a heartbeat.".into()),
+        "paused" => (
+            true,
+            "Queue paused: servers stop fetching from it within a heartbeat.".into(),
+        ),
         "resumed" => (true, "Queue resumed.".into()),
         "cleared" => (true, format!("Queue cleared: {} removed", jobs(n))),
-        "quiet" => (true, format!("Quiet sent to {} process{} (taken at the next heartbeat)", num(n), if n == 1 { "" } else { "es" })),
-        "stop" => (true, format!("Stop sent to {} process{} (taken at the next heartbeat)", num(n), if n == 1 { "" } else { "es" })),
+        "quiet" => (
+            true,
+            format!(
+                "Quiet sent to {} process{} (taken at the next heartbeat)",
+                num(n),
+                if n == 1 { "" } else { "es" }
+            ),
+        ),
+        "stop" => (
+            true,
+            format!(
+                "Stop sent to {} process{} (taken at the next heartbeat)",
+                num(n),
+                if n == 1 { "" } else { "es" }
+            ),
+        ),
         _ => return None,
     };
     Some(html! {
@@ -319,12 +337,27 @@ fn back(st: &AppState, posted: &Posted, fallback: &str, done: &str, n: u64) -> R
 fn cards(o: &Overview) -> Markup {
     let items: [(&str, &str, u64, &str); 8] = [
         ("processed", "Processed", o.processed, ""),
-        ("failed", "Failed", o.failed, if o.failed > 0 { "stat-danger" } else { "" }),
+        (
+            "failed",
+            "Failed",
+            o.failed,
+            if o.failed > 0 { "stat-danger" } else { "" },
+        ),
         ("busy", "Busy", o.busy, ""),
         ("enqueued", "Enqueued", o.enqueued, ""),
-        ("retries", "Retries", o.retries, if o.retries > 0 { "stat-warn" } else { "" }),
+        (
+            "retries",
+            "Retries",
+            o.retries,
+            if o.retries > 0 { "stat-warn" } else { "" },
+        ),
         ("scheduled", "Scheduled", o.scheduled, ""),
-        ("dead", "Dead", o.dead, if o.dead > 0 { "stat-danger" } else { "" }),
+        (
+            "dead",
+            "Dead",
+            o.dead,
+            if o.dead > 0 { "stat-danger" } else { "" },
+        ),
         ("processes", "Processes", o.processes, ""),
     ];
     html! {
@@ -413,7 +446,7 @@ pub(crate) async fn dashboard(
             div.panel-head { h2 { "Live" } div.panel-tools { span.muted { "processed and failed per second" } } }
             div.live data-stream=(c.url("/api/stream?interval=2")) {
                 svg.chart.live-chart viewBox="0 0 800 200" aria-label="Processed and failed per second" {}
-                div.live-status aria-live="polite" { "connecting…" }
+                div.live-status aria-live="polite" { "Live chart needs JavaScript." }
             }
         }
         section.panel {
@@ -615,7 +648,14 @@ pub(crate) async fn queues(
     page(&c, "Queues", "queues", &q, body)
 }
 
-fn pager(c: &Ctx<'_>, path: &str, q: &ListQuery, page: usize, per_page: usize, total: u64) -> Markup {
+fn pager(
+    c: &Ctx<'_>,
+    path: &str,
+    q: &ListQuery,
+    page: usize,
+    per_page: usize,
+    total: u64,
+) -> Markup {
     let pages = (total as usize).div_ceil(per_page).max(1);
     let link = |p: usize| {
         let mut parts = vec![format!("page={p}")];
@@ -670,7 +710,10 @@ pub(crate) async fn queue(
         Err(e) => return failure(e),
     };
     let base = format!("/queues/{}", enc(&name));
-    let return_to = c.url(&format!("{base}?page={page_no}&sort={}", if order == Order::Asc { "asc" } else { "desc" }));
+    let return_to = c.url(&format!(
+        "{base}?page={page_no}&sort={}",
+        if order == Order::Asc { "asc" } else { "desc" }
+    ));
     let body = html! {
         div.page-head {
             h1 { "Queue " span.mono { (name) } }
@@ -827,19 +870,28 @@ pub(crate) async fn set_list(
     let return_to = c.url(&format!("{path}?{}", here.join("&")));
     let flip = if order == Order::Asc { "desc" } else { "asc" };
     let mut sort_link = vec![format!("sort={flip}")];
-    sort_link.extend(here.iter().skip(1).filter(|p| !p.starts_with("sort=")).cloned());
+    sort_link.extend(
+        here.iter()
+            .skip(1)
+            .filter(|p| !p.starts_with("sort="))
+            .cloned(),
+    );
     let filter_fields = html! {
         @if let Some(v) = &filter.class { input type="hidden" name="class" value=(v); }
         @if let Some(v) = &filter.queue { input type="hidden" name="queue" value=(v); }
         @if let Some(v) = &filter.error { input type="hidden" name="error" value=(v); }
         @if let Some(v) = &filter.text { input type="hidden" name="q" value=(v); }
     };
-    let scope = if filter.is_empty() { "all" } else { "all matching" };
+    let scope = if filter.is_empty() {
+        "all"
+    } else {
+        "all matching"
+    };
     let body = html! {
         div.page-head {
             h1 { (set_title(set)) }
             p.subtitle {
-                (num(listing.total)) @if filter.is_empty() { " jobs" } @else { " matching jobs" }
+                (num(listing.total)) @if listing.total == 1 { " job" } @else { " jobs" } @if !filter.is_empty() { " matching" }
                 @if listing.truncated { " (only the first " (num(data::MAX_SCAN as u64)) " were searched)" }
             }
             div.actions {
@@ -847,7 +899,7 @@ pub(crate) async fn set_list(
                     (c.csrf()) (filter_fields)
                     input type="hidden" name="return_to" value=(return_to);
                     @if set != SetName::Dead || listing.total > 0 {
-                        button.btn name="action" value="retry" data-confirm=(format!("{} {scope} {} jobs?", retry_label(set), num(listing.total))) disabled[listing.total == 0] { (retry_label(set)) " " (scope) }
+                        button.btn name="action" value="retry" data-confirm=(format!("{} {scope} {} jobs?", retry_label(set), num(listing.total))) disabled[listing.total == 0] { @if filter.is_empty() { (retry_label(set).replace(" now", "")) " all" } @else { (retry_label(set)) " all matching" } }
                     }
                     @if set != SetName::Dead {
                         button.btn name="action" value="kill" data-confirm=(format!("Kill {scope} {} jobs?", num(listing.total))) disabled[listing.total == 0] { "Kill " (scope) }
@@ -914,7 +966,7 @@ pub(crate) async fn set_list(
                                         (data::preview(e.job.error_message.as_deref().or(e.job.unreadable_reason.as_deref()).unwrap_or(""), 200))
                                     }
                                 }
-                                @if set == SetName::Retry { td.num { (e.job.retry_count.map(|n| num(n)).unwrap_or_default()) } }
+                                @if set == SetName::Retry { td.num { (e.job.retry_count.map(num).unwrap_or_default()) } }
                                 td.row-actions { (row_actions(&c, set, e, &return_to)) }
                             }
                         }
@@ -1210,7 +1262,11 @@ pub(crate) async fn login(State(st): State<AppState>, Sec(sec): Sec, posted: Pos
         "{}={value}; Path={}; HttpOnly; SameSite=Strict{}",
         security::AUTH_COOKIE,
         security::cookie_path(&st),
-        if st.config.secure_cookies { "; Secure" } else { "" }
+        if st.config.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().append(header::SET_COOKIE, v);

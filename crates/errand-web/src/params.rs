@@ -192,7 +192,7 @@ impl<S: Send + Sync> FromRequest<S> for Posted {
                 pairs: form_urlencoded::parse(&body).into_owned().collect(),
             }
         };
-        security::check_csrf(&sec, &headers, posted.get(CSRF_FIELD))?;
+        security::check_csrf(&sec, &headers, posted.get(CSRF_FIELD)).map_err(|r| *r)?;
         Ok(posted)
     }
 }
@@ -205,7 +205,10 @@ mod tests {
     fn numbers_are_clamped() {
         assert_eq!(clamp_num(Some("922337"), 30, 1, 180), 180);
         assert_eq!(clamp_num(Some("-1"), 30, 1, 180), 1);
-        assert_eq!(clamp_num(Some("1000000000000000000000000"), 30, 1, 180), 180);
+        assert_eq!(
+            clamp_num(Some("1000000000000000000000000"), 30, 1, 180),
+            180
+        );
         assert_eq!(clamp_num(Some(&"9".repeat(50)), 30, 1, 180), 30);
         assert_eq!(clamp_num(Some("abc"), 30, 1, 180), 30);
         assert_eq!(clamp_num(None, 30, 1, 180), 30);
@@ -222,8 +225,10 @@ mod tests {
 
     #[test]
     fn json_bodies_give_repeated_values() {
-        let p = Posted::from_json(serde_json::json!({"action": "retry", "keys": ["a", "b"], "args": [1, "x"]}))
-            .unwrap();
+        let p = Posted::from_json(
+            serde_json::json!({"action": "retry", "keys": ["a", "b"], "args": [1, "x"]}),
+        )
+        .unwrap();
         assert_eq!(p.get("action"), Some("retry"));
         assert_eq!(p.all("keys"), vec!["a", "b"]);
         assert_eq!(p.get("args"), Some("[1,\"x\"]"));

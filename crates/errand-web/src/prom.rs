@@ -30,46 +30,144 @@ pub(crate) async fn render(st: &AppState) -> Result<String, errand_core::BrokerE
     let (processes, _) = data::busy(admin).await?;
     let mut out = String::new();
 
-    family(&mut out, "errand_jobs_processed_total", "counter", "Jobs executed (Sidekiq's stat:processed).");
+    family(
+        &mut out,
+        "errand_jobs_processed_total",
+        "counter",
+        "Jobs executed (Sidekiq's stat:processed).",
+    );
     let _ = writeln!(out, "errand_jobs_processed_total {}", counters.processed);
-    family(&mut out, "errand_jobs_failed_total", "counter", "Jobs failed (Sidekiq's stat:failed).");
+    family(
+        &mut out,
+        "errand_jobs_failed_total",
+        "counter",
+        "Jobs failed (Sidekiq's stat:failed).",
+    );
     let _ = writeln!(out, "errand_jobs_failed_total {}", counters.failed);
 
-    family(&mut out, "errand_queue_size", "gauge", "Jobs waiting in a queue.");
+    family(
+        &mut out,
+        "errand_queue_size",
+        "gauge",
+        "Jobs waiting in a queue.",
+    );
     for q in &queues {
-        let _ = writeln!(out, "errand_queue_size{{queue=\"{}\"}} {}", label(&q.name), q.size);
+        let _ = writeln!(
+            out,
+            "errand_queue_size{{queue=\"{}\"}} {}",
+            label(&q.name),
+            q.size
+        );
     }
-    family(&mut out, "errand_queue_latency_seconds", "gauge", "Age of the next job to run in a queue.");
+    family(
+        &mut out,
+        "errand_queue_latency_seconds",
+        "gauge",
+        "Age of the next job to run in a queue.",
+    );
     for q in &queues {
-        let _ = writeln!(out, "errand_queue_latency_seconds{{queue=\"{}\"}} {:.3}", label(&q.name), q.latency);
+        let _ = writeln!(
+            out,
+            "errand_queue_latency_seconds{{queue=\"{}\"}} {:.3}",
+            label(&q.name),
+            q.latency
+        );
     }
-    family(&mut out, "errand_queue_paused", "gauge", "1 when a queue is paused.");
+    family(
+        &mut out,
+        "errand_queue_paused",
+        "gauge",
+        "1 when a queue is paused.",
+    );
     for q in &queues {
-        let _ = writeln!(out, "errand_queue_paused{{queue=\"{}\"}} {}", label(&q.name), u8::from(q.paused));
+        let _ = writeln!(
+            out,
+            "errand_queue_paused{{queue=\"{}\"}} {}",
+            label(&q.name),
+            u8::from(q.paused)
+        );
     }
 
-    family(&mut out, "errand_set_size", "gauge", "Jobs in the retry, schedule and dead sets.");
+    family(
+        &mut out,
+        "errand_set_size",
+        "gauge",
+        "Jobs in the retry, schedule and dead sets.",
+    );
     for set in SetName::ALL {
-        let _ = writeln!(out, "errand_set_size{{set=\"{}\"}} {}", set.key(), admin.set_size(set).await?);
+        let _ = writeln!(
+            out,
+            "errand_set_size{{set=\"{}\"}} {}",
+            set.key(),
+            admin.set_size(set).await?
+        );
     }
 
-    family(&mut out, "errand_processes", "gauge", "Live worker processes (Errand and Sidekiq).");
+    family(
+        &mut out,
+        "errand_processes",
+        "gauge",
+        "Live worker processes (Errand and Sidekiq).",
+    );
     let _ = writeln!(out, "errand_processes {}", processes.len());
-    family(&mut out, "errand_busy_workers", "gauge", "Jobs running now.");
-    let _ = writeln!(out, "errand_busy_workers {}", processes.iter().map(|p| p.busy).sum::<u64>());
-    family(&mut out, "errand_worker_slots", "gauge", "Worker slots of the live processes.");
-    let _ = writeln!(out, "errand_worker_slots {}", processes.iter().map(|p| p.concurrency).sum::<u64>());
+    family(
+        &mut out,
+        "errand_busy_workers",
+        "gauge",
+        "Jobs running now.",
+    );
+    let _ = writeln!(
+        out,
+        "errand_busy_workers {}",
+        processes.iter().map(|p| p.busy).sum::<u64>()
+    );
+    family(
+        &mut out,
+        "errand_worker_slots",
+        "gauge",
+        "Worker slots of the live processes.",
+    );
+    let _ = writeln!(
+        out,
+        "errand_worker_slots {}",
+        processes.iter().map(|p| p.concurrency).sum::<u64>()
+    );
 
     let classes = admin.metrics_totals().await?;
-    family(&mut out, "errand_job_executions_total", "counter", "Attempts run per job class.");
+    family(
+        &mut out,
+        "errand_job_executions_total",
+        "counter",
+        "Attempts run per job class.",
+    );
     for c in &classes {
-        let _ = writeln!(out, "errand_job_executions_total{{class=\"{}\"}} {}", label(&c.class), c.executions);
+        let _ = writeln!(
+            out,
+            "errand_job_executions_total{{class=\"{}\"}} {}",
+            label(&c.class),
+            c.executions
+        );
     }
-    family(&mut out, "errand_job_failures_total", "counter", "Attempts failed per job class.");
+    family(
+        &mut out,
+        "errand_job_failures_total",
+        "counter",
+        "Attempts failed per job class.",
+    );
     for c in &classes {
-        let _ = writeln!(out, "errand_job_failures_total{{class=\"{}\"}} {}", label(&c.class), c.failures);
+        let _ = writeln!(
+            out,
+            "errand_job_failures_total{{class=\"{}\"}} {}",
+            label(&c.class),
+            c.failures
+        );
     }
-    family(&mut out, "errand_job_duration_seconds", "histogram", "Run time of successful attempts per job class.");
+    family(
+        &mut out,
+        "errand_job_duration_seconds",
+        "histogram",
+        "Run time of successful attempts per job class.",
+    );
     for c in &classes {
         let class = label(&c.class);
         let mut cumulative = 0;
@@ -82,9 +180,19 @@ pub(crate) async fn render(st: &AppState) -> Result<String, errand_core::BrokerE
             );
         }
         cumulative += c.histogram[HISTOGRAM_BOUNDS_MS.len()];
-        let _ = writeln!(out, "errand_job_duration_seconds_bucket{{class=\"{class}\",le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "errand_job_duration_seconds_sum{{class=\"{class}\"}} {:.3}", c.total_ms as f64 / 1000.0);
-        let _ = writeln!(out, "errand_job_duration_seconds_count{{class=\"{class}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "errand_job_duration_seconds_bucket{{class=\"{class}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "errand_job_duration_seconds_sum{{class=\"{class}\"}} {:.3}",
+            c.total_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "errand_job_duration_seconds_count{{class=\"{class}\"}} {cumulative}"
+        );
     }
     Ok(out)
 }
@@ -93,7 +201,10 @@ pub(crate) async fn render(st: &AppState) -> Result<String, errand_core::BrokerE
 pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
     match render(&st).await {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

@@ -223,7 +223,10 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
             let mut resp = match &state.config.auth {
                 Auth::Basic { .. } => (
                     StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, "Basic realm=\"Errand\", charset=\"UTF-8\"")],
+                    [(
+                        header::WWW_AUTHENTICATE,
+                        "Basic realm=\"Errand\", charset=\"UTF-8\"",
+                    )],
                     "401 Unauthorized\n",
                 )
                     .into_response(),
@@ -239,7 +242,8 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
 
     if req.method() != Method::GET && req.method() != Method::HEAD {
         if req.method() != Method::POST {
-            let mut resp = (StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n").into_response();
+            let mut resp =
+                (StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n").into_response();
             secure_headers(resp.headers_mut(), &nonce);
             return resp;
         }
@@ -261,7 +265,11 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
         let cookie = format!(
             "{SESSION_COOKIE}={session}; Path={}; HttpOnly; SameSite=Strict{}",
             cookie_path(&state),
-            if state.config.secure_cookies { "; Secure" } else { "" }
+            if state.config.secure_cookies {
+                "; Secure"
+            } else {
+                ""
+            }
         );
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().append(header::SET_COOKIE, v);
@@ -282,15 +290,19 @@ pub(crate) fn cookie_path(state: &AppState) -> &str {
 
 /// Checks a POST's CSRF token (from the form field or the header) against the session.
 /// Bearer-authenticated requests pass.
-pub fn check_csrf(sec: &RequestSecurity, headers: &HeaderMap, form_token: Option<&str>) -> Result<(), Response> {
+pub fn check_csrf(
+    sec: &RequestSecurity,
+    headers: &HeaderMap,
+    form_token: Option<&str>,
+) -> Result<(), Box<Response>> {
     if sec.bearer {
         return Ok(());
     }
     let given = form_token.or_else(|| headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()));
     match given {
         Some(t) if ct_eq(t, &sec.csrf) => Ok(()),
-        Some(_) => Err(forbidden("invalid CSRF token")),
-        None => Err(forbidden("missing CSRF token")),
+        Some(_) => Err(Box::new(forbidden("invalid CSRF token"))),
+        None => Err(Box::new(forbidden("missing CSRF token"))),
     }
 }
 
@@ -302,9 +314,15 @@ fn secure_headers(h: &mut HeaderMap, nonce: &str) {
     if let Ok(v) = HeaderValue::from_str(&csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
@@ -347,16 +365,25 @@ mod tests {
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(cross_site(&h));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.2:7878"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.2:7878"),
+        );
         assert!(cross_site(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:7878"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:7878"),
+        );
         assert!(!cross_site(&h));
     }
 
     #[test]
     fn cookies_are_found_by_name() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; errand_session=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; errand_session=abc; b=2"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "nope"), None);
     }

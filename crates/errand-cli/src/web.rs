@@ -1,0 +1,87 @@
+//! `errand web`: serves the dashboard on an SQLite file or a Redis server.
+
+use crate::WebArgs;
+use crate::backend::Backend;
+use anyhow::{Context, bail};
+use errand_web::{Auth, WebConfig};
+
+/// The authentication the options ask for.
+fn auth(args: &WebArgs) -> anyhow::Result<Auth> {
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        if token.len() < 16 {
+            bail!("the access token must be at least 16 characters");
+        }
+        return Ok(Auth::Token(token.to_string()));
+    }
+    if let Some(basic) = args.basic.as_deref().filter(|b| !b.is_empty()) {
+        let (user, password) = basic
+            .split_once(':')
+            .context("--basic takes user:password")?;
+        if password.len() < 8 {
+            bail!("the basic-auth password must be at least 8 characters");
+        }
+        return Ok(Auth::Basic {
+            user: user.to_string(),
+            password: password.to_string(),
+        });
+    }
+    Ok(Auth::None)
+}
+
+/// Serves until SIGINT/SIGTERM.
+pub async fn run(args: WebArgs) -> anyhow::Result<()> {
+    crate::init_tracing();
+    let auth = auth(&args)?;
+    if !errand_web::is_loopback(&args.bind) && !auth.is_enabled() {
+        if !args.insecure_no_auth {
+            bail!(
+                "refusing to serve {} without authentication: anyone who reaches it could delete \
+                 jobs and stop processes. Set --token (or ERRAND_WEB_TOKEN) or --basic user:password, \
+                 or bind 127.0.0.1; --insecure-no-auth overrides this",
+                args.bind
+            );
+        }
+        eprintln!();
+        eprintln!("  !!! WARNING: the Errand dashboard is serving {} WITHOUT AUTHENTICATION.", args.bind);
+        eprintln!("  !!! Anyone who can reach this address can retry, delete and kill jobs and stop processes.");
+        eprintln!();
+    }
+    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), false).await?;
+    let config = WebConfig::default().auth(auth).base_path(&args.base_path);
+    let base = config.base_path.clone();
+    let app = if base.is_empty() {
+        errand_web::router(backend.admin(), config)
+    } else {
+        axum::Router::new().nest(&base, errand_web::router(backend.admin(), config))
+    };
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    let what = match &args.redis {
+        Some(_) => "Redis".to_string(),
+        None => args.sqlite.display().to_string(),
+    };
+    println!("Errand dashboard for {what} on http://{addr}{base}/");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,1085 @@
+//! Route tests through `tower::ServiceExt::oneshot` on the in-memory reference backend: every
+//! page and API route answers with the fixture's figures, job data renders inert (checked in
+//! the parsed HTML), state-changing requests need a CSRF token and a same-origin request,
+//! parameters are clamped, authentication is enforced, and the actions change the backend.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use errand_core::admin::{Admin, ClassMetrics, SetName};
+use errand_core::broker::{
+    Broker, DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, Scheduled, Settle,
+    WorkEntry,
+};
+use errand_core::{Failure, Payload, WireProfile};
+use errand_testing::MemoryBroker;
+use errand_web::{Auth, WebConfig};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+const XSS: [&str; 6] = [
+    "<script>alert(1)</script>",
+    "\"><img src=x onerror=alert(1)>",
+    "javascript:alert(1)",
+    "</textarea><script>alert(2)</script>",
+    "{{7*7}}",
+    "\u{202e}evil",
+];
+
+fn payload(class: &str, queue: &str, args: Value) -> Payload {
+    let mut p = Payload::new(
+        class,
+        args.as_array().cloned().unwrap_or_default(),
+        queue,
+        WireProfile::V7,
+    );
+    p.stamp_enqueued(WireProfile::V7, errand_core::now() - 30.0);
+    p
+}
+
+fn failed(mut p: Payload, class: &str, message: &str) -> String {
+    let queue = p.queue().to_string();
+    p.set("backtrace", true);
+    p.record_failure(&Failure {
+        class,
+        message,
+        backtrace: &[
+            "app/jobs/x.rb:1:in `perform'".to_string(),
+            XSS[0].to_string(),
+        ],
+        fetched_from: &queue,
+        now: errand_core::now(),
+        profile: WireProfile::V7,
+    });
+    p.to_json()
+}
+
+/// Puts `raw` into a set through the hot path (push, fetch, settle), as a server would.
+async fn put(b: &MemoryBroker, to: Settle) {
+    let raw = match &to {
+        Settle::Retry { payload, .. }
+        | Settle::Schedule { payload, .. }
+        | Settle::Dead { payload, .. } => payload.clone(),
+    };
+    b.push(&[Enqueue {
+        queue: "fixture-tmp".into(),
+        payload: raw,
+    }])
+    .await
+    .unwrap();
+    let got = b
+        .fetch(FetchRequest {
+            identity: "fixture",
+            queues: &["fixture-tmp".to_string()],
+            max: 1,
+            wait: Duration::from_millis(10),
+        })
+        .await
+        .unwrap();
+    assert!(b.settle(&got[0], to).await.unwrap());
+}
+
+struct Fixture {
+    broker: MemoryBroker,
+    identity: String,
+}
+
+async fn fixture() -> Fixture {
+    let b = MemoryBroker::new();
+    let now = errand_core::now();
+    // Queues: default 3 jobs, mail 2 (one with an XSS class), a queue named with a payload.
+    let mut push = Vec::new();
+    for i in 0..3 {
+        push.push(Enqueue {
+            queue: "default".into(),
+            payload: payload("Report", "default", json!([i, XSS[1]])).to_json(),
+        });
+    }
+    push.push(Enqueue {
+        queue: "mail".into(),
+        payload: payload(XSS[0], "mail", json!([XSS[3]])).to_json(),
+    });
+    push.push(Enqueue {
+        queue: "mail".into(),
+        payload: payload("Mailer", "mail", json!([42])).to_json(),
+    });
+    push.push(Enqueue {
+        queue: XSS[1].into(),
+        payload: payload("Odd", XSS[1], json!([XSS[2]])).to_json(),
+    });
+    b.push(&push).await.unwrap();
+    // Retries: 2 (error messages with payloads); scheduled: 2; dead: 3 (one unreadable).
+    for (i, msg) in [XSS[0], XSS[1]].into_iter().enumerate() {
+        let p = payload("Charge", "default", json!([i, XSS[4]]));
+        put(
+            &b,
+            Settle::Retry {
+                payload: failed(p, "Net::ReadTimeout", msg),
+                at: now + 60.0 + i as f64,
+            },
+        )
+        .await;
+    }
+    for i in 0..2 {
+        put(
+            &b,
+            Settle::Schedule {
+                payload: payload("Reminder", "default", json!([i, XSS[5]])).to_json(),
+                at: now + 3600.0 + i as f64,
+            },
+        )
+        .await;
+    }
+    b.schedule(&[]).await.unwrap();
+    for i in 0..2 {
+        let p = payload("Import", "default", json!([i, XSS[0]]));
+        put(
+            &b,
+            Settle::Dead {
+                payload: failed(p, XSS[0], XSS[3]),
+                now: now - 100.0 + i as f64,
+                limits: DeadLimits::default(),
+            },
+        )
+        .await;
+    }
+    put(
+        &b,
+        Settle::Dead {
+            payload: "{not json <script>alert(3)</script>".into(),
+            now: now - 50.0,
+            limits: DeadLimits::default(),
+        },
+    )
+    .await;
+    // A process running one job, written as Ruby Sidekiq 6.4 would (no concurrency field).
+    let identity = "web-1:4242:abc".to_string();
+    let running = payload("Slow", "default", json!([XSS[0]])).to_json();
+    let work = [WorkEntry {
+        tid: "t1".into(),
+        json: json!({"queue": "default", "payload": running, "run_at": now as i64 - 5}).to_string(),
+    }];
+    let info = json!({"hostname": "web-1", "pid": 4242, "tag": XSS[1], "concurrency": 10, "queues": ["default", "mail"], "started_at": now - 600.0, "identity": identity, "labels": []}).to_string();
+    b.heartbeat(&Heartbeat {
+        identity: &identity,
+        info: &info,
+        busy: 1,
+        concurrency: 0,
+        beat: now,
+        quiet: false,
+        rss_kb: 51_200,
+        work: &work,
+        processed: 120,
+        failed: 7,
+        ttl: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap();
+    let mut m = ClassMetrics::new(XSS[0]);
+    for ms in [10, 20, 30, 400] {
+        m.record(ms, false);
+    }
+    m.record(5, true);
+    let mut r = ClassMetrics::new("Report");
+    r.record(1_000, false);
+    b.record_metrics((now / 60.0) as i64, &[m, r])
+        .await
+        .unwrap();
+    Fixture {
+        broker: b,
+        identity,
+    }
+}
+
+fn app(f: &Fixture, config: WebConfig) -> Router {
+    errand_web::router(Arc::new(f.broker.clone()), config)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Reply {
+    send(
+        app,
+        Request::get(uri)
+            .header(header::ACCEPT, "text/html")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+/// A browser session: its cookie and CSRF token, from a first page view.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn session(app: &Router) -> Session {
+    let r = get(app, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cookie = r.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let doc = scraper::Html::parse_document(&r.body);
+    let sel = scraper::Selector::parse("meta[name=csrf-token]").unwrap();
+    let csrf = doc
+        .select(&sel)
+        .next()
+        .and_then(|e| e.value().attr("content"))
+        .expect("a CSRF field")
+        .to_string();
+    Session { cookie, csrf }
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+async fn post_form(
+    app: &Router,
+    s: &Session,
+    uri: &str,
+    pairs: &[(&str, &str)],
+    token: bool,
+) -> Reply {
+    let mut all = pairs.to_vec();
+    if token {
+        all.push(("_csrf", &s.csrf));
+    }
+    send(
+        app,
+        Request::post(uri)
+            .header(header::COOKIE, &s.cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(Body::from(form(&all)))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn post_json(app: &Router, s: &Session, uri: &str, body: Value) -> Reply {
+    send(
+        app,
+        Request::post(uri)
+            .header(header::COOKIE, &s.cookie)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-csrf-token", &s.csrf)
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn json_of(app: &Router, uri: &str) -> Value {
+    let r = send(app, Request::get(uri).body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+async fn keys(app: &Router, slug: &str) -> Vec<String> {
+    json_of(app, &format!("/api/{slug}?per_page=100")).await["page"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Asserts a page has nothing that came from job data: no element, attribute or script that a
+/// payload could have injected.
+fn assert_inert(uri: &str, r: &Reply) {
+    assert_eq!(r.status, StatusCode::OK, "{uri}");
+    let csp = r.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    let script_src = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .expect("script-src");
+    assert!(script_src.contains("'nonce-"), "{uri}: {csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{uri}: {csp}"
+    );
+    let doc = scraper::Html::parse_document(&r.body);
+    let all = scraper::Selector::parse("*").unwrap();
+    for el in doc.select(&all) {
+        let v = el.value();
+        assert!(
+            !["img", "textarea"].contains(&v.name()) || v.attr("src") != Some("x"),
+            "{uri}: injected <img>"
+        );
+        if v.name() == "script" {
+            assert!(
+                v.attr("src").is_some_and(|s| s.starts_with("/assets/")),
+                "{uri}: a script that is not ours: {:?}",
+                el.html()
+            );
+            assert!(el.inner_html().trim().is_empty(), "{uri}: inline script");
+        }
+        for (name, value) in v.attrs() {
+            assert!(
+                !name.starts_with("on"),
+                "{uri}: event handler attribute {name}"
+            );
+            if name == "href" || name == "src" || name == "action" {
+                assert!(
+                    !value.trim_start().to_lowercase().starts_with("javascript:"),
+                    "{uri}: javascript: URL in {name}"
+                );
+            }
+        }
+    }
+    // Only our two script elements, whatever the payloads.
+    let scripts = scraper::Selector::parse("script").unwrap();
+    assert!(doc.select(&scripts).count() <= 2, "{uri}");
+}
+
+#[tokio::test]
+async fn every_page_renders_the_fixture_with_job_data_inert() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let mut pages = vec![
+        "/".to_string(),
+        "/?days=7".into(),
+        "/busy".into(),
+        "/queues".into(),
+        "/queues/default".into(),
+        format!("/queues/{}", enc(XSS[1])),
+        "/retries".into(),
+        "/scheduled".into(),
+        "/dead".into(),
+        "/job-metrics".into(),
+        "/job-metrics?window=day".into(),
+        // Reflected parameters (CVE-2024-32887 and CVE-2023-1892 style payloads).
+        format!("/retries?class={}&q={}", enc(XSS[0]), enc(XSS[1])),
+        format!("/dead?error={}&sort={}", enc(XSS[1]), enc(XSS[0])),
+        format!("/?days={}", enc(XSS[0])),
+        format!(
+            "/job-metrics?window={}",
+            enc("\"><script>alert(1)</script>")
+        ),
+        format!("/dead?done={}&n={}", enc(XSS[0]), enc(XSS[1])),
+    ];
+    for slug in ["retries", "scheduled", "dead"] {
+        for key in keys(&app, slug).await {
+            pages.push(format!("/{slug}/job?key={}", enc(&key)));
+        }
+    }
+    for uri in &pages {
+        let r = get(&app, uri).await;
+        assert_inert(uri, &r);
+    }
+    // The payloads are there, as text.
+    let dead = get(&app, "/dead").await;
+    assert!(dead.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(
+        dead.body
+            .contains("{not json &lt;script&gt;alert(3)&lt;/script&gt;")
+    );
+    assert!(dead.body.contains("3 jobs"), "dead total");
+    let busy = get(&app, "/busy").await;
+    assert!(busy.body.contains("web-1:4242"));
+    assert!(
+        busy.body.contains("1 / 10"),
+        "concurrency read from info when the hash has none"
+    );
+    let queues = get(&app, "/queues").await;
+    assert!(
+        queues
+            .body
+            .contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;")
+    );
+    let metrics = get(&app, "/job-metrics").await;
+    assert!(
+        metrics
+            .body
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+    );
+}
+
+#[tokio::test]
+async fn the_api_reports_the_fixture() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let stats = json_of(&app, "/api/stats").await;
+    let s = &stats["stats"];
+    assert_eq!(s["processed"], 120);
+    assert_eq!(s["failed"], 7);
+    assert_eq!(s["enqueued"], 6);
+    assert_eq!(s["retries"], 2);
+    assert_eq!(s["scheduled"], 2);
+    assert_eq!(s["dead"], 3);
+    assert_eq!(s["busy"], 1);
+    assert_eq!(s["processes"], 1);
+    assert_eq!(stats["backend"]["kind"], "memory");
+
+    let queues = json_of(&app, "/api/queues").await;
+    let default = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "default")
+        .unwrap()
+        .clone();
+    assert_eq!(default["size"], 3);
+    assert!(default["latency"].as_f64().unwrap() >= 29.0, "{default}");
+
+    let q = json_of(&app, "/api/queues/default?per_page=2").await;
+    assert_eq!(q["size"], 3);
+    assert_eq!(q["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(q["jobs"][0]["job"]["args"][0], 0, "next to run first");
+
+    let retries = json_of(&app, "/api/retries").await;
+    assert_eq!(retries["page"]["total"], 2);
+    assert_eq!(
+        retries["page"]["entries"][0]["job"]["error_class"],
+        "Net::ReadTimeout"
+    );
+    let filtered = json_of(&app, &format!("/api/retries?error={}", enc("img src"))).await;
+    assert_eq!(filtered["page"]["total"], 1);
+    let dead = json_of(&app, "/api/dead").await;
+    assert_eq!(dead["page"]["total"], 3);
+    assert!(
+        dead["page"]["entries"][0]["score"].as_f64()
+            >= dead["page"]["entries"][1]["score"].as_f64(),
+        "dead: newest first"
+    );
+
+    let key = retries["page"]["entries"][0]["key"].as_str().unwrap();
+    let job = json_of(&app, &format!("/api/retries/job?key={}", enc(key))).await;
+    assert_eq!(job["backtrace"][0], "app/jobs/x.rb:1:in `perform'");
+
+    let busy = json_of(&app, "/api/busy").await;
+    assert_eq!(busy["processes"][0]["hostname"], "web-1");
+    assert_eq!(busy["processes"][0]["concurrency"], 10);
+    assert_eq!(busy["work"][0]["job"]["class"], "Slow");
+
+    let metrics = json_of(&app, "/api/metrics?window=hour").await;
+    let rows = metrics["classes"].as_array().unwrap();
+    assert_eq!(rows[0]["class"], XSS[0], "busiest first");
+    assert_eq!(rows[0]["executions"], 5);
+    assert_eq!(rows[0]["failures"], 1);
+    assert_eq!(rows[0]["p50_ms"], 20);
+    assert_eq!(rows[0]["p99_ms"], 500);
+
+    let history = json_of(&app, "/api/history?days=7").await;
+    let days = history["days"].as_array().unwrap();
+    assert_eq!(days.len(), 7);
+    assert_eq!(days[6]["processed"], 120);
+
+    let prom = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(prom.status, StatusCode::OK);
+    for line in [
+        "errand_jobs_processed_total 120",
+        "errand_jobs_failed_total 7",
+        "errand_queue_size{queue=\"default\"} 3",
+        "errand_set_size{set=\"dead\"} 3",
+        "errand_busy_workers 1",
+        "errand_job_duration_seconds_bucket{class=\"Report\",le=\"1.1\"} 1",
+        "errand_job_duration_seconds_count{class=\"Report\"} 1",
+        "errand_job_executions_total{class=\"<script>alert(1)</script>\"} 5",
+    ] {
+        assert!(prom.body.contains(line), "missing {line}:\n{}", prom.body);
+    }
+    assert!(
+        prom.body
+            .contains("errand_queue_size{queue=\"\\\"><img src=x onerror=alert(1)>\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn every_openapi_path_is_served() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let doc = json_of(&app, "/api/openapi.json").await;
+    let key = keys(&app, "dead").await[0].clone();
+    let mut gets = 0;
+    let mut posts = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let uri = path
+            .replace("{name}", "default")
+            .replace("{action}", "quiet");
+        if ops.get("get").is_some() {
+            let uri = if uri.ends_with("/job") {
+                let slug = uri.trim_start_matches("/api/").trim_end_matches("/job");
+                let k = keys(&app, slug).await.first().cloned().unwrap_or_default();
+                format!("{uri}?key={}", enc(&k))
+            } else {
+                uri.clone()
+            };
+            let resp = app
+                .clone()
+                .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            // The stream never ends; its status and type are enough.
+            assert_eq!(resp.status(), StatusCode::OK, "GET {uri}");
+            gets += 1;
+        }
+        if ops.get("post").is_some() {
+            // Without a CSRF token every state-changing route is refused.
+            let r = send(
+                &app,
+                Request::post(&uri)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        json!({"key": key, "action": "delete", "identity": "all"}).to_string(),
+                    ))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "POST {uri}");
+            posts += 1;
+        }
+    }
+    assert!(
+        gets >= 14 && posts >= 11,
+        "{gets} GET and {posts} POST routes"
+    );
+    // Nothing changed.
+    assert_eq!(f.broker.set("dead").len(), 3);
+    assert!(f.broker.paused_queues().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn state_changing_requests_need_a_token_and_the_same_origin() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let s = session(&app).await;
+    let key = keys(&app, "dead").await[0].clone();
+    let before = f.broker.set("dead");
+
+    let r = post_form(&app, &s, "/dead/job/delete", &[("key", &key)], false).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "no token");
+    let r = post_form(
+        &app,
+        &s,
+        "/dead/job/delete",
+        &[("key", &key), ("_csrf", "0000")],
+        false,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "wrong token");
+    // A token from another session does not fit this one.
+    let other = session(&app).await;
+    let r = post_form(
+        &app,
+        &s,
+        "/dead/job/delete",
+        &[("key", &key), ("_csrf", &other.csrf)],
+        false,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "another session's token");
+    // A valid token on a cross-site request is refused too.
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "http://127.0.0.2:7878"),
+    ] {
+        let r = send(
+            &app,
+            Request::post("/dead/job/delete")
+                .header(header::HOST, "127.0.0.1:7878")
+                .header(header::COOKIE, &s.cookie)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(name, value)
+                .body(Body::from(form(&[("key", &key), ("_csrf", &s.csrf)])))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {value}");
+    }
+    // Other methods are not accepted at all.
+    let r = send(
+        &app,
+        Request::delete("/dead/job/delete")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(r.status == StatusCode::METHOD_NOT_ALLOWED, "{}", r.status);
+    assert_eq!(f.broker.set("dead"), before, "nothing changed");
+
+    // The same request done right works.
+    let r = post_form(
+        &app,
+        &s,
+        "/dead/job/delete",
+        &[("key", &key), ("return_to", "/dead")],
+        true,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.headers[header::LOCATION], "/dead?done=delete&n=1");
+    assert_eq!(f.broker.set("dead").len(), 2);
+    // An open redirect is not followed.
+    let key = keys(&app, "dead").await[0].clone();
+    let r = post_form(
+        &app,
+        &s,
+        "/dead/job/delete",
+        &[("key", &key), ("return_to", "//evil.example/x")],
+        true,
+    )
+    .await;
+    assert_eq!(r.headers[header::LOCATION], "/dead?done=delete&n=1");
+    // Every GET route is free of side effects: walking them all changes nothing.
+    let snapshot = (
+        f.broker.set("retry"),
+        f.broker.set("schedule"),
+        f.broker.set("dead"),
+        f.broker.queue("default"),
+    );
+    for uri in [
+        "/",
+        "/busy",
+        "/queues",
+        "/queues/default",
+        "/retries",
+        "/scheduled",
+        "/dead",
+        "/job-metrics",
+        "/metrics",
+        "/api/stats",
+        "/api/busy",
+        "/api/queues",
+        "/api/retries",
+        "/api/dead",
+        "/api/metrics",
+        "/login",
+        "/busy/quiet",
+        "/dead/all",
+        "/queues/default/clear",
+    ] {
+        let _ = get(&app, uri).await;
+    }
+    assert_eq!(
+        snapshot,
+        (
+            f.broker.set("retry"),
+            f.broker.set("schedule"),
+            f.broker.set("dead"),
+            f.broker.queue("default")
+        )
+    );
+    assert!(f.broker.paused_queues().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn actions_change_the_backend() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let s = session(&app).await;
+
+    // Retry now from the retry set: onto its queue, retry_count taken down by one.
+    let key = keys(&app, "retries").await[0].clone();
+    let r = post_json(&app, &s, "/api/retries/job/retry", json!({"key": key})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(f.broker.set("retry").len(), 1);
+    let moved = Payload::parse(&f.broker.queue("default")[3]).unwrap();
+    assert_eq!(moved.class(), "Charge");
+    assert_eq!(moved.retry_count(), Some(0));
+    // The same key again: gone.
+    let r = post_json(&app, &s, "/api/retries/job/retry", json!({"key": key})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Kill a scheduled job; run the other now.
+    let sched = keys(&app, "scheduled").await;
+    let r = post_json(
+        &app,
+        &s,
+        "/api/scheduled/job/kill",
+        json!({"key": sched[0]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(f.broker.set("dead").len(), 4);
+    let r = post_form(
+        &app,
+        &s,
+        "/scheduled/job/retry",
+        &[("key", &sched[1])],
+        true,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(f.broker.set("schedule").is_empty());
+    assert_eq!(f.broker.queue_len("default"), 5);
+
+    // Retry a dead job with edited arguments; a bad edit is refused with the reason.
+    let dead = json_of(&app, "/api/dead").await;
+    let import = dead["page"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["job"]["class"] == "Import")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post_form(
+        &app,
+        &s,
+        "/dead/job/edit",
+        &[("key", &import), ("args", "{\"not\": \"an array\"}")],
+        true,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("must be a JSON array"));
+    let r = post_form(
+        &app,
+        &s,
+        "/dead/job/edit",
+        &[("key", &import), ("args", "[7, \"fixed\"]")],
+        true,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let edited = Payload::parse(f.broker.queue("default").last().unwrap()).unwrap();
+    assert_eq!(edited.class(), "Import");
+    assert_eq!(edited.args(), &[json!(7), json!("fixed")]);
+
+    // Bulk: delete two dead jobs by key.
+    let dead_keys = keys(&app, "dead").await;
+    let n = f.broker.set("dead").len();
+    let r = post_json(
+        &app,
+        &s,
+        "/api/dead/bulk",
+        json!({"action": "delete", "keys": [dead_keys[0], dead_keys[1]]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["count"], 2);
+    assert_eq!(f.broker.set("dead").len(), n - 2);
+
+    // All, with a filter: only the matching ones.
+    let r = post_json(
+        &app,
+        &s,
+        "/api/dead/all",
+        json!({"action": "delete", "class": "(unreadable)"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        f.broker
+            .set("dead")
+            .iter()
+            .all(|(_, raw)| Payload::parse(raw).is_ok())
+    );
+
+    // Queues: pause, resume, delete one job, clear.
+    let r = post_form(&app, &s, "/queues/mail/pause", &[], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(f.broker.paused_queues().await.unwrap(), vec!["mail"]);
+    let r = post_json(&app, &s, "/api/queues/mail/resume", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(f.broker.paused_queues().await.unwrap().is_empty());
+    let victim = f.broker.queue("mail")[0].clone();
+    let r = post_form(&app, &s, "/queues/mail/delete", &[("raw", &victim)], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(f.broker.queue_len("mail"), 1);
+    let r = post_json(&app, &s, "/api/queues/mail/clear", json!({})).await;
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["count"], 1);
+    assert_eq!(f.broker.queue_len("mail"), 0);
+
+    // Busy: quiet the process; its next heartbeat gets the signal.
+    let r = post_form(&app, &s, "/busy/quiet", &[("identity", &f.identity)], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let signal = f
+        .broker
+        .heartbeat(&Heartbeat {
+            identity: &f.identity,
+            info: "{}",
+            busy: 0,
+            concurrency: 10,
+            beat: errand_core::now(),
+            quiet: false,
+            rss_kb: 0,
+            work: &[],
+            processed: 0,
+            failed: 0,
+            ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(signal, Some(RemoteSignal::Quiet));
+
+    // Retry all in the retry set moves every entry once.
+    let r = post_json(&app, &s, "/api/retries/all", json!({"action": "retry"})).await;
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["count"], 1);
+    assert!(f.broker.set("retry").is_empty());
+}
+
+#[tokio::test]
+async fn parameters_are_clamped() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let history = json_of(&app, "/api/history?days=922337").await;
+    assert_eq!(history["days"].as_array().unwrap().len(), 180);
+    let history = json_of(&app, "/api/history?days=-1").await;
+    assert_eq!(history["days"].as_array().unwrap().len(), 1);
+    let page = json_of(&app, "/api/dead?per_page=1000000000&page=-5").await;
+    assert_eq!(page["page"]["per_page"], 100);
+    assert_eq!(page["page"]["page"], 1);
+    let page = json_of(&app, "/api/dead?page=99999999999999999999").await;
+    assert_eq!(page["page"]["entries"].as_array().unwrap().len(), 0);
+    // 60 KiB (hyper refuses request lines past 64 KiB with 414 before any handler runs).
+    let huge = "x".repeat(60 << 10);
+    let started = std::time::Instant::now();
+    let r = get(&app, &format!("/retries?class={huge}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        !r.body.contains(&"x".repeat(201)),
+        "the filter is cut to 200 characters"
+    );
+    // Generous: a debug build on a shared machine; the point is no unbounded work.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The stream interval has a floor of 2 s: the first event comes at once, the next only
+    // after the floor (checked by reading two events).
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/api/stream?interval=0")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = std::time::Instant::now();
+    let mut seen = String::new();
+    while seen.matches("event: stats").count() < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(
+        first.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        first.elapsed()
+    );
+    assert!(seen.contains("\"processed\":120"));
+}
+
+#[tokio::test]
+async fn authentication_is_enforced() {
+    let f = fixture().await;
+    // Token: pages redirect to the sign-in form, the API answers 401, a bearer header works.
+    let token = "a-long-enough-test-token";
+    let app = app(&f, WebConfig::default().auth(Auth::Token(token.into())));
+    let r = get(&app, "/dead").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers[header::LOCATION], "/login");
+    let r = send(
+        &app,
+        Request::get("/api/stats").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        &app,
+        Request::get("/api/stats")
+            .header(header::AUTHORIZATION, "Bearer wrong-token-wrong-token")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        &app,
+        Request::get("/api/stats")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A bearer-authenticated script needs no CSRF token (browsers never send that header by
+    // themselves), but a cross-site one is still refused.
+    let key = keys_with(&app, token, "dead").await[0].clone();
+    let r = send(
+        &app,
+        Request::post("/api/dead/job/delete")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"key": key}).to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The sign-in form: a wrong token is refused, the right one sets an HttpOnly,
+    // SameSite=Strict cookie that then opens the pages.
+    let login = get(&app, "/login").await;
+    assert_eq!(login.status, StatusCode::OK);
+    let cookie = login.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let doc = scraper::Html::parse_document(&login.body);
+    let csrf = doc
+        .select(&scraper::Selector::parse("input[name=_csrf]").unwrap())
+        .next()
+        .unwrap()
+        .value()
+        .attr("value")
+        .unwrap()
+        .to_string();
+    let s = Session { cookie, csrf };
+    let r = post_form(&app, &s, "/login", &[("token", "nope")], true).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = post_form(&app, &s, "/login", &[("token", token)], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let set = r.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let auth_cookie = set.split(';').next().unwrap();
+    let r = send(
+        &app,
+        Request::get("/dead")
+            .header(header::COOKIE, format!("{}; {auth_cookie}", s.cookie))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body.contains(token), "the token is never rendered");
+
+    // Basic: 401 with a challenge, then the right credentials work.
+    let app = errand_web::router(
+        Arc::new(f.broker.clone()),
+        WebConfig::default().auth(Auth::Basic {
+            user: "ops".into(),
+            password: "correct horse".into(),
+        }),
+    );
+    let r = get(&app, "/").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    use base64::Engine;
+    for (creds, want) in [
+        ("ops:wrong", StatusCode::UNAUTHORIZED),
+        ("ops:correct horse", StatusCode::OK),
+    ] {
+        let r = send(
+            &app,
+            Request::get("/")
+                .header(
+                    header::AUTHORIZATION,
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(creds)
+                    ),
+                )
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, want, "{creds}");
+    }
+}
+
+async fn keys_with(app: &Router, token: &str, slug: &str) -> Vec<String> {
+    let r = send(
+        app,
+        Request::get(format!("/api/{slug}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    v["page"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_router_mounts_under_a_path() {
+    let f = fixture().await;
+    let app = Router::new().nest(
+        "/errand",
+        errand_web::router(
+            Arc::new(f.broker.clone()),
+            WebConfig::default().base_path("/errand/"),
+        ),
+    );
+    let r = get(&app, "/errand/dead").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("href=\"/errand/assets/app.css\""));
+    assert!(r.body.contains("action=\"/errand/dead/bulk\""));
+    let css = send(
+        &app,
+        Request::get("/errand/assets/app.css")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(
+        css.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let _ = SetName::Dead;
+    let _ = Scheduled {
+        at: 0.0,
+        payload: String::new(),
+    };
+    let _: Option<&dyn Admin> = None;
+}
