@@ -48,7 +48,12 @@ pub struct WebArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub bind: std::net::SocketAddr,
     /// Require this access token (a bearer header, or the sign-in form).
-    #[arg(long, env = "ERRAND_WEB_TOKEN", hide_env_values = true, conflicts_with = "basic")]
+    #[arg(
+        long,
+        env = "ERRAND_WEB_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "basic"
+    )]
     pub token: Option<String>,
     /// Require HTTP basic authentication, as `user:password`.
     #[arg(long, env = "ERRAND_WEB_BASIC", hide_env_values = true)]
@@ -81,6 +86,15 @@ pub struct DemoArgs {
     /// Print a progress line per second instead of updating one line in place.
     #[arg(long)]
     pub plain: bool,
+    /// Serve the dashboard here while the demo runs (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub web: Option<std::net::SocketAddr>,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_web: bool,
+    /// Keep serving the dashboard after the summary until Ctrl-C (the default on a terminal).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// Options of `errand bench`.

@@ -42,8 +42,13 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
             );
         }
         eprintln!();
-        eprintln!("  !!! WARNING: the Errand dashboard is serving {} WITHOUT AUTHENTICATION.", args.bind);
-        eprintln!("  !!! Anyone who can reach this address can retry, delete and kill jobs and stop processes.");
+        eprintln!(
+            "  !!! WARNING: the Errand dashboard is serving {} WITHOUT AUTHENTICATION.",
+            args.bind
+        );
+        eprintln!(
+            "  !!! Anyone who can reach this address can retry, delete and kill jobs and stop processes."
+        );
         eprintln!();
     }
     let backend = Backend::open(&args.sqlite, args.redis.as_deref(), false).await?;

@@ -6,6 +6,7 @@ use std::process::Command;
 fn demo(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_errand"))
         .arg("demo")
+        .args(["--web", "127.0.0.1:0"])
         .args(args)
         .output()
         .expect("run errand demo");
@@ -29,6 +30,7 @@ fn assert_summary(out: &str) {
         "user 9 was deleted before the job ran",
         "336/336 done | 0 queued | 0 retrying | 0 scheduled | 1 dead",
         "exported          300000 rows",
+        "Dashboard: http://127.0.0.1:",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

@@ -11,9 +11,9 @@ pub use shop::Shop;
 
 use crate::DemoArgs;
 use crate::backend::Backend;
+use errand::admin::{Admin, SetName};
 use errand::broker::Broker;
 use errand::{Client, Server};
-use errand_sqlite::SqliteBroker;
 use shop::{BulkExport, ImportLegacyFeed, ProcessOrder, SyncInventory, WelcomeEmail};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -25,12 +25,6 @@ const DELETED_USERS: [u64; 2] = [4, 9];
 const ORDERS: u64 = 20;
 const SKUS: u64 = 3;
 
-/// Where the demo's jobs live, with the counts it shows.
-enum Store {
-    Sqlite(SqliteBroker),
-    Redis(redis::aio::ConnectionManager),
-}
-
 /// A snapshot of where every job is.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -40,61 +34,46 @@ struct Counts {
     dead: usize,
 }
 
-impl Store {
-    async fn counts(&self) -> anyhow::Result<Counts> {
-        Ok(match self {
-            Store::Sqlite(b) => {
-                let mut queued = 0;
-                for q in ["critical", "default", "bulk"] {
-                    queued += b.queue_len(q).await?;
-                }
-                Counts {
-                    queued,
-                    retry: b.set("retry").await?.len(),
-                    scheduled: b.set("schedule").await?.len(),
-                    dead: b.set("dead").await?.len(),
-                }
-            }
-            Store::Redis(conn) => {
-                let (c, d, b, retry, scheduled, dead): (usize, usize, usize, usize, usize, usize) =
-                    redis::pipe()
-                        .llen("queue:critical")
-                        .llen("queue:default")
-                        .llen("queue:bulk")
-                        .zcard("retry")
-                        .zcard("schedule")
-                        .zcard("dead")
-                        .query_async(&mut conn.clone())
-                        .await?;
-                Counts {
-                    queued: c + d + b,
-                    retry,
-                    scheduled,
-                    dead,
-                }
-            }
-        })
-    }
+/// Reads the counts through the admin side (what the dashboard shows).
+async fn counts(admin: &dyn Admin) -> anyhow::Result<Counts> {
+    let queued = admin.queues().await?.iter().map(|q| q.size).sum::<u64>();
+    Ok(Counts {
+        queued: queued as usize,
+        retry: admin.set_size(SetName::Retry).await? as usize,
+        scheduled: admin.set_size(SetName::Scheduled).await? as usize,
+        dead: admin.set_size(SetName::Dead).await? as usize,
+    })
 }
 
-async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Store, String)> {
+async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Admin>, String)> {
     // A fresh file or database each run, so the summary is about this run only.
     let backend = Backend::open(&args.sqlite, args.redis.as_deref(), true).await?;
-    let broker = backend.broker();
-    Ok(match backend {
-        Backend::Redis(b) => {
-            let url = args.redis.as_deref().unwrap_or_default();
-            (
-                broker,
-                Store::Redis(b.connection()),
-                format!("redis at {url}"),
-            )
+    let label = match &args.redis {
+        Some(url) => format!("redis at {url}"),
+        None => format!("sqlite file {}", args.sqlite.display()),
+    };
+    Ok((backend.broker(), backend.admin(), label))
+}
+
+/// Serves the dashboard on `addr` in the background; `None` (with a note) when the address
+/// cannot be had, since the demo runs fine without it.
+async fn serve_dashboard(
+    addr: std::net::SocketAddr,
+    admin: Arc<dyn Admin>,
+) -> Option<std::net::SocketAddr> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            println!("(dashboard not started: cannot listen on {addr}: {e})\n");
+            return None;
         }
-        Backend::Sqlite(b) => {
-            let label = format!("sqlite file {}", args.sqlite.display());
-            (broker, Store::Sqlite(b), label)
-        }
-    })
+    };
+    let local = listener.local_addr().ok()?;
+    let app = errand_web::router(admin, errand_web::WebConfig::default());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Some(local)
 }
 
 /// Prints event lines and one progress line, in place on a terminal.
@@ -160,8 +139,15 @@ fn percentile_max(waits: &[f64]) -> (f64, f64) {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     let started = Instant::now();
-    let (broker, store, label) = open(&args).await?;
+    let (broker, admin, label) = open(&args).await?;
     println!("Errand demo: a shop's background jobs on the {label}\n");
+    let dashboard = match args.web {
+        Some(addr) if !args.no_web => serve_dashboard(addr, admin.clone()).await,
+        _ => None,
+    };
+    if let Some(addr) = dashboard {
+        println!("Dashboard: http://{addr}/ (live while the demo runs)\n");
+    }
 
     let shop = Arc::new(Shop::default());
     shop.users
@@ -244,7 +230,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let counts = loop {
-        let c = store.counts().await?;
+        let c = counts(&*admin).await?;
         screen.events(&shop);
         let done = shop.done_total();
         screen.progress(done + c.dead, total, c, false);
@@ -307,5 +293,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  exported          {} rows",
         shop.exported_rows.load(Ordering::Relaxed)
     );
+    let keep_serving = args.serve || (std::io::stdout().is_terminal() && !args.plain);
+    if let Some(addr) = dashboard.filter(|_| keep_serving && !interrupted) {
+        println!(
+            "\nThe dashboard stays up at http://{addr}/ : the dead job is under Dead (retry it, \
+             edit its arguments, delete it). Ctrl-C to exit."
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     Ok(())
 }

@@ -1,0 +1,162 @@
+//! `errand web` as a person runs it: it serves the dashboard on loopback, and refuses a
+//! non-loopback address without authentication unless told otherwise, loudly.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn errand(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_errand"));
+    c.args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("ERRAND_WEB_TOKEN")
+        .env_remove("ERRAND_WEB_BASIC");
+    c
+}
+
+/// Starts `errand web` and returns it with the address it printed.
+fn serve(args: &[&str]) -> (Killed, String) {
+    let mut child = errand(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start errand web");
+    let stdout = child.stdout.take().unwrap();
+    let child = Killed(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines
+        .next()
+        .expect("a line from errand web")
+        .expect("readable output");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    (child, url)
+}
+
+/// One HTTP/1.1 GET over a plain socket; returns (status line, whole response).
+fn http_get(url: &str, path: &str, extra: &str) -> (String, String) {
+    let host = url.trim_start_matches("http://");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect(host) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("cannot connect to {host}: {e}"),
+        }
+    };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    (out.lines().next().unwrap_or("").to_string(), out)
+}
+
+#[test]
+fn serves_the_dashboard_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.sqlite");
+    let (_web, url) = serve(&[
+        "web",
+        "--sqlite",
+        file.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    let (status, body) = http_get(&url, "/api/stats", "");
+    assert!(status.contains("200"), "{body}");
+    assert!(body.contains("\"kind\":\"sqlite\""), "{body}");
+    let (status, body) = http_get(&url, "/dead", "Accept: text/html\r\n");
+    assert!(status.contains("200"), "{body}");
+    assert!(
+        body.to_lowercase()
+            .contains("content-security-policy: default-src 'none'")
+    );
+}
+
+#[test]
+fn a_token_protects_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.sqlite");
+    let token = "a-token-of-sixteen-or-more";
+    let (_web, url) = serve(&[
+        "web",
+        "--sqlite",
+        file.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+        "--token",
+        token,
+    ]);
+    let (status, _) = http_get(&url, "/api/stats", "");
+    assert!(status.contains("401"), "{status}");
+    let (status, _) = http_get(
+        &url,
+        "/api/stats",
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
+    assert!(status.contains("200"), "{status}");
+}
+
+#[test]
+fn refuses_a_public_address_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.sqlite");
+    let out = errand(&[
+        "web",
+        "--sqlite",
+        file.to_str().unwrap(),
+        "--bind",
+        "0.0.0.0:0",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve 0.0.0.0:0 without authentication"),
+        "{err}"
+    );
+    assert!(!file.exists(), "nothing was opened");
+
+    // Overridden: it serves, with a loud warning on stderr.
+    let mut child = errand(&[
+        "web",
+        "--sqlite",
+        file.to_str().unwrap(),
+        "--bind",
+        "0.0.0.0:0",
+        "--insecure-no-auth",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = Killed(child);
+    let first = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(
+        first.contains("WARNING") && first.contains("WITHOUT AUTHENTICATION"),
+        "{first}"
+    );
+}
