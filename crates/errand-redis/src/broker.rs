@@ -2,6 +2,7 @@
 
 use crate::{Keys, scripts};
 use async_trait::async_trait;
+use errand_core::admin::ClassMetrics;
 use errand_core::broker::{
     Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
     OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
@@ -20,7 +21,7 @@ const PROMOTE_BATCH: isize = 100;
 /// Sidekiq keeps daily stat keys for five years.
 const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
 
-fn cmd_err(e: RedisError) -> BrokerError {
+pub(crate) fn cmd_err(e: RedisError) -> BrokerError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         BrokerError::Connection(Box::new(e))
     } else {
@@ -245,6 +246,25 @@ impl RedisBroker {
     /// The key builder (namespace applied).
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The server's URL as configured, without its password (for display).
+    pub(crate) fn display_url(&self) -> String {
+        let info = self.client.get_connection_info();
+        let settings = info.redis_settings();
+        let user = settings
+            .username()
+            .filter(|u| !u.is_empty())
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let db = settings.db();
+        match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => format!("redis://{user}{host}:{port}/{db}"),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                format!("rediss://{user}{host}:{port}/{db}")
+            }
+            other => format!("redis+unix://{user}{other}?db={db}"),
+        }
     }
 
     /// A connection for commands outside the broker contract (admin tools, tests).
@@ -903,6 +923,52 @@ impl Broker for RedisBroker {
         redis::cmd("SCARD")
             .arg(self.keys.key("processes"))
             .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)
+    }
+
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.paused())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cmd_err)?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// One MULTI: HINCRBY of each class's counts (`|p`, `|f`, `|ms` and its non-zero histogram
+    /// buckets) into the minute's hash (which then expires after 26 hours) and into the
+    /// all-time hash. Classes with nothing counted write nothing.
+    async fn record_metrics(&self, minute: i64, classes: &[ClassMetrics]) -> BrokerResult<()> {
+        let minute_key = self.keys.metrics_minute(minute);
+        let total_key = self.keys.metrics_total();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut any = false;
+        for m in classes {
+            for (field, n) in crate::admin::metric_fields(m) {
+                any = true;
+                pipe.cmd("HINCRBY")
+                    .arg(&minute_key)
+                    .arg(&field)
+                    .arg(n)
+                    .ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(&total_key)
+                    .arg(&field)
+                    .arg(n)
+                    .ignore();
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        pipe.cmd("EXPIRE")
+            .arg(&minute_key)
+            .arg(crate::admin::METRICS_MINUTE_TTL.as_secs())
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(cmd_err)
     }

@@ -51,4 +51,25 @@ impl Keys {
     pub fn work(&self, identity: &str, suffix: &str) -> String {
         format!("{}{identity}:{suffix}", self.prefix)
     }
+
+    /// A process's remote-signal list, `<identity>-signals` (LPUSHed by the Web UI and the
+    /// admin side, RPOPed by the process at each heartbeat).
+    pub fn signals(&self, identity: &str) -> String {
+        format!("{}{identity}-signals", self.prefix)
+    }
+
+    /// The set of paused queue names, `paused` (Sidekiq Pro's key, read by Sidekiq 8's UI).
+    pub fn paused(&self) -> String {
+        self.key("paused")
+    }
+
+    /// Errand's execution metrics of one minute (`minute` = minutes since the epoch, UTC).
+    pub fn metrics_minute(&self, minute: i64) -> String {
+        format!("{}errand:metrics:{minute}", self.prefix)
+    }
+
+    /// Errand's all-time execution metrics.
+    pub fn metrics_total(&self) -> String {
+        self.key("errand:metrics:total")
+    }
 }

@@ -13,7 +13,13 @@
 //!
 //! Every job transition is one Lua script ([`scripts`]), loaded once and run with EVALSHA; the
 //! scripts move payload strings and never re-encode JSON.
+//!
+//! [`RedisBroker`] also implements [`errand_core::admin::Admin`], the admin side (queues, sets,
+//! processes, signals, counters, metrics) on the same keys Sidekiq's API and Web UI use; paused
+//! queues live in Sidekiq Pro's `paused` set, execution metrics in Errand's
+//! `errand:metrics:<minute>` and `errand:metrics:total` hashes.
 
+mod admin;
 mod broker;
 mod keys;
 pub mod scripts;

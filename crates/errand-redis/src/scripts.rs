@@ -25,3 +25,10 @@ pub static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("s
 /// One in-flight job back to its queue (a job stranded by a lost fetch reply).
 pub static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+/// One member of a sorted set → a queue (the admin side's "retry now", "add to queue").
+pub static SET_TO_QUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/set_to_queue.lua")));
+/// One member of a sorted set → the dead set, with the dead set's trim (the admin side's
+/// "kill").
+pub static SET_TO_DEAD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/set_to_dead.lua")));

@@ -1,8 +1,11 @@
-//! The backend conformance suite on Redis: one `redis-server` shared by the cases running at a
-//! time (or `REDIS_URL` when set), each case in its own key namespace.
+//! The backend conformance suites (the broker's and the admin side's) on Redis: one
+//! `redis-server` shared by the cases running at a time (or `REDIS_URL` when set), each case in
+//! its own key namespace.
 
 use async_trait::async_trait;
-use errand_backend_tests::{BackendFactory, Inspect, StatCounts, TestBackend};
+use errand_backend_tests::{
+    AdminBackend, AdminFactory, BackendFactory, Inspect, StatCounts, TestBackend,
+};
 use errand_redis::{Keys, RedisBroker, RedisConfig};
 use errand_tests::RedisServer;
 use redis::AsyncCommands;
@@ -143,18 +146,36 @@ impl BackendFactory for Redis {
         "redis"
     }
     async fn new_backend(&self) -> TestBackend {
-        let ns = unique_namespace();
-        let broker = RedisBroker::connect_with(RedisConfig::new(&self.url).namespace(ns.clone()))
-            .await
-            .expect("connect to the test redis");
+        let (broker, inspect) = self.connect_new().await;
         TestBackend {
-            inspect: Arc::new(RedisInspect {
-                conn: broker.connection(),
-                keys: Keys::new(Some(&ns)),
-            }),
+            inspect,
             broker: Arc::new(broker),
         }
     }
 }
 
+#[async_trait]
+impl AdminFactory for Redis {
+    async fn new_admin_backend(&self) -> AdminBackend {
+        let (broker, inspect) = self.connect_new().await;
+        AdminBackend::new(Arc::new(broker), inspect)
+    }
+}
+
+impl Redis {
+    /// A broker in a new namespace of its own, and the inspection view of that namespace.
+    async fn connect_new(&self) -> (RedisBroker, Arc<dyn Inspect>) {
+        let ns = unique_namespace();
+        let broker = RedisBroker::connect_with(RedisConfig::new(&self.url).namespace(ns.clone()))
+            .await
+            .expect("connect to the test redis");
+        let inspect = Arc::new(RedisInspect {
+            conn: broker.connection(),
+            keys: Keys::new(Some(&ns)),
+        });
+        (broker, inspect)
+    }
+}
+
 errand_backend_tests::conformance_tests!(Redis::new());
+errand_backend_tests::admin_conformance_tests!(Redis::new());

@@ -886,3 +886,166 @@ async fn active_job_both_ways() {
     );
     assert_eq!(zcard(&mut conn, "retry"), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Errand's admin side reads what Ruby Sidekiq writes
+// ---------------------------------------------------------------------------------------------
+
+/// A `sidekiq` process running `app.rb` plus an `AdminGateJob` that holds its worker thread
+/// until the Redis key `admin:gate` is set (15 s at most). Killed on drop.
+struct GatedSidekiq {
+    child: std::process::Child,
+    _script: tempfile::NamedTempFile,
+}
+
+impl GatedSidekiq {
+    fn start(url: &str, queue: &str) -> Self {
+        use std::io::Write;
+        let mut script = tempfile::Builder::new()
+            .suffix(".rb")
+            .tempfile()
+            .expect("temp file");
+        write!(
+            script,
+            "{}
+            class AdminGateJob
+              include Sidekiq::Worker
+              def perform(*)
+                deadline = Time.now + 15
+                sleep 0.02 until Time.now > deadline || Sidekiq.redis {{ |r| r.get(\"admin:gate\") }}
+              end
+            end
+            ",
+            load_app()
+        )
+        .expect("write the Ruby script");
+        let child = std::process::Command::new("sidekiq")
+            .arg("-r")
+            .arg(script.path())
+            .args(["-c", "2", "-t", "1", "-q", queue])
+            .env("REDIS_URL", url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start sidekiq ({e}); install `ruby-sidekiq`"));
+        Self {
+            child,
+            _script: script,
+        }
+    }
+}
+
+impl Drop for GatedSidekiq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reads_ruby_processes_and_queues() {
+    use errand_core::admin::{Admin, Order};
+    errand_tests::init_tracing();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let b = broker(&url).await;
+
+    // Ruby enqueues: one job its own process will run, one nobody consumes.
+    let pushed = ruby_json(
+        &url,
+        r#"
+        gate = Sidekiq::Client.push("class" => "AdminGateJob", "args" => [1], "queue" => "gated")
+        parked = Sidekiq::Client.push("class" => "ParkedJob", "args" => [2, {"k" => []}, "é"],
+                                      "queue" => "parked", "bid" => "b1")
+        raw = Sidekiq.redis { |r| r.lindex("queue:parked", -1) }
+        puts JSON.generate("gate" => gate, "parked" => parked, "raw" => raw)
+        "#,
+    );
+    let gate_jid = pushed["gate"].as_str().unwrap().to_string();
+    let raw = pushed["raw"].as_str().unwrap().to_string();
+    assert!(raw.contains(pushed["parked"].as_str().unwrap()), "{raw}");
+
+    // The queue page holds exactly the string Ruby stored.
+    assert_eq!(
+        b.queue_page("parked", 0, 10, Order::Asc).await.unwrap(),
+        vec![raw.clone()]
+    );
+    assert_eq!(
+        b.queue_page("parked", 0, 10, Order::Desc).await.unwrap(),
+        vec![raw.clone()]
+    );
+    let qs = b.queues().await.unwrap();
+    let parked = qs
+        .iter()
+        .find(|q| q.name == "parked")
+        .expect("parked listed");
+    assert_eq!(
+        (parked.size, parked.oldest.as_deref()),
+        (1, Some(raw.as_str()))
+    );
+    // And it is the string Ruby's API deletes by: removing it through Errand empties the queue.
+    assert!(b.queue_delete("parked", &raw).await.unwrap());
+    let left = ruby_json(
+        &url,
+        r#"puts JSON.generate(Sidekiq::Queue.new("parked").size)"#,
+    );
+    assert_eq!(left, json!(0));
+
+    // A running Ruby Sidekiq 6.4 process, busy with the gated job.
+    let mut sidekiq = GatedSidekiq::start(&url, "gated");
+    let pid = sidekiq.child.id();
+    let deadline = std::time::Instant::now() + WAIT;
+    let seen = loop {
+        let procs = b.processes().await.unwrap();
+        if procs.len() == 1 && procs[0].work.len() == 1 {
+            break procs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for Ruby's process and its running job: {procs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        sidekiq.child.try_wait().unwrap().is_none(),
+        "sidekiq is running"
+    );
+    let p = &seen[0];
+    assert_eq!(
+        p.identity.split(':').nth(1),
+        Some(pid.to_string().as_str()),
+        "{p:?}"
+    );
+    let info: Value = serde_json::from_str(&p.info).expect("info is JSON");
+    assert_eq!(
+        info["hostname"],
+        json!(errand_core::id::hostname()),
+        "{info}"
+    );
+    assert_eq!(info["pid"], json!(pid), "{info}");
+    assert_eq!(info["identity"], json!(p.identity), "{info}");
+    assert_eq!(info["queues"], json!(["gated"]), "{info}");
+    assert_eq!(info["concurrency"], json!(2), "{info}");
+    assert_eq!(p.concurrency, 0, "6.4 has no concurrency field");
+    assert_eq!(p.busy, 1, "{p:?}");
+    assert!(!p.quiet);
+    assert!(p.rss_kb > 0, "{p:?}");
+    assert!((errand_core::now() - p.beat).abs() < 30.0, "{p:?}");
+    let (tid, work) = &p.work[0];
+    assert!(!tid.is_empty());
+    let work: Value = serde_json::from_str(work).expect("work entry is JSON");
+    assert_eq!(work["queue"], json!("gated"), "{work}");
+    let payload: Value =
+        serde_json::from_str(work["payload"].as_str().expect("payload is a string")).unwrap();
+    assert_eq!(payload["jid"], json!(gate_jid), "{work}");
+    assert_eq!(payload["class"], json!("AdminGateJob"), "{work}");
+    let work_key: bool = conn.exists(format!("{}:work", p.identity)).unwrap();
+    assert!(
+        !work_key,
+        "6.4 writes only `:workers`: that is what was read"
+    );
+
+    let _: () = conn.set("admin:gate", 1).unwrap();
+    drop(sidekiq);
+}

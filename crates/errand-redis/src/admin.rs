@@ -1,0 +1,589 @@
+//! [`Admin`] on Redis: Sidekiq's own keys, read and changed the way Sidekiq's API and Web UI
+//! do (see `docs/redis-layout.md`), so both show the same data.
+//!
+//! Reads that touch many keys are pipelined (one round trip); every change is one command, one
+//! MULTI or one Lua script ([`crate::scripts`]).
+
+use crate::RedisBroker;
+use crate::broker::cmd_err;
+use async_trait::async_trait;
+use errand_core::admin::{
+    Admin, BackendInfo, ClassMetrics, Counters, HISTOGRAM_BUCKETS, Order, ProcessRecord,
+    QueueSummary, SetEntry, SetName,
+};
+use errand_core::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use redis::{FromRedisValue, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a per-minute metrics hash lives (the contract asks for at least 25 hours).
+pub(crate) const METRICS_MINUTE_TTL: Duration = Duration::from_secs(26 * 3600);
+
+/// The most minutes one [`Admin::metrics`] call reads; a longer range keeps its newest minutes.
+pub(crate) const METRICS_MAX_MINUTES: i64 = 1_500;
+
+/// How long a signal waits in `<identity>-signals` (Sidekiq's 60 s).
+const SIGNAL_TTL_SECS: u64 = 60;
+
+/// The hash fields one class's metrics are counted under: `<Class>|p` (executions), `|f`
+/// (failures), `|ms` (total ms), and `|h<i>` for each non-zero histogram bucket. Empty for a
+/// class with nothing counted.
+pub(crate) fn metric_fields(m: &ClassMetrics) -> Vec<(String, u64)> {
+    if m.executions == 0
+        && m.failures == 0
+        && m.total_ms == 0
+        && m.histogram.iter().all(|&n| n == 0)
+    {
+        return Vec::new();
+    }
+    let c = &m.class;
+    let mut fields = vec![
+        (format!("{c}|p"), m.executions),
+        (format!("{c}|f"), m.failures),
+        (format!("{c}|ms"), m.total_ms),
+    ];
+    for (i, &n) in m.histogram.iter().enumerate() {
+        if n > 0 {
+            fields.push((format!("{c}|h{i}"), n));
+        }
+    }
+    fields
+}
+
+/// Parses a metrics hash back into one row per class. The LAST `|` of a field separates the
+/// class from the suffix; unknown suffixes and non-numeric values are skipped.
+fn parse_metrics(hash: BTreeMap<String, String>) -> Vec<ClassMetrics> {
+    let mut by: BTreeMap<String, ClassMetrics> = BTreeMap::new();
+    for (field, value) in hash {
+        let Some((class, suffix)) = field.rsplit_once('|') else {
+            continue;
+        };
+        let Ok(n) = value.trim().parse::<i64>() else {
+            continue;
+        };
+        let n = n.max(0) as u64;
+        let slot = match suffix {
+            "p" | "f" | "ms" => None,
+            h => match h.strip_prefix('h').and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) if i < HISTOGRAM_BUCKETS => Some(i),
+                _ => continue,
+            },
+        };
+        let m = by
+            .entry(class.to_string())
+            .or_insert_with(|| ClassMetrics::new(class));
+        match (suffix, slot) {
+            ("p", _) => m.executions += n,
+            ("f", _) => m.failures += n,
+            ("ms", _) => m.total_ms += n,
+            (_, Some(i)) => m.histogram[i] += n,
+            _ => {}
+        }
+    }
+    by.into_values().collect()
+}
+
+/// Stored bytes as text: exact when UTF-8 (always, for anything Errand or Sidekiq wrote);
+/// otherwise shown lossily, and then matching no member when handed back.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// One reply of a pipeline, converted.
+fn take<T: FromRedisValue>(v: Value) -> BrokerResult<T> {
+    redis::from_redis_value(v).map_err(|e| cmd_err(e.into()))
+}
+
+/// A `WITHSCORES` reply as entries; scores are parsed from Redis's strings so they round-trip
+/// exactly.
+fn entries(raw: Vec<(Vec<u8>, String)>) -> BrokerResult<Vec<SetEntry>> {
+    raw.into_iter()
+        .map(|(member, score)| {
+            let score = score.parse::<f64>().map_err(|e| {
+                errand_core::BrokerError::Command(format!("score {score:?}: {e}").into())
+            })?;
+            Ok(SetEntry {
+                score,
+                raw: text(member),
+            })
+        })
+        .collect()
+}
+
+/// A counter's value; absent or unreadable counts as 0.
+fn count(v: Option<String>) -> u64 {
+    v.and_then(|s| s.trim().parse::<i64>().ok())
+        .map_or(0, |n| n.max(0) as u64)
+}
+
+/// The `run_at` of a work entry, for ordering (0 when unreadable).
+fn run_at(json: &str) -> f64 {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("run_at")?.as_f64())
+        .unwrap_or(0.0)
+}
+
+/// The facts [`Admin::backend_info`] shows, in order: (label, `INFO` field).
+const INFO_FACTS: [(&str, &str); 6] = [
+    ("version", "redis_version"),
+    ("uptime_days", "uptime_in_days"),
+    ("connected_clients", "connected_clients"),
+    ("used_memory", "used_memory_human"),
+    ("used_memory_peak", "used_memory_peak_human"),
+    ("maxmemory_policy", "maxmemory_policy"),
+];
+
+impl RedisBroker {
+    fn set_key(&self, set: SetName) -> String {
+        self.keys().key(set.key())
+    }
+
+    async fn set_range(
+        &self,
+        set: SetName,
+        cmd: &str,
+        start: i64,
+        stop: i64,
+    ) -> BrokerResult<Vec<SetEntry>> {
+        let raw: Vec<(Vec<u8>, String)> = redis::cmd(cmd)
+            .arg(self.set_key(set))
+            .arg(start)
+            .arg(stop)
+            .arg("WITHSCORES")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        entries(raw)
+    }
+}
+
+#[async_trait]
+impl Admin for RedisBroker {
+    async fn counters(&self) -> BrokerResult<Counters> {
+        let k = self.keys();
+        let (processed, failed): (Option<String>, Option<String>) = redis::cmd("MGET")
+            .arg(k.key("stat:processed"))
+            .arg(k.key("stat:failed"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(Counters {
+            processed: count(processed),
+            failed: count(failed),
+        })
+    }
+
+    async fn daily_counters(&self, dates: &[String]) -> BrokerResult<Vec<Counters>> {
+        if dates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = self.keys();
+        let mut cmd = redis::cmd("MGET");
+        for d in dates {
+            cmd.arg(k.key(&format!("stat:processed:{d}")))
+                .arg(k.key(&format!("stat:failed:{d}")));
+        }
+        let values: Vec<Option<String>> = cmd
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        let mut values = values.into_iter();
+        Ok(dates
+            .iter()
+            .map(|_| Counters {
+                processed: count(values.next().flatten()),
+                failed: count(values.next().flatten()),
+            })
+            .collect())
+    }
+
+    async fn backend_info(&self) -> BrokerResult<BackendInfo> {
+        let info: String = redis::cmd("INFO")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        let fields: BTreeMap<&str, &str> = info
+            .lines()
+            .filter_map(|l| l.trim_end().split_once(':'))
+            .collect();
+        let mut facts: Vec<(String, String)> = INFO_FACTS
+            .iter()
+            .filter_map(|(label, field)| {
+                fields
+                    .get(field)
+                    .map(|v| (label.to_string(), v.to_string()))
+            })
+            .collect();
+        facts.push(("url".into(), self.display_url()));
+        Ok(BackendInfo {
+            kind: "redis".into(),
+            facts,
+        })
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<QueueSummary>> {
+        let k = self.keys();
+        let mut conn = self.connection();
+        let (known, paused): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(k.key("queues"))
+            .cmd("SMEMBERS")
+            .arg(k.paused())
+            .query_async(&mut conn)
+            .await
+            .map_err(cmd_err)?;
+        let mut names: BTreeMap<String, bool> = known.into_iter().map(|q| (q, false)).collect();
+        for q in paused {
+            names.insert(q, true);
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in names.keys() {
+            let list = k.queue(name);
+            pipe.cmd("LLEN").arg(&list).cmd("LINDEX").arg(&list).arg(-1);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(cmd_err)?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(names.len());
+        for (name, paused) in names {
+            let size: u64 = take(replies.next().unwrap_or(Value::Nil))?;
+            let oldest: Option<Vec<u8>> = take(replies.next().unwrap_or(Value::Nil))?;
+            out.push(QueueSummary {
+                name,
+                size,
+                oldest: oldest.map(text),
+                paused,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn queue_page(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+        order: Order,
+    ) -> BrokerResult<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (offset, limit) = (offset as i64, limit as i64);
+        // The right end is the next to run: `Asc` counts from it with negative indices.
+        let (start, stop) = match order {
+            Order::Asc => (-offset.saturating_add(limit), -(offset + 1)),
+            Order::Desc => (offset, offset.saturating_add(limit - 1)),
+        };
+        let page: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(self.keys().queue(queue))
+            .arg(start)
+            .arg(stop)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        let mut page: Vec<String> = page.into_iter().map(text).collect();
+        if order == Order::Asc {
+            page.reverse();
+        }
+        Ok(page)
+    }
+
+    async fn queue_delete(&self, queue: &str, raw: &str) -> BrokerResult<bool> {
+        let n: i64 = redis::cmd("LREM")
+            .arg(self.keys().queue(queue))
+            .arg(1)
+            .arg(raw)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n > 0)
+    }
+
+    async fn queue_clear(&self, queue: &str) -> BrokerResult<u64> {
+        let k = self.keys();
+        let list = k.queue(queue);
+        let (len,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("LLEN")
+            .arg(&list)
+            .cmd("UNLINK")
+            .arg(&list)
+            .ignore()
+            .cmd("SREM")
+            .arg(k.key("queues"))
+            .arg(queue)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(len)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {
+        let _: i64 = redis::cmd(if paused { "SADD" } else { "SREM" })
+            .arg(self.keys().paused())
+            .arg(queue)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(())
+    }
+
+    async fn set_size(&self, set: SetName) -> BrokerResult<u64> {
+        redis::cmd("ZCARD")
+            .arg(self.set_key(set))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)
+    }
+
+    async fn set_page(
+        &self,
+        set: SetName,
+        offset: usize,
+        limit: usize,
+        order: Order,
+    ) -> BrokerResult<Vec<SetEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, stop) = (
+            offset as i64,
+            (offset as i64).saturating_add(limit as i64 - 1),
+        );
+        let cmd = match order {
+            Order::Asc => "ZRANGE",
+            Order::Desc => "ZREVRANGE",
+        };
+        self.set_range(set, cmd, start, stop).await
+    }
+
+    async fn set_at_score(&self, set: SetName, score: f64) -> BrokerResult<Vec<SetEntry>> {
+        let raw: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.set_key(set))
+            .arg(score)
+            .arg(score)
+            .arg("WITHSCORES")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        entries(raw)
+    }
+
+    async fn set_remove(&self, set: SetName, member: &str) -> BrokerResult<bool> {
+        let n: i64 = redis::cmd("ZREM")
+            .arg(self.set_key(set))
+            .arg(member)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n > 0)
+    }
+
+    async fn set_to_queue(
+        &self,
+        set: SetName,
+        member: &str,
+        queue: &str,
+        payload: &str,
+    ) -> BrokerResult<bool> {
+        let k = self.keys();
+        let n: i64 = crate::scripts::SET_TO_QUEUE
+            .key(self.set_key(set))
+            .key(k.queue(queue))
+            .key(k.key("queues"))
+            .arg(member)
+            .arg(payload)
+            .arg(queue)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n == 1)
+    }
+
+    async fn set_to_dead(
+        &self,
+        set: SetName,
+        member: &str,
+        payload: &str,
+        now: f64,
+        limits: DeadLimits,
+    ) -> BrokerResult<bool> {
+        let n: i64 = crate::scripts::SET_TO_DEAD
+            .key(self.set_key(set))
+            .key(self.set_key(SetName::Dead))
+            .arg(member)
+            .arg(payload)
+            .arg(now)
+            .arg(now - limits.max_age.as_secs_f64())
+            .arg(limits.max_jobs)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n == 1)
+    }
+
+    async fn set_clear(&self, set: SetName) -> BrokerResult<u64> {
+        let key = self.set_key(set);
+        let (n,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("UNLINK")
+            .arg(&key)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(n)
+    }
+
+    /// Identities come from `processes`; one whose `<identity>` hash has no `info` (it expired)
+    /// is skipped, never pruned. Running jobs come from `<identity>:work`, or `:workers` when
+    /// that is empty (Sidekiq 6.4 writes only `:workers`), ordered by `run_at`.
+    async fn processes(&self) -> BrokerResult<Vec<ProcessRecord>> {
+        let k = self.keys();
+        let mut conn = self.connection();
+        let mut identities: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(k.key("processes"))
+            .query_async(&mut conn)
+            .await
+            .map_err(cmd_err)?;
+        if identities.is_empty() {
+            return Ok(Vec::new());
+        }
+        identities.sort();
+        let mut pipe = redis::pipe();
+        for id in &identities {
+            pipe.cmd("HMGET")
+                .arg(k.key(id))
+                .arg(&["info", "busy", "beat", "quiet", "rss", "concurrency"])
+                .cmd("HGETALL")
+                .arg(k.work(id, "work"))
+                .cmd("HGETALL")
+                .arg(k.work(id, "workers"));
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(cmd_err)?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::new();
+        for identity in identities {
+            let fields: Vec<Option<Vec<u8>>> = take(replies.next().unwrap_or(Value::Nil))?;
+            let work: Vec<(Vec<u8>, Vec<u8>)> = take(replies.next().unwrap_or(Value::Nil))?;
+            let workers: Vec<(Vec<u8>, Vec<u8>)> = take(replies.next().unwrap_or(Value::Nil))?;
+            let mut fields = fields.into_iter().map(|f| f.map(text));
+            let mut next = || fields.next().flatten();
+            let Some(info) = next() else {
+                continue; // expired (or never beat): not live
+            };
+            let (busy, beat, quiet, rss, concurrency) = (next(), next(), next(), next(), next());
+            let mut work: Vec<(String, String)> = if work.is_empty() { workers } else { work }
+                .into_iter()
+                .map(|(tid, json)| (text(tid), text(json)))
+                .collect();
+            work.sort_by(|a, b| run_at(&a.1).total_cmp(&run_at(&b.1)).then(a.0.cmp(&b.0)));
+            out.push(ProcessRecord {
+                identity,
+                info,
+                busy: count(busy),
+                concurrency: count(concurrency),
+                beat: beat.and_then(|b| b.trim().parse().ok()).unwrap_or(0.0),
+                quiet: quiet.as_deref() == Some("true"),
+                rss_kb: count(rss),
+                work,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn signal(&self, identity: &str, signal: RemoteSignal) -> BrokerResult<()> {
+        let key = self.keys().signals(identity);
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(&key)
+            .arg(errand_core::admin::signal_name(signal))
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(SIGNAL_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(cmd_err)
+    }
+
+    /// Reads at most the newest 1,500 minutes of the range (a longer range is
+    /// clamped silently), one pipelined HGETALL per minute.
+    async fn metrics(&self, from_minute: i64, to_minute: i64) -> BrokerResult<Vec<ClassMetrics>> {
+        if from_minute > to_minute {
+            return Ok(Vec::new());
+        }
+        let from = from_minute.max(to_minute.saturating_sub(METRICS_MAX_MINUTES - 1));
+        let k = self.keys();
+        let mut pipe = redis::pipe();
+        for minute in from..=to_minute {
+            pipe.cmd("HGETALL").arg(k.metrics_minute(minute));
+        }
+        let hashes: Vec<BTreeMap<String, String>> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(errand_core::admin::merge_by_class(
+            hashes.into_iter().flat_map(parse_metrics),
+        ))
+    }
+
+    async fn metrics_totals(&self) -> BrokerResult<Vec<ClassMetrics>> {
+        let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys().metrics_total())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(cmd_err)?;
+        Ok(parse_metrics(hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_fields_round_trip_through_parse() {
+        let mut m = ClassMetrics::new("Billing::Charge|v2");
+        m.record(10, false);
+        m.record(600, false);
+        m.record(5, true);
+        let hash: BTreeMap<String, String> = metric_fields(&m)
+            .into_iter()
+            .map(|(f, n)| (f, n.to_string()))
+            .collect();
+        assert!(hash.contains_key("Billing::Charge|v2|h0"));
+        assert!(
+            !hash.contains_key("Billing::Charge|v2|h1"),
+            "zero buckets are not written"
+        );
+        assert_eq!(parse_metrics(hash), vec![m]);
+    }
+
+    #[test]
+    fn empty_metrics_write_nothing_and_junk_is_skipped() {
+        assert!(metric_fields(&ClassMetrics::new("A")).is_empty());
+        let hash: BTreeMap<String, String> = [
+            ("nobar", "1"),
+            ("A|zz", "1"),
+            ("A|h99", "1"),
+            ("A|p", "x"),
+            ("B|p", "2"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let rows = parse_metrics(hash);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].class, "B");
+        assert_eq!(rows[0].executions, 2);
+    }
+}
