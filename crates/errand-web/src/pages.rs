@@ -49,6 +49,7 @@ struct Ctx<'a> {
     st: &'a AppState,
     sec: &'a RequestSecurity,
     overview: Overview,
+    info: errand_core::admin::BackendInfo,
     backend: String,
     now: f64,
 }
@@ -79,6 +80,7 @@ async fn ctx<'a>(st: &'a AppState, sec: &'a RequestSecurity) -> Result<Ctx<'a>, 
         now: overview.time,
         overview,
         backend: format!("{}{version}", info.kind),
+        info,
     })
 }
 
@@ -432,10 +434,7 @@ pub(crate) async fn dashboard(
         Ok(h) => h,
         Err(e) => return failure(e),
     };
-    let info = match st.admin.backend_info().await {
-        Ok(i) => i,
-        Err(e) => return failure(e),
-    };
+    let info = &c.info;
     let body = html! {
         div.page-head {
             h1 { "Dashboard" }
@@ -1194,12 +1193,12 @@ pub(crate) async fn metrics(
                             tr {
                                 td {
                                     div { (r.class) }
-                                    div.bar data-value=(r.executions) data-max=(max) { div.bar-fill {} }
+                                    div.bar.share data-value=(r.executions) data-max=(max) { div.bar-fill {} }
                                 }
                                 td.num { (num(r.executions)) }
                                 td.num { (num(r.failures)) }
                                 td.num { (format!("{:.1} %", 100.0 * r.failures as f64 / r.executions.max(1) as f64)) }
-                                td.num { (r.mean_ms.map(|m| format!("{m:.1} ms")).unwrap_or_else(|| "—".into())) }
+                                td.num { (r.mean_ms.map(|m| if m < 1.0 { "< 1 ms".to_string() } else { format!("{m:.1} ms") }).unwrap_or_else(|| "—".into())) }
                                 td.num { (ms(r.p50_ms)) }
                                 td.num { (ms(r.p95_ms)) }
                                 td.num { (ms(r.p99_ms)) }
