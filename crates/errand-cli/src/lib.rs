@@ -6,10 +6,13 @@
 //! - `errand bench`: a load test: bulk enqueue, drain, enqueue-to-start latency at a steady
 //!   rate, CPU per 100,000 jobs and peak RSS, on SQLite or Redis (`--json` for scripts).
 //! - `errand web`: the dashboard (pages, JSON API, Prometheus `/metrics`) on SQLite or Redis.
+//! - `errand stats | queues | pause | resume | clear | jobs | retry | delete | kill | enqueue |
+//!   processes | quiet | stop`: the dashboard's figures and actions from a terminal (`--json`).
 
 mod backend;
 pub mod bench;
 pub mod demo;
+pub mod ops;
 pub mod web;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +36,139 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve the dashboard: queues, busy, retries, scheduled, dead, metrics, with actions.
     Web(WebArgs),
+    /// The dashboard's figures and actions from a terminal: stats, queues, pause, resume,
+    /// clear, jobs, job (retry/delete/kill), enqueue, processes, quiet, stop.
+    Ops {
+        /// The backend.
+        #[command(flatten)]
+        backend: OpsArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: OpsCommand,
+    },
+}
+
+/// Which backend an ops command works on, and how it prints.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpsArgs {
+    /// The SQLite file. The default backend.
+    #[arg(long, global = true, default_value = "errand.sqlite")]
+    pub sqlite: PathBuf,
+    /// The Redis server at this URL instead.
+    #[arg(long, global = true, env = "REDIS_URL")]
+    pub redis: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Filters for set listings and `--all` actions.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Class contains (case-insensitive).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Queue is exactly.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Error class or message contains.
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Job id, class or arguments contain.
+    #[arg(long = "match")]
+    pub text: Option<String>,
+}
+
+impl FilterArgs {
+    /// As the dashboard's filter.
+    pub fn filter(&self) -> errand_web::data::Filter {
+        errand_web::data::Filter::new(
+            self.class.as_deref(),
+            self.queue.as_deref(),
+            self.error.as_deref(),
+            self.text.as_deref(),
+        )
+    }
+}
+
+/// The ops commands: the dashboard's figures and actions from a terminal.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Totals: processed, failed, busy, enqueued, retries, scheduled, dead, processes.
+    Stats,
+    /// Every queue with its size, latency and status.
+    Queues,
+    /// Pause a queue: servers stop fetching from it within a heartbeat.
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        queue: String,
+    },
+    /// Delete every job waiting in a queue.
+    Clear {
+        /// The queue.
+        queue: String,
+    },
+    /// List a set's jobs (retries, scheduled or dead), soonest or oldest first.
+    Jobs {
+        /// retries, scheduled or dead.
+        set: String,
+        /// Filters.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many (1..=100).
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+        /// Newest (highest score) first.
+        #[arg(long)]
+        desc: bool,
+    },
+    /// Retry now (retries, dead) or run now (scheduled), delete, or kill (to dead) jobs by KEY,
+    /// or --all of a set (matching the filters).
+    #[command(name = "job")]
+    Act {
+        /// retry, delete or kill.
+        action: String,
+        /// retries, scheduled or dead.
+        set: String,
+        /// Keys as `errand jobs` lists them (`<score>-<jid>`).
+        keys: Vec<String>,
+        /// Every job of the set (matching the filters) instead of KEYs.
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+        /// Filters for --all.
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Enqueue a job by class name (Errand's or Ruby's); prints its jid.
+    Enqueue {
+        /// The class (Sidekiq's `class`).
+        class: String,
+        /// Arguments: each is JSON when it parses as JSON (`42`, `{"a":1}`), else a string.
+        args: Vec<String>,
+        /// The queue.
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Run it this many seconds from now.
+        #[arg(long = "in")]
+        delay: Option<f64>,
+    },
+    /// Live processes (Errand's and Ruby Sidekiq's).
+    Processes,
+    /// Quiet a process (stop fetching): an identity from `errand processes`, or `all`.
+    Quiet {
+        /// The identity, or `all`.
+        identity: String,
+    },
+    /// Stop a process gracefully: an identity, or `all`.
+    Stop {
+        /// The identity, or `all`.
+        identity: String,
+    },
 }
 
 /// Options of `errand web`.
@@ -159,5 +295,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Web(args) => web::run(args).await,
+        Command::Ops { backend, command } => ops::run(backend, command).await,
     }
 }

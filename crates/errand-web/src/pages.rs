@@ -97,6 +97,29 @@ fn failure(e: BrokerError) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
+/// Job text for display: the bidirectional-control characters (U+202E and friends) are shown
+/// as `\u202e` escapes, so job data can neither reorder the page around it nor pass one file
+/// name off as another; inside JSON text the escape is the same character to a parser, so an
+/// edited argument list keeps its meaning. Everything is HTML-escaped by maud on top of this.
+pub(crate) fn v(s: &str) -> std::borrow::Cow<'_, str> {
+    const BIDI: [char; 12] = [
+        '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
+        '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+    ];
+    if !s.contains(BIDI) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for ch in s.chars() {
+        if BIDI.contains(&ch) {
+            out.push_str(&format!("\\u{:04x}", ch as u32));
+        } else {
+            out.push(ch);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Formats `n` with thousands separators.
 pub(crate) fn num(n: u64) -> String {
     let s = n.to_string();
@@ -108,6 +131,11 @@ pub(crate) fn num(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// `1 job`, `2 jobs`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", num(n), if n == 1 { one } else { many })
 }
 
 /// A duration for people: `12 ms`, `3.2 s`, `4 min`, `3 h`, `2 d`.
@@ -215,7 +243,7 @@ fn layout(c: &Ctx<'_>, title: &str, active: &str, flash: Option<Markup>, body: M
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
                 meta name="csrf-token" content=(c.sec.csrf);
-                title { (title) " · Errand" }
+                title { (v(title)) " · Errand" }
                 link rel="icon" href=(c.url("/assets/favicon.svg")) type="image/svg+xml";
                 link rel="stylesheet" href=(c.url("/assets/app.css"));
                 script src=(c.url("/assets/theme.js")) nonce=(c.sec.nonce) {}
@@ -490,7 +518,7 @@ pub(crate) async fn busy(
     let body = html! {
         div.page-head {
             h1 { "Busy" }
-            p.subtitle { (num(processes.len() as u64)) " processes, " (num(work.len() as u64)) " jobs running" }
+            p.subtitle { (plural(processes.len() as u64, "process", "processes")) ", " (plural(work.len() as u64, "job", "jobs")) " running" }
             div.actions {
                 form.inline method="post" action=(c.url("/busy/quiet")) {
                     (c.csrf()) input type="hidden" name="identity" value="all";
@@ -517,13 +545,13 @@ pub(crate) async fn busy(
                         @for p in &processes {
                             tr {
                                 td {
-                                    div.mono { (p.hostname) ":" (p.pid) }
+                                    div.mono { (v(&p.hostname)) ":" (p.pid) }
                                     div.muted.small {
-                                        @if !p.tag.is_empty() { span.badge.badge-info { (p.tag) } " " }
+                                        @if !p.tag.is_empty() { span.badge.badge-info { (v(&p.tag)) } " " }
                                         (if p.errand { p.version.as_str() } else if p.version.is_empty() { "sidekiq (ruby)" } else { p.version.as_str() })
                                     }
                                 }
-                                td.mono { (p.queues.join(", ")) }
+                                td.mono { (v(&p.queues.join(", "))) }
                                 td {
                                     (p.busy) " / " (p.concurrency)
                                     div.bar data-value=(p.busy) data-max=(p.concurrency.max(1)) { div.bar-fill {} }
@@ -564,10 +592,10 @@ pub(crate) async fn busy(
                     tbody {
                         @for w in &work {
                             tr {
-                                td.mono.small { (w.identity) " " span.muted { (w.tid) } }
-                                td { a href=(c.url(&format!("/queues/{}", enc(&w.queue)))) { (w.queue) } }
-                                td { div { (w.job.class) } div.mono.muted.small { (w.job.jid) } }
-                                td.args { code { (w.job.args_preview()) } }
+                                td.mono.small { (v(&w.identity)) " " span.muted { (v(&w.tid)) } }
+                                td { a href=(c.url(&format!("/queues/{}", enc(&w.queue)))) { (v(&w.queue)) } }
+                                td { div { (v(&w.job.class)) } div.mono.muted.small { (v(&w.job.jid)) } }
+                                td.args { code { (v(&w.job.args_preview())) } }
                                 td { (time(w.run_at, c.now)) " " span.muted { "(" (dur(c.now - w.run_at)) ")" } }
                             }
                         }
@@ -612,7 +640,7 @@ pub(crate) async fn queues(
     };
     let return_to = c.url("/queues");
     let body = html! {
-        div.page-head { h1 { "Queues" } p.subtitle { (num(queues.len() as u64)) " queues, " (num(c.overview.enqueued)) " jobs waiting" } }
+        div.page-head { h1 { "Queues" } p.subtitle { (plural(queues.len() as u64, "queue", "queues")) ", " (plural(c.overview.enqueued, "job", "jobs")) " waiting" } }
         section.panel {
             @if queues.is_empty() {
                 div.empty { "No queues yet: they appear when the first job is pushed." }
@@ -623,7 +651,7 @@ pub(crate) async fn queues(
                         @for qv in &queues {
                             @let base = format!("/queues/{}", enc(&qv.name));
                             tr {
-                                td { a href=(c.url(&base)) { (qv.name) } }
+                                td { a href=(c.url(&base)) { (v(&qv.name)) } }
                                 td.num { (num(qv.size)) }
                                 td.num title="Age of the next job to run" { @if qv.size > 0 { (dur(qv.latency)) } @else { span.muted { "—" } } }
                                 td { @if qv.paused { span.badge.badge-warn { "paused" } } @else { span.badge.badge-ok { "active" } } }
@@ -715,9 +743,9 @@ pub(crate) async fn queue(
     ));
     let body = html! {
         div.page-head {
-            h1 { "Queue " span.mono { (name) } }
+            h1 { "Queue " span.mono { (v(&name)) } }
             p.subtitle {
-                (num(size)) " jobs"
+                (plural(size, "job", "jobs"))
                 @if let Some(i) = &info { @if i.size > 0 { " · latency " (dur(i.latency)) } }
                 @if paused { " · " span.badge.badge-warn { "paused" } }
             }
@@ -750,8 +778,8 @@ pub(crate) async fn queue(
                             @let job = JobView::new(raw);
                             tr {
                                 td.num.muted { (num((offset + i + 1) as u64)) }
-                                td { div { (job.class) } div.mono.muted.small { (job.jid) } }
-                                td.args { code { (job.args_preview()) } }
+                                td { div { (v(&job.class)) } div.mono.muted.small { (v(&job.jid)) } }
+                                td.args { code { (v(&job.args_preview())) } }
                                 td { (opt_time(job.enqueued_at, c.now)) }
                                 td.row-actions {
                                     form.inline method="post" action=(c.url(&format!("{base}/delete"))) {
@@ -956,13 +984,13 @@ pub(crate) async fn set_list(
                             tr {
                                 td.check { input.row-select type="checkbox" data-group="jobs" name="key" value=(e.key) form="bulk" aria-label="Select"; }
                                 td { a href=(detail) { (time(e.score, c.now)) } }
-                                td { a href=(detail) { (e.job.class) } div.mono.muted.small { (e.job.jid) } }
-                                td { (e.job.queue) }
-                                td.args { code { (e.job.args_preview()) } }
+                                td { a href=(detail) { (v(&e.job.class)) } div.mono.muted.small { (v(&e.job.jid)) } }
+                                td { (v(&e.job.queue)) }
+                                td.args { code { (v(&e.job.args_preview())) } }
                                 @if set != SetName::Scheduled {
                                     td.error-text {
-                                        @if let Some(ec) = &e.job.error_class { strong { (ec) } ": " }
-                                        (data::preview(e.job.error_message.as_deref().or(e.job.unreadable_reason.as_deref()).unwrap_or(""), 200))
+                                        @if let Some(ec) = &e.job.error_class { strong { (v(ec)) } ": " }
+                                        (v(&data::preview(e.job.error_message.as_deref().or(e.job.unreadable_reason.as_deref()).unwrap_or(""), 200)))
                                     }
                                 }
                                 @if set == SetName::Retry { td.num { (e.job.retry_count.map(num).unwrap_or_default()) } }
@@ -1028,34 +1056,34 @@ async fn job_page(
     };
     let body = html! {
         div.page-head {
-            h1 { (j.class) }
-            p.subtitle { a href=(list) { "‹ " (set_title(set)) } " · " span.mono { (j.jid) } }
+            h1 { (v(&j.class)) }
+            p.subtitle { a href=(list) { "‹ " (set_title(set)) } " · " span.mono { (v(&j.jid)) } }
             div.actions { (row_actions(&c, set, &e, &list)) }
         }
         section.panel {
             dl.kv {
-                dt { "Class" } dd { (j.class) @if let Some(w) = &j.wrapper { " " span.muted.small { "(" (w) ")" } } }
-                dt { "Queue" } dd { a href=(c.url(&format!("/queues/{}", enc(&j.queue)))) { (j.queue) } }
-                dt { "Job id" } dd.mono { (j.jid) }
+                dt { "Class" } dd { (v(&j.class)) @if let Some(w) = &j.wrapper { " " span.muted.small { "(" (v(w)) ")" } } }
+                dt { "Queue" } dd { a href=(c.url(&format!("/queues/{}", enc(&j.queue)))) { (v(&j.queue)) } }
+                dt { "Job id" } dd.mono { (v(&j.jid)) }
                 dt { (when_label(set)) } dd { (time(e.score, c.now)) " " span.muted.small { (exact(e.score)) } }
                 dt { "Created" } dd { (opt_time(j.created_at, c.now)) }
                 dt { "Enqueued" } dd { (opt_time(j.enqueued_at, c.now)) }
                 @if j.failed_at.is_some() { dt { "Failed" } dd { (opt_time(j.failed_at, c.now)) } }
                 @if j.retried_at.is_some() { dt { "Retried" } dd { (opt_time(j.retried_at, c.now)) } }
                 @if let Some(n) = j.retry_count { dt { "Retry count" } dd { (n) } }
-                @if let Some(ec) = &j.error_class { dt { "Error class" } dd.mono { (ec) } }
-                @if let Some(m) = &j.error_message { dt { "Error message" } dd.error-text { (m) } }
-                @if let Some(r) = &j.unreadable_reason { dt { "Unreadable" } dd.error-text { (r) } }
+                @if let Some(ec) = &j.error_class { dt { "Error class" } dd.mono { (v(ec)) } }
+                @if let Some(m) = &j.error_message { dt { "Error message" } dd.error-text { (v(m)) } }
+                @if let Some(r) = &j.unreadable_reason { dt { "Unreadable" } dd.error-text { (v(r)) } }
             }
         }
         section.panel {
             div.panel-head { h2 { "Arguments" } }
-            pre.code { (pretty_args) }
+            pre.code { (v(&pretty_args)) }
         }
         @if let Some(lines) = &trace {
             section.panel {
                 div.panel-head { h2 { "Backtrace" } }
-                pre.code.backtrace { @for l in lines { (l) "\n" } }
+                pre.code.backtrace { @for l in lines { (v(l)) "\n" } }
             }
         }
         @if set == SetName::Dead && j.readable {
@@ -1066,14 +1094,14 @@ async fn job_page(
                     input type="hidden" name="key" value=(e.key);
                     input type="hidden" name="return_to" value=(list);
                     @if let Some(msg) = edit_error { div.flash.flash-error role="alert" { (msg) } }
-                    textarea.input.code-input name="args" rows="8" aria-label="Arguments as a JSON array" { (edit_value) }
+                    textarea.input.code-input name="args" rows="8" aria-label="Arguments as a JSON array" { (v(&edit_value)) }
                     p { button.btn.btn-primary type="submit" { "Retry with these arguments" } }
                 }
             }
         }
         section.panel {
             div.panel-head { h2 { "Payload" } }
-            pre.code { (pretty_raw) }
+            pre.code { (v(&pretty_raw)) }
         }
     };
     let mut resp = page(&c, &j.class, slug, q, body);
@@ -1192,7 +1220,7 @@ pub(crate) async fn metrics(
                         @for r in &rows {
                             tr {
                                 td {
-                                    div { (r.class) }
+                                    div { (v(&r.class)) }
                                     div.bar.share data-value=(r.executions) data-max=(max) { div.bar-fill {} }
                                 }
                                 td.num { (num(r.executions)) }
@@ -1302,5 +1330,11 @@ mod tests {
         assert_eq!(relative(100.0, 280.0), "3 minutes ago");
         assert_eq!(relative(400.0, 100.0), "in 5 minutes");
         assert_eq!(relative(f64::INFINITY, 100.0), "never");
+        assert_eq!(v("plain"), "plain");
+        assert_eq!(v("\u{202e}fdp.exe"), "\\u202efdp.exe");
+        let json = serde_json::to_string(&["\u{202e}x"]).unwrap();
+        let shown = v(&json);
+        let back: Vec<String> = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, vec!["\u{202e}x".to_string()]);
     }
 }

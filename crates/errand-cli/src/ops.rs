@@ -1,0 +1,255 @@
+//! The ops commands: what the dashboard shows and does, from a terminal or a script
+//! (`--json`). Built on the same admin layer as the dashboard (`errand_web::data`), so a job
+//! retried here follows exactly the dashboard's rules.
+
+use crate::backend::Backend;
+use crate::{OpsArgs, OpsCommand};
+use anyhow::{Context, bail};
+use errand::admin::{Admin, Order, SetName};
+use errand::broker::RemoteSignal;
+use errand::{Client, Push, RawJob};
+use errand_web::data::{self, Action, ActionConfig};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn set_name(name: &str) -> anyhow::Result<SetName> {
+    SetName::parse(name)
+        .with_context(|| format!("no set named {name:?}: use retries, scheduled or dead"))
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Left-aligned columns, the widest cell setting each column's width.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let out: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn ago(epoch: f64) -> String {
+    let d = errand_core::now() - epoch;
+    let (n, unit) = match d.abs() {
+        a if a < 60.0 => (a, "s"),
+        a if a < 3600.0 => (a / 60.0, "min"),
+        a if a < 86_400.0 => (a / 3600.0, "h"),
+        a => (a / 86_400.0, "d"),
+    };
+    if d >= 0.0 {
+        format!("{n:.0} {unit} ago")
+    } else {
+        format!("in {n:.0} {unit}")
+    }
+}
+
+/// Runs an ops command.
+pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
+    crate::init_tracing();
+    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), false).await?;
+    let admin = backend.admin();
+    let admin: &dyn Admin = &*admin;
+    let actions = ActionConfig::default();
+    match command {
+        OpsCommand::Stats => {
+            let o = data::overview(admin).await?;
+            if args.json {
+                return print_json(&serde_json::to_value(&o)?);
+            }
+            for (label, v) in [
+                ("processed", o.processed),
+                ("failed", o.failed),
+                ("busy", o.busy),
+                ("enqueued", o.enqueued),
+                ("retries", o.retries),
+                ("scheduled", o.scheduled),
+                ("dead", o.dead),
+                ("processes", o.processes),
+            ] {
+                println!("{label:<10} {v}");
+            }
+        }
+        OpsCommand::Queues => {
+            let queues = data::queues(admin).await?;
+            if args.json {
+                return print_json(&json!({ "queues": queues }));
+            }
+            let rows: Vec<Vec<String>> = queues
+                .iter()
+                .map(|q| {
+                    vec![
+                        q.name.clone(),
+                        q.size.to_string(),
+                        format!("{:.1} s", q.latency),
+                        if q.paused { "paused" } else { "active" }.into(),
+                    ]
+                })
+                .collect();
+            table(&["QUEUE", "SIZE", "LATENCY", "STATUS"], &rows);
+        }
+        OpsCommand::Pause { queue } => {
+            admin.set_paused(&queue, true).await?;
+            println!("paused {queue}: servers stop fetching from it within a heartbeat");
+        }
+        OpsCommand::Resume { queue } => {
+            admin.set_paused(&queue, false).await?;
+            println!("resumed {queue}");
+        }
+        OpsCommand::Clear { queue } => {
+            let n = admin.queue_clear(&queue).await?;
+            println!("cleared {queue}: {n} jobs deleted");
+        }
+        OpsCommand::Jobs {
+            set,
+            filter,
+            limit,
+            desc,
+        } => {
+            let set = set_name(&set)?;
+            let order = if desc { Order::Desc } else { Order::Asc };
+            let page = data::set_page(admin, set, 1, limit, order, &filter.filter()).await?;
+            if args.json {
+                return print_json(&serde_json::to_value(&page)?);
+            }
+            let rows: Vec<Vec<String>> = page
+                .entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.key.clone(),
+                        ago(e.score),
+                        e.job.class.clone(),
+                        e.job.queue.clone(),
+                        data::preview(&e.job.args_preview(), 40),
+                        data::preview(e.job.error_message.as_deref().unwrap_or(""), 50),
+                    ]
+                })
+                .collect();
+            table(&["KEY", "WHEN", "CLASS", "QUEUE", "ARGS", "ERROR"], &rows);
+            println!(
+                "{} of {} shown{}",
+                page.entries.len(),
+                page.total,
+                if page.truncated {
+                    " (search stopped at 20,000)"
+                } else {
+                    ""
+                }
+            );
+        }
+        OpsCommand::Act {
+            action,
+            set,
+            keys,
+            all,
+            filter,
+        } => {
+            let set = set_name(&set)?;
+            let act = Action::parse(&action)
+                .with_context(|| format!("no action {action:?}: use retry, delete or kill"))?;
+            let n = if all {
+                data::apply_all(admin, actions, set, act, &filter.filter()).await?
+            } else {
+                if keys.is_empty() {
+                    bail!(
+                        "name the jobs by KEY (see `errand jobs {}`), or pass --all",
+                        set.key()
+                    );
+                }
+                let mut n = 0;
+                for key in &keys {
+                    match data::find(admin, set, key).await? {
+                        Some(e) if data::apply(admin, actions, set, &e.raw, act).await? => n += 1,
+                        _ => eprintln!("not found (it ran, moved or was deleted): {key}"),
+                    }
+                }
+                n
+            };
+            println!("{n} job(s) {}", act.done());
+        }
+        OpsCommand::Enqueue {
+            class,
+            args: job_args,
+            queue,
+            delay,
+        } => {
+            let mut parsed = Vec::with_capacity(job_args.len());
+            for a in &job_args {
+                // Each argument is JSON when it parses as JSON, a string otherwise.
+                parsed.push(serde_json::from_str(a).unwrap_or_else(|_| Value::String(a.clone())));
+            }
+            let client = Client::from_arc(backend.broker());
+            let mut push = Push::new();
+            if let Some(secs) = delay {
+                push = push.delay(Duration::from_secs_f64(secs.max(0.0)));
+            }
+            let jid = client
+                .push_raw(RawJob::new(class, parsed).queue(queue), push)
+                .await?;
+            println!("{jid}");
+        }
+        OpsCommand::Processes => {
+            let (processes, work) = data::busy(admin).await?;
+            if args.json {
+                return print_json(&json!({"processes": processes, "work": work}));
+            }
+            let rows: Vec<Vec<String>> = processes
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.identity.clone(),
+                        p.queues.join(","),
+                        format!("{}/{}", p.busy, p.concurrency),
+                        ago(p.beat),
+                        format!("{:.1} MB", p.rss_kb as f64 / 1024.0),
+                        if p.quiet { "quiet" } else { "running" }.into(),
+                    ]
+                })
+                .collect();
+            table(
+                &["IDENTITY", "QUEUES", "BUSY", "BEAT", "RSS", "STATUS"],
+                &rows,
+            );
+        }
+        OpsCommand::Quiet { identity } => signal(admin, &identity, RemoteSignal::Quiet).await?,
+        OpsCommand::Stop { identity } => signal(admin, &identity, RemoteSignal::Stop).await?,
+    }
+    Ok(())
+}
+
+/// Signals one live process, or all of them for `all`.
+async fn signal(admin: &dyn Admin, identity: &str, signal: RemoteSignal) -> anyhow::Result<()> {
+    let live = admin.processes().await?;
+    let mut n = 0;
+    for p in live
+        .iter()
+        .filter(|p| identity == "all" || p.identity == identity)
+    {
+        admin.signal(&p.identity, signal).await?;
+        n += 1;
+    }
+    if n == 0 {
+        bail!("no live process {identity:?} (see `errand processes`)");
+    }
+    println!(
+        "{} sent to {n} process(es); taken at their next heartbeat",
+        errand::admin::signal_name(signal)
+    );
+    Ok(())
+}

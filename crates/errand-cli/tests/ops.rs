@@ -1,0 +1,142 @@
+//! The ops commands on a real SQLite file: enqueue, read the figures, pause and resume,
+//! list and act on the dead set, all as a person types them.
+
+use errand::admin::{Admin, SetName};
+use errand::broker::{Broker, DeadLimits, FetchRequest, Settle};
+use errand::sqlite::SqliteBroker;
+use std::process::Command;
+use std::time::Duration;
+
+fn errand(file: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .args(args)
+        .args(["--sqlite", file.to_str().unwrap()])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run errand");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "errand {args:?} failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn ops_commands_read_and_change_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ops.sqlite");
+    // Created first, so the commands and this test share one initialised file.
+    let broker = SqliteBroker::open(&file).await.unwrap();
+
+    let jid = errand(
+        &file,
+        &["ops", "enqueue", "Mailer", "42", "hello", "--queue", "mail"],
+    );
+    let jid = jid.trim();
+    assert_eq!(jid.len(), 24, "{jid}");
+    errand(
+        &file,
+        &["ops", "enqueue", "Report", "{\"id\":7}", "--in", "3600"],
+    );
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&errand(&file, &["ops", "--json", "stats"])).unwrap();
+    assert_eq!(stats["enqueued"], 1);
+    assert_eq!(stats["scheduled"], 1);
+    let queued = broker
+        .queue_page("mail", 0, 10, Default::default())
+        .await
+        .unwrap();
+    let p = errand::Payload::parse(&queued[0]).unwrap();
+    assert_eq!(p.jid(), jid);
+    assert_eq!(
+        p.args(),
+        &[serde_json::json!(42), serde_json::json!("hello")]
+    );
+
+    let queues = errand(&file, &["ops", "queues"]);
+    assert!(
+        queues
+            .lines()
+            .any(|l| l.starts_with("mail") && l.contains("active")),
+        "{queues}"
+    );
+    errand(&file, &["ops", "pause", "mail"]);
+    assert_eq!(broker.paused_queues().await.unwrap(), vec!["mail"]);
+    assert!(errand(&file, &["ops", "queues"]).contains("paused"));
+    errand(&file, &["ops", "resume", "mail"]);
+    assert!(broker.paused_queues().await.unwrap().is_empty());
+
+    // A dead job, as a server files it; then list it and retry it by key.
+    let got = broker
+        .fetch(FetchRequest {
+            identity: "ops-test",
+            queues: &["mail".to_string()],
+            max: 1,
+            wait: Duration::from_millis(10),
+        })
+        .await
+        .unwrap();
+    let mut dead = errand::Payload::parse(&got[0].raw).unwrap();
+    dead.set("error_class", "Net::SMTPFatalError");
+    dead.set("error_message", "550 mailbox unavailable");
+    dead.set("retry_count", 3);
+    assert!(
+        broker
+            .settle(
+                &got[0],
+                Settle::Dead {
+                    payload: dead.to_json(),
+                    now: errand_core::now(),
+                    limits: DeadLimits::default(),
+                },
+            )
+            .await
+            .unwrap()
+    );
+    let listing = errand(&file, &["ops", "jobs", "dead"]);
+    assert!(
+        listing.contains("Mailer") && listing.contains("550 mailbox unavailable"),
+        "{listing}"
+    );
+    let page: serde_json::Value = serde_json::from_str(&errand(
+        &file,
+        &["ops", "--json", "jobs", "dead", "--class", "mail"],
+    ))
+    .unwrap();
+    let key = page["entries"][0]["key"].as_str().unwrap().to_string();
+    let out = errand(&file, &["ops", "job", "retry", "dead", &key]);
+    assert!(out.contains("1 job(s) enqueued"), "{out}");
+    assert_eq!(broker.set_size(SetName::Dead).await.unwrap(), 0);
+    let back = broker
+        .queue_page("mail", 0, 10, Default::default())
+        .await
+        .unwrap();
+    let p = errand::Payload::parse(&back[0]).unwrap();
+    assert_eq!(p.jid(), jid);
+    assert_eq!(
+        p.retry_count(),
+        Some(2),
+        "a manual retry takes one off retry_count"
+    );
+
+    // --all on the schedule set: kill everything matching.
+    let out = errand(
+        &file,
+        &[
+            "ops",
+            "job",
+            "kill",
+            "scheduled",
+            "--all",
+            "--class",
+            "Report",
+        ],
+    );
+    assert!(out.contains("1 job(s) killed"), "{out}");
+    assert_eq!(broker.set_size(SetName::Dead).await.unwrap(), 1);
+    let out = errand(&file, &["ops", "clear", "mail"]);
+    assert!(out.contains("1 jobs deleted"), "{out}");
+}
