@@ -44,6 +44,7 @@ use errand_core::admin::{Admin, SetName};
 use errand_core::broker::DeadLimits;
 use std::sync::Arc;
 
+pub use params::params_check;
 pub use security::Auth;
 
 /// How the dashboard is set up.

@@ -225,6 +225,14 @@ const NAV: [(&str, &str); 7] = [
     ("job-metrics", "Metrics"),
 ];
 
+/// The live-stats field a nav entry's count follows.
+fn stat_key(slug: &str) -> &str {
+    match slug {
+        "queues" => "enqueued",
+        other => other,
+    }
+}
+
 fn layout(c: &Ctx<'_>, title: &str, active: &str, flash: Option<Markup>, body: Markup) -> Markup {
     let o = &c.overview;
     let count = |slug: &str| match slug {
@@ -261,7 +269,7 @@ fn layout(c: &Ctx<'_>, title: &str, active: &str, flash: Option<Markup>, body: M
                             a.nav-link.active[slug == active] href=(href) aria-current=[(slug == active).then_some("page")] {
                                 (label)
                                 @if let Some(n) = count(slug).filter(|n| *n > 0) {
-                                    " " span.count { (num(n)) }
+                                    " " span.count data-stat=(stat_key(slug)) { (num(n)) }
                                 }
                             }
                         }

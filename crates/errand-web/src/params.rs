@@ -92,6 +92,59 @@ impl ListQuery {
     }
 }
 
+/// Fuzzing support (RELIABILITY-PLAN B10; `fuzz/fuzz_targets/web_query.rs` and the corpus
+/// replay test): reads `query` (a URL query string without its `?`) into [`ListQuery`] exactly
+/// as the listing handlers do, and panics if an accessor breaks its bounds: page 1..=1,000,000,
+/// per_page 1..=100, days 1..=180, interval 2..=60, filter fields at most 200 characters, and
+/// entry keys round-trip (`parse_key(entry_key(score, jid))`). Bytes a request URI cannot
+/// carry are percent-encoded first (a real request's URI always parses).
+pub fn params_check(query: &[u8]) {
+    use crate::data::{MAX_FILTER_LEN, Window, entry_key, parse_key};
+    let mut encoded = String::from("/?");
+    for &b in query {
+        if b.is_ascii_alphanumeric() || b"&=%+-._~!$'()*,;:@/?".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let Ok(uri) = encoded.parse::<axum::http::Uri>() else {
+        return;
+    };
+    // A query the handlers refuse (400) has nothing more to check.
+    let Ok(axum::extract::Query(q)) = axum::extract::Query::<ListQuery>::try_from_uri(&uri) else {
+        return;
+    };
+    assert!((1..=1_000_000).contains(&q.page()));
+    assert!((1..=MAX_PER_PAGE).contains(&q.per_page()));
+    assert!((1..=180).contains(&q.days()));
+    assert!((2..=60).contains(&q.interval()));
+    let _ = (
+        q.order(Order::Asc),
+        Window::parse(q.window.as_deref()).minutes(),
+    );
+    let f = q.filter();
+    for field in [&f.class, &f.queue, &f.error, &f.text]
+        .into_iter()
+        .flatten()
+    {
+        assert!(field.chars().count() <= MAX_FILTER_LEN, "{field:?}");
+    }
+    if let Some(key) = q.key.as_deref()
+        && let Some((score, jid)) = parse_key(key)
+    {
+        assert_eq!(parse_key(&entry_key(score, &jid)), Some((score, jid)));
+    }
+    // Any score and jid: the key a listing builds finds the entry again.
+    let score = q.n.as_deref().and_then(|n| n.trim().parse::<f64>().ok());
+    if let Some(score) = score.filter(|s| !s.is_nan()) {
+        let jid = q.q.clone().unwrap_or_default();
+        let (back, back_jid) = parse_key(&entry_key(score, &jid)).expect("a built key parses");
+        assert!(back == score && back.is_sign_negative() == score.is_sign_negative());
+        assert_eq!(back_jid, jid);
+    }
+}
+
 /// A POST body as name → values (a form's repeated fields, or a JSON object whose arrays give
 /// several values), read only after the CSRF token checked out.
 #[derive(Debug, Default)]

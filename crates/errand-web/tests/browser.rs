@@ -689,3 +689,102 @@ async fn screenshots_of_every_page_in_light_and_dark_mode() {
 fn shown(s: &str) -> String {
     s.replace('\u{202e}', "\\u202e")
 }
+
+/// Makes the README's picture (`docs/images/dashboard.png`) from a live workload: a real server
+/// on a fresh SQLite file working through a stream of jobs (some fail and retry), the dashboard
+/// open long enough for the live chart to fill. Run by hand:
+/// `cargo test -p errand-web --test browser readme_picture -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/images/dashboard.png; run by hand"]
+async fn readme_picture() {
+    use errand::{Client, Job, JobContext, JobError, JobResult, Server};
+    use serde::{Deserialize, Serialize};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(Serialize, Deserialize)]
+    struct SendInvoice {
+        invoice_id: u64,
+    }
+    impl Job for SendInvoice {
+        const NAME: &'static str = "SendInvoice";
+        async fn perform(self, _cx: &JobContext) -> JobResult {
+            tokio::time::sleep(Duration::from_millis(5 + self.invoice_id % 40)).await;
+            if self.invoice_id % 23 == 0 {
+                return Err(
+                    JobError::retry("SMTP 451: try again later").with_class("Net::SMTPServerBusy")
+                );
+            }
+            Ok(())
+        }
+    }
+    #[derive(Serialize, Deserialize)]
+    struct ResizeImage {
+        image_id: u64,
+    }
+    impl Job for ResizeImage {
+        const NAME: &'static str = "ResizeImage";
+        async fn perform(self, _cx: &JobContext) -> JobResult {
+            tokio::time::sleep(Duration::from_millis(20 + self.image_id % 90)).await;
+            Ok(())
+        }
+    }
+
+    require_browser();
+    let _one = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = errand::sqlite::SqliteBroker::open(dir.path().join("picture.sqlite"))
+        .await
+        .unwrap();
+    let server = Server::builder(broker.clone())
+        .register::<SendInvoice>()
+        .register::<ResizeImage>()
+        .weighted_queues([("default", 2), ("images", 1)])
+        .concurrency(12)
+        .heartbeat_interval(Duration::from_secs(1))
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(broker.clone());
+    let producer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for round in 0u64.. {
+                let n = 20 + (round * 7) % 25;
+                let _ = client
+                    .push_bulk((0..n).map(|i| SendInvoice {
+                        invoice_id: round * 100 + i,
+                    }))
+                    .await;
+                let _ = client
+                    .push_bulk((0..n / 2).map(|i| ResizeImage {
+                        image_id: round * 100 + i,
+                    }))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let app = errand_web::router(Arc::new(broker.clone()), errand_web::WebConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let b = Browser::launch().await;
+    b.goto(&url).await;
+    // Let the live chart gather ~20 points (one per 2 s).
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let png = b.client.screenshot().await.expect("screenshot");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/images");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("dashboard.png"), png).unwrap();
+    b.close().await;
+    producer.abort();
+    let _ = stop.send(());
+    let _ = running.await;
+}
