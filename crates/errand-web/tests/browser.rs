@@ -710,7 +710,7 @@ async fn readme_picture() {
         const NAME: &'static str = "SendInvoice";
         async fn perform(self, _cx: &JobContext) -> JobResult {
             tokio::time::sleep(Duration::from_millis(5 + self.invoice_id % 40)).await;
-            if self.invoice_id % 23 == 0 {
+            if self.invoice_id.is_multiple_of(23) {
                 return Err(
                     JobError::retry("SMTP 451: try again later").with_class("Net::SMTPServerBusy")
                 );
