@@ -15,6 +15,16 @@ use errand_core::broker::RemoteSignal;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// The value of a backend call, or (from the handler) the error reply.
+macro_rules! or_err {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return err(e),
+        }
+    };
+}
+
 /// The OpenAPI description of this API.
 pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -45,14 +55,8 @@ fn bad(msg: &str) -> Response {
 
 /// `GET /api/stats`: the totals and what the backend is.
 pub(crate) async fn stats(State(st): State<AppState>) -> Response {
-    let overview = match data::overview(&*st.admin).await {
-        Ok(o) => o,
-        Err(e) => return err(e),
-    };
-    let info = match st.admin.backend_info().await {
-        Ok(i) => i,
-        Err(e) => return err(e),
-    };
+    let overview = or_err!(data::overview(&*st.admin).await);
+    let info = or_err!(st.admin.backend_info().await);
     let facts: serde_json::Map<String, Value> = info
         .facts
         .into_iter()

@@ -16,6 +16,16 @@ use errand_core::broker::RemoteSignal;
 use maud::{DOCTYPE, Markup, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+/// The value of a backend call, or (from the handler) the error reply.
+macro_rules! or_fail {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return failure(e),
+        }
+    };
+}
+
 /// Characters kept as they are in a query-string value.
 const QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -461,15 +471,9 @@ pub(crate) async fn dashboard(
     Sec(sec): Sec,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let c = match ctx(&st, &sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(&st, &sec).await);
     let days = q.days();
-    let history = match data::history(&*st.admin, days).await {
-        Ok(h) => h,
-        Err(e) => return failure(e),
-    };
+    let history = or_fail!(data::history(&*st.admin, days).await);
     let info = &c.info;
     let body = html! {
         div.page-head {
@@ -514,14 +518,8 @@ pub(crate) async fn busy(
     Sec(sec): Sec,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let c = match ctx(&st, &sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
-    let (processes, work) = match data::busy(&*st.admin).await {
-        Ok(b) => b,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(&st, &sec).await);
+    let (processes, work) = or_fail!(data::busy(&*st.admin).await);
     let return_to = c.url("/busy");
     let body = html! {
         div.page-head {
@@ -638,14 +636,8 @@ pub(crate) async fn queues(
     Sec(sec): Sec,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let c = match ctx(&st, &sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
-    let queues = match data::queues(&*st.admin).await {
-        Ok(q) => q,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(&st, &sec).await);
+    let queues = or_fail!(data::queues(&*st.admin).await);
     let return_to = c.url("/queues");
     let body = html! {
         div.page-head { h1 { "Queues" } p.subtitle { (plural(queues.len() as u64, "queue", "queues")) ", " (plural(c.overview.enqueued, "job", "jobs")) " waiting" } }
@@ -726,24 +718,15 @@ pub(crate) async fn queue(
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let c = match ctx(&st, &sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
-    let all = match data::queues(&*st.admin).await {
-        Ok(q) => q,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(&st, &sec).await);
+    let all = or_fail!(data::queues(&*st.admin).await);
     let info = all.into_iter().find(|x| x.name == name);
     let (size, paused) = info.as_ref().map_or((0, false), |i| (i.size, i.paused));
     let per_page = q.per_page();
     let page_no = q.page();
     let order = q.order(Order::Asc);
     let offset = ((page_no - 1) * per_page).min(data::MAX_OFFSET);
-    let entries = match st.admin.queue_page(&name, offset, per_page, order).await {
-        Ok(e) => e,
-        Err(e) => return failure(e),
-    };
+    let entries = or_fail!(st.admin.queue_page(&name, offset, per_page, order).await);
     let base = format!("/queues/{}", enc(&name));
     let return_to = c.url(&format!(
         "{base}?page={page_no}&sort={}",
@@ -877,17 +860,11 @@ pub(crate) async fn set_list(
     Query(q): Query<ListQuery>,
     set: SetName,
 ) -> Response {
-    let c = match ctx(&st, &sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(&st, &sec).await);
     let order = q.order(default_order(set));
     let filter = q.filter();
     let listing: SetPage =
-        match data::set_page(&*st.admin, set, q.page(), q.per_page(), order, &filter).await {
-            Ok(p) => p,
-            Err(e) => return failure(e),
-        };
+        or_fail!(data::set_page(&*st.admin, set, q.page(), q.per_page(), order, &filter).await);
     let slug = set_slug(set);
     let path = format!("/{slug}");
     let mut here = vec![format!("page={}", listing.page)];
@@ -1031,15 +1008,9 @@ async fn job_page(
     set: SetName,
     error: Option<(String, String)>,
 ) -> Response {
-    let c = match ctx(st, sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(st, sec).await);
     let key = q.key.clone().unwrap_or_default();
-    let entry = match data::find(&*st.admin, set, &key).await {
-        Ok(e) => e,
-        Err(e) => return failure(e),
-    };
+    let entry = or_fail!(data::find(&*st.admin, set, &key).await);
     let slug = set_slug(set);
     let list = c.url(&format!("/{slug}"));
     let Some(e) = entry else {
@@ -1196,15 +1167,9 @@ pub(crate) async fn metrics(
     Sec(sec): Sec,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let c = match ctx(&st, &sec).await {
-        Ok(c) => c,
-        Err(e) => return failure(e),
-    };
+    let c = or_fail!(ctx(&st, &sec).await);
     let window = Window::parse(q.window.as_deref());
-    let rows = match data::class_metrics(&*st.admin, window).await {
-        Ok(r) => r,
-        Err(e) => return failure(e),
-    };
+    let rows = or_fail!(data::class_metrics(&*st.admin, window).await);
     let max = rows.iter().map(|r| r.executions).max().unwrap_or(1).max(1);
     let body = html! {
         div.page-head {
