@@ -168,7 +168,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
             } else {
                 if keys.is_empty() {
                     bail!(
-                        "name the jobs by KEY (see `errand jobs {}`), or pass --all",
+                        "name the jobs by KEY (see `errand ops jobs {}`), or pass --all",
                         set.key()
                     );
                 }
@@ -235,17 +235,9 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
 
 /// Signals one live process, or all of them for `all`.
 async fn signal(admin: &dyn Admin, identity: &str, signal: RemoteSignal) -> anyhow::Result<()> {
-    let live = admin.processes().await?;
-    let mut n = 0;
-    for p in live
-        .iter()
-        .filter(|p| identity == "all" || p.identity == identity)
-    {
-        admin.signal(&p.identity, signal).await?;
-        n += 1;
-    }
+    let n = data::send_signal(admin, identity, signal).await?;
     if n == 0 {
-        bail!("no live process {identity:?} (see `errand processes`)");
+        bail!("no live process {identity:?} (see `errand ops processes`)");
     }
     println!(
         "{} sent to {n} process(es); taken at their next heartbeat",

@@ -117,24 +117,6 @@ pub(crate) async fn busy(State(st): State<AppState>) -> Response {
     }
 }
 
-/// Signals one live process, or every live one for `all`. Returns how many were signalled.
-pub(crate) async fn send_signal(
-    st: &AppState,
-    identity: &str,
-    signal: RemoteSignal,
-) -> Result<u64, BrokerError> {
-    let live = st.admin.processes().await?;
-    let mut n = 0;
-    for p in live
-        .iter()
-        .filter(|p| identity == "all" || p.identity == identity)
-    {
-        st.admin.signal(&p.identity, signal).await?;
-        n += 1;
-    }
-    Ok(n)
-}
-
 /// `POST /api/busy/{quiet|stop}` with `identity` (or `all`).
 pub(crate) async fn busy_action(
     State(st): State<AppState>,
@@ -146,7 +128,7 @@ pub(crate) async fn busy_action(
         "stop" => RemoteSignal::Stop,
         _ => return not_found("no such action"),
     };
-    match send_signal(&st, posted.get("identity").unwrap_or(""), signal).await {
+    match data::send_signal(&*st.admin, posted.get("identity").unwrap_or(""), signal).await {
         Ok(n) => Json(json!({"signalled": n})).into_response(),
         Err(e) => err(e),
     }

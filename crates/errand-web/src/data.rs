@@ -688,6 +688,24 @@ fn process_view(r: ProcessRecord) -> (ProcessView, Vec<WorkView>) {
     (view, work)
 }
 
+/// Signals one live process, or every live one for `all`. Returns how many were signalled.
+pub async fn send_signal(
+    admin: &dyn Admin,
+    identity: &str,
+    signal: errand_core::broker::RemoteSignal,
+) -> BrokerResult<u64> {
+    let live = admin.processes().await?;
+    let mut n = 0;
+    for p in live
+        .iter()
+        .filter(|p| identity == "all" || p.identity == identity)
+    {
+        admin.signal(&p.identity, signal).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// One class's metrics over a window, as the Metrics page shows them.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassView {

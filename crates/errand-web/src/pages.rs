@@ -624,7 +624,7 @@ pub(crate) async fn busy_action(
         "stop" => RemoteSignal::Stop,
         _ => return security::status(StatusCode::NOT_FOUND),
     };
-    match crate::api::send_signal(&st, posted.get("identity").unwrap_or(""), signal).await {
+    match data::send_signal(&*st.admin, posted.get("identity").unwrap_or(""), signal).await {
         Ok(n) => back(&st, &posted, "/busy", &action, n),
         Err(e) => failure(e),
     }
