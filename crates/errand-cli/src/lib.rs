@@ -135,7 +135,7 @@ pub enum OpsCommand {
         action: String,
         /// retries, scheduled or dead.
         set: String,
-        /// Keys as `errand jobs` lists them (`<score>-<jid>`).
+        /// Keys as `errand ops jobs` lists them (`<score>-<jid>`).
         keys: Vec<String>,
         /// Every job of the set (matching the filters) instead of KEYs.
         #[arg(long, conflicts_with = "keys")]
@@ -159,7 +159,7 @@ pub enum OpsCommand {
     },
     /// Live processes (Errand's and Ruby Sidekiq's).
     Processes,
-    /// Quiet a process (stop fetching): an identity from `errand processes`, or `all`.
+    /// Quiet a process (stop fetching): an identity from `errand ops processes`, or `all`.
     Quiet {
         /// The identity, or `all`.
         identity: String,
