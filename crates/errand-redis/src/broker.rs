@@ -22,19 +22,65 @@ const PROMOTE_BATCH: isize = 100;
 const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
 
 pub(crate) fn cmd_err(e: RedisError) -> BrokerError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    // A refused login while reconnecting (the password was rotated, the user disabled) is a
+    // connection error: callers back off and retry, and work resumes when the login works.
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+    {
         BrokerError::Connection(Box::new(e))
     } else {
         BrokerError::Command(Box::new(e))
     }
 }
 
-/// Settings for [`RedisBroker::connect_with`].
-#[derive(Debug, Clone)]
+/// Settings for [`RedisBroker::connect_with`]. Its `Debug` output hides the URL's password.
+#[derive(Clone)]
 pub struct RedisConfig {
     url: String,
     namespace: Option<String>,
     response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("namespace", &self.namespace)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// `url` with its password (`scheme://user:password@…`, or a `pass=` query parameter)
+/// replaced by `***`, for messages and debug output.
+pub(crate) fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let start = scheme_end + 3;
+        let authority_end = out[start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((key @ ("pass" | "password"), _)) => format!("{key}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
 }
 
 impl RedisConfig {
@@ -112,6 +158,25 @@ async fn flush_acks(
                 }
             }
         }
+    }
+}
+
+/// `client`'s server URL without its password (for display).
+fn display_url(client: &Client) -> String {
+    let info = client.get_connection_info();
+    let settings = info.redis_settings();
+    let user = settings
+        .username()
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let db = settings.db();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{user}{host}:{port}/{db}"),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("rediss://{user}{host}:{port}/{db}")
+        }
+        other => format!("redis+unix://{user}{other}?db={db}"),
     }
 }
 
@@ -226,6 +291,22 @@ impl RedisBroker {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::open(config.url.as_str())
             .map_err(|e| BrokerError::Config(format!("redis url: {e}")))?;
+        // One plain attempt first: a refused login (wrong password, disabled or unknown user)
+        // is a configuration error, reported at once rather than after the connection
+        // manager's retries. Other failures are left to the manager, which retries.
+        let probe = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        if let Err(e) = client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await
+            && e.kind() == redis::ErrorKind::AuthenticationFailed
+        {
+            return Err(BrokerError::Config(format!(
+                "redis login refused for {}: {e}",
+                display_url(&client)
+            )));
+        }
         let cm_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -250,21 +331,7 @@ impl RedisBroker {
 
     /// The server's URL as configured, without its password (for display).
     pub(crate) fn display_url(&self) -> String {
-        let info = self.client.get_connection_info();
-        let settings = info.redis_settings();
-        let user = settings
-            .username()
-            .filter(|u| !u.is_empty())
-            .map(|u| format!("{u}@"))
-            .unwrap_or_default();
-        let db = settings.db();
-        match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => format!("redis://{user}{host}:{port}/{db}"),
-            redis::ConnectionAddr::TcpTls { host, port, .. } => {
-                format!("rediss://{user}{host}:{port}/{db}")
-            }
-            other => format!("redis+unix://{user}{other}?db={db}"),
-        }
+        display_url(&self.client)
     }
 
     /// A connection for commands outside the broker contract (admin tools, tests).
@@ -971,5 +1038,27 @@ impl Broker for RedisBroker {
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(cmd_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://u:s3cret@host:6379/0"),
+            "redis://u:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:p@ss@h/1"), "rediss://:***@h/1");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+        assert_eq!(
+            redact_url("redis+unix:///tmp/r.sock?db=1&pass=s3cret&user=u"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***&user=u"
+        );
+        let debug = format!("{:?}", RedisConfig::new("redis://u:s3cret@h/0"));
+        assert!(!debug.contains("s3cret"), "{debug}");
     }
 }

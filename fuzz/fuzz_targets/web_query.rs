@@ -1,0 +1,3 @@
+//! Any bytes as a dashboard query string: see `errand_web::params_check`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_web::params_check(data));
