@@ -153,7 +153,7 @@ impl RedisBroker {
             .arg("WITHSCORES")
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         entries(raw)
     }
 }
@@ -167,7 +167,7 @@ impl Admin for RedisBroker {
             .arg(k.key("stat:failed"))
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(Counters {
             processed: count(processed),
             failed: count(failed),
@@ -187,7 +187,7 @@ impl Admin for RedisBroker {
         let values: Vec<Option<String>> = cmd
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let mut values = values.into_iter();
         Ok(dates
             .iter()
@@ -202,7 +202,7 @@ impl Admin for RedisBroker {
         let info: String = redis::cmd("INFO")
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let fields: BTreeMap<&str, &str> = info
             .lines()
             .filter_map(|l| l.trim_end().split_once(':'))
@@ -232,7 +232,7 @@ impl Admin for RedisBroker {
             .arg(k.paused())
             .query_async(&mut conn)
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let mut names: BTreeMap<String, bool> = known.into_iter().map(|q| (q, false)).collect();
         for q in paused {
             names.insert(q, true);
@@ -245,7 +245,10 @@ impl Admin for RedisBroker {
             let list = k.queue(name);
             pipe.cmd("LLEN").arg(&list).cmd("LINDEX").arg(&list).arg(-1);
         }
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(cmd_err)?;
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(names.len());
         for (name, paused) in names {
@@ -283,7 +286,7 @@ impl Admin for RedisBroker {
             .arg(stop)
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let mut page: Vec<String> = page.into_iter().map(text).collect();
         if order == Order::Asc {
             page.reverse();
@@ -298,7 +301,7 @@ impl Admin for RedisBroker {
             .arg(raw)
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n > 0)
     }
 
@@ -318,7 +321,7 @@ impl Admin for RedisBroker {
             .ignore()
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(len)
     }
 
@@ -328,7 +331,7 @@ impl Admin for RedisBroker {
             .arg(queue)
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -337,7 +340,7 @@ impl Admin for RedisBroker {
             .arg(self.set_key(set))
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     async fn set_page(
@@ -369,7 +372,7 @@ impl Admin for RedisBroker {
             .arg("WITHSCORES")
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         entries(raw)
     }
 
@@ -379,7 +382,7 @@ impl Admin for RedisBroker {
             .arg(member)
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n > 0)
     }
 
@@ -400,7 +403,7 @@ impl Admin for RedisBroker {
             .arg(queue)
             .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n == 1)
     }
 
@@ -422,7 +425,7 @@ impl Admin for RedisBroker {
             .arg(limits.max_jobs)
             .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n == 1)
     }
 
@@ -437,7 +440,7 @@ impl Admin for RedisBroker {
             .ignore()
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n)
     }
 
@@ -451,7 +454,7 @@ impl Admin for RedisBroker {
             .arg(k.key("processes"))
             .query_async(&mut conn)
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         if identities.is_empty() {
             return Ok(Vec::new());
         }
@@ -466,7 +469,10 @@ impl Admin for RedisBroker {
                 .cmd("HGETALL")
                 .arg(k.work(id, "workers"));
         }
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(cmd_err)?;
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
         let mut replies = replies.into_iter();
         let mut out = Vec::new();
         for identity in identities {
@@ -512,7 +518,7 @@ impl Admin for RedisBroker {
             .ignore()
             .query_async::<()>(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     /// Reads at most the newest 1,500 minutes of the range (a longer range is
@@ -530,7 +536,7 @@ impl Admin for RedisBroker {
         let hashes: Vec<BTreeMap<String, String>> = pipe
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(errand_core::admin::merge_by_class(
             hashes.into_iter().flat_map(parse_metrics),
         ))
@@ -541,7 +547,7 @@ impl Admin for RedisBroker {
             .arg(self.keys().metrics_total())
             .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(parse_metrics(hash))
     }
 }

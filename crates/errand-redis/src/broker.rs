@@ -112,7 +112,13 @@ impl RedisConfig {
 #[derive(Clone)]
 pub struct RedisBroker {
     client: Client,
-    conn: ConnectionManager,
+    /// The shared multiplexed connection; replaced when a login is refused (see
+    /// [`RedisBroker::fail`]).
+    conn: std::sync::Arc<std::sync::RwLock<ConnectionManager>>,
+    /// How the connection manager is built (for a replacement).
+    cm_config: ConnectionManagerConfig,
+    /// Set while a replacement connection is being made, with when the last one started.
+    relogin: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Blocking waits (BLMOVE) hold a connection, so they get their own, made on first use.
     blocking: std::sync::Arc<Mutex<Option<MultiplexedConnection>>>,
     /// Acks waiting for the next pipelined flush (see [`RedisBroker::ack`]).
@@ -199,14 +205,14 @@ impl RedisBroker {
     async fn bury_poison(&self, policy: &RescuePolicy) -> BrokerResult<()> {
         let poison = self.keys.key("errand:poison");
         let dead = self.keys.key("dead");
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         loop {
             let raw: Option<String> = redis::cmd("LINDEX")
                 .arg(&poison)
                 .arg(0)
                 .query_async(&mut conn)
                 .await
-                .map_err(cmd_err)?;
+                .map_err(|e| self.fail(e))?;
             let Some(raw) = raw else {
                 return Ok(());
             };
@@ -225,7 +231,7 @@ impl RedisBroker {
                 .arg(limits.max_jobs)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(cmd_err)?;
+                .map_err(|e| self.fail(e))?;
             tracing::error!(
                 recoveries = policy.max_recoveries,
                 "poison pill: a job killed its worker repeatedly; moved to the dead set"
@@ -249,9 +255,9 @@ impl RedisBroker {
             .arg(ttl.as_millis().max(1) as u64)
             .arg(0)
             .arg("0")
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n == 1)
     }
 
@@ -270,9 +276,9 @@ impl RedisBroker {
             .arg(owner)
             .arg(ttl.as_millis().max(1) as u64)
             .arg(output)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
     /// Connects to `url` with default settings.
     ///
@@ -312,12 +318,14 @@ impl RedisBroker {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_max_delay(Duration::from_secs(2));
         let conn = client
-            .get_connection_manager_with_config(cm_config)
+            .get_connection_manager_with_config(cm_config.clone())
             .await
             .map_err(cmd_err)?;
         Ok(Self {
             client,
-            conn,
+            conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
+            cm_config,
+            relogin: Default::default(),
             blocking: Default::default(),
             acks: Default::default(),
             keys: Keys::new(config.namespace.as_deref()),
@@ -336,7 +344,43 @@ impl RedisBroker {
 
     /// A connection for commands outside the broker contract (admin tools, tests).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Maps a command's error, and starts a new connection in the background when the login
+    /// was refused: redis-rs's connection manager keeps a refused reconnect's error and never
+    /// tries again by itself, so without this a server whose password was rotated (or whose
+    /// user was disabled for a while) would never recover. At most one new connection is being
+    /// made at a time, and one a second.
+    pub(crate) fn fail(&self, e: RedisError) -> BrokerError {
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            self.relogin_soon();
+        }
+        cmd_err(e)
+    }
+
+    fn relogin_soon(&self) {
+        {
+            let mut last = self.relogin.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let (client, config, slot) = (
+            self.client.clone(),
+            self.cm_config.clone(),
+            self.conn.clone(),
+        );
+        tokio::spawn(async move {
+            match client.get_connection_manager_with_config(config).await {
+                Ok(fresh) => {
+                    *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                    tracing::info!("redis login works again; new connection in use");
+                }
+                Err(e) => tracing::warn!(error = %e, "redis login still refused; will try again"),
+            }
+        });
     }
 
     async fn blocking_move(
@@ -354,7 +398,7 @@ impl RedisBroker {
                 self.client
                     .get_multiplexed_async_connection_with_config(&cfg)
                     .await
-                    .map_err(cmd_err)?,
+                    .map_err(|e| self.fail(e))?,
             );
         }
         let conn = slot.as_mut().expect("set above");
@@ -386,7 +430,7 @@ impl RedisBroker {
             // Drop a broken blocking connection; the next wait makes a new one.
             *slot = None;
         }
-        res.map_err(cmd_err)
+        res.map_err(|e| self.fail(e))
     }
 
     /// A fetched entry as text; an entry that is not UTF-8 (raw bytes pushed by another
@@ -419,9 +463,9 @@ impl RedisBroker {
             .arg(now)
             .arg(now - limits.max_age.as_secs_f64())
             .arg(limits.max_jobs)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         tracing::error!(
             queue,
             "a queue entry that is not UTF-8 text moved to the dead set"
@@ -451,9 +495,9 @@ impl RedisBroker {
         for q in &queues {
             inv.arg(q);
         }
-        inv.invoke_async(&mut self.conn.clone())
+        inv.invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 }
 
@@ -478,9 +522,9 @@ impl Broker for RedisBroker {
                 pipe.cmd("LPUSH").arg(&key).arg(chunk).ignore();
             }
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
+        pipe.query_async::<()>(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()> {
@@ -494,9 +538,9 @@ impl Broker for RedisBroker {
                 chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
             pipe.cmd("ZADD").arg(&key).arg(members).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
+        pipe.query_async::<()>(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
@@ -505,9 +549,9 @@ impl Broker for RedisBroker {
             .arg(self.keys.registry())
             .arg(identity)
             .arg(info)
-            .query_async::<()>(&mut self.conn.clone())
+            .query_async::<()>(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
@@ -525,9 +569,9 @@ impl Broker for RedisBroker {
             inv.arg(q);
         }
         let flat: Vec<redis::Value> = inv
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let mut out = Vec::with_capacity(flat.len() / 2);
         let first_token: u64 = match flat.first() {
             Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
@@ -569,9 +613,9 @@ impl Broker for RedisBroker {
         {
             let token: u64 = redis::cmd("INCR")
                 .arg(&seq)
-                .query_async(&mut self.conn.clone())
+                .query_async(&mut self.connection())
                 .await
-                .map_err(cmd_err)?;
+                .map_err(|e| self.fail(e))?;
             out.push(Fetched {
                 token,
                 queue: first.clone(),
@@ -593,7 +637,7 @@ impl Broker for RedisBroker {
             pending.len() == 1
         };
         if first {
-            tokio::spawn(flush_acks(self.conn.clone(), self.acks.clone()));
+            tokio::spawn(flush_acks(self.connection(), self.acks.clone()));
         }
         match rx.await.map_err(|e| BrokerError::Command(Box::new(e)))? {
             Ok(held) => Ok(held),
@@ -628,9 +672,9 @@ impl Broker for RedisBroker {
             None => inv.arg("").arg(""),
         };
         let n: i64 = inv
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n == 1)
     }
 
@@ -638,9 +682,9 @@ impl Broker for RedisBroker {
         let info: Option<String> = redis::cmd("HGET")
             .arg(self.keys.registry())
             .arg(identity)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let Some(info) = info else { return Ok(0) };
         Ok(self.rescue(identity, &info, false, u32::MAX).await?.max(0) as usize)
     }
@@ -654,9 +698,9 @@ impl Broker for RedisBroker {
                 .arg(&lease)
                 .arg(0)
                 .arg(-1)
-                .query_async(&mut self.conn.clone())
+                .query_async(&mut self.connection())
                 .await
-                .map_err(cmd_err)?;
+                .map_err(|e| self.fail(e))?;
             // The list's left end holds the newest fetched: oldest first is right to left.
             out.extend(raws.into_iter().rev().map(|raw| Fetched {
                 token: 0,
@@ -673,17 +717,17 @@ impl Broker for RedisBroker {
             .key(&job.lease)
             .key(self.keys.queue(&job.queue))
             .arg(&job.raw)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(n == 1)
     }
 
     async fn now(&self) -> BrokerResult<f64> {
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(secs as f64 + micros as f64 / 1e6)
     }
 
@@ -700,9 +744,9 @@ impl Broker for RedisBroker {
                     .arg("LIMIT")
                     .arg(0)
                     .arg(PROMOTE_BATCH)
-                    .query_async(&mut self.conn.clone())
+                    .query_async(&mut self.connection())
                     .await
-                    .map_err(cmd_err)?;
+                    .map_err(|e| self.fail(e))?;
                 if due.is_empty() {
                     break;
                 }
@@ -725,9 +769,9 @@ impl Broker for RedisBroker {
                     }
                 }
                 let n: usize = inv
-                    .invoke_async(&mut self.conn.clone())
+                    .invoke_async(&mut self.connection())
                     .await
-                    .map_err(cmd_err)?;
+                    .map_err(|e| self.fail(e))?;
                 moved += n;
                 if (due.len() as isize) < PROMOTE_BATCH {
                     break;
@@ -800,18 +844,18 @@ impl Broker for RedisBroker {
             .ignore();
         pipe.cmd("RPOP").arg(format!("{ident}-signals"));
         let (signal,): (Option<String>,) = pipe
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(signal.as_deref().and_then(RemoteSignal::from_name))
     }
 
     async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
         let registered: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.keys.registry())
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let mut total = 0;
         for (identity, info) in registered {
             let n = self
@@ -847,9 +891,9 @@ impl Broker for RedisBroker {
             .arg(k.work(identity, "work"))
             .arg(k.key(identity))
             .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone())
+        pipe.query_async::<()>(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
@@ -859,9 +903,9 @@ impl Broker for RedisBroker {
             .arg("NX")
             .arg("PX")
             .arg(window.as_millis().max(1) as u64)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(won.is_some())
     }
 
@@ -906,9 +950,9 @@ impl Broker for RedisBroker {
             .arg(req.ttl.as_millis().max(1) as u64)
             .arg(req.max)
             .arg(if req.fence { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(if granted == 1 {
             LeaseGrant::Granted {
                 token: value.parse().unwrap_or(0),
@@ -927,11 +971,11 @@ impl Broker for RedisBroker {
     }
 
     async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
             .query_async(&mut conn)
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         let now_ms = secs * 1000 + micros / 1000;
         let held: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.keys.key(&format!("errand:lease:{key}")))
@@ -940,7 +984,7 @@ impl Broker for RedisBroker {
             .arg("WITHSCORES")
             .query_async(&mut conn)
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(held.into_iter().map(|(h, ms)| (h, ms / 1000.0)).collect())
     }
 
@@ -960,9 +1004,9 @@ impl Broker for RedisBroker {
             })
             .arg(limit)
             .arg(interval.as_millis().max(1) as u64)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
@@ -971,35 +1015,35 @@ impl Broker for RedisBroker {
             .arg(self.keys.key("errand:limit-hits"))
             .arg(name)
             .arg(1)
-            .query_async::<i64>(&mut self.conn.clone())
+            .query_async::<i64>(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
         let all: BTreeMap<String, u64> = redis::cmd("HGETALL")
             .arg(self.keys.key("errand:limit-hits"))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(all.into_iter().collect())
     }
 
     async fn process_count(&self) -> BrokerResult<usize> {
         redis::cmd("SCARD")
             .arg(self.keys.key("processes"))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 
     async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
         let mut names: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.paused())
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(cmd_err)?;
+            .map_err(|e| self.fail(e))?;
         names.sort();
         Ok(names)
     }
@@ -1035,9 +1079,9 @@ impl Broker for RedisBroker {
             .arg(&minute_key)
             .arg(crate::admin::METRICS_MINUTE_TTL.as_secs())
             .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone())
+        pipe.query_async::<()>(&mut self.connection())
             .await
-            .map_err(cmd_err)
+            .map_err(|e| self.fail(e))
     }
 }
 
