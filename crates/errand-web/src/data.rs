@@ -257,9 +257,8 @@ impl Filter {
         text: Option<&str>,
     ) -> Self {
         let clean = |s: Option<&str>| {
-            s.map(str::trim)
+            s.map(|s| s.trim().chars().take(MAX_FILTER_LEN).collect::<String>())
                 .filter(|s| !s.is_empty())
-                .map(|s| preview(s, MAX_FILTER_LEN).trim_end_matches('…').to_string())
         };
         Self {
             class: clean(class),
@@ -832,7 +831,8 @@ mod tests {
     #[test]
     fn filter_input_is_bounded() {
         let long = "x".repeat(1 << 20);
-        let f = Filter::new(Some(&long), Some("  "), None, None);
+        let f = Filter::new(Some(&long), Some("  "), Some("…"), None);
+        assert_eq!(f.error.as_deref(), Some("…"), "an ellipsis is text like any other");
         assert_eq!(
             f.class.as_deref().map(|s| s.chars().count()),
             Some(MAX_FILTER_LEN)
