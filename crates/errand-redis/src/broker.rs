@@ -24,11 +24,23 @@ const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
 pub(crate) fn cmd_err(e: RedisError) -> BrokerError {
     // A refused login while reconnecting (the password was rotated, the user disabled) is a
     // connection error: callers back off and retry, and work resumes when the login works.
+    // So is a server that is up but not serving yet: LOADING (restarted, reading its
+    // append-only file), TRYAGAIN, MASTERDOWN (a replica that lost its master). Found by the
+    // R1 soak: acks refused with LOADING after a restart were given up, not retried.
+    let not_ready = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(
+            redis::ServerErrorKind::BusyLoading
+                | redis::ServerErrorKind::TryAgain
+                | redis::ServerErrorKind::MasterDown
+        )
+    );
     if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.kind() == redis::ErrorKind::AuthenticationFailed
+        || not_ready
     {
         BrokerError::Connection(Box::new(e))
     } else {

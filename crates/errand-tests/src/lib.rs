@@ -397,6 +397,36 @@ impl RedisServer {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// `redis://<user>:<password>@127.0.0.1:<port>` (both percent-encoded by the caller when
+    /// they need it).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `ACL SETUSER <user> <rules…>` as the default user.
+    ///
+    /// # Panics
+    /// When Redis refuses a rule.
+    pub fn acl_setuser(&self, user: &str, rules: &[&str]) {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(user).arg(rules);
+        let _: () = cmd
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("ACL SETUSER {user} {rules:?}: {e}"));
+    }
+
+    /// The field `name` of `INFO <section>` (e.g. `stats`, `total_connections_received`).
+    pub fn info_field(&self, section: &str, name: &str) -> Option<String> {
+        let info: String = redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.conn())
+            .ok()?;
+        info.lines()
+            .filter_map(|l| l.trim_end().split_once(':'))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
 }
 
 /// An `errand-test-worker` process, SIGKILLed if the test ends (or fails) while it runs.
@@ -489,5 +519,44 @@ impl errand::Job for Ledger {
     const NAME: &'static str = "Ledger";
     async fn perform(self, _cx: &errand::JobContext) -> errand::JobResult {
         unreachable!("run by errand-test-worker processes, not by the test")
+    }
+}
+
+/// Every write appended to the append-only file, fsynced once a second (RELIABILITY-PLAN R1,
+/// R3): a SIGKILL may lose about the last second of acknowledged writes, `SHUTDOWN` none.
+const AOF_EVERYSEC: &[&str] = &[
+    "--save",
+    "",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+];
+
+impl RedisServer {
+    /// Starts a server with `appendonly yes` and `appendfsync everysec`.
+    ///
+    /// # Panics
+    /// As for [`RedisServer::start`].
+    pub fn start_everysec() -> Self {
+        Self::start_with(AOF_EVERYSEC)
+    }
+
+    /// Stops the server gracefully (`SHUTDOWN`: clients disconnected, the append-only file
+    /// flushed and fsynced), waits for it to exit, keeps it down for `down`, then starts it
+    /// again on the same port and data folder and waits until it answers (after loading its
+    /// data).
+    ///
+    /// # Panics
+    /// When it does not exit within 30 s or does not come back within 10 s.
+    pub fn shutdown_and_restart(&mut self, down: Duration) {
+        // The server closes the connection instead of replying.
+        let _ = redis::cmd("SHUTDOWN").query::<redis::Value>(&mut self.conn());
+        wait_until_sync("redis-server to shut down", Duration::from_secs(30), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        std::thread::sleep(down);
+        self.child = spawn_redis(self.port, self.dir.path(), self.persistence);
+        assert!(self.wait_ready(), "redis-server did not come back");
     }
 }

@@ -832,7 +832,11 @@ mod tests {
     fn filter_input_is_bounded() {
         let long = "x".repeat(1 << 20);
         let f = Filter::new(Some(&long), Some("  "), Some("…"), None);
-        assert_eq!(f.error.as_deref(), Some("…"), "an ellipsis is text like any other");
+        assert_eq!(
+            f.error.as_deref(),
+            Some("…"),
+            "an ellipsis is text like any other"
+        );
         assert_eq!(
             f.class.as_deref().map(|s| s.chars().count()),
             Some(MAX_FILTER_LEN)

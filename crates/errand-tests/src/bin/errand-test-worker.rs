@@ -7,7 +7,12 @@
 //! be killed on its first run (see the type); `ProcessOrder(id, mutex)` charges an order once
 //! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s; `Abort(n)` aborts the
 //! process (a poison pill); `Sum(numbers)` takes big arguments; `Fenced(n, ms)` writes to a fenced store; `StartedAt(n)` records its start by Redis's
-//! clock. `ERRAND_TEST_CLOCK_SKEW_S` skews the worker's clock. The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
+//! clock; `Flaky(n)` fails its first run; `Charge(n)` applies an effect once by its
+//! idempotency key. `ERRAND_TEST_CLOCK_SKEW_S` skews the worker's clock,
+//! `ERRAND_TEST_RETRY_DELAY_MS` replaces the retry backoff, `ERRAND_TEST_MAX_RECOVERIES` the
+//! poison-pill threshold, and `FAILPOINTS` arms the crash
+//! points of `errand`'s `failpoints` feature (`after_fetch=20*off->return`: the 21st pass exits
+//! with status 137). The ledger is the Redis hash `ledger`, or for SQLite the table `ledger(n, runs)`
 //! in the file `<path>.ledger`. The process TTL is short (3 s) so recovery is quick to test.
 
 use errand::broker::Broker;
@@ -228,6 +233,53 @@ impl Job for Sum {
     }
 }
 
+/// Fails its first run (runs counted at ledger entry `FLAKY_RUNS + n`) and counts a finished
+/// run at entry `n`: every job takes the retry path once.
+#[derive(Serialize, Deserialize)]
+struct Flaky(u64);
+
+/// Ledger offset of [`Flaky`]'s runs.
+const FLAKY_RUNS: u64 = 8_000_000;
+
+impl Job for Flaky {
+    const NAME: &'static str = "Flaky";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        if bump(cx, FLAKY_RUNS + self.0).await? == 1 {
+            return Err(JobError::retry("first run fails"));
+        }
+        count(cx, self.0).await
+    }
+}
+
+/// Charges `n` once however often the job runs: one Lua step on the ledger Redis counts the
+/// run (hash `runs`) and, only if the job's idempotency key is new (hash `applied`), applies
+/// the effect (ledger entry `n`), as an API taking an idempotency key would.
+#[derive(Serialize, Deserialize)]
+struct Charge(u64);
+
+impl Job for Charge {
+    const NAME: &'static str = "Charge";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let Some(LedgerStore::Redis(conn)) = cx.data::<LedgerStore>() else {
+            return Err(JobError::dead("Charge needs a Redis ledger"));
+        };
+        let script = redis::Script::new(
+            r"redis.call('HINCRBY', 'runs', ARGV[2], 1)
+              if redis.call('HSETNX', 'applied', ARGV[1], ARGV[2]) == 1 then
+                redis.call('HINCRBY', 'ledger', ARGV[2], 1)
+                return 1
+              end
+              return 0",
+        );
+        script
+            .arg(cx.idempotency_key("charge"))
+            .arg(self.0)
+            .invoke_async::<i64>(&mut conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
 /// Ledger offset of [`Abort`]'s runs.
 const ABORTS: u64 = 6_000_000;
 
@@ -295,6 +347,8 @@ async fn bump(cx: &JobContext, n: u64) -> Result<u64, JobError> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     errand_tests::init_tracing();
+    // Arms the crash points named in `FAILPOINTS` (none when it is unset).
+    let _failpoints = fail::FailScenario::setup();
     let args: Vec<String> = std::env::args().collect();
     let url = args
         .get(1)
@@ -323,7 +377,20 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0.0);
-    Server::builder_arc(broker)
+    let mut builder = Server::builder_arc(broker);
+    if let Some(ms) = std::env::var("ERRAND_TEST_RETRY_DELAY_MS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        builder = builder.retry_delay(move |_| Duration::from_millis(ms));
+    }
+    if let Some(n) = std::env::var("ERRAND_TEST_MAX_RECOVERIES")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        builder = builder.max_recoveries(n);
+    }
+    builder
         .clock(Arc::new(move || errand_core::now() + skew))
         .register::<Ledger>()
         .register::<Sleepy>()
@@ -335,6 +402,8 @@ async fn main() -> anyhow::Result<()> {
         .register::<Sum>()
         .register::<Fenced>()
         .register::<StartedAt>()
+        .register::<Flaky>()
+        .register::<Charge>()
         .data(ledger)
         .concurrency(concurrency)
         .heartbeat_interval(Duration::from_millis(500))

@@ -103,6 +103,10 @@ pub(crate) async fn run(s: Arc<Shared>) {
         };
         match s.broker().fetch(req).await {
             Ok(jobs) => {
+                #[cfg(feature = "failpoints")]
+                if !jobs.is_empty() {
+                    super::launcher::crash_point("after_fetch");
+                }
                 failures = 0;
                 deep = jobs.len() == asked;
                 for job in jobs {

@@ -80,6 +80,8 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
             ))
             .with_class("Errand::UnknownJob")),
             Some(h) => {
+                #[cfg(feature = "failpoints")]
+                super::launcher::crash_point("before_execute");
                 let started = std::time::Instant::now();
                 let result = attempt(s, h.as_ref(), args, &cx).await;
                 let failed = result
@@ -93,6 +95,8 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
     };
     let payload = cx.into_payload();
     let Err(err) = result else {
+        #[cfg(feature = "failpoints")]
+        super::launcher::crash_point("after_execute_before_ack");
         retry::persist(s, "ack", || s.broker().ack(job)).await;
         retry::release_unique(s, &payload).await;
         return;

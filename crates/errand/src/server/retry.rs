@@ -139,6 +139,8 @@ pub(crate) async fn handle_failure(
             delay_s = delay,
             "retry scheduled"
         );
+        #[cfg(feature = "failpoints")]
+        super::launcher::crash_point("inside_retry_write");
         persist(s, "retry", || s.broker().settle(job, to.clone())).await;
         return;
     }

@@ -48,6 +48,8 @@ pub(crate) async fn rescue(s: Arc<Shared>) {
             dead_limits: s.config().dead_limits,
             profile: s.config().profile,
         };
+        #[cfg(feature = "failpoints")]
+        super::launcher::crash_point("inside_reaper_requeue");
         match s.broker().rescue_orphans(&policy).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "recovered jobs of dead processes"),
