@@ -93,7 +93,7 @@ impl ListQuery {
 }
 
 /// Fuzzing support (RELIABILITY-PLAN B10; `fuzz/fuzz_targets/web_query.rs` and the corpus
-/// replay test): reads `query` (a URL query string without its `?`) into [`ListQuery`] exactly
+/// replay test): reads `query` (a URL query string without its `?`) into the listing query type exactly
 /// as the listing handlers do, and panics if an accessor breaks its bounds: page 1..=1,000,000,
 /// per_page 1..=100, days 1..=180, interval 2..=60, filter fields at most 200 characters, and
 /// entry keys round-trip (`parse_key(entry_key(score, jid))`). Bytes a request URI cannot
