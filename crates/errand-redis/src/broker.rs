@@ -54,6 +54,8 @@ pub struct RedisConfig {
     url: String,
     namespace: Option<String>,
     response_timeout: Duration,
+    /// PEM certificates to trust for `rediss://` instead of the built-in web roots.
+    trust_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("namespace", &self.namespace)
             .field("response_timeout", &self.response_timeout)
+            .field("trust_ca", &self.trust_ca.as_ref().map(|pem| pem.len()))
             .finish()
     }
 }
@@ -103,6 +106,7 @@ impl RedisConfig {
             url: url.into(),
             namespace: None,
             response_timeout: Duration::from_secs(30),
+            trust_ca: None,
         }
     }
 
@@ -117,6 +121,62 @@ impl RedisConfig {
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
+    }
+
+    /// Trusts the CA certificate(s) in `pem` (PEM text, one or more `BEGIN CERTIFICATE`
+    /// blocks: the contents of a `ca.crt` file, read by the caller) for a `rediss://` URL,
+    /// *instead of* the built-in web PKI roots: a server whose certificate does not chain to
+    /// one of them, or does not name the URL's host, is refused. For a Redis server with a
+    /// private or self-signed CA.
+    ///
+    /// [`RedisBroker::connect_with`] fails with [`BrokerError::Config`] when `pem` holds no
+    /// certificate or one that does not parse, or when the URL is not `rediss://`.
+    pub fn trust_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.trust_ca = Some(pem.into());
+        self
+    }
+
+    /// The client for this config: the URL, with [`RedisConfig::trust_ca_pem`]'s roots if set.
+    fn client(&self) -> BrokerResult<Client> {
+        let Some(pem) = &self.trust_ca else {
+            return Client::open(self.url.as_str())
+                .map_err(|e| BrokerError::Config(format!("redis url: {e}")));
+        };
+        if !self.url.starts_with("rediss://") {
+            return Err(BrokerError::Config(format!(
+                "redis CA certificate given for {}, which is not a TLS URL: use rediss://",
+                redact_url(&self.url)
+            )));
+        }
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            // (pki-types' message lists the bytes of the section name; say it in words.)
+            cert.map_err(|_| {
+                BrokerError::Config(
+                    "redis CA certificate: a `BEGIN CERTIFICATE` block does not parse as PEM"
+                        .into(),
+                )
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(BrokerError::Config(
+                "redis CA certificate: no `BEGIN CERTIFICATE` block in the PEM given".into(),
+            ));
+        }
+        // Parsed by redis-rs into its own root store (the URL first: a bad URL is named as such).
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
+            .map_err(|e| BrokerError::Config(format!("redis url: {e}")))?;
+        Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        )
+        .map_err(|e| BrokerError::Config(format!("redis CA certificate: {e}")))
     }
 }
 
@@ -177,6 +237,45 @@ async fn flush_acks(
             }
         }
     }
+}
+
+/// The I/O error behind `e`, if any (redis-rs keeps it behind an `Arc`).
+fn io_error(e: &RedisError) -> Option<&std::io::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        if let Some(shared) =
+            err.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+            && let Some(io) = shared.downcast_ref::<std::io::Error>()
+        {
+            return Some(io);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// The TLS failure (a rustls error: the certificate, the handshake) behind `e`, if any.
+fn tls_error(e: &RedisError) -> Option<&rustls::Error> {
+    io_error(e)?.get_ref()?.downcast_ref()
+}
+
+/// Whether `e` is the server closing a fresh connection without a reply (what a TLS-only port
+/// does to a plaintext client).
+fn hung_up_at_once(e: &RedisError) -> bool {
+    io_error(e).map_or_else(
+        || e.is_connection_dropped(),
+        |io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        },
+    )
 }
 
 /// `client`'s server URL without its password (for display).
@@ -303,27 +402,55 @@ impl RedisBroker {
     /// Connects with `config`. The connection reconnects by itself with backoff.
     ///
     /// # Errors
-    /// A bad URL or an unreachable server.
+    /// A bad URL or an unreachable server. At once, as [`BrokerError::Config`]: a refused
+    /// login, a `rediss://` server whose certificate is not trusted or does not name the URL's
+    /// host, and a server that hangs up on a plaintext `redis://` client (a TLS-only port).
     pub async fn connect_with(config: RedisConfig) -> BrokerResult<Self> {
         // rediss:// needs a process-wide rustls crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| BrokerError::Config(format!("redis url: {e}")))?;
+        let client = config.client()?;
         // One plain attempt first: a refused login (wrong password, disabled or unknown user)
         // is a configuration error, reported at once rather than after the connection
         // manager's retries. Other failures are left to the manager, which retries.
         let probe = AsyncConnectionConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(Duration::from_secs(5)));
-        if let Err(e) = client
+        // So is a TLS handshake that fails on the certificate (an untrusted CA, a certificate for
+        // another host), and a plaintext client on a TLS-only port (the server hangs up on it).
+        let tls = matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        );
+        let mut hung_up = 0;
+        while let Err(e) = client
             .get_multiplexed_async_connection_with_config(&probe)
             .await
-            && e.kind() == redis::ErrorKind::AuthenticationFailed
         {
-            return Err(BrokerError::Config(format!(
-                "redis login refused for {}: {e}",
-                display_url(&client)
-            )));
+            if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                return Err(BrokerError::Config(format!(
+                    "redis login refused for {}: {e}",
+                    display_url(&client)
+                )));
+            }
+            if let Some(cert) = tls_error(&e) {
+                return Err(BrokerError::Config(format!(
+                    "redis TLS handshake with {} failed: {cert}",
+                    display_url(&client)
+                )));
+            }
+            if tls || !hung_up_at_once(&e) {
+                break;
+            }
+            // Once more, in case the server was going down; twice is not a coincidence.
+            hung_up += 1;
+            if hung_up == 2 {
+                return Err(BrokerError::Config(format!(
+                    "redis server at {} hung up before answering ({e}): is this a TLS port? \
+                     Use rediss:// for TLS",
+                    display_url(&client)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let cm_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))

@@ -560,3 +560,186 @@ impl RedisServer {
         assert!(self.wait_ready(), "redis-server did not come back");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS (RELIABILITY-PLAN S2): a test CA and a TLS-only server, made with the `openssl` command.
+
+/// Whether the `openssl` command runs (TLS tests skip, saying so, when it does not).
+pub fn openssl_available() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `openssl args…` in `dir`, panicking with its stderr when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}); install it: `apt-get install openssl`")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a self-signed test CA in `dir`: `<name>.crt` (PEM) and `<name>.key`, valid two days,
+/// with subject `CN=<name>`. Returns the certificate's path.
+///
+/// # Panics
+/// When `openssl` is missing or fails.
+pub fn make_test_ca(dir: &Path, name: &str) -> PathBuf {
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+        ],
+    );
+    dir.join(crt)
+}
+
+/// Makes, in `dir`, a server key `server.key` and certificate `server.crt` signed by the CA
+/// `<ca>.crt`/`<ca>.key` (from [`make_test_ca`]), naming only `san` (an OpenSSL
+/// `subjectAltName` value such as `IP:127.0.0.1` or `DNS:redis.test`).
+///
+/// # Panics
+/// When `openssl` is missing or fails.
+pub fn make_server_cert(dir: &Path, ca: &str, san: &str) {
+    std::fs::write(dir.join("server.ext"), format!("subjectAltName={san}\n")).expect("write ext");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=errand-test-server",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+impl RedisServer {
+    /// Starts a TLS-only server (no plaintext port; clients need no certificate) on a free
+    /// port, with a fresh CA `dir/ca.crt` (`CN=errand-test-ca`) and a server certificate
+    /// `dir/server.crt` it signed, naming only `IP:127.0.0.1`; waits until it answers PING over
+    /// TLS. Connect with [`RedisServer::tls_url`] and `ca.crt` as the trusted CA;
+    /// [`RedisServer::url`] is the same port without TLS. The plaintext helpers
+    /// ([`RedisServer::conn`], [`RedisServer::restart`], …) do not work on it.
+    ///
+    /// # Panics
+    /// When `openssl` or `redis-server` is missing, or the server does not come up within 10 s.
+    pub fn start_tls(dir: &Path) -> Self {
+        make_test_ca(dir, "errand-test-ca");
+        std::fs::rename(dir.join("errand-test-ca.crt"), dir.join("ca.crt")).expect("ca.crt");
+        std::fs::rename(dir.join("errand-test-ca.key"), dir.join("ca.key")).expect("ca.key");
+        make_server_cert(dir, "ca", "IP:127.0.0.1");
+        let ca_pem = std::fs::read(dir.join("ca.crt")).expect("read ca.crt");
+        for _ in 0..5 {
+            let data = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--bind", "127.0.0.1"])
+                .args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"])
+                .args(EPHEMERAL)
+                .arg("--dir")
+                .arg(data.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start redis-server ({e}); install it: `apt-get install redis-server`")
+                });
+            let mut server = RedisServer {
+                child,
+                port,
+                persistence: EPHEMERAL,
+                dir: data,
+            };
+            if server.wait_ready_tls(&ca_pem) {
+                return server;
+            }
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+        panic!("TLS redis-server did not start");
+    }
+
+    /// `rediss://127.0.0.1:<port>`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// [`RedisServer::wait_ready`] over TLS, trusting `ca_pem`.
+    fn wait_ready_tls(&mut self, ca_pem: &[u8]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca_pem.to_vec()),
+            };
+            if let Ok(client) = redis::Client::build_with_tls(self.tls_url(), certs)
+                && let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
