@@ -13,6 +13,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Json, Router, routing::post};
+use errand::admin::Admin;
 use errand::{Client, Job, JobContext, JobError, JobOptions, JobResult, Server};
 use errand_examples::{Scratch, init_logging, quick, run_until, serve};
 use serde::{Deserialize, Serialize};
@@ -141,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    let (stats, api) = (broker.stats().await?, api.lock().unwrap());
+    let (stats, api) = (broker.counters().await?, api.lock().unwrap());
     let charge = paid.lock().unwrap().clone().expect("paid");
     assert_eq!(stats.processed, 3, "2 lost responses, then success");
     assert_eq!(api.requests, 3, "every attempt reached the API");

@@ -9,12 +9,13 @@
 //!
 //! Run: `cargo run -p errand-examples --bin dead_set_limits`
 
+use errand::admin::SetName;
 use errand::sqlite::SqliteBroker;
 use errand::{
     Client, DeadLimits, Job, JobContext, JobError, JobOptions, JobResult, Payload, Server,
     decode_args, system_clock,
 };
-use errand_examples::{Scratch, init_logging, quick, run_until};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -54,14 +55,14 @@ async fn run_until_dead(broker: &SqliteBroker, jid: &str) -> anyhow::Result<Vec<
         .dead_limits(LIMITS)
         .build()?;
     run_until(server, Duration::from_secs(30), || async {
-        let dead = broker.set("dead").await.unwrap_or_default();
+        let dead = entries(broker, SetName::Dead).await.unwrap_or_default();
         dead.iter()
-            .any(|(_, raw)| Payload::parse(raw).is_ok_and(|p| p.jid() == jid))
+            .any(|e| Payload::parse(&e.raw).is_ok_and(|p| p.jid() == jid))
     })
     .await?;
     let mut feeds = Vec::new();
-    for (_, raw) in broker.set("dead").await? {
-        feeds.push(decode_args::<ImportFeed>(Payload::parse(&raw)?.args())?.feed_id);
+    for e in entries(broker, SetName::Dead).await? {
+        feeds.push(decode_args::<ImportFeed>(Payload::parse(&e.raw)?.args())?.feed_id);
     }
     Ok(feeds)
 }
@@ -84,14 +85,21 @@ async fn main() -> anyhow::Result<()> {
 
     // Age: wait until even the newest entry is older than max_age (read from the set itself,
     // checked every 20 ms, with a deadline). Until another job dies, they all stay.
-    let newest = broker.set("dead").await?.last().map_or(0.0, |(at, _)| *at);
+    let newest = entries(&broker, SetName::Dead)
+        .await?
+        .last()
+        .map_or(0.0, |e| e.score);
     let now = system_clock();
     let deadline = Instant::now() + Duration::from_secs(10);
     while now() - newest <= LIMITS.max_age.as_secs_f64() {
         anyhow::ensure!(Instant::now() < deadline, "max_age did not pass in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(broker.set("dead").await?.len(), 3, "no death, no trim");
+    assert_eq!(
+        entries(&broker, SetName::Dead).await?.len(),
+        3,
+        "no death, no trim"
+    );
 
     let sixth = client.push(ImportFeed { feed_id: 6 }).await?;
     let feeds = run_until_dead(&broker, &sixth).await?;

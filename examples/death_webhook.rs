@@ -11,8 +11,9 @@
 
 use axum::extract::State;
 use axum::{Json, Router, routing::post};
+use errand::admin::SetName;
 use errand::{Client, Job, JobContext, JobError, JobOptions, JobResult, Payload, Server};
-use errand_examples::{Scratch, init_logging, quick, run_until, serve};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until, serve};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -90,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let dead_set = broker.clone();
     run_until(server, Duration::from_secs(30), || async {
-        let dead = dead_set.set("dead").await.map(|d| d.len()).unwrap_or(0);
+        let dead = entries(&dead_set, SetName::Dead)
+            .await
+            .map_or(0, |d| d.len());
         dead == 1 && received.lock().unwrap().len() == 1
     })
     .await?;
@@ -111,8 +114,8 @@ async fn main() -> anyhow::Result<()> {
         alert["error_message"],
         "warehouse 7 answered 503 Service Unavailable"
     );
-    let dead = broker.set("dead").await?;
-    let entry = Payload::parse(&dead[0].1)?;
+    let dead = entries(&broker, SetName::Dead).await?;
+    let entry = Payload::parse(&dead[0].raw)?;
     assert_eq!((dead.len(), entry.jid()), (1, jid.as_str()));
     assert_eq!(
         entry.retry_count(),

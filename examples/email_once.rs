@@ -11,8 +11,9 @@
 //!
 //! Run: `cargo run -p errand-examples --bin email_once`
 
+use errand::admin::SetName;
 use errand::{Client, Job, JobContext, JobError, JobResult, Server};
-use errand_examples::{Scratch, init_logging, quick, run_until};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     println!("the job ran {attempts} times; the email step ran {sends} time");
     assert_eq!(attempts, 2, "a failed attempt and a successful retry");
     assert_eq!((sends, emails), (1, 1), "one email, sent once");
-    assert_eq!(broker.set("retry").await?.len(), 0);
+    assert_eq!(entries(&broker, SetName::Retry).await?.len(), 0);
     println!("ok: 1 email in the outbox, sent once, job ran 2 times");
     Ok(())
 }

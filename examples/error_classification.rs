@@ -10,8 +10,9 @@
 //!
 //! Run: `cargo run -p errand-examples --bin error_classification`
 
+use errand::admin::{Admin, SetName};
 use errand::{Client, Job, JobContext, JobError, JobResult, Server};
-use errand_examples::{Scratch, init_logging, quick, run_until};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
@@ -136,10 +137,10 @@ async fn main() -> anyhow::Result<()> {
         rows, want,
         "the network error was retried; the decline was not"
     );
-    let retries = broker.set("retry").await?.len();
-    let dead = broker.set("dead").await?.len();
+    let retries = entries(&broker, SetName::Retry).await?.len();
+    let dead = entries(&broker, SetName::Dead).await?.len();
     assert_eq!((retries, dead), (0, 0), "nothing waiting, nothing dead");
-    let stats = broker.stats().await?;
+    let stats = broker.counters().await?;
     assert_eq!(
         (stats.processed, stats.failed),
         (3, 2),

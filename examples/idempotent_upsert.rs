@@ -12,8 +12,9 @@
 //!
 //! Run: `cargo run -p errand-examples --bin idempotent_upsert`
 
+use errand::admin::SetName;
 use errand::{Client, Job, JobContext, JobError, JobResult, Server};
-use errand_examples::{Scratch, init_logging, quick, run_until};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,8 +120,8 @@ async fn main() -> anyhow::Result<()> {
         vec![(1001, 4500, 3), (1002, 1299, 1)],
         "one row per order, with the current totals"
     );
-    let retries = broker.set("retry").await?.len();
-    let dead = broker.set("dead").await?.len();
+    let retries = entries(&broker, SetName::Retry).await?.len();
+    let dead = entries(&broker, SetName::Dead).await?.len();
     assert_eq!((retries, dead), (0, 0), "every job finished");
     println!("ok: 6 writes, 2 rows, one per order");
     Ok(())

@@ -9,8 +9,9 @@
 //!
 //! Run: `cargo run -p errand-examples --bin pass_ids`
 
+use errand::admin::{Admin, SetName};
 use errand::{Client, Job, JobContext, JobResult, Server};
-use errand_examples::{Scratch, init_logging, quick, run_until};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let stats = broker.clone();
     run_until(server, Duration::from_secs(30), || async {
         stats
-            .stats()
+            .counters()
             .await
             .map(|s| s.processed == 2)
             .unwrap_or(false)
@@ -86,8 +87,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let sent: i64 = db.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
-    let retries = broker.set("retry").await?.len();
-    let dead = broker.set("dead").await?.len();
+    let retries = entries(&broker, SetName::Retry).await?.len();
+    let dead = entries(&broker, SetName::Dead).await?.len();
     assert_eq!(sent, 1, "one email, to the user who still exists");
     assert_eq!(
         (retries, dead),

@@ -11,8 +11,9 @@
 //! Run: `cargo run -p errand-examples --bin retry_policies`
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use errand::admin::SetName;
 use errand::{Client, Job, JobContext, JobError, JobOptions, JobResult, Payload, Server};
-use errand_examples::{Scratch, init_logging, quick, run_until, serve};
+use errand_examples::{Scratch, entries, init_logging, quick, run_until, serve};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -117,12 +118,15 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let dead_set = broker.clone();
     run_until(server, Duration::from_secs(30), || async {
-        synced.0.load(Ordering::SeqCst) && dead_set.set("dead").await.is_ok_and(|d| d.len() == 1)
+        synced.0.load(Ordering::SeqCst)
+            && entries(&dead_set, SetName::Dead)
+                .await
+                .is_ok_and(|d| d.len() == 1)
     })
     .await?;
 
-    let dead = broker.set("dead").await?;
-    let entry = Payload::parse(&dead[0].1)?;
+    let dead = entries(&broker, SetName::Dead).await?;
+    let entry = Payload::parse(&dead[0].raw)?;
     println!(
         "dead set: {} ({}: {}), retry_count {:?}",
         entry.class(),
@@ -135,7 +139,11 @@ async fn main() -> anyhow::Result<()> {
         (entry.class(), entry.retry_count()),
         ("ImportInvoice", Some(0))
     );
-    assert_eq!(broker.set("retry").await?.len(), 0, "nothing left to retry");
+    assert_eq!(
+        entries(&broker, SetName::Retry).await?.len(),
+        0,
+        "nothing left to retry"
+    );
     println!("ok: rates synced on attempt 3 of 6; invoice import dead after 1 attempt, 0 retries");
     Ok(())
 }

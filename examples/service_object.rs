@@ -10,6 +10,7 @@
 //! Run: `cargo run -p errand-examples --bin service_object`
 //! Tests: `cargo test -p errand-examples --bin service_object`
 
+use errand::admin::Admin;
 use errand::{Client, Job, JobContext, JobResult, Server};
 use errand_examples::{Scratch, init_logging, quick, run_until};
 use rusqlite::{Connection, OptionalExtension};
@@ -114,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let stats = broker.clone();
     run_until(server, Duration::from_secs(30), || async {
-        stats.stats().await.is_ok_and(|s| s.processed == 2)
+        stats.counters().await.is_ok_and(|s| s.processed == 2)
     })
     .await?;
 
@@ -127,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     println!("user 1: active, {workspace:?} created, {emails} welcome email queued");
     assert!(active && emails == 1);
     assert_eq!(
-        broker.stats().await?.failed,
+        broker.counters().await?.failed,
         0,
         "the missing user ended the job cleanly"
     );

@@ -34,14 +34,14 @@
 //! its own clock: heartbeat liveness, and metrics minutes (written near
 //! [`Broker::now`], since backends need keep only the last 25 hours).
 
-use crate::{BackendFactory, Inspect, STEP_TIMEOUT, beat, beat_at, enqueue, fetch, info, job};
+use crate::support::{beat, beat_at, enqueue, fetch, info};
+use crate::{BackendFactory, Inspect, STEP_TIMEOUT, job};
 use async_trait::async_trait;
-use errand_core::admin::{
-    Admin, ClassMetrics, Counters, Order, QueueSummary, SetEntry, SetName, merge_by_class,
-};
+use errand_core::admin::{Admin, Counters, Order, QueueSummary, SetEntry, SetName};
 use errand_core::broker::{
-    Broker, DeadLimits, Heartbeat, RemoteSignal, Scheduled, Settle, WorkEntry,
+    Broker, DeadLimits, Heartbeat, RemoteSignal, ScheduledJob, Settle, WorkEntry,
 };
+use errand_core::metrics::{ClassMetrics, merge_by_class};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,7 +144,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// set with the default limits, `score` as the time of death).
 async fn put(b: &dyn Broker, set: SetName, score: f64, member: &str) {
     if set == SetName::Scheduled {
-        b.schedule(&[Scheduled {
+        b.push_scheduled(&[ScheduledJob {
             at: score,
             payload: member.to_string(),
         }])
@@ -168,7 +168,7 @@ async fn put(b: &dyn Broker, set: SetName, score: f64, member: &str) {
             limits: DeadLimits::default(),
         },
     };
-    assert!(b.settle(&got[0], to).await.expect("settle"), "settled");
+    assert!(b.settle(&got[0], &to).await.expect("settle"), "settled");
 }
 
 async fn page(a: &dyn Admin, set: SetName) -> Vec<SetEntry> {
@@ -466,20 +466,20 @@ pub async fn admin_set_pages_order_by_score_then_member(f: &impl AdminFactory) {
     let mut tied = [job("s", 2), job("s", 1)];
     tied.sort();
     let (low, high) = (job("s", 3), job("s", 4));
-    b.schedule(&[
-        Scheduled {
+    b.push_scheduled(&[
+        ScheduledJob {
             at: 100.0,
             payload: tied[1].clone(),
         },
-        Scheduled {
+        ScheduledJob {
             at: 200.25,
             payload: high.clone(),
         },
-        Scheduled {
+        ScheduledJob {
             at: 50.5,
             payload: low.clone(),
         },
-        Scheduled {
+        ScheduledJob {
             at: 100.0,
             payload: tied[0].clone(),
         },
@@ -847,7 +847,7 @@ pub async fn admin_processes_lists_live_processes_only(f: &impl AdminFactory) {
                 .to_string(),
         })
         .collect();
-    crate::step(
+    crate::support::step(
         "heartbeat",
         b.heartbeat(&Heartbeat {
             identity: live,

@@ -6,12 +6,13 @@
 //! shared data (a [`Log`] and a death counter), and waits on conditions with a deadline, never
 //! on fixed sleeps. What the backend stores is read only through [`Inspect`].
 
-use crate::{BackendFactory, Inspect, STEP_TIMEOUT, StatCounts, TestBackend};
+use crate::{BackendFactory, Inspect, STEP_TIMEOUT, TestBackend};
 use errand::broker::{Enqueue, FetchRequest};
 use errand::{
     Client, Job, JobContext, JobError, JobOptions, JobResult, Payload, Push, Server, ServerBuilder,
     ServerHandle,
 };
+use errand_core::admin::Counters;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -391,7 +392,7 @@ pub async fn server_weighted_fetch_follows_weights(f: &impl BackendFactory) {
             payload: crate::job(q, i),
         }));
     }
-    crate::step("push 12,000 jobs", broker.push(&jobs))
+    crate::support::step("push 12,000 jobs", broker.push(&jobs))
         .await
         .unwrap();
     let fetches = 10_000usize;
@@ -399,7 +400,7 @@ pub async fn server_weighted_fetch_follows_weights(f: &impl BackendFactory) {
     let started = Instant::now();
     for _ in 0..fetches {
         let order = errand::server::weighted_order(&weights);
-        let got = crate::step(
+        let got = crate::support::step(
             "fetch",
             broker.fetch(FetchRequest {
                 identity: "weighted:1:p",
@@ -593,7 +594,7 @@ pub async fn server_retry_zero_and_retry_disabled(f: &impl BackendFactory) {
     assert_eq!(exhausted(&zero), 1, "{name}: retries_exhausted once");
     assert_eq!(
         h.inspect().stats().await,
-        StatCounts {
+        Counters {
             processed: 2,
             failed: 2
         },
@@ -626,7 +627,7 @@ pub async fn server_snooze_and_discard(f: &impl BackendFactory) {
     assert!(h.deaths.all().is_empty(), "{name}: no deaths");
     assert_eq!(
         h.inspect().stats().await,
-        StatCounts {
+        Counters {
             processed: 3,
             failed: 1
         },
@@ -682,19 +683,19 @@ pub async fn server_recovers_jobs_of_a_dead_process(f: &impl BackendFactory) {
     let b = &*h.backend.broker;
     let dead = "deadhost:1:conformance";
     // As a server does: beat (TTL 1 s), register, fetch; then it dies without acking.
-    crate::beat(
+    crate::support::beat(
         b,
         dead,
-        &crate::info(dead, &["default"]),
+        &crate::support::info(dead, &["default"]),
         Duration::from_secs(1),
         0,
     )
     .await;
-    b.register(dead, &crate::queues(&["default"]))
+    b.register(dead, &crate::support::queues(&["default"]))
         .await
         .unwrap();
     h.client.push(Record("orphan".into())).await.unwrap();
-    let held = crate::fetch(b, dead, &["default"], 1, Duration::ZERO).await;
+    let held = crate::support::fetch(b, dead, &["default"], 1, Duration::ZERO).await;
     assert_eq!(held.len(), 1, "{name}");
     assert_eq!(h.inspect().in_flight(dead, "default").await.len(), 1);
     // Expire the dead process before the server starts, so a clock jump cannot expire the
@@ -768,7 +769,7 @@ pub async fn server_stats_count_processed_and_failed(f: &impl BackendFactory) {
     server.stop().await;
     assert_eq!(
         h.inspect().stats().await,
-        StatCounts {
+        Counters {
             processed: (n + m) as u64,
             failed: m as u64
         },

@@ -2,7 +2,9 @@
 //! list and act on the dead set, all as a person types them.
 
 use errand::admin::{Admin, SetName};
-use errand::broker::{Broker, DeadLimits, FetchRequest, Settle};
+use errand::broker::Fleet;
+use errand::broker::JobQueue;
+use errand::broker::{DeadLimits, FetchRequest, Settle};
 use errand::sqlite::SqliteBroker;
 use std::process::Command;
 use std::time::Duration;
@@ -87,11 +89,11 @@ async fn ops_commands_read_and_change_the_backend() {
         broker
             .settle(
                 &got[0],
-                Settle::Dead {
+                &Settle::Dead {
                     payload: dead.to_json(),
                     now: errand_core::now(),
                     limits: DeadLimits::default(),
-                },
+                }
             )
             .await
             .unwrap()

@@ -9,9 +9,10 @@
 //! what [`Admin::set_remove`] and [`Admin::queue_delete`] are given back.
 //!
 //! Execution metrics ([`ClassMetrics`]) are written by servers through
-//! [`crate::broker::Broker::record_metrics`] and read here.
+//! [`crate::broker::Fleet::record_metrics`] and read here.
 
 use crate::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use crate::metrics::ClassMetrics;
 use async_trait::async_trait;
 
 /// One of the three sorted sets.
@@ -123,107 +124,6 @@ pub struct BackendInfo {
     pub facts: Vec<(String, String)>,
 }
 
-/// Upper bounds, in milliseconds, of the execution-time histogram buckets (Sidekiq 7's); a
-/// 26th bucket holds everything slower.
-pub const HISTOGRAM_BOUNDS_MS: [u64; 25] = [
-    20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800, 5750, 8500, 13000, 20000,
-    30000, 45000, 65000, 100000, 150000, 225000, 335000,
-];
-
-/// Number of histogram buckets: the bounds plus one for slower runs.
-pub const HISTOGRAM_BUCKETS: usize = HISTOGRAM_BOUNDS_MS.len() + 1;
-
-/// The histogram bucket a run of `ms` milliseconds falls in.
-pub fn histogram_bucket(ms: u64) -> usize {
-    HISTOGRAM_BOUNDS_MS
-        .iter()
-        .position(|&bound| ms <= bound)
-        .unwrap_or(HISTOGRAM_BOUNDS_MS.len())
-}
-
-/// Execution metrics of one job class over some span (a minute when recorded, a window when
-/// read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassMetrics {
-    /// The job class (an ActiveJob's wrapped class).
-    pub class: String,
-    /// Attempts run, failed ones included.
-    pub executions: u64,
-    /// Attempts that failed.
-    pub failures: u64,
-    /// Total run time of the successful attempts, in milliseconds (Sidekiq's rule: failures
-    /// are not timed).
-    pub total_ms: u64,
-    /// Successful attempts per execution-time bucket ([`HISTOGRAM_BOUNDS_MS`]).
-    pub histogram: [u64; HISTOGRAM_BUCKETS],
-}
-
-impl ClassMetrics {
-    /// Empty metrics for `class`.
-    pub fn new(class: impl Into<String>) -> Self {
-        Self {
-            class: class.into(),
-            executions: 0,
-            failures: 0,
-            total_ms: 0,
-            histogram: [0; HISTOGRAM_BUCKETS],
-        }
-    }
-
-    /// Counts one attempt that took `ms` milliseconds.
-    pub fn record(&mut self, ms: u64, failed: bool) {
-        self.executions += 1;
-        if failed {
-            self.failures += 1;
-        } else {
-            self.total_ms += ms;
-            self.histogram[histogram_bucket(ms)] += 1;
-        }
-    }
-
-    /// Adds `other`'s counts (same class) to these.
-    pub fn merge(&mut self, other: &ClassMetrics) {
-        self.executions += other.executions;
-        self.failures += other.failures;
-        self.total_ms += other.total_ms;
-        for (a, b) in self.histogram.iter_mut().zip(other.histogram.iter()) {
-            *a += b;
-        }
-    }
-
-    /// The upper bound (ms) of the bucket holding quantile `q` (0..=1) of the successful
-    /// runs; `None` when there were none, `Some(u64::MAX)` when it is the open last bucket.
-    pub fn percentile_ms(&self, q: f64) -> Option<u64> {
-        let total: u64 = self.histogram.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in self.histogram.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(HISTOGRAM_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX));
-            }
-        }
-        Some(u64::MAX)
-    }
-}
-
-/// Merges per-minute (or per-bucket) rows into one [`ClassMetrics`] per class, sorted by class.
-pub fn merge_by_class(rows: impl IntoIterator<Item = ClassMetrics>) -> Vec<ClassMetrics> {
-    let mut by: std::collections::BTreeMap<String, ClassMetrics> = Default::default();
-    for row in rows {
-        match by.get_mut(&row.class) {
-            Some(m) => m.merge(&row),
-            None => {
-                by.insert(row.class.clone(), row);
-            }
-        }
-    }
-    by.into_values().collect()
-}
-
 /// The admin side of a backend. Every method is one atomic step; none re-encodes a payload.
 ///
 /// Methods that take a `member` or `raw` take the exact stored string (as a page returned
@@ -262,7 +162,7 @@ pub trait Admin: Send + Sync + 'static {
     async fn queue_clear(&self, queue: &str) -> BrokerResult<u64>;
 
     /// Pauses (`true`) or resumes a queue: servers stop fetching from a paused queue within a
-    /// heartbeat ([`crate::broker::Broker::paused_queues`]). Its jobs stay where they are.
+    /// heartbeat ([`crate::broker::Fleet::paused_queues`]). Its jobs stay where they are.
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()>;
 
     /// How many entries `set` holds.
@@ -338,54 +238,6 @@ pub fn signal_name(signal: RemoteSignal) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_follow_sidekiqs_bounds() {
-        assert_eq!(histogram_bucket(0), 0);
-        assert_eq!(histogram_bucket(20), 0);
-        assert_eq!(histogram_bucket(21), 1);
-        assert_eq!(histogram_bucket(335_000), 24);
-        assert_eq!(histogram_bucket(335_001), 25);
-        assert_eq!(HISTOGRAM_BUCKETS, 26);
-    }
-
-    #[test]
-    fn percentiles_come_from_the_histogram() {
-        let mut m = ClassMetrics::new("A");
-        assert_eq!(m.percentile_ms(0.5), None);
-        for _ in 0..90 {
-            m.record(10, false);
-        }
-        for _ in 0..10 {
-            m.record(600, false);
-        }
-        m.record(5, true);
-        assert_eq!(m.executions, 101);
-        assert_eq!(m.failures, 1);
-        assert_eq!(m.total_ms, 90 * 10 + 10 * 600);
-        assert_eq!(m.percentile_ms(0.5), Some(20));
-        assert_eq!(m.percentile_ms(0.9), Some(20));
-        assert_eq!(m.percentile_ms(0.95), Some(750));
-        assert_eq!(m.percentile_ms(1.0), Some(750));
-        m.record(10_000_000, false);
-        assert_eq!(m.percentile_ms(1.0), Some(u64::MAX));
-    }
-
-    #[test]
-    fn merge_sums_per_class() {
-        let mut a = ClassMetrics::new("A");
-        a.record(10, false);
-        let mut b = ClassMetrics::new("B");
-        b.record(10, true);
-        let mut a2 = ClassMetrics::new("A");
-        a2.record(100, false);
-        let merged = merge_by_class([b, a, a2]);
-        assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0].class, "A");
-        assert_eq!(merged[0].executions, 2);
-        assert_eq!(merged[0].total_ms, 110);
-        assert_eq!(merged[1].failures, 1);
-    }
 
     #[test]
     fn set_names_parse_both_spellings() {

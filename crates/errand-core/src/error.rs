@@ -48,10 +48,14 @@ pub enum BrokerError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A job performed at push time (a test harness's inline mode) failed.
-    #[error("{0}")]
-    Inline(String),
+    /// The backend does not provide this topic of the contract (see
+    /// [`crate::broker::Coordination::capabilities`]).
+    #[error("this backend does not support {0}")]
+    Unsupported(&'static str),
 }
+
+/// Result of a backend operation.
+pub type BrokerResult<T> = Result<T, BrokerError>;
 
 impl BrokerError {
     /// True when retrying the operation after reconnecting may succeed.

@@ -9,12 +9,15 @@
 //!   for Sidekiq 8; both read);
 //! - [`backoff`]: Sidekiq's retry delay formula and jitter;
 //! - [`id`]: job ids and process identities in Sidekiq's formats;
-//! - [`broker`]: the contract every backend implements (the hot path) and its value types;
+//! - [`broker`]: the contract every backend implements, by topic: [`broker::JobQueue`] (the hot
+//!   path), [`broker::Fleet`] (process duties), [`broker::Coordination`] (once-only records,
+//!   permits, rates), with their value types;
 //! - [`admin`]: the admin side of a backend (listing, paging, moving, deleting; processes and
 //!   metrics) that the dashboard and the CLI are built on;
+//! - [`metrics`]: per-class execution metrics and their duration histogram;
 //! - [`activejob`]: unwrapping and building Rails ActiveJob payloads.
 //!
-//! The [`broker::Broker`] trait is ours to reshape before 1.0.
+//! The contract is ours to reshape before 1.0.
 
 pub mod activejob;
 pub mod admin;
@@ -24,9 +27,10 @@ pub mod broker;
 mod error;
 pub mod id;
 pub mod invariants;
+pub mod metrics;
 mod payload;
 mod time;
 
-pub use error::{BrokerError, PayloadError};
+pub use error::{BrokerError, BrokerResult, PayloadError};
 pub use payload::{Failure, MALFORMED_PREVIEW, Payload, RetrySetting, malformed_entry};
 pub use time::{Clock, WireProfile, now, system_clock, utc_date};

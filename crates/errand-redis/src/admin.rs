@@ -5,83 +5,18 @@
 //! MULTI or one Lua script ([`crate::scripts`]).
 
 use crate::RedisBroker;
-use crate::broker::cmd_err;
+use crate::error::cmd_err;
 use async_trait::async_trait;
 use errand_core::admin::{
-    Admin, BackendInfo, ClassMetrics, Counters, HISTOGRAM_BUCKETS, Order, ProcessRecord,
-    QueueSummary, SetEntry, SetName,
+    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
 };
 use errand_core::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use errand_core::metrics::ClassMetrics;
 use redis::{FromRedisValue, Value};
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-/// How long a per-minute metrics hash lives (the contract asks for at least 25 hours).
-pub(crate) const METRICS_MINUTE_TTL: Duration = Duration::from_secs(26 * 3600);
-
-/// The most minutes one [`Admin::metrics`] call reads; a longer range keeps its newest minutes.
-pub(crate) const METRICS_MAX_MINUTES: i64 = 1_500;
 
 /// How long a signal waits in `<identity>-signals` (Sidekiq's 60 s).
 const SIGNAL_TTL_SECS: u64 = 60;
-
-/// The hash fields one class's metrics are counted under: `<Class>|p` (executions), `|f`
-/// (failures), `|ms` (total ms), and `|h<i>` for each non-zero histogram bucket. Empty for a
-/// class with nothing counted.
-pub(crate) fn metric_fields(m: &ClassMetrics) -> Vec<(String, u64)> {
-    if m.executions == 0
-        && m.failures == 0
-        && m.total_ms == 0
-        && m.histogram.iter().all(|&n| n == 0)
-    {
-        return Vec::new();
-    }
-    let c = &m.class;
-    let mut fields = vec![
-        (format!("{c}|p"), m.executions),
-        (format!("{c}|f"), m.failures),
-        (format!("{c}|ms"), m.total_ms),
-    ];
-    for (i, &n) in m.histogram.iter().enumerate() {
-        if n > 0 {
-            fields.push((format!("{c}|h{i}"), n));
-        }
-    }
-    fields
-}
-
-/// Parses a metrics hash back into one row per class. The LAST `|` of a field separates the
-/// class from the suffix; unknown suffixes and non-numeric values are skipped.
-fn parse_metrics(hash: BTreeMap<String, String>) -> Vec<ClassMetrics> {
-    let mut by: BTreeMap<String, ClassMetrics> = BTreeMap::new();
-    for (field, value) in hash {
-        let Some((class, suffix)) = field.rsplit_once('|') else {
-            continue;
-        };
-        let Ok(n) = value.trim().parse::<i64>() else {
-            continue;
-        };
-        let n = n.max(0) as u64;
-        let slot = match suffix {
-            "p" | "f" | "ms" => None,
-            h => match h.strip_prefix('h').and_then(|i| i.parse::<usize>().ok()) {
-                Some(i) if i < HISTOGRAM_BUCKETS => Some(i),
-                _ => continue,
-            },
-        };
-        let m = by
-            .entry(class.to_string())
-            .or_insert_with(|| ClassMetrics::new(class));
-        match (suffix, slot) {
-            ("p", _) => m.executions += n,
-            ("f", _) => m.failures += n,
-            ("ms", _) => m.total_ms += n,
-            (_, Some(i)) => m.histogram[i] += n,
-            _ => {}
-        }
-    }
-    by.into_values().collect()
-}
 
 /// Stored bytes as text: exact when UTF-8 (always, for anything Errand or Sidekiq wrote);
 /// otherwise shown lossily, and then matching no member when handed back.
@@ -136,7 +71,7 @@ const INFO_FACTS: [(&str, &str); 6] = [
 
 impl RedisBroker {
     fn set_key(&self, set: SetName) -> String {
-        self.keys().key(set.key())
+        self.keys().set(set)
     }
 
     async fn set_range(
@@ -163,8 +98,8 @@ impl Admin for RedisBroker {
     async fn counters(&self) -> BrokerResult<Counters> {
         let k = self.keys();
         let (processed, failed): (Option<String>, Option<String>) = redis::cmd("MGET")
-            .arg(k.key("stat:processed"))
-            .arg(k.key("stat:failed"))
+            .arg(k.stat("processed"))
+            .arg(k.stat("failed"))
             .query_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
@@ -181,8 +116,8 @@ impl Admin for RedisBroker {
         let k = self.keys();
         let mut cmd = redis::cmd("MGET");
         for d in dates {
-            cmd.arg(k.key(&format!("stat:processed:{d}")))
-                .arg(k.key(&format!("stat:failed:{d}")));
+            cmd.arg(k.stat_daily("processed", d))
+                .arg(k.stat_daily("failed", d));
         }
         let values: Vec<Option<String>> = cmd
             .query_async(&mut self.connection())
@@ -227,7 +162,7 @@ impl Admin for RedisBroker {
         let mut conn = self.connection();
         let (known, paused): (Vec<String>, Vec<String>) = redis::pipe()
             .cmd("SMEMBERS")
-            .arg(k.key("queues"))
+            .arg(k.queues())
             .cmd("SMEMBERS")
             .arg(k.paused())
             .query_async(&mut conn)
@@ -316,7 +251,7 @@ impl Admin for RedisBroker {
             .arg(&list)
             .ignore()
             .cmd("SREM")
-            .arg(k.key("queues"))
+            .arg(k.queues())
             .arg(queue)
             .ignore()
             .query_async(&mut self.connection())
@@ -397,7 +332,7 @@ impl Admin for RedisBroker {
         let n: i64 = crate::scripts::SET_TO_QUEUE
             .key(self.set_key(set))
             .key(k.queue(queue))
-            .key(k.key("queues"))
+            .key(k.queues())
             .arg(member)
             .arg(payload)
             .arg(queue)
@@ -451,7 +386,7 @@ impl Admin for RedisBroker {
         let k = self.keys();
         let mut conn = self.connection();
         let mut identities: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(k.key("processes"))
+            .arg(k.processes())
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
@@ -462,7 +397,7 @@ impl Admin for RedisBroker {
         let mut pipe = redis::pipe();
         for id in &identities {
             pipe.cmd("HMGET")
-                .arg(k.key(id))
+                .arg(k.process(id))
                 .arg(&["info", "busy", "beat", "quiet", "rss", "concurrency"])
                 .cmd("HGETALL")
                 .arg(k.work(id, "work"))
@@ -521,75 +456,11 @@ impl Admin for RedisBroker {
             .map_err(|e| self.fail(e))
     }
 
-    /// Reads at most the newest 1,500 minutes of the range (a longer range is
-    /// clamped silently), one pipelined HGETALL per minute.
     async fn metrics(&self, from_minute: i64, to_minute: i64) -> BrokerResult<Vec<ClassMetrics>> {
-        if from_minute > to_minute {
-            return Ok(Vec::new());
-        }
-        let from = from_minute.max(to_minute.saturating_sub(METRICS_MAX_MINUTES - 1));
-        let k = self.keys();
-        let mut pipe = redis::pipe();
-        for minute in from..=to_minute {
-            pipe.cmd("HGETALL").arg(k.metrics_minute(minute));
-        }
-        let hashes: Vec<BTreeMap<String, String>> = pipe
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(errand_core::admin::merge_by_class(
-            hashes.into_iter().flat_map(parse_metrics),
-        ))
+        self.read_metrics(from_minute, to_minute).await
     }
 
     async fn metrics_totals(&self) -> BrokerResult<Vec<ClassMetrics>> {
-        let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys().metrics_total())
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(parse_metrics(hash))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_fields_round_trip_through_parse() {
-        let mut m = ClassMetrics::new("Billing::Charge|v2");
-        m.record(10, false);
-        m.record(600, false);
-        m.record(5, true);
-        let hash: BTreeMap<String, String> = metric_fields(&m)
-            .into_iter()
-            .map(|(f, n)| (f, n.to_string()))
-            .collect();
-        assert!(hash.contains_key("Billing::Charge|v2|h0"));
-        assert!(
-            !hash.contains_key("Billing::Charge|v2|h1"),
-            "zero buckets are not written"
-        );
-        assert_eq!(parse_metrics(hash), vec![m]);
-    }
-
-    #[test]
-    fn empty_metrics_write_nothing_and_junk_is_skipped() {
-        assert!(metric_fields(&ClassMetrics::new("A")).is_empty());
-        let hash: BTreeMap<String, String> = [
-            ("nobar", "1"),
-            ("A|zz", "1"),
-            ("A|h99", "1"),
-            ("A|p", "x"),
-            ("B|p", "2"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-        let rows = parse_metrics(hash);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].class, "B");
-        assert_eq!(rows[0].executions, 2);
+        self.read_metrics_totals().await
     }
 }

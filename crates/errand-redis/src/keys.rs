@@ -1,4 +1,7 @@
-//! Key names: Sidekiq's, with an optional namespace prefix, and Errand's own under `errand:`.
+//! Every key Errand touches on Redis: Sidekiq's names, with an optional namespace prefix, and
+//! Errand's own under `errand:`. No other module formats a key.
+
+use errand_core::admin::SetName;
 
 /// Builds every key Errand touches, with an optional namespace (as `redis-namespace` did for
 /// Sidekiq 6: `myapp` gives `myapp:queue:default`).
@@ -22,9 +25,15 @@ impl Keys {
         &self.prefix
     }
 
-    /// A bare key with the namespace applied.
-    pub fn key(&self, name: &str) -> String {
+    fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    // Sidekiq's keys.
+
+    /// `queues`: the set of known queue names.
+    pub fn queues(&self) -> String {
+        self.key("queues")
     }
 
     /// `queue:` with the namespace; a queue's list is this plus its name.
@@ -37,14 +46,19 @@ impl Keys {
         format!("{}queue:{name}", self.prefix)
     }
 
-    /// The in-flight lists of `identity` share this prefix; add the queue name.
-    pub fn inflight_prefix(&self, identity: &str) -> String {
-        format!("{}errand:inflight:{identity}:", self.prefix)
+    /// One of the sorted sets: `retry`, `schedule`, `dead`.
+    pub fn set(&self, set: SetName) -> String {
+        self.key(set.key())
     }
 
-    /// Errand's registry of live server processes.
-    pub fn registry(&self) -> String {
-        self.key("errand:processes")
+    /// `processes`: the set of live process identities.
+    pub fn processes(&self) -> String {
+        self.key("processes")
+    }
+
+    /// A process's heartbeat hash, named by its identity.
+    pub fn process(&self, identity: &str) -> String {
+        self.key(identity)
     }
 
     /// A process's work hash: `:workers` (Sidekiq 6.4) or `:work` (6.5+).
@@ -58,9 +72,88 @@ impl Keys {
         format!("{}{identity}-signals", self.prefix)
     }
 
+    /// `stat:processed` or `stat:failed` (`counter` is `processed` or `failed`).
+    pub fn stat(&self, counter: &str) -> String {
+        format!("{}stat:{counter}", self.prefix)
+    }
+
+    /// A counter's daily key, `stat:<counter>:<YYYY-MM-DD>`.
+    pub fn stat_daily(&self, counter: &str, date: &str) -> String {
+        format!("{}stat:{counter}:{date}", self.prefix)
+    }
+
     /// The set of paused queue names, `paused` (Sidekiq Pro's key, read by Sidekiq 8's UI).
     pub fn paused(&self) -> String {
         self.key("paused")
+    }
+
+    // Errand's keys.
+
+    /// The in-flight lists of `identity` share this prefix; add the queue name.
+    pub fn inflight_prefix(&self, identity: &str) -> String {
+        format!("{}errand:inflight:{identity}:", self.prefix)
+    }
+
+    /// The in-flight list of `identity` for `queue`.
+    pub fn inflight(&self, identity: &str, queue: &str) -> String {
+        format!("{}errand:inflight:{identity}:{queue}", self.prefix)
+    }
+
+    /// Errand's registry of server processes (identity → `info`).
+    pub fn registry(&self) -> String {
+        self.key("errand:processes")
+    }
+
+    /// The counter that fetches take their fencing tokens from.
+    pub fn fetch_seq(&self) -> String {
+        self.key("errand:lease-seq")
+    }
+
+    /// Poison pills set aside by recovery, on their way to the dead set.
+    pub fn poison(&self) -> String {
+        self.key("errand:poison")
+    }
+
+    /// Per-job recovery counters share this prefix; add the jid.
+    pub fn recoveries_prefix(&self) -> String {
+        self.key("errand:recoveries:")
+    }
+
+    /// The fleet's promotion turn (`SET NX PX`).
+    pub fn poller(&self) -> String {
+        self.key("errand:poller")
+    }
+
+    /// A permit set: a sorted set of holders scored by when their permit ends (stored under
+    /// the name `errand:lease:<key>`, kept from before permits had their name).
+    pub fn permits(&self, key: &str) -> String {
+        format!("{}errand:lease:{key}", self.prefix)
+    }
+
+    /// A permit set's fencing-token counter.
+    pub fn fence(&self, key: &str) -> String {
+        format!("{}errand:fence:{key}", self.prefix)
+    }
+
+    /// A once-only step's record.
+    pub fn once(&self, key: &str) -> String {
+        format!("{}errand:once:{key}", self.prefix)
+    }
+
+    /// A rate limit's counter (bucket) or sorted set of uses (window).
+    pub fn rate(&self, key: &str) -> String {
+        format!("{}errand:rate:{key}", self.prefix)
+    }
+
+    /// A sliding-window rate limit's sequence (unique members for equal timestamps).
+    pub fn rate_seq(&self, key: &str) -> String {
+        format!("{}errand:rate-seq:{key}", self.prefix)
+    }
+
+    /// The limiters' refusal counts (a hash: limiter name → count; stored as
+    /// `errand:limit-hits`).
+    pub fn refusals(&self) -> String {
+        self.key("errand:limit-hits")
     }
 
     /// Errand's execution metrics of one minute (`minute` = minutes since the epoch, UTC).

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 /// Reliable fetch of a batch from several queues into the in-flight lists.
 pub static FETCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fetch.lua")));
-/// In flight → retry, schedule or dead (with the dead set's trim).
+/// In flight → the retry, scheduled or dead set (with the dead set's trim).
 pub static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
 /// Due members of `retry`/`schedule` → their queues.
@@ -17,9 +17,9 @@ pub static RESCUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rescue.lua")));
 /// Once-only step records: claim, renew, complete, release.
 pub static ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/once.lua")));
-/// Lease sets (mutexes, unique locks, concurrency limits): acquire, renew, release.
-pub static LEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/lease.lua")));
+/// Permit sets (mutexes, unique locks, concurrency limits): acquire, renew, release.
+pub static PERMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/permit.lua")));
 /// Rate limits: bucket and sliding window.
 pub static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/rate.lua")));
 /// One in-flight job back to its queue (a job stranded by a lost fetch reply).

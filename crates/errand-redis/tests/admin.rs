@@ -2,10 +2,11 @@
 //! `Broker::record_metrics`) against a real `redis-server`: one server per test binary (or
 //! `REDIS_URL` when set), each case in its own key namespace.
 
-use errand_core::admin::{Admin, ClassMetrics, Order, SetEntry, SetName};
-use errand_core::broker::{
-    Broker, DeadLimits, Enqueue, Heartbeat, RemoteSignal, Scheduled, WorkEntry,
-};
+use errand_core::admin::{Admin, Order, SetEntry, SetName};
+use errand_core::broker::Fleet;
+use errand_core::broker::JobQueue;
+use errand_core::broker::{DeadLimits, Enqueue, Heartbeat, RemoteSignal, ScheduledJob, WorkEntry};
+use errand_core::metrics::ClassMetrics;
 use errand_redis::{Keys, RedisBroker, RedisConfig};
 use errand_tests::{RedisServer, wait_until};
 use redis::AsyncCommands;
@@ -28,6 +29,12 @@ fn server() -> Arc<RedisServer> {
 }
 
 /// One case's view: its broker (in a namespace of its own), a raw connection and its keys.
+/// Key `name` under the case's namespace, spelled out here (not by `Keys`), so the cases check
+/// Sidekiq's layout itself.
+fn layout_key(keys: &Keys, name: &str) -> String {
+    format!("{}{name}", keys.prefix())
+}
+
 struct Case {
     b: RedisBroker,
     conn: ConnectionManager,
@@ -195,15 +202,15 @@ async fn set_pages_and_scores_round_trip_exactly() {
         1e-7,
         1_700_000_000.000_001,
     ];
-    let jobs: Vec<Scheduled> = scores
+    let jobs: Vec<ScheduledJob> = scores
         .iter()
         .enumerate()
-        .map(|(i, &at)| Scheduled {
+        .map(|(i, &at)| ScheduledJob {
             at,
             payload: format!("s{i}"),
         })
         .collect();
-    c.b.schedule(&jobs).await.unwrap();
+    c.b.push_scheduled(&jobs).await.unwrap();
     assert_eq!(c.b.set_size(SetName::Scheduled).await.unwrap(), 5);
     assert_eq!(c.b.set_size(SetName::Retry).await.unwrap(), 0);
 
@@ -242,7 +249,7 @@ async fn set_pages_and_scores_round_trip_exactly() {
     let _: () = c
         .conn
         .clone()
-        .zadd(c.keys.key("schedule"), "twin", scores[0])
+        .zadd(layout_key(&c.keys, "schedule"), "twin", scores[0])
         .await
         .unwrap();
     for e in &all {
@@ -274,7 +281,7 @@ async fn set_pages_and_scores_round_trip_exactly() {
 async fn set_to_queue_moves_once() {
     let c = case("to-queue").await;
     let mut conn = c.conn.clone();
-    let retry = c.keys.key("retry");
+    let retry = layout_key(&c.keys, "retry");
     let _: () = conn.zadd(&retry, "old-form", 10.5).await.unwrap();
     let _: () = conn.zadd(&retry, "other", 11.0).await.unwrap();
 
@@ -297,7 +304,7 @@ async fn set_to_queue_moves_once() {
     );
     let queued: Vec<String> = conn.lrange(c.keys.queue("critical"), 0, -1).await.unwrap();
     assert_eq!(queued, ["new-form"], "pushed exactly once, as given");
-    let mut known: Vec<String> = conn.smembers(c.keys.key("queues")).await.unwrap();
+    let mut known: Vec<String> = conn.smembers(layout_key(&c.keys, "queues")).await.unwrap();
     known.sort();
     assert_eq!(known, ["critical"], "no name registered for a failed move");
     let left =
@@ -308,7 +315,10 @@ async fn set_to_queue_moves_once() {
 
     // From the dead set too, onto a queue that already has jobs: it goes to the far end.
     c.b.push(&[enqueue("critical", "first")]).await.unwrap();
-    let _: () = conn.zadd(c.keys.key("dead"), "corpse", 5.0).await.unwrap();
+    let _: () = conn
+        .zadd(layout_key(&c.keys, "dead"), "corpse", 5.0)
+        .await
+        .unwrap();
     assert!(
         c.b.set_to_queue(SetName::Dead, "corpse", "critical", "revived")
             .await
@@ -322,7 +332,7 @@ async fn set_to_queue_moves_once() {
 async fn set_to_dead_moves_once_and_trims() {
     let c = case("to-dead").await;
     let mut conn = c.conn.clone();
-    let dead = c.keys.key("dead");
+    let dead = layout_key(&c.keys, "dead");
     let now = 1_795_853_133.5;
     let day = 86_400.0;
     let limits = DeadLimits {
@@ -337,7 +347,7 @@ async fn set_to_dead_moves_once_and_trims() {
     let _: () = conn.zadd(&dead, "d2", now - 2.0 * day).await.unwrap();
     let _: () = conn.zadd(&dead, "d3", now - day).await.unwrap();
     let _: () = conn
-        .zadd(c.keys.key("retry"), "failing", now + 60.0)
+        .zadd(layout_key(&c.keys, "retry"), "failing", now + 60.0)
         .await
         .unwrap();
 
@@ -372,7 +382,7 @@ async fn set_to_dead_moves_once_and_trims() {
 
     // The age limit alone: a large max keeps everything younger than max_age.
     let _: () = conn
-        .zadd(c.keys.key("schedule"), "later", now)
+        .zadd(layout_key(&c.keys, "schedule"), "later", now)
         .await
         .unwrap();
     let roomy = DeadLimits {
@@ -421,11 +431,11 @@ async fn processes_lists_live_heartbeats_and_skips_expired_ones() {
     let ruby = "ruby:9:aaa";
     let _: () = redis::pipe()
         .cmd("SADD")
-        .arg(c.keys.key("processes"))
+        .arg(layout_key(&c.keys, "processes"))
         .arg(ruby)
         .ignore()
         .cmd("HSET")
-        .arg(c.keys.key(ruby))
+        .arg(layout_key(&c.keys, ruby))
         .arg(&[
             ("info", info(ruby).as_str()),
             ("busy", "1"),
@@ -443,7 +453,7 @@ async fn processes_lists_live_heartbeats_and_skips_expired_ones() {
         .await
         .unwrap();
 
-    let gone = c.keys.key("host:1:gone");
+    let gone = layout_key(&c.keys, "host:1:gone");
     wait_until("the short heartbeat to expire", WAIT, || {
         let mut conn = conn.clone();
         let gone = gone.clone();
@@ -483,7 +493,10 @@ async fn processes_lists_live_heartbeats_and_skips_expired_ones() {
         )]
     );
 
-    let still: Vec<String> = conn.smembers(c.keys.key("processes")).await.unwrap();
+    let still: Vec<String> = conn
+        .smembers(layout_key(&c.keys, "processes"))
+        .await
+        .unwrap();
     assert_eq!(still.len(), 3, "listing deletes nothing: {still:?}");
 }
 
@@ -497,7 +510,7 @@ async fn signals_reach_the_next_heartbeats_in_order() {
     c.b.signal("host:4:other", RemoteSignal::Stop)
         .await
         .unwrap();
-    let key = c.keys.key(&format!("{id}-signals"));
+    let key = layout_key(&c.keys, &format!("{id}-signals"));
     let ttl: i64 = c.conn.clone().ttl(&key).await.unwrap();
     assert!(
         (1..=60).contains(&ttl),
@@ -543,7 +556,7 @@ async fn metrics_round_trip_merged_per_class_with_totals() {
     c.b.record_metrics(minute + 2, &[]).await.unwrap();
 
     let merged = |rows: &[&ClassMetrics]| {
-        errand_core::admin::merge_by_class(rows.iter().map(|m| (*m).clone()))
+        errand_core::metrics::merge_by_class(rows.iter().map(|m| (*m).clone()))
     };
     assert_eq!(
         c.b.metrics(minute, minute).await.unwrap(),
@@ -590,22 +603,28 @@ async fn metrics_round_trip_merged_per_class_with_totals() {
 
     let mut conn = c.conn.clone();
     let ttl: i64 = conn
-        .ttl(c.keys.key(&format!("errand:metrics:{minute}")))
+        .ttl(layout_key(&c.keys, &format!("errand:metrics:{minute}")))
         .await
         .unwrap();
     assert!(
         (25 * 3600..=26 * 3600).contains(&ttl),
         "minute hash kept 26 h: {ttl}"
     );
-    let total_ttl: i64 = conn.ttl(c.keys.key("errand:metrics:total")).await.unwrap();
+    let total_ttl: i64 = conn
+        .ttl(layout_key(&c.keys, "errand:metrics:total"))
+        .await
+        .unwrap();
     assert_eq!(total_ttl, -1, "totals never expire");
     let idle: bool = conn
-        .hexists(c.keys.key("errand:metrics:total"), "Idle|p")
+        .hexists(layout_key(&c.keys, "errand:metrics:total"), "Idle|p")
         .await
         .unwrap();
     assert!(!idle, "a class with nothing counted writes nothing");
     let exists: bool = conn
-        .exists(c.keys.key(&format!("errand:metrics:{}", minute + 2)))
+        .exists(layout_key(
+            &c.keys,
+            &format!("errand:metrics:{}", minute + 2),
+        ))
         .await
         .unwrap();
     assert!(!exists, "an empty record writes nothing");
@@ -654,7 +673,12 @@ async fn paused_queues_are_listed_and_survive_a_clear() {
             .map(|q| q.name)
             .collect();
     assert_eq!(names, ["default"]);
-    let raw: Vec<String> = c.conn.clone().smembers(c.keys.key("paused")).await.unwrap();
+    let raw: Vec<String> = c
+        .conn
+        .clone()
+        .smembers(layout_key(&c.keys, "paused"))
+        .await
+        .unwrap();
     assert!(raw.is_empty());
 }
 
@@ -726,7 +750,7 @@ async fn namespaces_keep_admin_views_apart() {
     let a = case("ns-a").await;
     let b = case("ns-b").await;
     a.b.push(&[enqueue("default", "a0")]).await.unwrap();
-    a.b.schedule(&[Scheduled {
+    a.b.push_scheduled(&[ScheduledJob {
         at: 5.0,
         payload: "later".into(),
     }])

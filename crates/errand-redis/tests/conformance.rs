@@ -3,13 +3,12 @@
 //! its own key namespace.
 
 use async_trait::async_trait;
-use errand_backend_tests::{
-    AdminBackend, AdminFactory, BackendFactory, Inspect, StatCounts, TestBackend,
-};
-use errand_redis::{Keys, RedisBroker, RedisConfig};
+use errand_backend_tests::{AdminBackend, AdminFactory, BackendFactory, Inspect, TestBackend};
+use errand_core::admin::Admin;
+use errand_core::broker::Broker;
+use errand_redis::{RedisBroker, RedisConfig};
 use errand_tests::RedisServer;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -64,75 +63,24 @@ impl Redis {
     }
 }
 
-struct RedisInspect {
-    conn: ConnectionManager,
-    keys: Keys,
-}
-
-impl RedisInspect {
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
-    async fn counts(&self, suffix: &str) -> StatCounts {
-        let mut c = self.conn();
-        let p: Option<u64> = c
-            .get(self.keys.key(&format!("stat:processed{suffix}")))
-            .await
-            .unwrap();
-        let f: Option<u64> = c
-            .get(self.keys.key(&format!("stat:failed{suffix}")))
-            .await
-            .unwrap();
-        StatCounts {
-            processed: p.unwrap_or(0),
-            failed: f.unwrap_or(0),
-        }
-    }
-}
+struct RedisInspect(RedisBroker);
 
 #[async_trait]
 impl Inspect for RedisInspect {
-    async fn queue(&self, name: &str) -> Vec<String> {
-        let mut list: Vec<String> = self
-            .conn()
-            .lrange(self.keys.queue(name), 0, -1)
-            .await
-            .unwrap();
-        list.reverse(); // RPOP end first
-        list
+    fn admin(&self) -> &dyn Admin {
+        &self.0
     }
-    async fn queue_len(&self, name: &str) -> usize {
-        self.conn().llen(self.keys.queue(name)).await.unwrap()
-    }
-    async fn known_queues(&self) -> Vec<String> {
-        let mut q: Vec<String> = self.conn().smembers(self.keys.key("queues")).await.unwrap();
-        q.sort();
-        q
-    }
-    async fn set(&self, name: &str) -> Vec<(f64, String)> {
-        let entries: Vec<(String, f64)> = self
-            .conn()
-            .zrange_withscores(self.keys.key(name), 0, -1)
-            .await
-            .unwrap();
-        entries.into_iter().map(|(m, s)| (s, m)).collect()
-    }
-    async fn in_flight(&self, identity: &str, queue: &str) -> Vec<String> {
-        let key = format!("{}{queue}", self.keys.inflight_prefix(identity));
-        let mut list: Vec<String> = self.conn().lrange(key, 0, -1).await.unwrap();
-        list.reverse(); // LPUSHed: oldest at the right
-        list
-    }
-    async fn stats(&self) -> StatCounts {
-        self.counts("").await
-    }
-    async fn daily_stats(&self, date: &str) -> StatCounts {
-        self.counts(&format!(":{date}")).await
+    fn broker(&self) -> &dyn Broker {
+        &self.0
     }
     async fn push_signal(&self, identity: &str, name: &str) -> bool {
-        let key = self.keys.key(&format!("{identity}-signals"));
-        let _: () = self.conn().lpush(key, name).await.unwrap();
+        // Any name, as Sidekiq's Web UI (or anything else) could push it.
+        let _: () = self
+            .0
+            .connection()
+            .lpush(self.0.keys().signals(identity), name)
+            .await
+            .unwrap();
         true
     }
     async fn let_time_pass(&self, _by: Duration) {
@@ -169,10 +117,7 @@ impl Redis {
         let broker = RedisBroker::connect_with(RedisConfig::new(&self.url).namespace(ns.clone()))
             .await
             .expect("connect to the test redis");
-        let inspect = Arc::new(RedisInspect {
-            conn: broker.connection(),
-            keys: Keys::new(Some(&ns)),
-        });
+        let inspect = Arc::new(RedisInspect(broker.clone()));
         (broker, inspect)
     }
 }

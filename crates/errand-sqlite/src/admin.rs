@@ -8,15 +8,17 @@
 //! in the blocking pool on the broker's connection, as a few indexed statements, so it holds
 //! the connection (and so the hot path) no longer than a page takes.
 
-use crate::broker::{SqliteBroker, bury, enqueue, now, read_stats};
+use crate::SqliteBroker;
+use crate::rows::{bury, enqueue, now, read_counters};
 use crate::schema::{member_hash, state};
 use async_trait::async_trait;
 use errand_core::admin::{
-    Admin, BackendInfo, ClassMetrics, Counters, HISTOGRAM_BUCKETS, Order, ProcessRecord,
-    QueueSummary, SetEntry, SetName, merge_by_class, signal_name,
+    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
+    signal_name,
 };
 use errand_core::broker::{BrokerResult, DeadLimits, Enqueue, RemoteSignal};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use errand_core::metrics::{ClassMetrics, HISTOGRAM_BUCKETS, merge_by_class};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
 use std::collections::BTreeSet;
 
 /// Minutes of per-minute metrics kept (the contract asks for at least 25 hours).
@@ -40,14 +42,6 @@ fn sql_count(n: usize) -> i64 {
 
 fn sql_u64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn counters(conn: &Connection, suffix: &str) -> rusqlite::Result<Counters> {
-    let s = read_stats(conn, suffix)?;
-    Ok(Counters {
-        processed: s.processed,
-        failed: s.failed,
-    })
 }
 
 /// Deletes one member of set `set` (compared by its hash, then byte for byte). Whether it was
@@ -196,7 +190,7 @@ fn file_size(db: &std::path::Path, suffix: &str) -> u64 {
 #[async_trait]
 impl Admin for SqliteBroker {
     async fn counters(&self) -> BrokerResult<Counters> {
-        self.with(|c| counters(c, "")).await
+        self.with(|c| read_counters(c, "")).await
     }
 
     async fn daily_counters(&self, dates: &[String]) -> BrokerResult<Vec<Counters>> {
@@ -204,7 +198,7 @@ impl Admin for SqliteBroker {
         self.with(move |c| {
             dates
                 .iter()
-                .map(|date| counters(c, &format!(":{date}")))
+                .map(|date| read_counters(c, &format!(":{date}")))
                 .collect()
         })
         .await
@@ -514,7 +508,15 @@ impl Admin for SqliteBroker {
     }
 
     async fn signal(&self, identity: &str, signal: RemoteSignal) -> BrokerResult<()> {
-        self.push_signal(identity, signal_name(signal)).await
+        let (identity, name) = (identity.to_string(), signal_name(signal));
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO signals(identity, name) VALUES (?1, ?2)",
+                params![identity, name],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn metrics(&self, from_minute: i64, to_minute: i64) -> BrokerResult<Vec<ClassMetrics>> {

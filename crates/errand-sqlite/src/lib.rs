@@ -1,7 +1,7 @@
 //! Errand's embedded backend: one SQLite file, no server to run.
 //!
 //! # Overview
-//! [`SqliteBroker`] implements [`errand_core::broker::Broker`] on a single SQLite file
+//! [`SqliteBroker`] implements the contract of `errand_core::broker` on a single SQLite file
 //! (bundled SQLite: nothing to install). It is the zero-setup default for one machine; several
 //! processes on that machine may share the file. Behaviour matches the Redis backend, which
 //! the shared conformance suite (`errand-backend-tests`) checks case by case.
@@ -25,6 +25,13 @@
 
 mod admin;
 mod broker;
+mod config;
+mod coordination;
+mod error;
+mod fleet;
+mod queue;
+mod rows;
 mod schema;
 
-pub use broker::{Durability, SqliteBroker, SqliteConfig, SqliteStats};
+pub use broker::SqliteBroker;
+pub use config::{Durability, SqliteConfig};

@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
 -- Queues servers leave out of their fetches (paused from the dashboard or the CLI).
 CREATE TABLE IF NOT EXISTS paused_queues (name TEXT PRIMARY KEY);
 -- Execution metrics per minute (minutes since the epoch, UTC) and class, kept 26 hours;
--- `histogram` is a JSON array of errand_core::admin::HISTOGRAM_BUCKETS counts.
+-- `histogram` is a JSON array of errand_core::metrics::HISTOGRAM_BUCKETS counts.
 CREATE TABLE IF NOT EXISTS metrics (
     minute     INTEGER NOT NULL,
     class      TEXT    NOT NULL,

@@ -1,11 +1,50 @@
 //! The admin side of the SQLite backend ([`Admin`]), each case on its own file in a temp dir.
 
-use errand_core::admin::{Admin, ClassMetrics, Counters, Order, SetEntry, SetName};
+use errand_core::admin::{Admin, Counters, Order, SetEntry, SetName};
 use errand_core::broker::{
-    Broker, DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, Scheduled, WorkEntry,
+    BrokerResult, DeadLimits, Enqueue, FetchRequest, Fleet, Heartbeat, JobQueue, RemoteSignal,
+    ScheduledJob, WorkEntry,
 };
+use errand_core::metrics::ClassMetrics;
 use errand_sqlite::SqliteBroker;
 use std::time::Duration;
+
+/// Whole queues and sets as the cases assert on them, read through the admin API.
+trait Reads {
+    async fn queue(&self, name: &str) -> BrokerResult<Vec<String>>;
+    async fn queue_len(&self, name: &str) -> BrokerResult<u64>;
+    async fn known_queues(&self) -> BrokerResult<Vec<String>>;
+    async fn set(&self, name: &str) -> BrokerResult<Vec<(f64, String)>>;
+    async fn in_flight(&self, identity: &str, queue: &str) -> BrokerResult<Vec<String>>;
+}
+
+impl Reads for SqliteBroker {
+    async fn queue(&self, name: &str) -> BrokerResult<Vec<String>> {
+        self.queue_page(name, 0, 100_000, Order::Asc).await
+    }
+    async fn queue_len(&self, name: &str) -> BrokerResult<u64> {
+        let queues = self.queues().await?;
+        Ok(queues.iter().find(|q| q.name == name).map_or(0, |q| q.size))
+    }
+    /// The `queues` table itself (the admin side also lists paused queues it no longer has).
+    async fn known_queues(&self) -> BrokerResult<Vec<String>> {
+        let db = rusqlite::Connection::open(self.path()).expect("open the file");
+        let names = db
+            .prepare("SELECT name FROM queues ORDER BY name")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .expect("read the queues table");
+        Ok(names)
+    }
+    async fn set(&self, name: &str) -> BrokerResult<Vec<(f64, String)>> {
+        let set = SetName::parse(name).expect("a set name");
+        let page = self.set_page(set, 0, 100_000, Order::Asc).await?;
+        Ok(page.into_iter().map(|e| (e.score, e.raw)).collect())
+    }
+    async fn in_flight(&self, identity: &str, queue: &str) -> BrokerResult<Vec<String>> {
+        let held = self.held(identity, &[queue.to_string()]).await?;
+        Ok(held.into_iter().map(|j| j.raw).collect())
+    }
+}
 
 struct Case {
     dir: tempfile::TempDir,
@@ -45,14 +84,14 @@ fn entry(score: f64, raw: &str) -> SetEntry {
 }
 
 async fn schedule(b: &SqliteBroker, entries: &[(f64, &str)]) {
-    let jobs: Vec<Scheduled> = entries
+    let jobs: Vec<ScheduledJob> = entries
         .iter()
-        .map(|(at, p)| Scheduled {
+        .map(|(at, p)| ScheduledJob {
             at: *at,
             payload: p.to_string(),
         })
         .collect();
-    b.schedule(&jobs).await.unwrap();
+    b.push_scheduled(&jobs).await.unwrap();
 }
 
 async fn beat(

@@ -1,13 +1,15 @@
-//! [`Intercepted`]: a broker whose push, schedule and fetch a test can replace (to perform
+//! [`Intercepted`]: a broker whose push, scheduled push and fetch a test can replace (to perform
 //! jobs inline, or to inject a fault such as a lost reply), with every other step of the
 //! contract passed through to the wrapped broker unchanged.
 
 use async_trait::async_trait;
 use errand::WireProfile;
 use errand::broker::{
-    Broker, BrokerResult, Enqueue, FetchRequest, Fetched, Heartbeat, LeaseGrant, LeaseRequest,
-    OnceClaim, RateKind, RemoteSignal, RescuePolicy, Scheduled, Settle,
+    Broker, BrokerResult, Capabilities, Completion, Coordination, Enqueue, FetchRequest, Fetched,
+    Fleet, Heartbeat, JobQueue, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
+    PermitRequest, RateRequest, RemoteSignal, RescuePolicy, ScheduledJob,
 };
+use errand::metrics::ClassMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +17,17 @@ use std::time::Duration;
 /// fetch. Each method defaults to passing the call through to `inner`.
 #[async_trait]
 pub trait Intercept: Send + Sync + 'static {
-    /// Replaces [`Broker::push`].
+    /// Replaces [`JobQueue::push`].
     async fn push(&self, inner: &dyn Broker, jobs: &[Enqueue]) -> BrokerResult<()> {
         inner.push(jobs).await
     }
 
-    /// Replaces [`Broker::schedule`].
-    async fn schedule(&self, inner: &dyn Broker, jobs: &[Scheduled]) -> BrokerResult<()> {
-        inner.schedule(jobs).await
+    /// Replaces [`JobQueue::push_scheduled`].
+    async fn push_scheduled(&self, inner: &dyn Broker, jobs: &[ScheduledJob]) -> BrokerResult<()> {
+        inner.push_scheduled(jobs).await
     }
 
-    /// Replaces [`Broker::fetch`].
+    /// Replaces [`JobQueue::fetch`].
     async fn fetch(&self, inner: &dyn Broker, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
         inner.fetch(req).await
     }
@@ -50,30 +52,18 @@ impl<I: Intercept> Intercepted<I> {
 }
 
 #[async_trait]
-impl<I: Intercept> Broker for Intercepted<I> {
+impl<I: Intercept> JobQueue for Intercepted<I> {
     async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
         self.hooks.push(&*self.inner, jobs).await
     }
-    async fn schedule(&self, jobs: &[Scheduled]) -> BrokerResult<()> {
-        self.hooks.schedule(&*self.inner, jobs).await
+    async fn push_scheduled(&self, jobs: &[ScheduledJob]) -> BrokerResult<()> {
+        self.hooks.push_scheduled(&*self.inner, jobs).await
     }
     async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
         self.hooks.fetch(&*self.inner, req).await
     }
-    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
-        self.inner.register(identity, queues).await
-    }
-    async fn ack(&self, job: &Fetched) -> BrokerResult<bool> {
-        self.inner.ack(job).await
-    }
-    async fn settle(&self, job: &Fetched, to: Settle) -> BrokerResult<bool> {
-        self.inner.settle(job, to).await
-    }
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
-        self.inner.requeue_in_flight(identity).await
-    }
-    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
-        self.inner.held(identity, queues).await
+    async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
+        self.inner.complete_many(batch).await
     }
     async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
         self.inner.release(job).await
@@ -84,14 +74,27 @@ impl<I: Intercept> Broker for Intercepted<I> {
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         self.inner.promote_due(now, profile).await
     }
+}
+
+#[async_trait]
+impl<I: Intercept> Fleet for Intercepted<I> {
+    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
+        self.inner.register(identity, queues).await
+    }
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
         self.inner.heartbeat(beat).await
     }
-    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
-        self.inner.rescue_orphans(policy).await
-    }
     async fn unregister(&self, identity: &str) -> BrokerResult<()> {
         self.inner.unregister(identity).await
+    }
+    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
+        self.inner.requeue_in_flight(identity).await
+    }
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
+        self.inner.held(identity, queues).await
+    }
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
+        self.inner.rescue_orphans(policy).await
     }
     async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
         self.inner.claim_poll(window).await
@@ -99,59 +102,50 @@ impl<I: Intercept> Broker for Intercepted<I> {
     async fn process_count(&self) -> BrokerResult<usize> {
         self.inner.process_count().await
     }
-    async fn once_claim(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<OnceClaim> {
-        self.inner.once_claim(key, owner, lease).await
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
+        self.inner.paused_queues().await
     }
-    async fn once_renew(&self, key: &str, owner: &str, lease: Duration) -> BrokerResult<bool> {
-        self.inner.once_renew(key, owner, lease).await
+    async fn record_metrics(&self, minute: i64, classes: &[ClassMetrics]) -> BrokerResult<()> {
+        self.inner.record_metrics(minute, classes).await
     }
-    async fn once_complete(
-        &self,
-        key: &str,
-        owner: &str,
-        output: &str,
-        keep: Duration,
-    ) -> BrokerResult<bool> {
-        self.inner.once_complete(key, owner, output, keep).await
+}
+
+#[async_trait]
+impl<I: Intercept> Coordination for Intercepted<I> {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn once_claim(&self, req: OnceRequest<'_>) -> BrokerResult<OnceClaim> {
+        self.inner.once_claim(req).await
+    }
+    async fn once_renew(&self, req: OnceRequest<'_>) -> BrokerResult<bool> {
+        self.inner.once_renew(req).await
+    }
+    async fn once_complete(&self, done: OnceCompletion<'_>) -> BrokerResult<bool> {
+        self.inner.once_complete(done).await
     }
     async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
         self.inner.once_release(key, owner).await
     }
-    async fn lease_acquire(&self, req: LeaseRequest<'_>) -> BrokerResult<LeaseGrant> {
-        self.inner.lease_acquire(req).await
+    async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
+        self.inner.permit_acquire(req).await
     }
-    async fn lease_renew(&self, key: &str, holder: &str, ttl: Duration) -> BrokerResult<bool> {
-        self.inner.lease_renew(key, holder, ttl).await
+    async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
+        self.inner.permit_renew(req).await
     }
-    async fn lease_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
-        self.inner.lease_release(key, holder).await
+    async fn permit_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        self.inner.permit_release(key, holder).await
     }
-    async fn lease_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
-        self.inner.lease_holders(key).await
+    async fn permit_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        self.inner.permit_holders(key).await
     }
-    async fn rate_take(
-        &self,
-        key: &str,
-        kind: RateKind,
-        limit: u32,
-        interval: Duration,
-    ) -> BrokerResult<Option<Duration>> {
-        self.inner.rate_take(key, kind, limit, interval).await
+    async fn rate_take(&self, req: RateRequest<'_>) -> BrokerResult<Option<Duration>> {
+        self.inner.rate_take(req).await
     }
-    async fn limit_hit(&self, name: &str) -> BrokerResult<()> {
-        self.inner.limit_hit(name).await
+    async fn refusal_add(&self, limiter: &str) -> BrokerResult<()> {
+        self.inner.refusal_add(limiter).await
     }
-    async fn limit_hits(&self) -> BrokerResult<Vec<(String, u64)>> {
-        self.inner.limit_hits().await
-    }
-    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
-        self.inner.paused_queues().await
-    }
-    async fn record_metrics(
-        &self,
-        minute: i64,
-        classes: &[errand::admin::ClassMetrics],
-    ) -> BrokerResult<()> {
-        self.inner.record_metrics(minute, classes).await
+    async fn refusal_counts(&self) -> BrokerResult<Vec<(String, u64)>> {
+        self.inner.refusal_counts().await
     }
 }

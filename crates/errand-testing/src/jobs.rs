@@ -41,7 +41,7 @@
 use crate::intercept::{Intercept, Intercepted};
 use crate::{ManualClock, MemoryBroker};
 use async_trait::async_trait;
-use errand::broker::{Broker, BrokerResult, Enqueue, Scheduled};
+use errand::broker::{Broker, BrokerResult, Enqueue, ScheduledJob};
 use errand::{Client, Drained, Job, JobResult, Payload, Push, Server, ServerBuilder};
 use errand_core::BrokerError;
 use std::sync::{Arc, OnceLock, Weak};
@@ -355,6 +355,30 @@ struct Inline {
     inner: Weak<InlineInner>,
 }
 
+/// Why an inline-mode push failed: the job it performed failed. Reaches the caller as the
+/// source of a [`BrokerError::Command`] (downcast it to read the fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineFailure {
+    /// The job's class.
+    pub class: String,
+    /// The failure's class (`RuntimeError`, `Errand::Panic`, ...).
+    pub error_class: String,
+    /// The failure's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for InlineFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "inline job {} failed: {}: {}",
+            self.class, self.error_class, self.message
+        )
+    }
+}
+
+impl std::error::Error for InlineFailure {}
+
 impl Inline {
     async fn perform_all<'a>(&self, raws: impl Iterator<Item = &'a str>) -> BrokerResult<()> {
         let inner = self
@@ -365,11 +389,11 @@ impl Inline {
             let payload = Payload::parse(raw).map_err(|e| BrokerError::Command(Box::new(e)))?;
             let class = payload.display_class().to_string();
             if let Err(e) = inner.server().perform(payload).await {
-                return Err(BrokerError::Inline(format!(
-                    "inline job {class} failed: {}: {}",
-                    e.class(),
-                    e.message()
-                )));
+                return Err(BrokerError::Command(Box::new(InlineFailure {
+                    class,
+                    error_class: e.class().to_string(),
+                    message: e.message().to_string(),
+                })));
             }
         }
         Ok(())
@@ -382,7 +406,7 @@ impl Intercept for Inline {
         self.perform_all(jobs.iter().map(|j| j.payload.as_str()))
             .await
     }
-    async fn schedule(&self, _inner: &dyn Broker, jobs: &[Scheduled]) -> BrokerResult<()> {
+    async fn push_scheduled(&self, _inner: &dyn Broker, jobs: &[ScheduledJob]) -> BrokerResult<()> {
         self.perform_all(jobs.iter().map(|j| j.payload.as_str()))
             .await
     }

@@ -8,13 +8,11 @@
 
 use async_trait::async_trait;
 use errand::admin::{
-    Admin, BackendInfo, ClassMetrics, Counters, Order, ProcessRecord, QueueSummary, SetEntry,
-    SetName,
+    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
 };
-use errand::broker::{BrokerResult, DeadLimits, RemoteSignal};
-use errand_backend_tests::{
-    AdminBackend, AdminFactory, BackendFactory, Inspect, StatCounts, TestBackend,
-};
+use errand::broker::{Broker, BrokerResult, DeadLimits, RemoteSignal};
+use errand::metrics::ClassMetrics;
+use errand_backend_tests::{AdminBackend, AdminFactory, BackendFactory, Inspect, TestBackend};
 use errand_testing::{ManualClock, MemoryBroker};
 
 /// The wall clock plus an offset (the offset is a manual clock started at 0).
@@ -34,36 +32,11 @@ struct MemoryInspect {
 
 #[async_trait]
 impl Inspect for MemoryInspect {
-    async fn queue(&self, name: &str) -> Vec<String> {
-        self.broker.queue(name)
+    fn admin(&self) -> &dyn Admin {
+        &self.broker
     }
-    async fn known_queues(&self) -> Vec<String> {
-        self.broker.known_queues()
-    }
-    async fn set(&self, name: &str) -> Vec<(f64, String)> {
-        self.broker.set(name)
-    }
-    async fn in_flight(&self, identity: &str, queue: &str) -> Vec<String> {
-        self.broker
-            .in_flight(identity)
-            .into_iter()
-            .filter(|(q, _)| q == queue)
-            .map(|(_, raw)| raw)
-            .collect()
-    }
-    async fn stats(&self) -> StatCounts {
-        let s = self.broker.stats();
-        StatCounts {
-            processed: s.processed,
-            failed: s.failed,
-        }
-    }
-    async fn daily_stats(&self, date: &str) -> StatCounts {
-        let s = self.broker.daily_stats(date);
-        StatCounts {
-            processed: s.processed,
-            failed: s.failed,
-        }
+    fn broker(&self) -> &dyn Broker {
+        &self.broker
     }
     async fn push_signal(&self, identity: &str, name: &str) -> bool {
         self.broker.push_signal(identity, name);

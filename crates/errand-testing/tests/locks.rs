@@ -285,7 +285,7 @@ async fn limiters_admit_up_to_their_limit_and_count_refusals() {
         } => assert!(w <= Duration::from_secs(3600)),
         other => panic!("expected over the limit, got {other:?}"),
     }
-    let hits = broker.limit_hits().await.unwrap();
+    let hits = broker.refusal_counts().await.unwrap();
     assert_eq!(
         hits,
         vec![("api".to_string(), 1), ("emails".to_string(), 1)]

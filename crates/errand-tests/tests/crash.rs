@@ -3,6 +3,8 @@
 //! done before a SIGKILL is not repeated by the retry, and a job that kills its worker every
 //! time goes to the dead set after three recoveries instead of crash-looping the fleet.
 
+use errand::admin::Admin;
+use errand::broker::Fleet;
 use errand::redis::RedisBroker;
 use errand::{Client, RawJob};
 use errand_tests::{Ledger, RedisServer, Worker, wait_until_sync};
@@ -208,7 +210,11 @@ async fn sqlite_sigkill_mid_run_loses_no_job() {
     );
     victim.kill().expect("SIGKILL");
     victim.wait().unwrap();
-    let in_flight = broker.in_flight(&victim_id, "default").await.unwrap().len() as u64;
+    let in_flight = broker
+        .held(&victim_id, &["default".to_string()])
+        .await
+        .unwrap()
+        .len() as u64;
     assert!(
         in_flight <= 20,
         "never more in flight than the concurrency: {in_flight}"
@@ -227,7 +233,7 @@ async fn sqlite_sigkill_mid_run_loses_no_job() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !broker
-        .in_flight(&victim_id, "default")
+        .held(&victim_id, &["default".to_string()])
         .await
         .unwrap()
         .is_empty()
@@ -238,7 +244,8 @@ async fn sqlite_sigkill_mid_run_loses_no_job() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(broker.queue_len("default").await.unwrap(), 0);
+    let queued: u64 = broker.queues().await.unwrap().iter().map(|q| q.size).sum();
+    assert_eq!(queued, 0);
     survivor.kill().unwrap();
     survivor.wait().unwrap();
 }

@@ -148,12 +148,12 @@ impl Side {
                     let to = if matches!(op, Op::Retry { .. }) {
                         Settle::Retry { payload, at }
                     } else {
-                        Settle::Schedule {
+                        Settle::Scheduled {
                             payload: job.raw.clone(),
                             at,
                         }
                     };
-                    b.settle(&job, to).await.unwrap();
+                    b.settle(&job, &to).await.unwrap();
                 }
             }
             Op::Kill { process, pick } => {
@@ -166,7 +166,7 @@ impl Side {
                             max_age: Duration::from_secs(3600),
                         },
                     };
-                    b.settle(&job, to).await.unwrap();
+                    b.settle(&job, &to).await.unwrap();
                 }
             }
             Op::Requeue { process } => {

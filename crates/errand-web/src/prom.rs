@@ -7,7 +7,8 @@ use crate::data;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use errand_core::admin::{HISTOGRAM_BOUNDS_MS, SetName};
+use errand_core::admin::SetName;
+use errand_core::metrics::HISTOGRAM_BOUNDS_MS;
 use std::fmt::Write;
 
 /// Escapes a label value (backslash, quote, newline).

@@ -15,8 +15,9 @@
 mod browser_support;
 
 use browser_support::*;
+use errand::broker::Fleet;
 use errand_core::admin::SetName;
-use errand_core::broker::{Broker, RemoteSignal};
+use errand_core::broker::RemoteSignal;
 use serde_json::{Value, json};
 use std::time::Instant;
 

@@ -6,11 +6,13 @@
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use errand_core::admin::{Admin, ClassMetrics, SetName};
+use errand_core::admin::{Admin, SetName};
+use errand_core::broker::Fleet;
+use errand_core::broker::JobQueue;
 use errand_core::broker::{
-    Broker, DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, Scheduled, Settle,
-    WorkEntry,
+    DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, ScheduledJob, Settle, WorkEntry,
 };
+use errand_core::metrics::ClassMetrics;
 use errand_core::{Failure, Payload, WireProfile};
 use errand_testing::MemoryBroker;
 use errand_web::{Auth, WebConfig};
@@ -61,7 +63,7 @@ fn failed(mut p: Payload, class: &str, message: &str) -> String {
 async fn put(b: &MemoryBroker, to: Settle) {
     let raw = match &to {
         Settle::Retry { payload, .. }
-        | Settle::Schedule { payload, .. }
+        | Settle::Scheduled { payload, .. }
         | Settle::Dead { payload, .. } => payload.clone(),
     };
     b.push(&[Enqueue {
@@ -79,7 +81,7 @@ async fn put(b: &MemoryBroker, to: Settle) {
         })
         .await
         .unwrap();
-    assert!(b.settle(&got[0], to).await.unwrap());
+    assert!(b.settle(&got[0], &to).await.unwrap());
 }
 
 struct Fixture {
@@ -126,14 +128,14 @@ async fn fixture() -> Fixture {
     for i in 0..2 {
         put(
             &b,
-            Settle::Schedule {
+            Settle::Scheduled {
                 payload: payload("Reminder", "default", json!([i, XSS[5]])).to_json(),
                 at: now + 3600.0 + i as f64,
             },
         )
         .await;
     }
-    b.schedule(&[]).await.unwrap();
+    b.push_scheduled(&[]).await.unwrap();
     for i in 0..2 {
         let p = payload("Import", "default", json!([i, XSS[0]]));
         put(
@@ -1077,7 +1079,7 @@ async fn the_router_mounts_under_a_path() {
             .starts_with("text/css")
     );
     let _ = SetName::Dead;
-    let _ = Scheduled {
+    let _ = ScheduledJob {
         at: 0.0,
         payload: String::new(),
     };

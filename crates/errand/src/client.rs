@@ -1,7 +1,7 @@
 //! [`Client`]: enqueue jobs now, later, in bulk, or by class name for other languages.
 
 use crate::{Error, Job, encode_args};
-use errand_core::broker::{Broker, Enqueue, LeaseGrant, LeaseRequest, Scheduled};
+use errand_core::broker::{Broker, Enqueue, PermitGrant, PermitRequest, ScheduledJob};
 use errand_core::{Clock, Payload, PayloadError, WireProfile, activejob};
 use serde_json::Value;
 use std::sync::Arc;
@@ -246,7 +246,9 @@ impl Client {
         match at.filter(|t| *t > now) {
             Some(at) => {
                 let payload = self.check_size(p.to_json())?;
-                self.broker.schedule(&[Scheduled { at, payload }]).await?;
+                self.broker
+                    .push_scheduled(&[ScheduledJob { at, payload }])
+                    .await?;
             }
             None => {
                 p.stamp_enqueued(self.profile, now);
@@ -296,14 +298,14 @@ impl Client {
         let delay = at.map_or(0.0, |at| (at - self.now()).max(0.0));
         let ttl = period + Duration::from_secs_f64(delay);
         let jid = p.jid().to_string();
-        let req = LeaseRequest {
+        let req = PermitRequest {
             key: &key,
             holder: &jid,
             max: 1,
             ttl,
             fence: false,
         };
-        if let LeaseGrant::Full { holder } = self.broker.lease_acquire(req).await? {
+        if let PermitGrant::Full { holder } = self.broker.permit_acquire(req).await? {
             return Err(Error::Duplicate {
                 existing_jid: holder,
             });
@@ -312,7 +314,7 @@ impl Client {
             Ok(jid) => Ok(jid),
             Err(e) => {
                 // Not enqueued: free the key for the next push (it expires anyway).
-                let _ = self.broker.lease_release(&key, &jid).await;
+                let _ = self.broker.permit_release(&key, &jid).await;
                 Err(e)
             }
         }

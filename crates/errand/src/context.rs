@@ -3,7 +3,7 @@
 
 use crate::{Client, JobError};
 use errand_core::Payload;
-use errand_core::broker::OnceClaim;
+use errand_core::broker::{OnceClaim, OnceCompletion, OnceRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::{Any, TypeId};
@@ -224,7 +224,11 @@ impl JobContext {
         let waiting_until = Instant::now() + ONCE_WAIT;
         loop {
             match broker
-                .once_claim(&key, &owner, ONCE_LEASE)
+                .once_claim(OnceRequest {
+                    key: &key,
+                    owner: &owner,
+                    ttl: ONCE_LEASE,
+                })
                 .await
                 .map_err(backend)?
             {
@@ -257,7 +261,12 @@ impl JobContext {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                match broker.once_renew(&key, &owner, ONCE_LEASE).await {
+                let claim = OnceRequest {
+                    key: &key,
+                    owner: &owner,
+                    ttl: ONCE_LEASE,
+                };
+                match broker.once_renew(claim).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(
@@ -289,28 +298,23 @@ impl JobContext {
         let output = serde_json::to_string(&value).map_err(|e| {
             JobError::dead(format!("once-only step {step}: output is not JSON: {e}"))
         })?;
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=6 {
-            match broker
-                .once_complete(&key, &owner, &output, self.once_ttl)
-                .await
-            {
-                Ok(true) => return Ok(value),
-                Ok(false) => {
-                    tracing::warn!(
-                        jid = self.jid(),
-                        step,
-                        "once-only step finished after its claim was lost; another attempt may run it too"
-                    );
-                    return Ok(value);
-                }
-                Err(e) if attempt < 6 && e.is_connection_error() => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(backend(e)),
+        let done = OnceCompletion {
+            key: &key,
+            owner: &owner,
+            output: &output,
+            keep: self.once_ttl,
+        };
+        match crate::reconnect::retry("once_complete", 6, || broker.once_complete(done)).await {
+            Ok(true) => Ok(value),
+            Ok(false) => {
+                tracing::warn!(
+                    jid = self.jid(),
+                    step,
+                    "once-only step finished after its claim was lost; another attempt may run it too"
+                );
+                Ok(value)
             }
+            Err(e) => Err(backend(e)),
         }
-        unreachable!("the last attempt returns")
     }
 }

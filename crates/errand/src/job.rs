@@ -181,26 +181,6 @@ impl JobOptions {
         self
     }
 
-    /// The unique period, if the job is unique.
-    pub fn unique_period(&self) -> Option<Duration> {
-        self.unique_for
-    }
-
-    /// The queue name.
-    pub fn queue_name(&self) -> &str {
-        &self.queue
-    }
-
-    /// The retry option.
-    pub fn retry_option(&self) -> Retry {
-        self.retry
-    }
-
-    /// The per-job timeout, if any.
-    pub fn timeout_value(&self) -> Option<Duration> {
-        self.timeout
-    }
-
     /// Writes these options into a payload, as Sidekiq merges class options into each push.
     pub(crate) fn apply(&self, p: &mut Payload) {
         p.set(

@@ -56,6 +56,7 @@ mod error;
 mod job;
 pub mod locks;
 pub mod middleware;
+mod reconnect;
 mod registry;
 pub mod server;
 
@@ -64,7 +65,7 @@ pub use client::{Client, Push, RawJob};
 pub use context::{DEFAULT_ONCE_TTL, Data, JobContext};
 pub use errand_core::broker::DeadLimits;
 pub use errand_core::{
-    Clock, Payload, WireProfile, activejob, admin, backoff, broker, system_clock,
+    Clock, Payload, WireProfile, activejob, admin, backoff, broker, metrics, system_clock,
 };
 pub use error::{Error, JobError, JobErrorKind, JobResult};
 pub use job::{Job, JobOptions, Retry, UniqueUntil, decode_args, encode_args};
@@ -74,7 +75,7 @@ pub use server::{Drained, Server, ServerBuilder, ServerHandle};
 /// The embedded SQLite backend (feature `sqlite`): one file, nothing to install.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    pub use errand_sqlite::{Durability, SqliteBroker, SqliteConfig, SqliteStats};
+    pub use errand_sqlite::{Durability, SqliteBroker, SqliteConfig};
 }
 
 /// The Redis backend (feature `redis`).

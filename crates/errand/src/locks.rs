@@ -26,7 +26,9 @@
 
 use crate::{JobContext, JobError};
 use errand_core::BrokerError;
-use errand_core::broker::{Broker, LeaseGrant, LeaseRequest, RateKind};
+use errand_core::broker::{
+    Broker, PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -82,7 +84,7 @@ impl Held {
             r.abort();
         }
         self.released = true;
-        self.broker.lease_release(&self.key, &self.holder).await
+        self.broker.permit_release(&self.key, &self.holder).await
     }
 }
 
@@ -102,7 +104,7 @@ impl Drop for Held {
                 std::mem::take(&mut self.holder),
             );
             rt.spawn(async move {
-                if let Err(e) = broker.lease_release(&key, &holder).await {
+                if let Err(e) = broker.permit_release(&key, &holder).await {
                     tracing::warn!(key, error = %e, "releasing a lease failed; it expires by itself");
                 }
             });
@@ -123,7 +125,12 @@ async fn renew(
     let mut last_ok = Instant::now();
     loop {
         tokio::time::sleep(period).await;
-        match broker.lease_renew(&key, &holder, ttl).await {
+        let renewal = PermitRenewal {
+            key: &key,
+            holder: &holder,
+            ttl,
+        };
+        match broker.permit_renew(renewal).await {
             Ok(true) => last_ok = Instant::now(),
             Ok(false) => {
                 tracing::warn!(key, "lease lost: another holder may have it now");
@@ -179,19 +186,19 @@ impl Mutex {
     /// A backend failure.
     pub async fn try_lock(&self) -> Result<Option<MutexGuard>, BrokerError> {
         let holder = errand_core::id::new_jid();
-        let req = LeaseRequest {
+        let req = PermitRequest {
             key: &self.key,
             holder: &holder,
             max: 1,
             ttl: self.ttl,
             fence: true,
         };
-        Ok(match self.broker.lease_acquire(req).await? {
-            LeaseGrant::Granted { token } => Some(MutexGuard {
+        Ok(match self.broker.permit_acquire(req).await? {
+            PermitGrant::Granted { token } => Some(MutexGuard {
                 token,
                 held: Held::start(self.broker.clone(), self.key.clone(), holder, self.ttl),
             }),
-            LeaseGrant::Full { .. } => None,
+            PermitGrant::Full { .. } => None,
         })
     }
 
@@ -221,7 +228,7 @@ impl Mutex {
     /// # Errors
     /// A backend failure.
     pub async fn holders(&self) -> Result<Vec<(String, f64)>, BrokerError> {
-        self.broker.lease_holders(&self.key).await
+        self.broker.permit_holders(&self.key).await
     }
 }
 
@@ -416,7 +423,7 @@ impl Limiter {
     pub async fn acquire(&self, key: &str) -> Result<Admission, BrokerError> {
         let admission = self.try_acquire(key).await?;
         if matches!(admission, Admission::Over { .. }) {
-            self.broker.limit_hit(&self.name).await?;
+            self.broker.refusal_add(&self.name).await?;
         }
         Ok(admission)
     }
@@ -427,25 +434,34 @@ impl Limiter {
         let admission = match self.kind {
             Kind::Concurrent { max, lease } => {
                 let holder = errand_core::id::new_jid();
-                let req = LeaseRequest {
+                let req = PermitRequest {
                     key: &slot,
                     holder: &holder,
                     max,
                     ttl: lease,
                     fence: false,
                 };
-                match self.broker.lease_acquire(req).await? {
-                    LeaseGrant::Granted { .. } => Admission::Admitted(Permit {
+                match self.broker.permit_acquire(req).await? {
+                    PermitGrant::Granted { .. } => Admission::Admitted(Permit {
                         held: Some(Held::start(self.broker.clone(), slot, holder, lease)),
                     }),
-                    LeaseGrant::Full { .. } => Admission::Over { retry_after: None },
+                    PermitGrant::Full { .. } => Admission::Over { retry_after: None },
                 }
             }
             Kind::Rate {
                 kind,
                 limit,
                 interval,
-            } => match self.broker.rate_take(&slot, kind, limit, interval).await? {
+            } => match self
+                .broker
+                .rate_take(RateRequest {
+                    key: &slot,
+                    kind,
+                    limit,
+                    interval,
+                })
+                .await?
+            {
                 None => Admission::Admitted(Permit { held: None }),
                 Some(wait) => Admission::Over {
                     retry_after: Some(wait),
@@ -472,7 +488,7 @@ impl Limiter {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 // One refusal counted per call, however many times it looked.
-                self.broker.limit_hit(&self.name).await?;
+                self.broker.refusal_add(&self.name).await?;
                 return Ok(admission);
             }
             let nap = retry_after.unwrap_or(pause).min(left);
@@ -487,7 +503,7 @@ impl Limiter {
     /// A backend failure.
     pub async fn holders(&self, key: &str) -> Result<Vec<(String, f64)>, BrokerError> {
         match self.kind {
-            Kind::Concurrent { .. } => self.broker.lease_holders(&self.slot_key(key)).await,
+            Kind::Concurrent { .. } => self.broker.permit_holders(&self.slot_key(key)).await,
             Kind::Rate { .. } => Ok(Vec::new()),
         }
     }
@@ -531,7 +547,7 @@ impl JobContext {
         match mutex.lock(wait).await.map_err(backend)? {
             Some(guard) => Ok(guard),
             None => {
-                let _ = self.client().broker().limit_hit(&mutex.key).await;
+                let _ = self.client().broker().refusal_add(&mutex.key).await;
                 tracing::debug!(jid = self.jid(), name, "mutex held elsewhere; snoozing");
                 Err(JobError::snooze(contention_delay(self, None)))
             }

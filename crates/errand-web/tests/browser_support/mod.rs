@@ -5,12 +5,14 @@
 
 #![allow(dead_code)] // a helper module of tests: not every helper is used by every build of it
 
+use errand::broker::Fleet;
 use errand::sqlite::SqliteBroker;
-use errand_core::admin::{Admin, ClassMetrics, Order, SetName};
+use errand_core::admin::{Admin, Order, SetName};
 use errand_core::broker::{
-    Broker, DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, Scheduled, Settle,
+    Broker, DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, ScheduledJob, Settle,
     WorkEntry,
 };
+use errand_core::metrics::ClassMetrics;
 use errand_core::{Failure, Payload, WireProfile};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -230,12 +232,12 @@ impl Fixture {
 
         let sched_plain = payload("Reports::Nightly", vec![json!(7)], Q_DEFAULT);
         let sched_xss = payload(XSS_JS_URL, xss_args(), Q_IMG);
-        b.schedule(&[
-            Scheduled {
+        b.push_scheduled(&[
+            ScheduledJob {
                 at: now + 3600.0,
                 payload: sched_plain.to_json(),
             },
-            Scheduled {
+            ScheduledJob {
                 at: now + 7200.0,
                 payload: sched_xss.to_json(),
             },
@@ -513,7 +515,7 @@ async fn fail(
             limits: DeadLimits::default(),
         },
     };
-    assert!(b.settle(&got[0], to).await.expect("settle"));
+    assert!(b.settle(&got[0], &to).await.expect("settle"));
     jid
 }
 

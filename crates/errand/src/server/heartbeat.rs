@@ -1,9 +1,9 @@
 //! Reports the process to Redis every few seconds in Sidekiq's format (process set, identity
 //! hash, work hashes), flushes the processed/failed counters, and acts on remote signals.
 
-use super::launcher::Shared;
-use errand_core::admin::ClassMetrics;
+use super::state::Shared;
 use errand_core::broker::{Heartbeat, RemoteSignal, WorkEntry};
+use errand_core::metrics::ClassMetrics;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;

@@ -2,12 +2,11 @@
 //! in Sidekiq's order: quiet (stop fetching), wait for running jobs up to the deadline, put
 //! unfinished jobs back on their queues, unregister.
 
-use super::{Config, DeathHandler, RetryDelay, ServerBuilder};
-use crate::middleware::Middleware;
-use crate::registry::Registry;
-use crate::{Client, Data, Error};
-use errand_core::admin::ClassMetrics;
-use errand_core::broker::Broker;
+use super::completer::Completer;
+use super::state::{Parts, Shared};
+use super::{Config, ServerBuilder};
+use crate::Error;
+use errand_core::broker::{Broker, FetchRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -15,94 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-pub(crate) struct Parts {
-    pub broker: Arc<dyn Broker>,
-    pub client: Client,
-    pub registry: Registry,
-    pub data: Arc<Data>,
-    pub middleware: Vec<Arc<dyn Middleware>>,
-    pub death_handlers: Vec<DeathHandler>,
-    pub retry_delay: Option<RetryDelay>,
-    pub clock: errand_core::Clock,
-    pub config: Config,
-}
-
-/// One running job, for the Busy page and for aborting at the shutdown deadline.
-pub(crate) struct Running {
-    pub job: Arc<errand_core::broker::Fetched>,
-    /// When it started, epoch seconds (Sidekiq's `run_at`).
-    pub run_at: i64,
-    pub abort: Option<AbortHandle>,
-}
-
-/// State shared by every task of one server process.
-pub(crate) struct Shared {
-    pub parts: Parts,
-    pub identity: String,
-    pub info: String,
-    pub processed: AtomicU64,
-    pub failed: AtomicU64,
-    pub running: Mutex<HashMap<u64, Running>>,
-    /// Cancelled to stop fetching (quiet, or the first step of stopping).
-    pub quiet: CancellationToken,
-    /// Cancelled to stop the process.
-    pub stop: CancellationToken,
-    /// Cancelled when the shutdown deadline passes; jobs see it as their shutdown token.
-    pub deadline: CancellationToken,
-    pub jobs: TaskTracker,
-    /// Queues paused from the dashboard or CLI, refreshed at each heartbeat.
-    pub paused: Mutex<Vec<String>>,
-    /// Execution metrics per class since the last heartbeat flushed them.
-    pub metrics: Mutex<HashMap<String, ClassMetrics>>,
-}
-
-impl Shared {
-    pub(crate) fn config(&self) -> &Config {
-        &self.parts.config
-    }
-
-    pub(crate) fn broker(&self) -> &dyn Broker {
-        &*self.parts.broker
-    }
-
-    /// The time on the server's clock, float epoch seconds.
-    pub(crate) fn now(&self) -> f64 {
-        (self.parts.clock)()
-    }
-
-    pub(crate) fn busy(&self) -> usize {
-        self.running.lock().map(|r| r.len()).unwrap_or(0)
-    }
-
-    /// Counts one attempt of `class` that took `ms` for the Metrics page.
-    pub(crate) fn record_metric(&self, class: &str, ms: u64, failed: bool) {
-        let Ok(mut m) = self.metrics.lock() else {
-            return;
-        };
-        match m.get_mut(class) {
-            Some(c) => c.record(ms, failed),
-            None => {
-                let mut c = ClassMetrics::new(class);
-                c.record(ms, failed);
-                m.insert(class.to_string(), c);
-            }
-        }
-    }
-}
-
-/// A crash point for the failpoint tests (feature `failpoints`; RELIABILITY-PLAN R15), inactive
-/// unless the `fail` crate configures `name` (`FAILPOINTS`, read by the program through
-/// `fail::FailScenario::setup`). Its `return` action ends the process at once with status 137,
-/// as a SIGKILL would: no shutdown, no requeue, nothing flushed to the backend; `sleep`,
-/// `pause` and `panic` act as the `fail` crate defines them.
-#[cfg(feature = "failpoints")]
-pub(crate) fn crash_point(name: &'static str) {
-    fail::fail_point!(name, |_| {
-        eprintln!("failpoint {name}: exiting with status 137");
-        std::process::exit(137)
-    });
-}
 
 /// A handle to quiet or stop a running [`Server`] from elsewhere in the program.
 #[derive(Clone)]
@@ -166,12 +77,6 @@ impl std::fmt::Debug for Server {
 }
 
 fn info_json(identity: &str, c: &Config, started_at: f64) -> String {
-    let mut queues: Vec<&str> = Vec::new();
-    for (q, _) in &c.queues {
-        if !queues.contains(&q.as_str()) {
-            queues.push(q);
-        }
-    }
     let weights: serde_json::Map<String, serde_json::Value> = c
         .queues
         .iter()
@@ -187,7 +92,7 @@ fn info_json(identity: &str, c: &Config, started_at: f64) -> String {
         "pid": std::process::id(),
         "tag": c.tag,
         "concurrency": c.concurrency,
-        "queues": queues,
+        "queues": c.queue_names,
         "weights": [weights],
         "capsules": {"default": {"concurrency": c.concurrency, "mode": mode, "weights": weights}},
         "labels": c.labels,
@@ -212,8 +117,10 @@ impl Server {
     pub(crate) fn new(parts: Parts) -> Self {
         let identity = errand_core::id::new_identity();
         let info = info_json(&identity, &parts.config, (parts.clock)());
+        let completer = Completer::new(parts.broker.clone(), identity.clone());
         Self {
             shared: Arc::new(Shared {
+                completer,
                 parts,
                 identity,
                 info,
@@ -242,24 +149,19 @@ impl Server {
     /// A backend failure while fetching or promoting.
     pub async fn drain(&self) -> Result<Drained, Error> {
         let s = &self.shared;
-        let mut queues: Vec<String> = Vec::new();
-        for (q, _) in &s.config().queues {
-            if !queues.contains(q) {
-                queues.push(q.clone());
-            }
-        }
         let mut done = Drained::default();
         loop {
             super::scheduler::promote(s).await?;
-            let req = errand_core::broker::FetchRequest {
+            let req = FetchRequest {
                 identity: &s.identity,
-                queues: &queues,
+                queues: &s.config().queue_names,
                 max: 1,
                 wait: std::time::Duration::ZERO,
             };
             let Some(job) = s.broker().fetch(req).await?.pop() else {
                 return Ok(done);
             };
+            let job = Arc::new(job);
             let failed = s.failed.load(Ordering::Relaxed);
             super::processor::process(s, &job).await;
             done.performed += 1;
@@ -272,7 +174,7 @@ impl Server {
     /// Runs `payload`'s job now, in this process, through the middleware chain and the job
     /// timeout (panics caught), without touching the backend: nothing is fetched, acked,
     /// retried or counted, and the job's outcome is returned as is. Inline execution for tests
-    /// and scripts; an unknown class is an `Errand::UnknownJob` error.
+    /// and scripts; an unknown class is an `Errand::UnknownJob` error (a failed attempt).
     pub async fn perform(&self, payload: errand_core::Payload) -> crate::JobResult {
         super::processor::perform_now(&self.shared, payload).await
     }
@@ -320,8 +222,11 @@ impl Server {
         // The first beat comes before the first fetch, so the process is alive (and its
         // in-flight jobs recoverable) from the start.
         super::heartbeat::beat(&s).await;
-        let queues: Vec<String> = s.config().queues.iter().map(|(q, _)| q.clone()).collect();
-        if let Err(e) = s.broker().register(&s.identity, &queues).await {
+        if let Err(e) = s
+            .broker()
+            .register(&s.identity, &s.config().queue_names)
+            .await
+        {
             tracing::error!(error = %e, "registering the process failed");
         }
         let background = TaskTracker::new();
@@ -378,7 +283,7 @@ fn spawn_signal_listener(handle: ServerHandle) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tstp = signal(SignalKind::from_raw(20))?;
+    let mut tstp = signal(SignalKind::from_raw(libc::SIGTSTP))?;
     tokio::spawn(async move {
         loop {
             tokio::select! {

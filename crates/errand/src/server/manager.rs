@@ -2,7 +2,7 @@
 //! slots: a batch of up to `free slots` jobs is fetched in one round trip when queues are deep,
 //! and a blocking wait hands over a lone job at once when they are shallow.
 
-use super::launcher::Shared;
+use super::state::Shared;
 use super::{QueueMode, processor};
 use errand_core::broker::FetchRequest;
 use rand::seq::SliceRandom;
@@ -13,19 +13,19 @@ use tokio::sync::Semaphore;
 
 /// How long a fetch may wait for more free slots when the queue is deep.
 const DEEP_QUEUE_GATHER: Duration = Duration::from_millis(1);
+/// The longest pause between failed fetches.
+const FETCH_LONGEST: Duration = Duration::from_millis(3_200);
+
+/// Pauses between failed fetches: 200 ms, doubling up to [`FETCH_LONGEST`], for as long as
+/// fetches fail.
+fn fetch_backoff() -> backon::ExponentialBackoff {
+    crate::reconnect::delays(Duration::from_millis(200), FETCH_LONGEST, None)
+}
 
 /// The order in which to try the queues for one fetch.
 pub(crate) fn queue_order(mode: &QueueMode, queues: &[(String, u32)]) -> Vec<String> {
     match mode {
-        QueueMode::Strict => {
-            let mut out: Vec<String> = Vec::with_capacity(queues.len());
-            for (q, _) in queues {
-                if !out.contains(q) {
-                    out.push(q.clone());
-                }
-            }
-            out
-        }
+        QueueMode::Strict => super::unique_names(queues),
         QueueMode::Weighted => {
             // Sidekiq: repeat each queue max(weight, 1) times, shuffle, keep first occurrences.
             let mut expanded: Vec<&String> = Vec::new();
@@ -48,7 +48,7 @@ pub(crate) fn queue_order(mode: &QueueMode, queues: &[(String, u32)]) -> Vec<Str
 
 pub(crate) async fn run(s: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(s.config().concurrency));
-    let mut failures: u32 = 0;
+    let mut backoff = fetch_backoff();
     let mut seq: u64 = 0;
     let mut deep = false;
     // Set when a fetch failed on the connection: its reply may have been lost after the
@@ -105,9 +105,9 @@ pub(crate) async fn run(s: Arc<Shared>) {
             Ok(jobs) => {
                 #[cfg(feature = "failpoints")]
                 if !jobs.is_empty() {
-                    super::launcher::crash_point("after_fetch");
+                    super::state::crash_point("after_fetch");
                 }
-                failures = 0;
+                backoff = fetch_backoff();
                 deep = jobs.len() == asked;
                 for job in jobs {
                     let Some(permit) = permits.pop() else { break };
@@ -120,11 +120,10 @@ pub(crate) async fn run(s: Arc<Shared>) {
             }
             Err(e) => {
                 check_stranded |= e.is_connection_error();
-                failures = failures.saturating_add(1);
-                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fetch failed");
+                let wait = backoff.next().unwrap_or(FETCH_LONGEST);
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "fetch failed");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = s.quiet.cancelled() => break,
                 }
             }
@@ -136,13 +135,7 @@ pub(crate) async fn run(s: Arc<Shared>) {
 /// Puts back jobs this process holds in flight but is not running (stranded by a lost fetch
 /// reply). Returns false when the backend could not be asked (try again later).
 async fn release_stranded(s: &Shared) -> bool {
-    let mut queues: Vec<String> = Vec::new();
-    for (q, _) in &s.config().queues {
-        if !queues.contains(q) {
-            queues.push(q.clone());
-        }
-    }
-    let held = match s.broker().held(&s.identity, &queues).await {
+    let held = match s.broker().held(&s.identity, &s.config().queue_names).await {
         Ok(held) => held,
         Err(e) => {
             tracing::warn!(error = %e, "could not list in-flight jobs; will look again");
@@ -154,13 +147,13 @@ async fn release_stranded(s: &Shared) -> bool {
     if let Ok(r) = s.running.lock() {
         for job in r.values() {
             *running
-                .entry((job.job.lease.clone(), job.job.raw.clone()))
+                .entry((job.job.location.clone(), job.job.raw.clone()))
                 .or_default() += 1;
         }
     }
     let mut released = 0;
     for job in held {
-        if let Some(n) = running.get_mut(&(job.lease.clone(), job.raw.clone()))
+        if let Some(n) = running.get_mut(&(job.location.clone(), job.raw.clone()))
             && *n > 0
         {
             *n -= 1;

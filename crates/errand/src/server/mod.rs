@@ -1,15 +1,20 @@
 //! The worker process: [`Server`] and its builder.
 //!
-//! Module map (after Sidekiq): [`launcher`] runs everything and shuts down, `manager` fetches
+//! Module map (after Sidekiq): `launcher` runs everything and shuts down, `manager` fetches
 //! and dispatches jobs, `processor` runs one job, `retry` decides what a failure leads to,
-//! `scheduler` moves due jobs to their queues, `heartbeat` reports the process and its stats.
+//! `completer` writes every outcome to the backend in batches, `scheduler` moves due jobs to
+//! their queues and recovers dead processes' jobs, `heartbeat` reports the process and its
+//! stats; `state` holds what they share. Each part imports `state`, none imports the
+//! launcher.
 
+mod completer;
 mod heartbeat;
-pub mod launcher;
+mod launcher;
 mod manager;
 mod processor;
 mod retry;
 mod scheduler;
+mod state;
 
 use crate::middleware::{Logging, Middleware};
 use crate::registry::Registry;
@@ -33,6 +38,17 @@ pub type RetryDelay = Arc<dyn Fn(u32) -> Duration + Send + Sync>;
 /// probability weight ÷ total (Sidekiq's expand, shuffle, de-duplicate).
 pub fn weighted_order(queues: &[(String, u32)]) -> Vec<String> {
     manager::queue_order(&QueueMode::Weighted, queues)
+}
+
+/// The names of `queues`, each once, in their first order.
+pub(crate) fn unique_names(queues: &[(String, u32)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(queues.len());
+    for (q, _) in queues {
+        if !out.contains(q) {
+            out.push(q.clone());
+        }
+    }
+    out
 }
 
 /// How a server orders its queues on each fetch.
@@ -60,6 +76,8 @@ pub(crate) struct Config {
     pub poll_interval: Option<Duration>,
     pub fetch_wait: Duration,
     pub rescue_interval: Duration,
+    /// The queue names of `queues`, each once, in order (filled in by `build`).
+    pub queue_names: Vec<String>,
     pub tag: String,
     pub labels: Vec<String>,
     pub handle_signals: bool,
@@ -83,6 +101,7 @@ impl Default for Config {
             poll_interval: None,
             fetch_wait: Duration::from_secs(2),
             rescue_interval: Duration::from_secs(30),
+            queue_names: vec!["default".into()],
             tag: String::new(),
             labels: Vec::new(),
             handle_signals: true,
@@ -345,12 +364,13 @@ impl ServerBuilder {
         if !self.errors.is_empty() {
             return Err(Error::Config(self.errors.join("; ")));
         }
+        self.config.queue_names = unique_names(&self.config.queues);
         let client = self.client.unwrap_or_else(|| {
             Client::from_arc(self.broker.clone())
                 .wire_profile(self.config.profile)
                 .clock(self.clock.clone())
         });
-        Ok(Server::new(launcher::Parts {
+        Ok(Server::new(state::Parts {
             broker: self.broker,
             client,
             registry: self.registry,

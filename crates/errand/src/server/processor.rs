@@ -1,14 +1,15 @@
 //! Runs one fetched job: parse, resolve its class, run the middleware chain and the job under
 //! its timeout with panics caught, then ack or hand the failure to `retry`.
 
-use super::launcher::{Running, Shared};
 use super::retry;
+use super::state::{Running, Shared};
 use crate::middleware::Next;
 use crate::registry::Handler;
 use crate::{JobContext, JobError, JobErrorKind, JobResult};
 use errand_core::broker::{Fetched, Settle};
 use errand_core::{Payload, activejob};
 use futures::FutureExt;
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,7 +41,7 @@ pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaph
     }
 }
 
-pub(crate) async fn process(s: &Shared, job: &Fetched) {
+pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
     // Checked before parsing, so a 10 MB entry is never decoded.
     let limit = s.parts.client.payload_limit();
     if job.raw.len() > limit {
@@ -67,37 +68,29 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
         .with_shutdown(s.deadline.clone(), &job.queue)
         .with_once_ttl(s.config().once_ttl)
         .with_lease_token(job.token);
-    let (handler, result) = {
-        let unwrapped = activejob::unwrap(cx.payload());
-        let (class, args) = match &unwrapped {
-            Some((class, args)) => (class.as_str(), args.as_slice()),
-            None => (cx.payload().class(), cx.payload().args()),
-        };
-        let handler = s.parts.registry.get(class).cloned();
-        let result = match &handler {
-            None => Err(JobError::retry(format!(
-                "no job is registered for class {class} on this server"
-            ))
-            .with_class("Errand::UnknownJob")),
-            Some(h) => {
-                #[cfg(feature = "failpoints")]
-                super::launcher::crash_point("before_execute");
-                let started = std::time::Instant::now();
-                let result = attempt(s, h.as_ref(), args, &cx).await;
-                let failed = result
-                    .as_ref()
-                    .is_err_and(|e| !matches!(e.kind(), JobErrorKind::Snooze(_)));
-                s.record_metric(class, started.elapsed().as_millis() as u64, failed);
-                result
-            }
-        };
-        (handler, result)
+    let (handler, result) = match resolve(s, cx.payload()) {
+        Err(e) => (None, Err(e)),
+        Ok(Resolved {
+            handler,
+            class,
+            args,
+        }) => {
+            #[cfg(feature = "failpoints")]
+            super::state::crash_point("before_execute");
+            let started = std::time::Instant::now();
+            let result = attempt(s, handler.as_ref(), &args, &cx).await;
+            let failed = result
+                .as_ref()
+                .is_err_and(|e| !matches!(e.kind(), JobErrorKind::Snooze(_)));
+            s.record_metric(&class, started.elapsed().as_millis() as u64, failed);
+            (Some(handler), result)
+        }
     };
     let payload = cx.into_payload();
     let Err(err) = result else {
         #[cfg(feature = "failpoints")]
-        super::launcher::crash_point("after_execute_before_ack");
-        retry::persist(s, "ack", || s.broker().ack(job)).await;
+        super::state::crash_point("after_execute_before_ack");
+        s.completer.finish(job, None, "ack").await;
         retry::release_unique(s, &payload).await;
         return;
     };
@@ -110,11 +103,11 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(0);
             payload.set("snoozes", snoozes + 1);
-            let to = Settle::Schedule {
+            let to = Settle::Scheduled {
                 payload: payload.to_json(),
                 at: s.now() + delay.as_secs_f64(),
             };
-            retry::persist(s, "snooze", || s.broker().settle(job, to.clone())).await;
+            s.completer.finish(job, Some(to), "snooze").await;
         }
         JobErrorKind::Discard => {
             s.failed.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +117,7 @@ pub(crate) async fn process(s: &Shared, job: &Fetched) {
                 reason = err.message(),
                 "discarded"
             );
-            retry::persist(s, "ack", || s.broker().ack(job)).await;
+            s.completer.finish(job, None, "ack").await;
             retry::release_unique(s, &payload).await;
         }
         _ => {
@@ -140,7 +133,7 @@ async fn attempt(
     args: &[serde_json::Value],
     cx: &JobContext,
 ) -> JobResult {
-    let timeout = h.options().timeout_value().or(s.config().job_timeout);
+    let timeout = h.options().timeout.or(s.config().job_timeout);
     let chain = Next::new(&s.parts.middleware, h.perform(args, cx), cx).run();
     let guarded = AssertUnwindSafe(chain).catch_unwind();
     let outcome = match timeout {
@@ -170,17 +163,38 @@ pub(crate) async fn perform_now(s: &Shared, payload: Payload) -> JobResult {
     let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
         .with_shutdown(s.deadline.clone(), &queue)
         .with_once_ttl(s.config().once_ttl);
-    let unwrapped = activejob::unwrap(cx.payload());
-    let (class, args) = match &unwrapped {
-        Some((class, args)) => (class.as_str(), args.as_slice()),
-        None => (cx.payload().class(), cx.payload().args()),
-    };
-    match s.parts.registry.get(class) {
-        None => Err(
-            JobError::dead(format!("no job is registered for class {class}"))
-                .with_class("Errand::UnknownJob"),
+    let job = resolve(s, cx.payload())?;
+    attempt(s, job.handler.as_ref(), &job.args, &cx).await
+}
+
+/// What a payload runs as: see [`resolve`].
+struct Resolved<'p> {
+    handler: Arc<dyn Handler>,
+    class: Cow<'p, str>,
+    args: Cow<'p, [serde_json::Value]>,
+}
+
+/// The handler a payload runs with (an ActiveJob wrapper is unwrapped to its job class), the
+/// class it runs as, and its arguments; an unknown class is a failed attempt naming it
+/// (`Errand::UnknownJob`), retried like any other so a lagging deploy can run it later.
+fn resolve<'p>(s: &Shared, payload: &'p Payload) -> Result<Resolved<'p>, JobError> {
+    let (class, args) = match activejob::unwrap(payload) {
+        Some((class, args)) => (Cow::Owned(class), Cow::Owned(args)),
+        None => (
+            Cow::Borrowed(payload.class()),
+            Cow::Borrowed(payload.args()),
         ),
-        Some(h) => attempt(s, h.as_ref(), args, &cx).await,
+    };
+    match s.parts.registry.get(&class) {
+        Some(h) => Ok(Resolved {
+            handler: h.clone(),
+            class,
+            args,
+        }),
+        None => Err(JobError::retry(format!(
+            "no job is registered for class {class} on this server"
+        ))
+        .with_class("Errand::UnknownJob")),
     }
 }
 

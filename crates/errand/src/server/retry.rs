@@ -2,44 +2,14 @@
 //! set when retries run out, or nothing for `retry: false` — with death handlers and the
 //! retries-exhausted hook called exactly once per death.
 
-use super::launcher::Shared;
+use super::state::Shared;
 use crate::JobError;
 use crate::registry::Handler;
-use errand_core::broker::{BrokerResult, Fetched, Settle};
+use errand_core::broker::{Fetched, Settle};
 use errand_core::{Failure, Payload, RetrySetting, backoff};
 use serde_json::Value;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
-
-/// Runs a broker step, retrying connection errors with backoff: a job's transition must not be
-/// dropped because Redis blinked. Gives up after about a minute (the job stays in flight and is
-/// recovered by the shutdown requeue or orphan recovery).
-pub(crate) async fn persist<F, Fut>(s: &Shared, what: &str, op: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = BrokerResult<bool>>,
-{
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=12 {
-        match op().await {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::warn!(what, identity = %s.identity, "job was no longer held in flight (lease lost to recovery); change rejected");
-                return;
-            }
-            Err(e) if e.is_connection_error() && attempt < 12 => {
-                tracing::warn!(what, error = %e, attempt, "backend unavailable, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                tracing::error!(what, error = %e, "backend step failed; the job stays in flight and will be recovered");
-                return;
-            }
-        }
-    }
-}
+use std::sync::Arc;
 
 /// Frees a unique job's key (its `unique_key` lease, held by its jid) when the job is done
 /// with it. Releasing is best effort: the lease expires by itself after `unique_for`.
@@ -54,7 +24,7 @@ pub(crate) async fn free_unique_key(s: &Shared, payload: &Payload) {
     let Some(key) = payload.get("unique_key").and_then(Value::as_str) else {
         return;
     };
-    if let Err(e) = s.broker().lease_release(key, payload.jid()).await {
+    if let Err(e) = s.broker().permit_release(key, payload.jid()).await {
         tracing::warn!(jid = payload.jid(), key, error = %e, "releasing a unique lock failed; it expires by itself");
     }
 }
@@ -74,7 +44,7 @@ fn run_death_handlers(s: &Shared, payload: &Payload, err: &JobError) {
 
 pub(crate) async fn handle_failure(
     s: &Shared,
-    job: &Fetched,
+    job: &Arc<Fetched>,
     mut payload: Payload,
     handler: Option<&dyn Handler>,
     err: &JobError,
@@ -83,7 +53,7 @@ pub(crate) async fn handle_failure(
     let setting = match payload.retry() {
         // An absent `retry` takes the job's own option; for an unknown class, Errand retries
         // by default (Sidekiq would drop it), so a lagging deploy can still run it later.
-        RetrySetting::Absent => match handler.map(|h| h.options().retry_option()) {
+        RetrySetting::Absent => match handler.map(|h| h.options().retry) {
             Some(crate::Retry::Disabled) => RetrySetting::Disabled,
             Some(crate::Retry::Count(n)) => RetrySetting::Count(n),
             _ => RetrySetting::Default,
@@ -93,7 +63,7 @@ pub(crate) async fn handle_failure(
     if setting == RetrySetting::Disabled {
         tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "failed with retry disabled; dropped");
         run_death_handlers(s, &payload, err);
-        persist(s, "ack", || s.broker().ack(job)).await;
+        s.completer.finish(job, None, "ack").await;
         release_unique(s, &payload).await;
         return;
     }
@@ -140,8 +110,8 @@ pub(crate) async fn handle_failure(
             "retry scheduled"
         );
         #[cfg(feature = "failpoints")]
-        super::launcher::crash_point("inside_retry_write");
-        persist(s, "retry", || s.broker().settle(job, to.clone())).await;
+        super::state::crash_point("inside_retry_write");
+        s.completer.finish(job, Some(to), "retry").await;
         return;
     }
     if let Some(h) = handler
@@ -151,21 +121,21 @@ pub(crate) async fn handle_failure(
         tracing::error!(jid = payload.jid(), "retries_exhausted hook panicked");
     }
     if payload.get("dead") == Some(&Value::Bool(false)) {
-        persist(s, "ack", || s.broker().ack(job)).await;
+        s.completer.finish(job, None, "ack").await;
     } else {
         let to = Settle::Dead {
             payload: payload.to_json(),
             now,
             limits: c.dead_limits,
         };
-        persist(s, "kill", || s.broker().settle(job, to.clone())).await;
+        s.completer.finish(job, Some(to), "kill").await;
     }
     tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "job died");
     run_death_handlers(s, &payload, err);
     release_unique(s, &payload).await;
 }
 
-pub(crate) async fn bury_malformed(s: &Shared, job: &Fetched, reason: &str) {
+pub(crate) async fn bury_malformed(s: &Shared, job: &Arc<Fetched>, reason: &str) {
     let p = errand_core::malformed_entry(&job.raw, &job.queue, reason, s.config().profile, s.now());
     tracing::error!(queue = %job.queue, reason, "malformed queue entry moved to the dead set");
     let to = Settle::Dead {
@@ -173,5 +143,5 @@ pub(crate) async fn bury_malformed(s: &Shared, job: &Fetched, reason: &str) {
         now: s.now(),
         limits: s.config().dead_limits,
     };
-    persist(s, "kill", || s.broker().settle(job, to.clone())).await;
+    s.completer.finish(job, Some(to), "kill").await;
 }

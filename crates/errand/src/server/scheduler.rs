@@ -4,11 +4,11 @@
 //! Sidekiq spreads polls by making each process wait `5 s × processes` on average, so the
 //! cluster polls about every 5 s and a due job waits 2.5 s on average, more with bad luck.
 //! Errand instead takes turns: every process asks the backend for the cluster-wide turn once
-//! per window ([`Broker::claim_poll`](errand_core::broker::Broker::claim_poll), a `SET NX PX` on
+//! per window ([`Fleet::claim_poll`](errand_core::broker::Fleet::claim_poll), a `SET NX PX` on
 //! Redis), and only the winner promotes. The fleet promotes about once a window (500 ms by
 //! default) whatever its size, and the backend sees one cheap claim per process per window.
 
-use super::launcher::Shared;
+use super::state::Shared;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +49,7 @@ pub(crate) async fn rescue(s: Arc<Shared>) {
             profile: s.config().profile,
         };
         #[cfg(feature = "failpoints")]
-        super::launcher::crash_point("inside_reaper_requeue");
+        super::state::crash_point("inside_reaper_requeue");
         match s.broker().rescue_orphans(&policy).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "recovered jobs of dead processes"),

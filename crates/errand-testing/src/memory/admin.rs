@@ -1,13 +1,14 @@
 //! The admin side of [`MemoryBroker`]: the reference the Redis and SQLite admin
 //! implementations are held to by the admin conformance cases.
 
-use crate::{MemoryBroker, Score};
+use super::{MemoryBroker, Score};
 use async_trait::async_trait;
 use errand_core::admin::{
-    Admin, BackendInfo, ClassMetrics, Counters, Order, ProcessRecord, QueueSummary, SetEntry,
-    SetName, merge_by_class, signal_name,
+    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
+    signal_name,
 };
 use errand_core::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use errand_core::metrics::{ClassMetrics, merge_by_class};
 
 /// At most this many minutes are read by one [`Admin::metrics`] call.
 const MAX_METRIC_MINUTES: i64 = 1_500;

@@ -1,0 +1,563 @@
+//! Cases for the coordination primitives ([`Coordination`](errand_core::broker::Coordination)):
+//! once-only records, permit sets with fencing tokens, rate limits.
+
+use errand_core::broker::{
+    Capabilities, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
+    PermitRequest, RateKind, RateRequest,
+};
+use std::time::Duration;
+
+use crate::support::*;
+use crate::{BackendFactory, TestBackend};
+
+/// A once-only step record: one owner claims it, others see it busy; only the owner renews,
+/// completes or releases it; a completed step hands its output to every later claim; a
+/// released claim is free for the next owner.
+pub async fn once_records_claim_complete_release(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let ttl = Duration::from_secs(30);
+    let keep = Duration::from_secs(3600);
+    let claim =
+        |key: &'static str, owner: &'static str| b.once_claim(OnceRequest { key, owner, ttl });
+
+    assert_eq!(
+        claim("j1:send", "a").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}"
+    );
+    assert_eq!(
+        claim("j1:send", "b").await.unwrap(),
+        OnceClaim::Busy,
+        "{n}: held by a"
+    );
+    assert_eq!(
+        claim("j1:send", "a").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}: a again"
+    );
+    assert_eq!(
+        claim("j2:send", "b").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}: keys are separate"
+    );
+    assert!(
+        b.once_renew(OnceRequest {
+            key: "j1:send",
+            owner: "a",
+            ttl
+        })
+        .await
+        .unwrap(),
+        "{n}: owner renews"
+    );
+    assert!(
+        !b.once_renew(OnceRequest {
+            key: "j1:send",
+            owner: "b",
+            ttl
+        })
+        .await
+        .unwrap(),
+        "{n}: others cannot"
+    );
+    b.once_release("j1:send", "b").await.unwrap();
+    assert_eq!(
+        claim("j1:send", "b").await.unwrap(),
+        OnceClaim::Busy,
+        "{n}: b's release did nothing"
+    );
+    assert!(
+        !b.once_complete(OnceCompletion {
+            key: "j1:send",
+            owner: "b",
+            output: "1",
+            keep
+        })
+        .await
+        .unwrap(),
+        "{n}: only the owner completes"
+    );
+    assert!(
+        b.once_complete(OnceCompletion {
+            key: "j1:send",
+            owner: "a",
+            output: r#"{"sent":true}"#,
+            keep
+        })
+        .await
+        .unwrap(),
+        "{n}"
+    );
+    for owner in ["a", "b", "c"] {
+        assert_eq!(
+            claim("j1:send", owner).await.unwrap(),
+            OnceClaim::Done(r#"{"sent":true}"#.into()),
+            "{n}: completed for {owner}"
+        );
+    }
+    assert!(
+        !b.once_renew(OnceRequest {
+            key: "j1:send",
+            owner: "a",
+            ttl
+        })
+        .await
+        .unwrap(),
+        "{n}: done is not renewed"
+    );
+    assert!(
+        !b.once_complete(OnceCompletion {
+            key: "j1:send",
+            owner: "a",
+            output: "2",
+            keep
+        })
+        .await
+        .unwrap(),
+        "{n}: completes once"
+    );
+    b.once_release("j1:send", "a").await.unwrap();
+    assert_eq!(
+        claim("j1:send", "c").await.unwrap(),
+        OnceClaim::Done(r#"{"sent":true}"#.into()),
+        "{n}: a completed step cannot be released"
+    );
+    b.once_release("j2:send", "b").await.unwrap();
+    assert_eq!(
+        claim("j2:send", "c").await.unwrap(),
+        OnceClaim::Claimed,
+        "{n}: released → free"
+    );
+}
+
+/// A claim whose holder stops renewing frees itself after its lease, and a completed record
+/// is gone after the time it is kept.
+pub async fn once_claims_and_records_expire(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let short = Duration::from_millis(1_000);
+    assert_eq!(
+        b.once_claim(OnceRequest {
+            key: "j:step",
+            owner: "dead-holder",
+            ttl: short
+        })
+        .await
+        .unwrap(),
+        OnceClaim::Claimed
+    );
+    assert_eq!(
+        b.once_claim(OnceRequest {
+            key: "j:step",
+            owner: "c",
+            ttl: Duration::from_secs(30)
+        })
+        .await
+        .unwrap(),
+        OnceClaim::Busy,
+        "{n}"
+    );
+    assert_eq!(
+        b.once_claim(OnceRequest {
+            key: "j:done",
+            owner: "a",
+            ttl: Duration::from_secs(30)
+        })
+        .await
+        .unwrap(),
+        OnceClaim::Claimed
+    );
+    assert!(
+        b.once_complete(OnceCompletion {
+            key: "j:done",
+            owner: "a",
+            output: "7",
+            keep: short
+        })
+        .await
+        .unwrap(),
+        "{n}"
+    );
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let step = b
+            .once_claim(OnceRequest {
+                key: "j:step",
+                owner: "c",
+                ttl: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+        let done = b
+            .once_claim(OnceRequest {
+                key: "j:done",
+                owner: "c",
+                ttl: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+        if step == OnceClaim::Claimed && done == OnceClaim::Claimed {
+            break;
+        }
+        // Until the record expires, "c" sees it busy (or done); a claim that succeeded stays
+        // "c"'s, so later rounds see Claimed as well.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n}: expired records were never freed: {step:?} {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !b.once_renew(OnceRequest {
+            key: "j:step",
+            owner: "dead-holder",
+            ttl: short
+        })
+        .await
+        .unwrap(),
+        "{n}: the expired holder lost its claim"
+    );
+}
+
+fn permit<'a>(
+    key: &'a str,
+    holder: &'a str,
+    max: u32,
+    ttl: Duration,
+    fence: bool,
+) -> PermitRequest<'a> {
+    PermitRequest {
+        key,
+        holder,
+        max,
+        ttl,
+        fence,
+    }
+}
+
+fn token(grant: PermitGrant) -> u64 {
+    match grant {
+        PermitGrant::Granted { token } => token,
+        PermitGrant::Full { holder } => {
+            panic!("expected a grant, the set is full (held by {holder})")
+        }
+    }
+}
+
+/// A permit set admits at most `max` holders, names a holder when full, renews and releases
+/// only for its holders, and hands out fencing tokens that only grow.
+pub async fn permit_sets_bound_holders_and_fence(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let ttl = Duration::from_secs(30);
+
+    let t1 = token(
+        b.permit_acquire(permit("mutex:order-1", "a", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(t1 >= 1, "{n}: fencing tokens start at 1");
+    assert_eq!(
+        b.permit_acquire(permit("mutex:order-1", "b", 1, ttl, true))
+            .await
+            .unwrap(),
+        PermitGrant::Full { holder: "a".into() },
+        "{n}: a mutex has one holder"
+    );
+    let t2 = token(
+        b.permit_acquire(permit("mutex:order-1", "a", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(t2 > t1, "{n}: re-acquiring hands out a newer token");
+    assert!(
+        b.permit_renew(PermitRenewal {
+            key: "mutex:order-1",
+            holder: "a",
+            ttl
+        })
+        .await
+        .unwrap(),
+        "{n}"
+    );
+    assert!(
+        !b.permit_renew(PermitRenewal {
+            key: "mutex:order-1",
+            holder: "b",
+            ttl
+        })
+        .await
+        .unwrap(),
+        "{n}: b holds nothing"
+    );
+    assert!(
+        !b.permit_release("mutex:order-1", "b").await.unwrap(),
+        "{n}"
+    );
+    assert!(b.permit_release("mutex:order-1", "a").await.unwrap(), "{n}");
+    assert!(
+        !b.permit_release("mutex:order-1", "a").await.unwrap(),
+        "{n}: released once"
+    );
+    let t3 = token(
+        b.permit_acquire(permit("mutex:order-1", "b", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        t3 > t2,
+        "{n}: tokens keep growing across holders: {t1} {t2} {t3}"
+    );
+    let other = token(
+        b.permit_acquire(permit("mutex:order-2", "a", 1, ttl, true))
+            .await
+            .unwrap(),
+    );
+    assert!(other >= 1, "{n}: keys are independent");
+
+    for holder in ["w1", "w2", "w3"] {
+        let t = token(
+            b.permit_acquire(permit("limit:api", holder, 3, ttl, false))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(t, 0, "{n}: no token unless asked");
+    }
+    assert!(
+        matches!(
+            b.permit_acquire(permit("limit:api", "w4", 3, ttl, false))
+                .await
+                .unwrap(),
+            PermitGrant::Full { .. }
+        ),
+        "{n}: the fourth of three is refused"
+    );
+    let holders = b.permit_holders("limit:api").await.unwrap();
+    let mut names: Vec<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["w1", "w2", "w3"], "{n}");
+    assert!(
+        holders.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{n}: soonest first"
+    );
+    assert!(b.permit_release("limit:api", "w2").await.unwrap(), "{n}");
+    token(
+        b.permit_acquire(permit("limit:api", "w4", 3, ttl, false))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        b.permit_holders("mutex:nobody").await.unwrap().is_empty(),
+        "{n}"
+    );
+}
+
+/// A holder that stops renewing loses its lease after the ttl: another takes the slot with a
+/// newer fencing token, and the old holder can no longer renew or release.
+pub async fn permit_expires_without_renewal(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let stalled = token(
+        b.permit_acquire(permit(
+            "mutex:report",
+            "stalled",
+            1,
+            Duration::from_millis(1_000),
+            true,
+        ))
+        .await
+        .unwrap(),
+    );
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    let next = loop {
+        match b
+            .permit_acquire(permit(
+                "mutex:report",
+                "next",
+                1,
+                Duration::from_secs(30),
+                true,
+            ))
+            .await
+            .unwrap()
+        {
+            PermitGrant::Granted { token } => break token,
+            PermitGrant::Full { holder } => {
+                assert_eq!(holder, "stalled", "{n}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n}: the lease never ran out"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        next > stalled,
+        "{n}: the new holder's token is newer ({stalled} → {next})"
+    );
+    assert!(
+        !b.permit_renew(PermitRenewal {
+            key: "mutex:report",
+            holder: "stalled",
+            ttl: Duration::from_secs(30)
+        })
+        .await
+        .unwrap(),
+        "{n}: the stalled holder cannot renew"
+    );
+    assert!(
+        !b.permit_release("mutex:report", "stalled").await.unwrap(),
+        "{n}"
+    );
+    assert_eq!(
+        b.permit_holders("mutex:report").await.unwrap().len(),
+        1,
+        "{n}"
+    );
+}
+
+/// Both kinds of rate limit let `limit` uses through and refuse the next with the wait until
+/// one would pass; keys are independent; refusals are counted per limiter.
+pub async fn rate_limits_count_and_refuse(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let day = Duration::from_secs(24 * 3600);
+    for kind in [RateKind::Bucket, RateKind::Window] {
+        let key = format!("{kind:?}:customer-1");
+        for i in 0..3 {
+            assert_eq!(
+                b.rate_take(RateRequest {
+                    key: &key,
+                    kind,
+                    limit: 3,
+                    interval: day
+                })
+                .await
+                .unwrap(),
+                None,
+                "{n}: {kind:?} use {i}"
+            );
+        }
+        let wait = b
+            .rate_take(RateRequest {
+                key: &key,
+                kind,
+                limit: 3,
+                interval: day,
+            })
+            .await
+            .unwrap()
+            .expect("the fourth is refused");
+        assert!(
+            wait > Duration::ZERO && wait <= day,
+            "{n}: {kind:?} wait {wait:?}"
+        );
+        if kind == RateKind::Window {
+            assert!(
+                wait > day - Duration::from_secs(60),
+                "{n}: the window frees a day after the first use: {wait:?}"
+            );
+        }
+        let other = format!("{kind:?}:customer-2");
+        assert_eq!(
+            b.rate_take(RateRequest {
+                key: &other,
+                kind,
+                limit: 3,
+                interval: day
+            })
+            .await
+            .unwrap(),
+            None,
+            "{n}: keys are independent"
+        );
+    }
+    b.refusal_add("api").await.unwrap();
+    b.refusal_add("api").await.unwrap();
+    b.refusal_add("exports").await.unwrap();
+    let mut hits = b.refusal_counts().await.unwrap();
+    hits.sort();
+    assert_eq!(
+        hits,
+        vec![("api".to_string(), 2), ("exports".to_string(), 1)],
+        "{n}"
+    );
+}
+
+/// A sliding window lets a use through again once the oldest use in it is older than the
+/// interval.
+pub async fn rate_window_frees_as_uses_age(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let second = Duration::from_millis(1_000);
+    assert_eq!(
+        b.rate_take(RateRequest {
+            key: "w",
+            kind: RateKind::Window,
+            limit: 2,
+            interval: second
+        })
+        .await
+        .unwrap(),
+        None
+    );
+    assert_eq!(
+        b.rate_take(RateRequest {
+            key: "w",
+            kind: RateKind::Window,
+            limit: 2,
+            interval: second
+        })
+        .await
+        .unwrap(),
+        None
+    );
+    assert!(
+        b.rate_take(RateRequest {
+            key: "w",
+            kind: RateKind::Window,
+            limit: 2,
+            interval: second
+        })
+        .await
+        .unwrap()
+        .is_some(),
+        "{n}"
+    );
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while b
+        .rate_take(RateRequest {
+            key: "w",
+            kind: RateKind::Window,
+            limit: 2,
+            interval: second,
+        })
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n}: the window never moved on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The backend says it provides every coordination primitive (the three built-in backends do;
+/// a backend without them must say so, and callers then refuse with a clear error).
+pub async fn coordination_capabilities_are_all_there(f: &impl BackendFactory) {
+    let TestBackend { broker, .. } = f.new_backend().await;
+    assert_eq!(broker.capabilities(), Capabilities::ALL, "{}", f.name());
+}

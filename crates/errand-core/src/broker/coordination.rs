@@ -1,0 +1,238 @@
+//! Primitives that jobs coordinate with: once-only records (`JobContext::once`), permit sets
+//! (the fenced `Mutex`, unique jobs, concurrency limiters) and rate counters (bucket and
+//! sliding-window limiters). All are measured on the backend's clock, never the caller's.
+//!
+//! A backend may leave this topic out: every method has a default that fails with
+//! [`BrokerError::Unsupported`](crate::BrokerError::Unsupported), and [`Coordination::capabilities`]
+//! says what is there, so callers can refuse early with a clear message.
+
+use crate::BrokerError;
+use crate::error::BrokerResult;
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Which coordination primitives a backend provides ([`Coordination::capabilities`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Once-only records (`once_*`).
+    pub once: bool,
+    /// Permit sets with fencing tokens (`permit_*`).
+    pub permits: bool,
+    /// Rate counters and the limiters' refusal counts (`rate_take`, `refusal_*`).
+    pub rates: bool,
+}
+
+impl Capabilities {
+    /// Every primitive.
+    pub const ALL: Capabilities = Capabilities {
+        once: true,
+        permits: true,
+        rates: true,
+    };
+
+    /// None: a backend that implements only the queue and fleet topics.
+    pub const NONE: Capabilities = Capabilities {
+        once: false,
+        permits: false,
+        rates: false,
+    };
+}
+
+/// What [`Coordination::once_claim`] found for a once-only step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnceClaim {
+    /// No finished record and no live claim: the caller now holds the step for its TTL.
+    Claimed,
+    /// The step already ran to completion; its recorded output (JSON).
+    Done(String),
+    /// Another attempt holds a live claim on the step.
+    Busy,
+}
+
+/// A claim on once-only step `key` by `owner` ([`Coordination::once_claim`],
+/// [`Coordination::once_renew`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OnceRequest<'a> {
+    /// The step's record key (`errand:once:<jid>:<step>`).
+    pub key: &'a str,
+    /// The claiming attempt (a random id per attempt).
+    pub owner: &'a str,
+    /// How long the claim lasts unless renewed.
+    pub ttl: Duration,
+}
+
+/// A finished once-only step ([`Coordination::once_complete`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OnceCompletion<'a> {
+    /// The step's record key.
+    pub key: &'a str,
+    /// The attempt that must still hold the claim.
+    pub owner: &'a str,
+    /// The step's output, JSON.
+    pub output: &'a str,
+    /// How long the record is kept.
+    pub keep: Duration,
+}
+
+/// A request for a permit in a permit set ([`Coordination::permit_acquire`]): a set of at most
+/// `max` holders, each with a TTL, that a mutex (`max` 1), a unique job or a concurrency
+/// limiter is built on.
+#[derive(Debug, Clone, Copy)]
+pub struct PermitRequest<'a> {
+    /// The permit set (`mutex:<name>`, `unique:<digest>`, `limit:<name>:<key>`).
+    pub key: &'a str,
+    /// Who takes the permit (a guard's random id, a job id).
+    pub holder: &'a str,
+    /// How many holders the set allows at once (1 for a mutex).
+    pub max: u32,
+    /// How long the permit lasts unless renewed, on the backend's clock.
+    pub ttl: Duration,
+    /// Whether to hand out a fencing token: strictly increasing per key, kept forever (one
+    /// counter per key), so only locks that protect a resource should ask for one.
+    pub fence: bool,
+}
+
+/// A renewal of a held permit ([`Coordination::permit_renew`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PermitRenewal<'a> {
+    /// The permit set.
+    pub key: &'a str,
+    /// The holder.
+    pub holder: &'a str,
+    /// The new TTL, from now on the backend's clock.
+    pub ttl: Duration,
+}
+
+/// What [`Coordination::permit_acquire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermitGrant {
+    /// The holder has a permit; `token` is its fencing token (0 when none was asked for).
+    Granted {
+        /// The fencing token.
+        token: u64,
+    },
+    /// Every permit is taken by live holders; `holder` is one of them (the one whose permit
+    /// ends first).
+    Full {
+        /// A current holder.
+        holder: String,
+    },
+}
+
+/// The two kinds of rate limit [`Coordination::rate_take`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    /// At most `limit` per interval, intervals aligned to the epoch (a fixed window: a burst
+    /// at the end of one interval and the start of the next can reach twice the limit).
+    Bucket,
+    /// At most `limit` in any interval-long span (a sliding window).
+    Window,
+}
+
+/// One use of a rate limit ([`Coordination::rate_take`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RateRequest<'a> {
+    /// The counter's key (`rate:<name>:<key>`).
+    pub key: &'a str,
+    /// Fixed or sliding window.
+    pub kind: RateKind,
+    /// Uses allowed per interval.
+    pub limit: u32,
+    /// The interval.
+    pub interval: Duration,
+}
+
+fn unsupported<T>(what: &'static str) -> BrokerResult<T> {
+    Err(BrokerError::Unsupported(what))
+}
+
+/// A backend's coordination primitives.
+#[async_trait]
+pub trait Coordination: Send + Sync + 'static {
+    /// Which primitives this backend provides. Defaults to none; a backend that implements the
+    /// methods below says so here.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    /// Claims once-only step `req.key` for `req.owner` for `req.ttl`, in one atomic step:
+    /// returns the recorded output when the step already completed, [`OnceClaim::Busy`] while
+    /// another owner's claim is live, and otherwise records the claim. A claim whose TTL ran
+    /// out (its holder died) counts as absent. Claiming again as the same owner extends it.
+    async fn once_claim(&self, req: OnceRequest<'_>) -> BrokerResult<OnceClaim> {
+        let _ = req;
+        unsupported("once-only records")
+    }
+
+    /// Extends `req.owner`'s live claim on `req.key` to `req.ttl` from now. False when the
+    /// claim is no longer the owner's (it expired and another took it, or the step completed).
+    async fn once_renew(&self, req: OnceRequest<'_>) -> BrokerResult<bool> {
+        let _ = req;
+        unsupported("once-only records")
+    }
+
+    /// Marks `done.key` completed with `done.output`, kept for `done.keep`, if `done.owner`
+    /// still holds the claim; false (and nothing written) otherwise.
+    async fn once_complete(&self, done: OnceCompletion<'_>) -> BrokerResult<bool> {
+        let _ = done;
+        unsupported("once-only records")
+    }
+
+    /// Drops `owner`'s claim on `key` (the step failed and may run again). Does nothing when
+    /// the claim is not `owner`'s or the step completed.
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
+        let _ = (key, owner);
+        unsupported("once-only records")
+    }
+
+    /// Takes a permit in set `req.key` for `req.holder`, in one atomic step: holders whose
+    /// permit ran out are dropped first; a holder already in the set has its permit extended
+    /// (and gets a new token); otherwise the holder gets a permit when fewer than `req.max`
+    /// are taken. TTLs are measured on the backend's clock (Redis's `TIME`), never the
+    /// caller's, so a worker with a skewed clock cannot hold a permit longer than it should.
+    async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
+        let _ = req;
+        unsupported("permit sets")
+    }
+
+    /// Extends `req.holder`'s live permit in `req.key` to `req.ttl` from now. False when it has
+    /// none (its permit ran out, or it released it).
+    async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
+        let _ = req;
+        unsupported("permit sets")
+    }
+
+    /// Gives up `holder`'s permit in `key`. False when it held none.
+    async fn permit_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        let _ = (key, holder);
+        unsupported("permit sets")
+    }
+
+    /// The live holders of permit set `key` with the epoch seconds their permits end, soonest
+    /// first.
+    async fn permit_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        let _ = key;
+        unsupported("permit sets")
+    }
+
+    /// Counts one use of rate limit `req.key` if it is under the limit, atomically, on the
+    /// backend's clock. Returns `None` when counted, or how long until a use would be let
+    /// through (nothing counted).
+    async fn rate_take(&self, req: RateRequest<'_>) -> BrokerResult<Option<Duration>> {
+        let _ = req;
+        unsupported("rate counters")
+    }
+
+    /// Adds one to limiter `limiter`'s count of uses turned away (shown by dashboards and
+    /// metrics).
+    async fn refusal_add(&self, limiter: &str) -> BrokerResult<()> {
+        let _ = limiter;
+        unsupported("rate counters")
+    }
+
+    /// Every limiter's count of uses turned away, by limiter name.
+    async fn refusal_counts(&self) -> BrokerResult<Vec<(String, u64)>> {
+        unsupported("rate counters")
+    }
+}

@@ -1,0 +1,277 @@
+//! A process's fleet duties on Redis ([`Fleet`]): Sidekiq's process set, heartbeat hash, work
+//! hashes and stat counters; Errand's registry of processes, whose in-flight lists a live
+//! process recovers when their heartbeat expires (one script per process).
+
+use crate::RedisBroker;
+use crate::scripts;
+use async_trait::async_trait;
+use errand_core::admin::SetName;
+use errand_core::broker::{BrokerResult, Fetched, Fleet, Heartbeat, RemoteSignal, RescuePolicy};
+use errand_core::metrics::ClassMetrics;
+use std::time::Duration;
+
+/// Sidekiq keeps daily stat keys for five years.
+const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
+
+impl RedisBroker {
+    /// Moves the poison list's jobs (set aside by recovery) to the dead set as
+    /// `Errand::PoisonPill` entries, one atomic step each, so a crash in between leaves a job
+    /// on the list for the next pass, never nowhere.
+    async fn bury_poison(&self, policy: &RescuePolicy) -> BrokerResult<()> {
+        let poison = self.keys.poison();
+        let dead = self.keys.set(SetName::Dead);
+        let mut conn = self.connection();
+        loop {
+            let raw: Option<String> = redis::cmd("LINDEX")
+                .arg(&poison)
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let Some(raw) = raw else {
+                return Ok(());
+            };
+            let now = errand_core::now();
+            let entry =
+                errand_core::broker::poison_entry(&raw, policy.max_recoveries, now, policy.profile)
+                    .unwrap_or_else(|| raw.clone());
+            let limits = policy.dead_limits;
+            let _: i64 = scripts::SETTLE
+                .key(&poison)
+                .key(&dead)
+                .arg(&raw)
+                .arg(&entry)
+                .arg(now)
+                .arg(now - limits.max_age.as_secs_f64())
+                .arg(limits.max_jobs)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            tracing::error!(
+                recoveries = policy.max_recoveries,
+                "poison pill: a job killed its worker repeatedly; moved to the dead set"
+            );
+        }
+    }
+
+    async fn rescue(
+        &self,
+        identity: &str,
+        info: &str,
+        require_dead: bool,
+        max_recoveries: u32,
+    ) -> BrokerResult<i64> {
+        let queues = errand_core::broker::info_queues(info);
+        let mut inv = scripts::RESCUE.prepare_invoke();
+        inv.key(self.keys.process(identity))
+            .key(self.keys.registry())
+            .key(self.keys.processes())
+            .key(self.keys.poison())
+            .arg(identity)
+            .arg(self.keys.inflight_prefix(identity))
+            .arg(self.keys.queue_prefix())
+            .arg(if require_dead { "1" } else { "0" })
+            .arg(max_recoveries.max(1))
+            .arg(self.keys.recoveries_prefix());
+        for q in &queues {
+            inv.arg(q);
+        }
+        inv.invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+}
+
+#[async_trait]
+impl Fleet for RedisBroker {
+    async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
+        let info = serde_json::json!({ "queues": queues }).to_string();
+        redis::cmd("HSETNX")
+            .arg(self.keys.registry())
+            .arg(identity)
+            .arg(info)
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
+        let info: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.registry())
+            .arg(identity)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(info) = info else { return Ok(0) };
+        Ok(self.rescue(identity, &info, false, u32::MAX).await?.max(0) as usize)
+    }
+
+    async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
+        let mut out = Vec::new();
+        for q in queues {
+            let location = self.keys.inflight(identity, q);
+            let raws: Vec<String> = redis::cmd("LRANGE")
+                .arg(&location)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            // The list's left end holds the newest fetched: oldest first is right to left.
+            out.extend(raws.into_iter().rev().map(|raw| Fetched {
+                token: 0,
+                queue: q.clone(),
+                raw,
+                location: location.clone(),
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
+        let k = &self.keys;
+        let ident = k.process(beat.identity);
+        let ttl = beat.ttl.as_secs().max(1) as i64;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if beat.processed > 0 || beat.failed > 0 {
+            let date = errand_core::utc_date(beat.beat);
+            for (name, n) in [("processed", beat.processed), ("failed", beat.failed)] {
+                let daily = k.stat_daily(name, &date);
+                pipe.cmd("INCRBY").arg(k.stat(name)).arg(n).ignore();
+                pipe.cmd("INCRBY").arg(&daily).arg(n).ignore();
+                pipe.cmd("EXPIRE").arg(&daily).arg(DAILY_STAT_TTL).ignore();
+            }
+        }
+        // Sidekiq 6.4 reads `:workers`, 6.5+ read `:work`: write both.
+        for suffix in ["workers", "work"] {
+            let work = k.work(beat.identity, suffix);
+            pipe.cmd("DEL").arg(&work).ignore();
+            if !beat.work.is_empty() {
+                let fields: Vec<(&str, &str)> = beat
+                    .work
+                    .iter()
+                    .map(|w| (w.tid.as_str(), w.json.as_str()))
+                    .collect();
+                pipe.cmd("HSET").arg(&work).arg(fields).ignore();
+                pipe.cmd("EXPIRE").arg(&work).arg(ttl).ignore();
+            }
+        }
+        pipe.cmd("SADD")
+            .arg(k.processes())
+            .arg(beat.identity)
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(&ident)
+            .arg("info")
+            .arg(beat.info)
+            .arg("busy")
+            .arg(beat.busy)
+            .arg("beat")
+            .arg(beat.beat)
+            .arg("quiet")
+            .arg(if beat.quiet { "true" } else { "false" })
+            .arg("rss")
+            .arg(beat.rss_kb)
+            .arg("rtt_us")
+            .arg(0)
+            .arg("concurrency")
+            .arg(beat.concurrency)
+            .ignore();
+        pipe.cmd("EXPIRE").arg(&ident).arg(ttl).ignore();
+        // Re-assert the registration each beat: a process that was paused past its TTL and had
+        // its jobs recovered is registered again as soon as it beats.
+        pipe.cmd("HSET")
+            .arg(k.registry())
+            .arg(beat.identity)
+            .arg(beat.info)
+            .ignore();
+        pipe.cmd("RPOP").arg(k.signals(beat.identity));
+        let (signal,): (Option<String>,) = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(signal.as_deref().and_then(RemoteSignal::from_name))
+    }
+
+    async fn rescue_orphans(&self, policy: &RescuePolicy) -> BrokerResult<usize> {
+        let registered: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.registry())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut total = 0;
+        for (identity, info) in registered {
+            let n = self
+                .rescue(&identity, &info, true, policy.max_recoveries)
+                .await?;
+            if n > 0 {
+                tracing::warn!(
+                    identity,
+                    jobs = n,
+                    "recovered in-flight jobs of a dead process"
+                );
+                total += n as usize;
+            }
+        }
+        self.bury_poison(policy).await?;
+        Ok(total)
+    }
+
+    async fn unregister(&self, identity: &str) -> BrokerResult<()> {
+        let k = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SREM")
+            .arg(k.processes())
+            .arg(identity)
+            .ignore()
+            .cmd("HDEL")
+            .arg(k.registry())
+            .arg(identity)
+            .ignore()
+            .cmd("DEL")
+            .arg(k.work(identity, "workers"))
+            .arg(k.work(identity, "work"))
+            .arg(k.process(identity))
+            .ignore();
+        pipe.query_async::<()>(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn claim_poll(&self, window: Duration) -> BrokerResult<bool> {
+        let won: Option<String> = redis::cmd("SET")
+            .arg(self.keys.poller())
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(window.as_millis().max(1) as u64)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(won.is_some())
+    }
+
+    async fn process_count(&self) -> BrokerResult<usize> {
+        redis::cmd("SCARD")
+            .arg(self.keys.processes())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.paused())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn record_metrics(&self, minute: i64, classes: &[ClassMetrics]) -> BrokerResult<()> {
+        self.write_metrics(minute, classes).await
+    }
+}

@@ -1,0 +1,377 @@
+//! The hot path on Redis ([`JobQueue`]): queues are Sidekiq's `queue:<name>` lists; a fetch
+//! moves jobs into the process's in-flight list (`errand:inflight:<identity>:<queue>`) with a
+//! fencing token, in one script; completions go in one pipelined round trip.
+
+use crate::RedisBroker;
+use crate::error::cmd_err;
+use crate::scripts;
+use async_trait::async_trait;
+use errand_core::admin::SetName;
+use errand_core::broker::{
+    BrokerResult, Completion, DeadLimits, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob,
+    Settle,
+};
+use errand_core::{BrokerError, Payload, WireProfile};
+use redis::{AsyncConnectionConfig, RedisError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long past its wait a blocking fetch may go without a reply before the link counts as
+/// broken.
+const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
+
+/// How many values one LPUSH/ZADD carries in a bulk push.
+const PUSH_CHUNK: usize = 1_000;
+
+/// How many due jobs one promote round moves.
+const PROMOTE_BATCH: isize = 100;
+
+impl RedisBroker {
+    /// One settle: the job leaves its in-flight list and enters its set in one script (1 when
+    /// it was still held).
+    fn settle_one(
+        &self,
+        job: &Fetched,
+        to: &Settle,
+    ) -> impl std::future::Future<Output = Result<i64, RedisError>> + Send + 'static {
+        let (set, payload, score, trim) = match to {
+            Settle::Retry { payload, at } => (SetName::Retry, payload, *at, None),
+            Settle::Scheduled { payload, at } => (SetName::Scheduled, payload, *at, None),
+            Settle::Dead {
+                payload,
+                now,
+                limits,
+            } => (
+                SetName::Dead,
+                payload,
+                *now,
+                Some((now - limits.max_age.as_secs_f64(), limits.max_jobs)),
+            ),
+        };
+        let mut inv = scripts::SETTLE.prepare_invoke();
+        inv.key(&job.location)
+            .key(self.keys().set(set))
+            .arg(&job.raw)
+            .arg(payload)
+            .arg(score);
+        match trim {
+            Some((before, max)) => inv.arg(before).arg(max),
+            None => inv.arg("").arg(""),
+        };
+        let mut conn = self.connection();
+        async move { inv.invoke_async(&mut conn).await }
+    }
+
+    async fn blocking_move(
+        &self,
+        from: &str,
+        to: &str,
+        wait: Duration,
+    ) -> BrokerResult<Option<Vec<u8>>> {
+        let mut slot = self.blocking.lock().await;
+        if slot.is_none() {
+            let cfg = AsyncConnectionConfig::new()
+                .set_response_timeout(None)
+                .set_connection_timeout(Some(Duration::from_secs(5)));
+            *slot = Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map_err(|e| self.fail(e))?,
+            );
+        }
+        let conn = slot.as_mut().expect("set above");
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(from)
+            .arg(to)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(wait.as_secs_f64());
+        let query = cmd.query_async::<Option<Vec<u8>>>(conn);
+        // The connection has no response timeout of its own (the wait is the point); a reply
+        // later than the wait plus a margin means the link is gone (a partition, a stalled
+        // server). A move that happened anyway is found by the server's stranded-job check.
+        let res: Result<Option<Vec<u8>>, RedisError> =
+            match tokio::time::timeout(wait + BLOCKING_MARGIN, query).await {
+                Ok(res) => res,
+                Err(_) => {
+                    *slot = None;
+                    return Err(BrokerError::Connection(
+                        format!(
+                            "no reply to a blocking fetch within {:?}",
+                            wait + BLOCKING_MARGIN
+                        )
+                        .into(),
+                    ));
+                }
+            };
+        if res.is_err() {
+            // Drop a broken blocking connection; the next wait makes a new one.
+            *slot = None;
+        }
+        res.map_err(|e| self.fail(e))
+    }
+
+    /// A fetched entry as text; an entry that is not UTF-8 (raw bytes pushed by another
+    /// client) cannot be a job: it goes from flight to the dead set at once, as an
+    /// `Errand::InvalidPayload` entry showing its text lossily, and `None` is returned.
+    async fn text_or_bury(
+        &self,
+        location: &str,
+        queue: &str,
+        bytes: Vec<u8>,
+    ) -> BrokerResult<Option<String>> {
+        let bytes = match String::from_utf8(bytes) {
+            Ok(text) => return Ok(Some(text)),
+            Err(e) => e.into_bytes(),
+        };
+        let now = errand_core::now();
+        let entry = errand_core::malformed_entry(
+            &String::from_utf8_lossy(&bytes),
+            queue,
+            "not UTF-8 text",
+            WireProfile::default(),
+            now,
+        );
+        let limits = DeadLimits::default();
+        let _: i64 = scripts::SETTLE
+            .key(location)
+            .key(self.keys.set(SetName::Dead))
+            .arg(&bytes[..])
+            .arg(entry.to_json())
+            .arg(now)
+            .arg(now - limits.max_age.as_secs_f64())
+            .arg(limits.max_jobs)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        tracing::error!(
+            queue,
+            "a queue entry that is not UTF-8 text moved to the dead set"
+        );
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisBroker {
+    async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for j in jobs {
+            by_queue.entry(&j.queue).or_default().push(&j.payload);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(self.keys.queues())
+            .arg(by_queue.keys().collect::<Vec<_>>())
+            .ignore();
+        for (queue, payloads) in &by_queue {
+            let key = self.keys.queue(queue);
+            for chunk in payloads.chunks(PUSH_CHUNK) {
+                pipe.cmd("LPUSH").arg(&key).arg(chunk).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn push_scheduled(&self, jobs: &[ScheduledJob]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.set(SetName::Scheduled);
+        let mut pipe = redis::pipe();
+        for chunk in jobs.chunks(PUSH_CHUNK) {
+            let members: Vec<(f64, &str)> =
+                chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
+            pipe.cmd("ZADD").arg(&key).arg(members).ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
+        if req.queues.is_empty() || req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = self.keys.inflight_prefix(req.identity);
+        let mut inv = scripts::FETCH.prepare_invoke();
+        for q in req.queues {
+            inv.key(self.keys.queue(q));
+        }
+        let seq = self.keys.fetch_seq();
+        inv.arg(req.max).arg(&prefix).arg(&seq);
+        for q in req.queues {
+            inv.arg(q);
+        }
+        let flat: Vec<redis::Value> = inv
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let first_token: u64 = match flat.first() {
+            Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
+            None => 0,
+        };
+        let pairs = flat.get(1..).unwrap_or_default().chunks_exact(2);
+        for (token, pair) in (first_token..).zip(pairs) {
+            let idx: usize =
+                redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
+            let bytes: Vec<u8> =
+                redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
+            let queue = req.queues[idx - 1].clone();
+            let location = self.keys.inflight(req.identity, &queue);
+            if let Some(raw) = self.text_or_bury(&location, &queue, bytes).await? {
+                out.push(Fetched {
+                    location,
+                    queue,
+                    raw,
+                    token,
+                });
+            }
+        }
+        if !out.is_empty() || req.wait.is_zero() {
+            return Ok(out);
+        }
+        // Everything is empty: block on the first queue in this round's order. With several
+        // queues the wait is short so the others are polled again soon.
+        let first = &req.queues[0];
+        let wait = if req.queues.len() == 1 {
+            req.wait
+        } else {
+            req.wait.min(Duration::from_millis(100))
+        };
+        let location = self.keys.inflight(req.identity, first);
+        if let Some(bytes) = self
+            .blocking_move(&self.keys.queue(first), &location, wait)
+            .await?
+            && let Some(raw) = self.text_or_bury(&location, first, bytes).await?
+        {
+            let token: u64 = redis::cmd("INCR")
+                .arg(&seq)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            out.push(Fetched {
+                token,
+                queue: first.clone(),
+                raw,
+                location,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acks are one pipeline of `LREM`s; each settle is one script, sent on the same
+    /// multiplexed connection at the same time, so a whole batch costs one round trip.
+    async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
+        let mut pipe = redis::pipe();
+        let mut acks = Vec::new();
+        let mut settles = Vec::new();
+        for (i, c) in batch.iter().enumerate() {
+            match c {
+                Completion::Ack(job) => {
+                    pipe.cmd("LREM").arg(&job.location).arg(-1).arg(&job.raw);
+                    acks.push(i);
+                }
+                Completion::Settle(job, to) => settles.push((i, self.settle_one(job, to))),
+            }
+        }
+        let mut conn = self.connection();
+        let acked = async {
+            if acks.is_empty() {
+                Ok(Vec::new())
+            } else {
+                pipe.query_async::<Vec<i64>>(&mut conn).await
+            }
+        };
+        let settled = futures::future::join_all(
+            settles
+                .into_iter()
+                .map(|(i, f)| async move { (i, f.await) }),
+        );
+        let (acked, settled) = futures::join!(acked, settled);
+        let mut held = vec![false; batch.len()];
+        for (i, removed) in acks.into_iter().zip(acked.map_err(|e| self.fail(e))?) {
+            held[i] = removed > 0;
+        }
+        for (i, moved) in settled {
+            held[i] = moved.map_err(|e| self.fail(e))? == 1;
+        }
+        Ok(held)
+    }
+
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
+        let n: i64 = scripts::RELEASE
+            .key(&job.location)
+            .key(self.keys.queue(&job.queue))
+            .arg(&job.raw)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn now(&self) -> BrokerResult<f64> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(secs as f64 + micros as f64 / 1e6)
+    }
+
+    async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
+        let mut moved = 0;
+        for set in [SetName::Retry, SetName::Scheduled] {
+            let key = self.keys.set(set);
+            loop {
+                let due: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PROMOTE_BATCH)
+                    .query_async(&mut self.connection())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                if due.is_empty() {
+                    break;
+                }
+                let mut inv = scripts::PROMOTE.prepare_invoke();
+                inv.key(&key)
+                    .arg(self.keys.queue_prefix())
+                    .arg(self.keys.queues());
+                for raw in &due {
+                    match Payload::parse(raw) {
+                        Ok(mut p) => {
+                            p.stamp_enqueued(profile, now);
+                            let queue = p.queue().to_string();
+                            inv.arg(raw).arg(p.to_json()).arg(queue);
+                        }
+                        // Unreadable members go to `default` unchanged, where the worker files
+                        // them in the dead set with the reason: nothing sits unseen in a set.
+                        Err(_) => {
+                            inv.arg(raw).arg(raw).arg("default");
+                        }
+                    }
+                }
+                let n: usize = inv
+                    .invoke_async(&mut self.connection())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                moved += n;
+                if (due.len() as isize) < PROMOTE_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+}

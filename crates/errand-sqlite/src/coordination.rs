@@ -1,0 +1,260 @@
+//! Coordination primitives on SQLite ([`Coordination`]): once-only records (`once_steps`),
+//! permit sets (`leases`, `fences`), rate counters (`rate_buckets`, `rate_uses`) and refusal
+//! counts (`limit_hits`), each one transaction on this machine's clock.
+
+use crate::SqliteBroker;
+use crate::rows::now;
+use async_trait::async_trait;
+use errand_core::broker::{
+    BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
+    PermitRenewal, PermitRequest, RateKind, RateRequest,
+};
+use rusqlite::{OptionalExtension, params};
+use std::time::Duration;
+
+#[async_trait]
+impl Coordination for SqliteBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    async fn once_claim(&self, req: OnceRequest<'_>) -> BrokerResult<OnceClaim> {
+        let (key, owner) = (req.key.to_string(), req.owner.to_string());
+        let until = now() + req.ttl.as_secs_f64();
+        self.write(move |tx| {
+            let held: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT owner, output FROM once_steps WHERE key = ?1 AND expires_at > ?2",
+                    params![key, now()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match held {
+                Some((_, Some(output))) => return Ok(OnceClaim::Done(output)),
+                Some((holder, None)) if holder != owner => return Ok(OnceClaim::Busy),
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO once_steps(key, owner, output, expires_at) VALUES (?1, ?2, NULL, ?3)
+                 ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, output = NULL,
+                   expires_at = excluded.expires_at",
+                params![key, owner, until],
+            )?;
+            Ok(OnceClaim::Claimed)
+        })
+        .await
+    }
+
+    async fn once_renew(&self, req: OnceRequest<'_>) -> BrokerResult<bool> {
+        let (key, owner) = (req.key.to_string(), req.owner.to_string());
+        let until = now() + req.ttl.as_secs_f64();
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE once_steps SET expires_at = ?3
+                 WHERE key = ?1 AND owner = ?2 AND output IS NULL AND expires_at > ?4",
+                params![key, owner, until, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn once_complete(&self, done: OnceCompletion<'_>) -> BrokerResult<bool> {
+        let (key, owner, output) = (
+            done.key.to_string(),
+            done.owner.to_string(),
+            done.output.to_string(),
+        );
+        let until = now() + done.keep.as_secs_f64();
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE once_steps SET output = ?3, expires_at = ?4
+                 WHERE key = ?1 AND owner = ?2 AND output IS NULL AND expires_at > ?5",
+                params![key, owner, output, until, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM once_steps WHERE key = ?1 AND owner = ?2 AND output IS NULL",
+                params![key, owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
+        let (key, holder) = (req.key.to_string(), req.holder.to_string());
+        let (max, ttl, fence) = (i64::from(req.max), req.ttl.as_secs_f64(), req.fence);
+        self.write(move |tx| {
+            let at = now();
+            tx.execute(
+                "DELETE FROM leases WHERE key = ?1 AND expires_at <= ?2",
+                params![key, at],
+            )?;
+            let mine: bool = tx
+                .query_row(
+                    "SELECT 1 FROM leases WHERE key = ?1 AND holder = ?2",
+                    params![key, holder],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !mine {
+                let (held, first): (i64, Option<String>) = tx.query_row(
+                    "SELECT COUNT(*), (SELECT holder FROM leases WHERE key = ?1
+                                       ORDER BY expires_at LIMIT 1)
+                     FROM leases WHERE key = ?1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if held >= max {
+                    return Ok(PermitGrant::Full {
+                        holder: first.unwrap_or_default(),
+                    });
+                }
+            }
+            tx.execute(
+                "INSERT INTO leases(key, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key, holder) DO UPDATE SET expires_at = excluded.expires_at",
+                params![key, holder, at + ttl],
+            )?;
+            let token: i64 = if fence {
+                tx.query_row(
+                    "INSERT INTO fences(key, last) VALUES (?1, 1)
+                     ON CONFLICT(key) DO UPDATE SET last = last + 1 RETURNING last",
+                    [&key],
+                    |r| r.get(0),
+                )?
+            } else {
+                0
+            };
+            Ok(PermitGrant::Granted {
+                token: token as u64,
+            })
+        })
+        .await
+    }
+
+    async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
+        let (key, holder) = (req.key.to_string(), req.holder.to_string());
+        let ttl = req.ttl.as_secs_f64();
+        self.write(move |tx| {
+            let at = now();
+            let n = tx.execute(
+                "UPDATE leases SET expires_at = ?3
+                 WHERE key = ?1 AND holder = ?2 AND expires_at > ?4",
+                params![key, holder, at + ttl, at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn permit_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        let (key, holder) = (key.to_string(), holder.to_string());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM leases WHERE key = ?1 AND holder = ?2 AND expires_at > ?3",
+                params![key, holder, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn permit_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT holder, expires_at FROM leases WHERE key = ?1 AND expires_at > ?2
+                 ORDER BY expires_at",
+            )?
+            .query_map(params![key, now()], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn rate_take(&self, req: RateRequest<'_>) -> BrokerResult<Option<Duration>> {
+        let (key, kind) = (req.key.to_string(), req.kind);
+        let (limit, interval) = (i64::from(req.limit), req.interval.as_secs_f64().max(0.001));
+        self.write(move |tx| {
+            let at = now();
+            let wait = match kind {
+                RateKind::Bucket => {
+                    let slot = (at / interval).floor() as i64;
+                    let count: i64 = tx
+                        .query_row(
+                            "SELECT count FROM rate_buckets WHERE key = ?1 AND slot = ?2",
+                            params![key, slot],
+                            |r| r.get(0),
+                        )
+                        .optional()?
+                        .unwrap_or(0);
+                    if count >= limit {
+                        Some((slot + 1) as f64 * interval - at)
+                    } else {
+                        tx.execute(
+                            "INSERT INTO rate_buckets(key, slot, count) VALUES (?1, ?2, ?3)
+                             ON CONFLICT(key) DO UPDATE SET slot = excluded.slot,
+                               count = excluded.count",
+                            params![key, slot, count + 1],
+                        )?;
+                        None
+                    }
+                }
+                RateKind::Window => {
+                    tx.execute(
+                        "DELETE FROM rate_uses WHERE key = ?1 AND at <= ?2",
+                        params![key, at - interval],
+                    )?;
+                    let (count, oldest): (i64, Option<f64>) = tx.query_row(
+                        "SELECT COUNT(*), MIN(at) FROM rate_uses WHERE key = ?1",
+                        [&key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    if count >= limit {
+                        Some(oldest.unwrap_or(at) + interval - at)
+                    } else {
+                        tx.execute(
+                            "INSERT INTO rate_uses(key, at) VALUES (?1, ?2)",
+                            params![key, at],
+                        )?;
+                        None
+                    }
+                }
+            };
+            Ok(wait.map(|w| Duration::from_secs_f64(w.max(0.001))))
+        })
+        .await
+    }
+
+    async fn refusal_add(&self, limiter: &str) -> BrokerResult<()> {
+        let name = limiter.to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO limit_hits(name, hits) VALUES (?1, 1)
+                 ON CONFLICT(name) DO UPDATE SET hits = hits + 1",
+                [&name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn refusal_counts(&self) -> BrokerResult<Vec<(String, u64)>> {
+        self.with(|conn| {
+            conn.prepare_cached("SELECT name, hits FROM limit_hits ORDER BY name")?
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect()
+        })
+        .await
+    }
+}

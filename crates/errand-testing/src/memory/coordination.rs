@@ -1,0 +1,217 @@
+//! The coordination primitives of [`MemoryBroker`] ([`Coordination`]), on its clock.
+
+use super::{MemoryBroker, OnceRecord};
+use async_trait::async_trait;
+use errand_core::broker::{
+    BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
+    PermitRenewal, PermitRequest, RateKind, RateRequest,
+};
+use std::time::Duration;
+
+#[async_trait]
+impl Coordination for MemoryBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    async fn once_claim(&self, req: OnceRequest<'_>) -> BrokerResult<OnceClaim> {
+        let OnceRequest {
+            key,
+            owner,
+            ttl: lease,
+        } = req;
+        let now = (self.clock)();
+        let mut state = self.state();
+        if let Some(r) = state.once.get(key).filter(|r| r.expires > now) {
+            if let Some(out) = &r.output {
+                return Ok(OnceClaim::Done(out.clone()));
+            }
+            if r.owner != owner {
+                return Ok(OnceClaim::Busy);
+            }
+        }
+        state.once.insert(
+            key.to_string(),
+            OnceRecord {
+                owner: owner.to_string(),
+                output: None,
+                expires: now + lease.as_secs_f64(),
+            },
+        );
+        Ok(OnceClaim::Claimed)
+    }
+
+    async fn once_renew(&self, req: OnceRequest<'_>) -> BrokerResult<bool> {
+        let OnceRequest {
+            key,
+            owner,
+            ttl: lease,
+        } = req;
+        let now = (self.clock)();
+        let mut state = self.state();
+        match state.once.get_mut(key) {
+            Some(r) if r.expires > now && r.owner == owner && r.output.is_none() => {
+                r.expires = now + lease.as_secs_f64();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn once_complete(&self, done: OnceCompletion<'_>) -> BrokerResult<bool> {
+        let OnceCompletion {
+            key,
+            owner,
+            output,
+            keep,
+        } = done;
+        let now = (self.clock)();
+        let mut state = self.state();
+        match state.once.get_mut(key) {
+            Some(r) if r.expires > now && r.owner == owner && r.output.is_none() => {
+                r.output = Some(output.to_string());
+                r.expires = now + keep.as_secs_f64();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn once_release(&self, key: &str, owner: &str) -> BrokerResult<()> {
+        let mut state = self.state();
+        if state
+            .once
+            .get(key)
+            .is_some_and(|r| r.owner == owner && r.output.is_none())
+        {
+            state.once.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        let set = state.leases.entry(req.key.to_string()).or_default();
+        set.retain(|_, until| *until > now);
+        if !set.contains_key(req.holder) && set.len() >= req.max as usize {
+            let first = set
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(h, _)| h.clone())
+                .unwrap_or_default();
+            return Ok(PermitGrant::Full { holder: first });
+        }
+        set.insert(req.holder.to_string(), now + req.ttl.as_secs_f64());
+        let token = if req.fence {
+            let last = state.fences.entry(req.key.to_string()).or_insert(0);
+            *last += 1;
+            *last
+        } else {
+            0
+        };
+        Ok(PermitGrant::Granted { token })
+    }
+
+    async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
+        let PermitRenewal { key, holder, ttl } = req;
+        let now = (self.clock)();
+        let mut state = self.state();
+        match state
+            .leases
+            .get_mut(key)
+            .and_then(|set| set.get_mut(holder))
+        {
+            Some(until) if *until > now => {
+                *until = now + ttl.as_secs_f64();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn permit_release(&self, key: &str, holder: &str) -> BrokerResult<bool> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        Ok(state
+            .leases
+            .get_mut(key)
+            .and_then(|set| set.remove(holder))
+            .is_some_and(|until| until > now))
+    }
+
+    async fn permit_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
+        let now = (self.clock)();
+        let state = self.state();
+        let mut held: Vec<(String, f64)> = state
+            .leases
+            .get(key)
+            .map(|set| {
+                set.iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(h, until)| (h.clone(), *until))
+                    .collect()
+            })
+            .unwrap_or_default();
+        held.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(held)
+    }
+
+    async fn rate_take(&self, req: RateRequest<'_>) -> BrokerResult<Option<Duration>> {
+        let RateRequest {
+            key,
+            kind,
+            limit,
+            interval,
+        } = req;
+        let now = (self.clock)();
+        let interval = interval.as_secs_f64().max(0.001);
+        let mut state = self.state();
+        let wait = match kind {
+            RateKind::Bucket => {
+                let slot = (now / interval).floor() as i64;
+                let entry = state.buckets.entry(key.to_string()).or_insert((slot, 0));
+                if entry.0 != slot {
+                    *entry = (slot, 0);
+                }
+                if entry.1 >= limit {
+                    Some((slot + 1) as f64 * interval - now)
+                } else {
+                    entry.1 += 1;
+                    None
+                }
+            }
+            RateKind::Window => {
+                let uses = state.windows.entry(key.to_string()).or_default();
+                while uses.front().is_some_and(|at| *at <= now - interval) {
+                    uses.pop_front();
+                }
+                if uses.len() >= limit as usize {
+                    Some(uses.front().copied().unwrap_or(now) + interval - now)
+                } else {
+                    uses.push_back(now);
+                    None
+                }
+            }
+        };
+        Ok(wait.map(|w| Duration::from_secs_f64(w.max(0.001))))
+    }
+
+    async fn refusal_add(&self, limiter: &str) -> BrokerResult<()> {
+        *self
+            .state()
+            .limit_hits
+            .entry(limiter.to_string())
+            .or_insert(0) += 1;
+        Ok(())
+    }
+
+    async fn refusal_counts(&self) -> BrokerResult<Vec<(String, u64)>> {
+        Ok(self
+            .state()
+            .limit_hits
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+}

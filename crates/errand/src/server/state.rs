@@ -1,0 +1,107 @@
+//! State shared by every task of one server process: its parts (broker, registry, config),
+//! identity, counters, running jobs, cancellation tokens, and the completer.
+
+use super::Config;
+use super::completer::Completer;
+use super::{DeathHandler, RetryDelay};
+use crate::middleware::Middleware;
+use crate::registry::Registry;
+use crate::{Client, Data};
+use errand_core::broker::{Broker, Fetched};
+use errand_core::metrics::ClassMetrics;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) struct Parts {
+    pub broker: Arc<dyn Broker>,
+    pub client: Client,
+    pub registry: Registry,
+    pub data: Arc<Data>,
+    pub middleware: Vec<Arc<dyn Middleware>>,
+    pub death_handlers: Vec<DeathHandler>,
+    pub retry_delay: Option<RetryDelay>,
+    pub clock: errand_core::Clock,
+    pub config: Config,
+}
+
+/// One running job, for the Busy page and for aborting at the shutdown deadline.
+pub(crate) struct Running {
+    pub job: Arc<Fetched>,
+    /// When it started, epoch seconds (Sidekiq's `run_at`).
+    pub run_at: i64,
+    pub abort: Option<AbortHandle>,
+}
+
+/// State shared by every task of one server process.
+pub(crate) struct Shared {
+    pub parts: Parts,
+    pub identity: String,
+    pub info: String,
+    pub processed: AtomicU64,
+    pub failed: AtomicU64,
+    pub running: Mutex<HashMap<u64, Running>>,
+    /// Cancelled to stop fetching (quiet, or the first step of stopping).
+    pub quiet: CancellationToken,
+    /// Cancelled to stop the process.
+    pub stop: CancellationToken,
+    /// Cancelled when the shutdown deadline passes; jobs see it as their shutdown token.
+    pub deadline: CancellationToken,
+    pub jobs: TaskTracker,
+    /// Queues paused from the dashboard or CLI, refreshed at each heartbeat.
+    pub paused: Mutex<Vec<String>>,
+    /// Execution metrics per class since the last heartbeat flushed them.
+    pub metrics: Mutex<HashMap<String, ClassMetrics>>,
+    /// Writes every finished attempt's outcome to the backend, in batches.
+    pub completer: Completer,
+}
+
+impl Shared {
+    pub(crate) fn config(&self) -> &Config {
+        &self.parts.config
+    }
+
+    pub(crate) fn broker(&self) -> &dyn Broker {
+        &*self.parts.broker
+    }
+
+    /// The time on the server's clock, float epoch seconds.
+    pub(crate) fn now(&self) -> f64 {
+        (self.parts.clock)()
+    }
+
+    pub(crate) fn busy(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Counts one attempt of `class` that took `ms` for the Metrics page.
+    pub(crate) fn record_metric(&self, class: &str, ms: u64, failed: bool) {
+        let Ok(mut m) = self.metrics.lock() else {
+            return;
+        };
+        match m.get_mut(class) {
+            Some(c) => c.record(ms, failed),
+            None => {
+                let mut c = ClassMetrics::new(class);
+                c.record(ms, failed);
+                m.insert(class.to_string(), c);
+            }
+        }
+    }
+}
+
+/// A crash point for the failpoint tests (feature `failpoints`; RELIABILITY-PLAN R15), inactive
+/// unless the `fail` crate configures `name` (`FAILPOINTS`, read by the program through
+/// `fail::FailScenario::setup`). Its `return` action ends the process at once with status 137,
+/// as a SIGKILL would: no shutdown, no requeue, nothing flushed to the backend; `sleep`,
+/// `pause` and `panic` act as the `fail` crate defines them.
+#[cfg(feature = "failpoints")]
+pub(crate) fn crash_point(name: &'static str) {
+    fail::fail_point!(name, |_| {
+        eprintln!("failpoint {name}: exiting with status 137");
+        std::process::exit(137)
+    });
+}
