@@ -59,7 +59,7 @@ pub struct JobContext {
     client: Client,
     shutdown: CancellationToken,
     once_ttl: Duration,
-    lease_token: u64,
+    fencing_token: u64,
 }
 
 impl JobContext {
@@ -73,13 +73,13 @@ impl JobContext {
             client,
             shutdown: CancellationToken::new(),
             once_ttl: DEFAULT_ONCE_TTL,
-            lease_token: 0,
+            fencing_token: 0,
         }
     }
 
     /// Sets the attempt's fencing token (the server does, from the fetch).
-    pub fn with_lease_token(mut self, token: u64) -> Self {
-        self.lease_token = token;
+    pub fn with_fencing_token(mut self, token: u64) -> Self {
+        self.fencing_token = token;
         self
     }
 
@@ -88,8 +88,8 @@ impl JobContext {
     /// job is recovered and fetched by another, the new attempt's token is larger. Send it with
     /// writes to resources that can refuse an older token than they have seen (see
     /// [`crate::locks`]); a stalled attempt that wakes up is then refused. 0 outside a server.
-    pub fn lease_token(&self) -> u64 {
-        self.lease_token
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
     }
 
     /// Keeps once-only step records for `keep` instead of [`DEFAULT_ONCE_TTL`].

@@ -48,7 +48,7 @@ pub struct Fetched {
     pub location: String,
     /// This attempt's fencing token: strictly increasing across every fetch on the backend, so
     /// a job recovered from a stalled worker and fetched again carries a larger token than the
-    /// stalled attempt. Jobs pass it to the resources they write (`JobContext::lease_token`).
+    /// stalled attempt. Jobs pass it to the resources they write (`JobContext::fencing_token`).
     /// 0 where unknown ([`crate::broker::Fleet::held`]).
     pub token: u64,
 }

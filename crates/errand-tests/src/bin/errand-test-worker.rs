@@ -187,7 +187,7 @@ impl Job for Fenced {
         );
         script
             .arg(self.0)
-            .arg(cx.lease_token())
+            .arg(cx.fencing_token())
             .invoke_async::<i64>(&mut conn.clone())
             .await?;
         Ok(())

@@ -67,7 +67,7 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
     let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
         .with_shutdown(s.deadline.clone(), &job.queue)
         .with_once_ttl(s.config().once_ttl)
-        .with_lease_token(job.token);
+        .with_fencing_token(job.token);
     let (handler, result) = match resolve(s, cx.payload()) {
         Err(e) => (None, Err(e)),
         Ok(Resolved {
