@@ -13,6 +13,7 @@ mod backend;
 pub mod bench;
 pub mod demo;
 pub mod ops;
+#[cfg(feature = "web")]
 pub mod web;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,7 @@ pub enum Command {
     /// Measure throughput, latency, CPU and memory with no-op jobs (a load test).
     Bench(BenchArgs),
     /// Serve the dashboard: queues, busy, retries, scheduled, dead, metrics, with actions.
+    #[cfg(feature = "web")]
     Web(WebArgs),
     /// The dashboard's figures and actions from a terminal: stats, queues, pause, resume,
     /// clear, jobs, job (retry/delete/kill), enqueue, processes, quiet, stop.
@@ -81,8 +83,8 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     /// As the dashboard's filter.
-    pub fn filter(&self) -> errand_web::data::Filter {
-        errand_web::data::Filter::new(
+    pub fn filter(&self) -> errand::api::Filter {
+        errand::api::Filter::new(
             self.class.as_deref(),
             self.queue.as_deref(),
             self.error.as_deref(),
@@ -294,6 +296,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        #[cfg(feature = "web")]
         Command::Web(args) => web::run(args).await,
         Command::Ops { backend, command } => ops::run(backend, command).await,
     }

@@ -1,14 +1,14 @@
 //! The ops commands: what the dashboard shows and does, from a terminal or a script
-//! (`--json`). Built on the same admin layer as the dashboard (`errand_web::data`), so a job
+//! (`--json`). Built on the same admin layer as the dashboard (`errand::api`), so a job
 //! retried here follows exactly the dashboard's rules.
 
 use crate::backend::Backend;
 use crate::{OpsArgs, OpsCommand};
 use anyhow::{Context, bail};
 use errand::admin::{Admin, Order, SetName};
+use errand::api::{self, Action, ActionConfig};
 use errand::broker::RemoteSignal;
 use errand::{Client, Push, RawJob};
-use errand_web::data::{self, Action, ActionConfig};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
     let actions = ActionConfig::default();
     match command {
         OpsCommand::Stats => {
-            let o = data::overview(admin).await?;
+            let o = api::overview(admin).await?;
             if args.json {
                 return print_json(&serde_json::to_value(&o)?);
             }
@@ -86,7 +86,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
             }
         }
         OpsCommand::Queues => {
-            let queues = data::queues(admin).await?;
+            let queues = api::queues(admin).await?;
             if args.json {
                 return print_json(&json!({ "queues": queues }));
             }
@@ -123,7 +123,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
         } => {
             let set = set_name(&set)?;
             let order = if desc { Order::Desc } else { Order::Asc };
-            let page = data::set_page(admin, set, 1, limit, order, &filter.filter()).await?;
+            let page = api::set_page(admin, set, 1, limit, order, &filter.filter()).await?;
             if args.json {
                 return print_json(&serde_json::to_value(&page)?);
             }
@@ -136,8 +136,8 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
                         ago(e.score),
                         e.job.class.clone(),
                         e.job.queue.clone(),
-                        data::preview(&e.job.args_preview(), 40),
-                        data::preview(e.job.error_message.as_deref().unwrap_or(""), 50),
+                        api::preview(&e.job.args_preview(), 40),
+                        api::preview(e.job.error_message.as_deref().unwrap_or(""), 50),
                     ]
                 })
                 .collect();
@@ -164,7 +164,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
             let act = Action::parse(&action)
                 .with_context(|| format!("no action {action:?}: use retry, delete or kill"))?;
             let n = if all {
-                data::apply_all(admin, actions, set, act, &filter.filter()).await?
+                api::apply_all(admin, actions, set, act, &filter.filter()).await?
             } else {
                 if keys.is_empty() {
                     bail!(
@@ -174,8 +174,8 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
                 }
                 let mut n = 0;
                 for key in &keys {
-                    match data::find(admin, set, key).await? {
-                        Some(e) if data::apply(admin, actions, set, &e.raw, act).await? => n += 1,
+                    match api::find(admin, set, key).await? {
+                        Some(e) if api::apply(admin, actions, set, &e.raw, act).await? => n += 1,
                         _ => eprintln!("not found (it ran, moved or was deleted): {key}"),
                     }
                 }
@@ -205,7 +205,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
             println!("{jid}");
         }
         OpsCommand::Processes => {
-            let (processes, work) = data::busy(admin).await?;
+            let (processes, work) = api::busy(admin).await?;
             if args.json {
                 return print_json(&json!({"processes": processes, "work": work}));
             }
@@ -235,7 +235,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
 
 /// Signals one live process, or all of them for `all`.
 async fn signal(admin: &dyn Admin, identity: &str, signal: RemoteSignal) -> anyhow::Result<()> {
-    let n = data::send_signal(admin, identity, signal).await?;
+    let n = api::send_signal(admin, identity, signal).await?;
     if n == 0 {
         bail!("no live process {identity:?} (see `errand ops processes`)");
     }

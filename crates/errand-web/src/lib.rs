@@ -29,9 +29,8 @@
 //! is escaped when rendered; the Content-Security-Policy forbids inline scripts; paging, filter
 //! and chart parameters are bounded. See [`security`].
 
-mod api;
 mod assets;
-pub mod data;
+mod json;
 mod pages;
 mod params;
 mod prom;
@@ -39,6 +38,7 @@ pub mod security;
 
 use axum::Router;
 use axum::routing::{get, post};
+use errand::api;
 use errand_core::WireProfile;
 use errand_core::admin::{Admin, SetName};
 use errand_core::broker::DeadLimits;
@@ -115,8 +115,8 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn actions(&self) -> data::ActionConfig {
-        data::ActionConfig {
+    pub(crate) fn actions(&self) -> api::ActionConfig {
+        api::ActionConfig {
             profile: self.config.profile,
             dead_limits: self.config.dead_limits,
         }
@@ -156,16 +156,16 @@ pub fn router(admin: Arc<dyn Admin>, config: WebConfig) -> Router {
         .route("/logout", post(pages::logout))
         .route("/metrics", get(prom::metrics))
         .route("/assets/{file}", get(assets::serve))
-        .route("/api/stats", get(api::stats))
-        .route("/api/history", get(api::history))
-        .route("/api/stream", get(api::stream))
-        .route("/api/busy", get(api::busy))
-        .route("/api/busy/{action}", post(api::busy_action))
-        .route("/api/queues", get(api::queues))
-        .route("/api/queues/{name}", get(api::queue))
-        .route("/api/queues/{name}/{action}", post(api::queue_action))
-        .route("/api/metrics", get(api::metrics))
-        .route("/api/openapi.json", get(api::openapi));
+        .route("/api/stats", get(json::stats))
+        .route("/api/history", get(json::history))
+        .route("/api/stream", get(json::stream))
+        .route("/api/busy", get(json::busy))
+        .route("/api/busy/{action}", post(json::busy_action))
+        .route("/api/queues", get(json::queues))
+        .route("/api/queues/{name}", get(json::queue))
+        .route("/api/queues/{name}/{action}", post(json::queue_action))
+        .route("/api/metrics", get(json::metrics))
+        .route("/api/openapi.json", get(json::openapi));
     for set in SetName::ALL {
         let slug = set_slug(set);
         r = r
@@ -191,23 +191,23 @@ pub fn router(admin: Arc<dyn Admin>, config: WebConfig) -> Router {
             )
             .route(
                 &format!("/api/{slug}"),
-                get(move |s, q| api::set_list(s, q, set)),
+                get(move |s, q| json::set_list(s, q, set)),
             )
             .route(
                 &format!("/api/{slug}/job"),
-                get(move |s, q| api::set_job(s, q, set)),
+                get(move |s, q| json::set_job(s, q, set)),
             )
             .route(
                 &format!("/api/{slug}/job/{{action}}"),
-                post(move |s, p, req| api::set_job_action(s, p, req, set)),
+                post(move |s, p, req| json::set_job_action(s, p, req, set)),
             )
             .route(
                 &format!("/api/{slug}/bulk"),
-                post(move |s, req| api::set_bulk(s, req, set)),
+                post(move |s, req| json::set_bulk(s, req, set)),
             )
             .route(
                 &format!("/api/{slug}/all"),
-                post(move |s, req| api::set_all(s, req, set)),
+                post(move |s, req| json::set_all(s, req, set)),
             );
     }
     r.layer(axum::middleware::from_fn_with_state(

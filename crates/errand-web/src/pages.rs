@@ -2,7 +2,6 @@
 //! is not explicitly marked pre-escaped (none here comes from a job), so job data always
 //! renders as text.
 
-use crate::data::{self, Action, Entry, JobView, Overview, SetPage, Window};
 use crate::params::{ListQuery, Posted, clamp_num};
 use crate::security::{self, RequestSecurity};
 use crate::{AppState, set_slug};
@@ -10,6 +9,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use errand::api::{self, Action, Entry, JobView, Overview, SetPage, Window};
 use errand_core::BrokerError;
 use errand_core::admin::{Order, SetName};
 use errand_core::broker::RemoteSignal;
@@ -76,7 +76,7 @@ impl Ctx<'_> {
 }
 
 async fn ctx<'a>(st: &'a AppState, sec: &'a RequestSecurity) -> Result<Ctx<'a>, BrokerError> {
-    let overview = data::overview(&*st.admin).await?;
+    let overview = api::overview(&*st.admin).await?;
     let info = st.admin.backend_info().await?;
     let version = info
         .facts
@@ -473,7 +473,7 @@ pub(crate) async fn dashboard(
 ) -> Response {
     let c = or_fail!(ctx(&st, &sec).await);
     let days = q.days();
-    let history = or_fail!(data::history(&*st.admin, days).await);
+    let history = or_fail!(api::history(&*st.admin, days).await);
     let info = &c.info;
     let body = html! {
         div.page-head {
@@ -519,7 +519,7 @@ pub(crate) async fn busy(
     Query(q): Query<ListQuery>,
 ) -> Response {
     let c = or_fail!(ctx(&st, &sec).await);
-    let (processes, work) = or_fail!(data::busy(&*st.admin).await);
+    let (processes, work) = or_fail!(api::busy(&*st.admin).await);
     let return_to = c.url("/busy");
     let body = html! {
         div.page-head {
@@ -624,7 +624,7 @@ pub(crate) async fn busy_action(
         "stop" => RemoteSignal::Stop,
         _ => return security::status(StatusCode::NOT_FOUND),
     };
-    match data::send_signal(&*st.admin, posted.get("identity").unwrap_or(""), signal).await {
+    match api::send_signal(&*st.admin, posted.get("identity").unwrap_or(""), signal).await {
         Ok(n) => back(&st, &posted, "/busy", &action, n),
         Err(e) => failure(e),
     }
@@ -637,7 +637,7 @@ pub(crate) async fn queues(
     Query(q): Query<ListQuery>,
 ) -> Response {
     let c = or_fail!(ctx(&st, &sec).await);
-    let queues = or_fail!(data::queues(&*st.admin).await);
+    let queues = or_fail!(api::queues(&*st.admin).await);
     let return_to = c.url("/queues");
     let body = html! {
         div.page-head { h1 { "Queues" } p.subtitle { (plural(queues.len() as u64, "queue", "queues")) ", " (plural(c.overview.enqueued, "job", "jobs")) " waiting" } }
@@ -719,13 +719,13 @@ pub(crate) async fn queue(
     Query(q): Query<ListQuery>,
 ) -> Response {
     let c = or_fail!(ctx(&st, &sec).await);
-    let all = or_fail!(data::queues(&*st.admin).await);
+    let all = or_fail!(api::queues(&*st.admin).await);
     let info = all.into_iter().find(|x| x.name == name);
     let (size, paused) = info.as_ref().map_or((0, false), |i| (i.size, i.paused));
     let per_page = q.per_page();
     let page_no = q.page();
     let order = q.order(Order::Asc);
-    let offset = ((page_no - 1) * per_page).min(data::MAX_OFFSET);
+    let offset = ((page_no - 1) * per_page).min(api::MAX_OFFSET);
     let entries = or_fail!(st.admin.queue_page(&name, offset, per_page, order).await);
     let base = format!("/queues/{}", enc(&name));
     let return_to = c.url(&format!(
@@ -797,7 +797,7 @@ pub(crate) async fn queue_action(
     posted: Posted,
 ) -> Response {
     let fallback = format!("/queues/{}", enc(&name));
-    match crate::api::queue_op(&st, &name, &action, posted.get("raw")).await {
+    match crate::json::queue_op(&st, &name, &action, posted.get("raw")).await {
         Ok(Some((done, n))) => back(&st, &posted, &fallback, done, n),
         Ok(None) => security::status(StatusCode::NOT_FOUND),
         Err(e) => failure(e),
@@ -864,7 +864,7 @@ pub(crate) async fn set_list(
     let order = q.order(default_order(set));
     let filter = q.filter();
     let listing: SetPage =
-        or_fail!(data::set_page(&*st.admin, set, q.page(), q.per_page(), order, &filter).await);
+        or_fail!(api::set_page(&*st.admin, set, q.page(), q.per_page(), order, &filter).await);
     let slug = set_slug(set);
     let path = format!("/{slug}");
     let mut here = vec![format!("page={}", listing.page)];
@@ -904,7 +904,7 @@ pub(crate) async fn set_list(
             h1 { (set_title(set)) }
             p.subtitle {
                 (num(listing.total)) @if listing.total == 1 { " job" } @else { " jobs" } @if !filter.is_empty() { " matching" }
-                @if listing.truncated { " (only the first " (num(data::MAX_SCAN as u64)) " were searched)" }
+                @if listing.truncated { " (only the first " (num(api::MAX_SCAN as u64)) " were searched)" }
             }
             div.actions {
                 form.inline method="post" action=(c.url(&format!("{path}/all"))) {
@@ -975,7 +975,7 @@ pub(crate) async fn set_list(
                                 @if set != SetName::Scheduled {
                                     td.error-text {
                                         @if let Some(ec) = &e.job.error_class { strong { (v(ec)) } ": " }
-                                        (v(&data::preview(e.job.error_message.as_deref().or(e.job.unreadable_reason.as_deref()).unwrap_or(""), 200)))
+                                        (v(&api::preview(e.job.error_message.as_deref().or(e.job.unreadable_reason.as_deref()).unwrap_or(""), 200)))
                                     }
                                 }
                                 @if set == SetName::Retry { td.num { (e.job.retry_count.map(num).unwrap_or_default()) } }
@@ -1010,7 +1010,7 @@ async fn job_page(
 ) -> Response {
     let c = or_fail!(ctx(st, sec).await);
     let key = q.key.clone().unwrap_or_default();
-    let entry = or_fail!(data::find(&*st.admin, set, &key).await);
+    let entry = or_fail!(api::find(&*st.admin, set, &key).await);
     let slug = set_slug(set);
     let list = c.url(&format!("/{slug}"));
     let Some(e) = entry else {
@@ -1028,7 +1028,7 @@ async fn job_page(
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| e.raw.clone());
-    let trace = data::backtrace(&e.raw);
+    let trace = api::backtrace(&e.raw);
     let (edit_error, edit_value) = match &error {
         Some((msg, args)) => (Some(msg.as_str()), args.clone()),
         None => (None, pretty_args.clone()),
@@ -1100,14 +1100,14 @@ pub(crate) async fn set_job_action(
 ) -> Response {
     let key = posted.get("key").unwrap_or("");
     let list = format!("/{}", set_slug(set));
-    let entry = match data::find(&*st.admin, set, key).await {
+    let entry = match api::find(&*st.admin, set, key).await {
         Ok(Some(e)) => e,
         Ok(None) => return back(&st, &posted, &list, "gone", 0),
         Err(e) => return failure(e),
     };
     if action == "edit" {
         let args = posted.get("args").unwrap_or("");
-        return match data::retry_with_args(&*st.admin, st.actions(), set, &entry.raw, args).await {
+        return match api::retry_with_args(&*st.admin, st.actions(), set, &entry.raw, args).await {
             Ok(true) => back(&st, &posted, &list, "retry", 1),
             Ok(false) => back(&st, &posted, &list, "gone", 0),
             Err(msg) => {
@@ -1122,7 +1122,7 @@ pub(crate) async fn set_job_action(
     let Some(action) = Action::parse(&action) else {
         return security::status(StatusCode::NOT_FOUND);
     };
-    match data::apply(&*st.admin, st.actions(), set, &entry.raw, action).await {
+    match api::apply(&*st.admin, st.actions(), set, &entry.raw, action).await {
         Ok(true) => back(&st, &posted, &list, action_code(action), 1),
         Ok(false) => back(&st, &posted, &list, "gone", 0),
         Err(e) => failure(e),
@@ -1143,7 +1143,7 @@ pub(crate) async fn set_bulk(State(st): State<AppState>, posted: Posted, set: Se
     let Some(action) = posted.get("action").and_then(Action::parse) else {
         return security::status(StatusCode::BAD_REQUEST);
     };
-    match crate::api::bulk(&st, set, action, &posted.all("key")).await {
+    match crate::json::bulk(&st, set, action, &posted.all("key")).await {
         Ok(n) => back(&st, &posted, &list, action_code(action), n),
         Err(e) => failure(e),
     }
@@ -1155,7 +1155,7 @@ pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: Set
     let Some(action) = posted.get("action").and_then(Action::parse) else {
         return security::status(StatusCode::BAD_REQUEST);
     };
-    match data::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
+    match api::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
         Ok(n) => back(&st, &posted, &list, action_code(action), n),
         Err(e) => failure(e),
     }
@@ -1169,7 +1169,7 @@ pub(crate) async fn metrics(
 ) -> Response {
     let c = or_fail!(ctx(&st, &sec).await);
     let window = Window::parse(q.window.as_deref());
-    let rows = or_fail!(data::class_metrics(&*st.admin, window).await);
+    let rows = or_fail!(api::class_metrics(&*st.admin, window).await);
     let max = rows.iter().map(|r| r.executions).max().unwrap_or(1).max(1);
     let body = html! {
         div.page-head {

@@ -1,11 +1,11 @@
 //! Request parameters: query strings with every number clamped, and POST bodies (a form or a
 //! JSON object) read into one shape, with the CSRF token checked before anything is done.
 
-use crate::data::{Filter, MAX_PER_PAGE};
 use crate::security::{self, CSRF_FIELD, RequestSecurity};
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use errand::api::{Filter, MAX_PER_PAGE};
 use errand_core::admin::Order;
 use serde::Deserialize;
 use serde_json::Value;
@@ -99,7 +99,7 @@ impl ListQuery {
 /// entry keys round-trip (`parse_key(entry_key(score, jid))`). Bytes a request URI cannot
 /// carry are percent-encoded first (a real request's URI always parses).
 pub fn params_check(query: &[u8]) {
-    use crate::data::{MAX_FILTER_LEN, Window, entry_key, parse_key};
+    use errand::api::{MAX_FILTER_LEN, Window, entry_key, parse_key};
     let mut encoded = String::from("/?");
     for &b in query {
         if b.is_ascii_alphanumeric() || b"&=%+-._~!$'()*,;:@/?".contains(&b) {

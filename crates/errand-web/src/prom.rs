@@ -3,10 +3,10 @@
 //! (all-time totals from the backend, so they only grow).
 
 use crate::AppState;
-use crate::data;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use errand::api;
 use errand_core::admin::SetName;
 use errand_core::metrics::HISTOGRAM_BOUNDS_MS;
 use std::fmt::Write;
@@ -27,8 +27,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub(crate) async fn render(st: &AppState) -> Result<String, errand_core::BrokerError> {
     let admin = &*st.admin;
     let counters = admin.counters().await?;
-    let queues = data::queues(admin).await?;
-    let (processes, _) = data::busy(admin).await?;
+    let queues = api::queues(admin).await?;
+    let (processes, _) = api::busy(admin).await?;
     let mut out = String::new();
 
     family(

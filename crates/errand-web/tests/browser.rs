@@ -86,7 +86,7 @@ async fn every_page_shows_the_known_figures_and_runs_nothing_from_job_data() {
 
     // Dashboard: the cards equal the fixture and the backend's own totals.
     b.goto(&fx.url("/")).await;
-    let o = errand_web::data::overview(&*fx.admin).await.unwrap();
+    let o = errand::api::overview(&*fx.admin).await.unwrap();
     for (stat, want, backend) in [
         ("processed", PROCESSED, o.processed),
         ("failed", FAILED, o.failed),

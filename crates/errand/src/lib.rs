@@ -50,6 +50,7 @@
 //! - `redis` (default): the Redis backend, re-exported as [`redis`].
 //! - `sqlite` (default): the embedded SQLite backend, re-exported as [`sqlite`].
 
+pub mod api;
 mod client;
 mod context;
 mod error;

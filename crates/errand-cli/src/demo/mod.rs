@@ -57,6 +57,7 @@ async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Admin
 
 /// Serves the dashboard on `addr` in the background; `None` (with a note) when the address
 /// cannot be had, since the demo runs fine without it.
+#[cfg(feature = "web")]
 async fn serve_dashboard(
     addr: std::net::SocketAddr,
     admin: Arc<dyn Admin>,
@@ -74,6 +75,16 @@ async fn serve_dashboard(
         let _ = axum::serve(listener, app).await;
     });
     Some(local)
+}
+
+/// Without the `web` feature there is no dashboard to serve: says so, and the demo runs on.
+#[cfg(not(feature = "web"))]
+async fn serve_dashboard(
+    _addr: std::net::SocketAddr,
+    _admin: Arc<dyn Admin>,
+) -> Option<std::net::SocketAddr> {
+    println!("(dashboard not built in: build errand-cli with its `web` feature)\n");
+    None
 }
 
 /// Prints event lines and one progress line, in place on a terminal.

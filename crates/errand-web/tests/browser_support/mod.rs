@@ -399,7 +399,7 @@ impl Fixture {
     pub async fn key(&self, set: SetName, jid: &str) -> String {
         self.entry(set, jid)
             .await
-            .map(|(score, _)| errand_web::data::entry_key(score, jid))
+            .map(|(score, _)| errand::api::entry_key(score, jid))
             .unwrap_or_else(|| panic!("{jid} is not in {set:?}"))
     }
 

@@ -1,7 +1,6 @@
 //! The JSON API behind every page (described in `openapi.json`), and the operations the pages'
 //! forms share with it.
 
-use crate::data::{self, Action, Entry, Window};
 use crate::params::{ListQuery, Posted};
 use crate::{AppState, set_slug};
 use axum::Json;
@@ -9,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use errand::api::{self, Action, Entry, Window};
 use errand_core::BrokerError;
 use errand_core::admin::{Order, SetName};
 use errand_core::broker::RemoteSignal;
@@ -55,7 +55,7 @@ fn bad(msg: &str) -> Response {
 
 /// `GET /api/stats`: the totals and what the backend is.
 pub(crate) async fn stats(State(st): State<AppState>) -> Response {
-    let overview = or_err!(data::overview(&*st.admin).await);
+    let overview = or_err!(api::overview(&*st.admin).await);
     let info = or_err!(st.admin.backend_info().await);
     let facts: serde_json::Map<String, Value> = info
         .facts
@@ -67,7 +67,7 @@ pub(crate) async fn stats(State(st): State<AppState>) -> Response {
 
 /// `GET /api/history?days=N` (1..=180).
 pub(crate) async fn history(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    match data::history(&*st.admin, q.days()).await {
+    match api::history(&*st.admin, q.days()).await {
         Ok(days) => Json(json!({
             "days": days.into_iter().map(|(date, processed, failed)| json!({"date": date, "processed": processed, "failed": failed})).collect::<Vec<_>>()
         }))
@@ -92,7 +92,7 @@ pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery
                 }
             };
             tick.tick().await;
-            let event = match data::overview(&*st.admin).await {
+            let event = match api::overview(&*st.admin).await {
                 Ok(o) => Event::default()
                     .event("stats")
                     .json_data(&o)
@@ -109,7 +109,7 @@ pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery
 
 /// `GET /api/busy`: processes and running jobs.
 pub(crate) async fn busy(State(st): State<AppState>) -> Response {
-    match data::busy(&*st.admin).await {
+    match api::busy(&*st.admin).await {
         Ok((processes, work)) => {
             Json(json!({"processes": processes, "work": work})).into_response()
         }
@@ -128,7 +128,7 @@ pub(crate) async fn busy_action(
         "stop" => RemoteSignal::Stop,
         _ => return not_found("no such action"),
     };
-    match data::send_signal(&*st.admin, posted.get("identity").unwrap_or(""), signal).await {
+    match api::send_signal(&*st.admin, posted.get("identity").unwrap_or(""), signal).await {
         Ok(n) => Json(json!({"signalled": n})).into_response(),
         Err(e) => err(e),
     }
@@ -136,7 +136,7 @@ pub(crate) async fn busy_action(
 
 /// `GET /api/queues`.
 pub(crate) async fn queues(State(st): State<AppState>) -> Response {
-    match data::queues(&*st.admin).await {
+    match api::queues(&*st.admin).await {
         Ok(q) => Json(json!({"queues": q})).into_response(),
         Err(e) => err(e),
     }
@@ -151,7 +151,7 @@ pub(crate) async fn queue(
     let per_page = q.per_page();
     let page = q.page();
     let order = q.order(Order::Asc);
-    let offset = ((page - 1) * per_page).min(data::MAX_OFFSET);
+    let offset = ((page - 1) * per_page).min(api::MAX_OFFSET);
     let size = match st.admin.queues().await {
         Ok(all) => all
             .into_iter()
@@ -165,7 +165,7 @@ pub(crate) async fn queue(
             "size": size,
             "page": page,
             "per_page": per_page,
-            "jobs": entries.iter().map(|raw| json!({"job": data::JobView::new(raw), "raw": raw})).collect::<Vec<_>>(),
+            "jobs": entries.iter().map(|raw| json!({"job": api::JobView::new(raw), "raw": raw})).collect::<Vec<_>>(),
         }))
         .into_response(),
         Err(e) => err(e),
@@ -221,7 +221,7 @@ pub(crate) async fn set_list(
     } else {
         Order::Asc
     };
-    match data::set_page(
+    match api::set_page(
         &*st.admin,
         set,
         q.page(),
@@ -242,7 +242,7 @@ fn entry_json(e: &Entry) -> Value {
         "score": e.score,
         "job": e.job,
         "raw": e.raw,
-        "backtrace": data::backtrace(&e.raw),
+        "backtrace": api::backtrace(&e.raw),
     })
 }
 
@@ -252,7 +252,7 @@ pub(crate) async fn set_job(
     Query(q): Query<ListQuery>,
     set: SetName,
 ) -> Response {
-    match data::find(&*st.admin, set, q.key.as_deref().unwrap_or("")).await {
+    match api::find(&*st.admin, set, q.key.as_deref().unwrap_or("")).await {
         Ok(Some(e)) => Json(entry_json(&e)).into_response(),
         Ok(None) => not_found("no such job in this set"),
         Err(e) => err(e),
@@ -266,7 +266,7 @@ pub(crate) async fn set_job_action(
     posted: Posted,
     set: SetName,
 ) -> Response {
-    let entry = match data::find(&*st.admin, set, posted.get("key").unwrap_or("")).await {
+    let entry = match api::find(&*st.admin, set, posted.get("key").unwrap_or("")).await {
         Ok(Some(e)) => e,
         Ok(None) => return not_found("no such job in this set"),
         Err(e) => return err(e),
@@ -275,7 +275,7 @@ pub(crate) async fn set_job_action(
         if set != SetName::Dead {
             return not_found("arguments are edited on dead jobs");
         }
-        return match data::retry_with_args(
+        return match api::retry_with_args(
             &*st.admin,
             st.actions(),
             set,
@@ -292,7 +292,7 @@ pub(crate) async fn set_job_action(
     let Some(act) = Action::parse(&action) else {
         return not_found("no such action");
     };
-    match data::apply(&*st.admin, st.actions(), set, &entry.raw, act).await {
+    match api::apply(&*st.admin, st.actions(), set, &entry.raw, act).await {
         Ok(true) => Json(json!({"done": act, "count": 1})).into_response(),
         Ok(false) => (
             StatusCode::CONFLICT,
@@ -311,9 +311,9 @@ pub(crate) async fn bulk(
     keys: &[&str],
 ) -> Result<u64, BrokerError> {
     let mut n = 0;
-    for key in keys.iter().take(data::MAX_PER_PAGE * 10) {
-        if let Some(e) = data::find(&*st.admin, set, key).await?
-            && data::apply(&*st.admin, st.actions(), set, &e.raw, action).await?
+    for key in keys.iter().take(api::MAX_PER_PAGE * 10) {
+        if let Some(e) = api::find(&*st.admin, set, key).await?
+            && api::apply(&*st.admin, st.actions(), set, &e.raw, action).await?
         {
             n += 1;
         }
@@ -339,7 +339,7 @@ pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: Set
     let Some(action) = posted.get("action").and_then(Action::parse) else {
         return bad("action must be retry, delete or kill");
     };
-    match data::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
+    match api::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
         Ok(n) => Json(json!({"done": action, "count": n})).into_response(),
         Err(e) => err(e),
     }
@@ -348,7 +348,7 @@ pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: Set
 /// `GET /api/metrics?window=hour|day`.
 pub(crate) async fn metrics(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let window = Window::parse(q.window.as_deref());
-    match data::class_metrics(&*st.admin, window).await {
+    match api::class_metrics(&*st.admin, window).await {
         Ok(rows) => Json(json!({"window": window, "classes": rows})).into_response(),
         Err(e) => err(e),
     }

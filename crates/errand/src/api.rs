@@ -1,6 +1,9 @@
-//! What the pages and the JSON API show and do, built once on the [`Admin`] primitives: the
-//! overview, job views of stored entries, bounded filtering and paging, and the actions
-//! (retry now, delete, kill, retry with edited arguments) with Sidekiq's rules.
+//! The operations people run on a backend, built once on the [`Admin`] primitives (the role
+//! Sidekiq's `api.rb` plays): the overview, job views of stored entries, bounded filtering and
+//! paging, the actions with Sidekiq's rules (retry now, delete, kill, retry with edited
+//! arguments, and each of them on every entry matching a filter), processes and their signals,
+//! metrics per class, daily history. The dashboard, its JSON API, Prometheus and `errand ops`
+//! all go through here, so a job retried from any of them follows the same rules.
 
 use errand_core::admin::{Admin, Order, ProcessRecord, QueueSummary, SetEntry, SetName};
 use errand_core::broker::{BrokerResult, DeadLimits};
