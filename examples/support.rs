@@ -5,7 +5,7 @@
 //! The examples are binaries (`cargo run -p errand-examples --bin <name>`); each checks its
 //! own outcome with `assert!` and prints it, and `tests/run.rs` runs every one of them.
 
-use errand::admin::{Admin, Order, SetEntry, SetName};
+use errand::admin::{Admin, Order, SetEntry, SetName, SetRange};
 use errand::sqlite::SqliteBroker;
 use errand::{Server, ServerBuilder};
 use std::future::Future;
@@ -140,5 +140,12 @@ pub fn assert_line(stdout: &str, line: &str) {
 /// Every entry of `set` (retries, scheduled or dead), oldest first, read through the admin API
 /// the dashboard and `errand ops` use.
 pub async fn entries(broker: &SqliteBroker, set: SetName) -> anyhow::Result<Vec<SetEntry>> {
-    Ok(broker.set_page(set, 0, 10_000, Order::Asc).await?)
+    Ok(broker
+        .set_page(SetRange {
+            set,
+            offset: 0,
+            limit: 10_000,
+            order: Order::Asc,
+        })
+        .await?)
 }

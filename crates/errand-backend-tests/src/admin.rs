@@ -37,7 +37,10 @@
 use crate::support::{beat, beat_at, enqueue, fetch, info};
 use crate::{BackendFactory, Inspect, STEP_TIMEOUT, job};
 use async_trait::async_trait;
-use errand_core::admin::{Admin, Counters, Order, QueueSummary, SetEntry, SetName};
+use errand_core::admin::{
+    Admin, Counters, MoveToDead, MoveToQueue, Order, QueueRange, QueueSummary, SetEntry, SetName,
+    SetRange,
+};
 use errand_core::broker::{
     Broker, DeadLimits, Heartbeat, RemoteSignal, ScheduledJob, Settle, WorkEntry,
 };
@@ -172,15 +175,25 @@ async fn put(b: &dyn Broker, set: SetName, score: f64, member: &str) {
 }
 
 async fn page(a: &dyn Admin, set: SetName) -> Vec<SetEntry> {
-    a.set_page(set, 0, 1_000, Order::Asc)
-        .await
-        .expect("set_page")
+    a.set_page(SetRange {
+        set,
+        offset: 0,
+        limit: 1_000,
+        order: Order::Asc,
+    })
+    .await
+    .expect("set_page")
 }
 
 async fn queue_all(a: &dyn Admin, queue: &str) -> Vec<String> {
-    a.queue_page(queue, 0, 1_000, Order::Asc)
-        .await
-        .expect("queue_page")
+    a.queue_page(QueueRange {
+        queue,
+        offset: 0,
+        limit: 1_000,
+        order: Order::Asc,
+    })
+    .await
+    .expect("queue_page")
 }
 
 fn by_raw(mut entries: Vec<SetEntry>) -> Vec<SetEntry> {
@@ -266,7 +279,14 @@ pub async fn admin_queue_page_in_both_orders(f: &impl AdminFactory) {
     )
     .await
     .unwrap();
-    let pg = |offset, limit, order| a.queue_page("q", offset, limit, order);
+    let pg = |offset, limit, order| {
+        a.queue_page(QueueRange {
+            queue: "q",
+            offset,
+            limit,
+            order,
+        })
+    };
     assert_eq!(pg(0, 2, Order::Asc).await.unwrap(), jobs[0..2], "{n}");
     assert_eq!(pg(2, 2, Order::Asc).await.unwrap(), jobs[2..4], "{n}");
     assert_eq!(
@@ -300,10 +320,15 @@ pub async fn admin_queue_page_in_both_orders(f: &impl AdminFactory) {
             "{n}: {order:?} limit 0 is an empty page"
         );
         assert!(
-            a.queue_page("unknown", 0, 10, order)
-                .await
-                .unwrap()
-                .is_empty(),
+            a.queue_page(QueueRange {
+                queue: "unknown",
+                offset: 0,
+                limit: 10,
+                order
+            })
+            .await
+            .unwrap()
+            .is_empty(),
             "{n}"
         );
     }
@@ -500,7 +525,14 @@ pub async fn admin_set_pages_order_by_score_then_member(f: &impl AdminFactory) {
         entry(200.25, &high),
     ];
     let desc: Vec<SetEntry> = asc.iter().rev().cloned().collect();
-    let pg = |offset, limit, order| a.set_page(SetName::Scheduled, offset, limit, order);
+    let pg = |offset, limit, order| {
+        a.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset,
+            limit,
+            order,
+        })
+    };
     assert_eq!(
         pg(0, 10, Order::Asc).await.unwrap(),
         asc,
@@ -526,7 +558,14 @@ pub async fn admin_set_pages_order_by_score_then_member(f: &impl AdminFactory) {
         "{n}: retry"
     );
     assert_eq!(
-        a.set_page(SetName::Dead, 0, 10, Order::Desc).await.unwrap(),
+        a.set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 10,
+            order: Order::Desc
+        })
+        .await
+        .unwrap(),
         vec![entry(30.0, &job("d", 2)), entry(20.0, &job("d", 1))],
         "{n}: dead, newest death first"
     );
@@ -622,9 +661,14 @@ pub async fn admin_set_to_queue_moves_once_with_the_new_payload(f: &impl AdminFa
         .unwrap();
 
     assert!(
-        a.set_to_queue(SetName::Retry, &stored, "target", &edited)
-            .await
-            .unwrap(),
+        a.set_to_queue(MoveToQueue {
+            set: SetName::Retry,
+            member: &stored,
+            queue: "target",
+            payload: &edited
+        })
+        .await
+        .unwrap(),
         "{n}"
     );
     assert_eq!(
@@ -646,9 +690,14 @@ pub async fn admin_set_to_queue_moves_once_with_the_new_payload(f: &impl AdminFa
         "{n}: listed"
     );
     assert!(
-        !a.set_to_queue(SetName::Retry, &stored, "target", &edited)
-            .await
-            .unwrap(),
+        !a.set_to_queue(MoveToQueue {
+            set: SetName::Retry,
+            member: &stored,
+            queue: "target",
+            payload: &edited
+        })
+        .await
+        .unwrap(),
         "{n}: a second move finds nothing"
     );
     assert_eq!(
@@ -660,9 +709,14 @@ pub async fn admin_set_to_queue_moves_once_with_the_new_payload(f: &impl AdminFa
     // Onto a queue with jobs: pushed as a push is, behind them.
     let second = job("target", 2);
     assert!(
-        a.set_to_queue(SetName::Retry, &second, "waiting", &second)
-            .await
-            .unwrap(),
+        a.set_to_queue(MoveToQueue {
+            set: SetName::Retry,
+            member: &second,
+            queue: "waiting",
+            payload: &second
+        })
+        .await
+        .unwrap(),
         "{n}"
     );
     assert_eq!(
@@ -672,9 +726,14 @@ pub async fn admin_set_to_queue_moves_once_with_the_new_payload(f: &impl AdminFa
     );
 
     assert!(
-        !a.set_to_queue(SetName::Scheduled, "absent", "never", &edited)
-            .await
-            .unwrap(),
+        !a.set_to_queue(MoveToQueue {
+            set: SetName::Scheduled,
+            member: "absent",
+            queue: "never",
+            payload: &edited
+        })
+        .await
+        .unwrap(),
         "{n}: absent member"
     );
     assert!(
@@ -704,9 +763,15 @@ pub async fn admin_set_to_dead_inserts_at_now_and_trims(f: &impl AdminFactory) {
         max_age: Duration::from_secs(1_000_000),
     };
     assert!(
-        a.set_to_dead(SetName::Retry, &retry, &killed, 1_100.0, by_size)
-            .await
-            .unwrap(),
+        a.set_to_dead(MoveToDead {
+            set: SetName::Retry,
+            member: &retry,
+            payload: &killed,
+            now: 1_100.0,
+            limits: by_size
+        })
+        .await
+        .unwrap(),
         "{n}"
     );
     assert_eq!(a.set_size(SetName::Retry).await.unwrap(), 0, "{n}: removed");
@@ -727,9 +792,15 @@ pub async fn admin_set_to_dead_inserts_at_now_and_trims(f: &impl AdminFactory) {
         max_age: Duration::from_secs(1_000),
     };
     assert!(
-        a.set_to_dead(SetName::Scheduled, &scheduled, &scheduled, 2_002.0, by_age)
-            .await
-            .unwrap(),
+        a.set_to_dead(MoveToDead {
+            set: SetName::Scheduled,
+            member: &scheduled,
+            payload: &scheduled,
+            now: 2_002.0,
+            limits: by_age
+        })
+        .await
+        .unwrap(),
         "{n}"
     );
     assert_eq!(
@@ -743,13 +814,13 @@ pub async fn admin_set_to_dead_inserts_at_now_and_trims(f: &impl AdminFactory) {
     );
 
     assert!(
-        !a.set_to_dead(
-            SetName::Retry,
-            "absent",
-            "must not appear",
-            3_000.0,
-            DeadLimits::default()
-        )
+        !a.set_to_dead(MoveToDead {
+            set: SetName::Retry,
+            member: "absent",
+            payload: "must not appear",
+            now: 3_000.0,
+            limits: DeadLimits::default()
+        })
         .await
         .unwrap(),
         "{n}: absent member"
@@ -1043,7 +1114,14 @@ pub async fn admin_raw_payloads_survive_byte_for_byte(f: &impl AdminFactory) {
     .unwrap();
     assert_eq!(queue_all(a, "raw").await, strings(&[broken, odd]), "{n}");
     assert_eq!(
-        a.queue_page("raw", 0, 10, Order::Desc).await.unwrap(),
+        a.queue_page(QueueRange {
+            queue: "raw",
+            offset: 0,
+            limit: 10,
+            order: Order::Desc
+        })
+        .await
+        .unwrap(),
         strings(&[odd, broken]),
         "{n}"
     );
@@ -1066,9 +1144,14 @@ pub async fn admin_raw_payloads_survive_byte_for_byte(f: &impl AdminFactory) {
         "{n}"
     );
     assert!(
-        a.set_to_queue(SetName::Scheduled, broken, "raw", moved)
-            .await
-            .unwrap(),
+        a.set_to_queue(MoveToQueue {
+            set: SetName::Scheduled,
+            member: broken,
+            queue: "raw",
+            payload: moved
+        })
+        .await
+        .unwrap(),
         "{n}"
     );
     assert_eq!(
@@ -1077,9 +1160,15 @@ pub async fn admin_raw_payloads_survive_byte_for_byte(f: &impl AdminFactory) {
         "{n}"
     );
     assert!(
-        a.set_to_dead(SetName::Scheduled, odd, odd, 7.0, DeadLimits::default())
-            .await
-            .unwrap(),
+        a.set_to_dead(MoveToDead {
+            set: SetName::Scheduled,
+            member: odd,
+            payload: odd,
+            now: 7.0,
+            limits: DeadLimits::default()
+        })
+        .await
+        .unwrap(),
         "{n}"
     );
     assert_eq!(page(a, SetName::Dead).await, vec![entry(7.0, odd)], "{n}");

@@ -5,7 +5,7 @@
 //! injectable clock).
 
 use async_trait::async_trait;
-use errand_core::admin::{Admin, Counters, Order, SetName};
+use errand_core::admin::{Admin, Counters, Order, QueueRange, SetName, SetRange};
 use errand_core::broker::Broker;
 use std::time::Duration;
 
@@ -37,7 +37,12 @@ pub trait Inspect: Send + Sync {
         loop {
             let page = self
                 .admin()
-                .queue_page(name, out.len(), PAGE, Order::Asc)
+                .queue_page(QueueRange {
+                    queue: name,
+                    offset: out.len(),
+                    limit: PAGE,
+                    order: Order::Asc,
+                })
                 .await
                 .expect("queue page");
             let last = page.len() < PAGE;
@@ -80,7 +85,12 @@ pub trait Inspect: Send + Sync {
         loop {
             let page = self
                 .admin()
-                .set_page(set, out.len(), PAGE, Order::Asc)
+                .set_page(SetRange {
+                    set,
+                    offset: out.len(),
+                    limit: PAGE,
+                    order: Order::Asc,
+                })
                 .await
                 .expect("set page");
             let last = page.len() < PAGE;

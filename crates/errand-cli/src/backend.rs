@@ -1,7 +1,7 @@
 //! Opening the backend a command works on: an SQLite file (the default) or a Redis server.
 
 use errand::broker::Broker;
-use errand::redis::RedisBroker;
+use errand::redis::{RedisBroker, RedisConfig};
 use errand_sqlite::{SqliteBroker, SqliteConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -16,19 +16,23 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    /// Opens Redis at `redis` if given, else the SQLite file at `sqlite`. With `fresh`, starts
-    /// from nothing: the Redis database is flushed, the SQLite file (and its WAL) replaced.
+    /// Opens Redis at `redis` (under `namespace`, if given) when given, else the SQLite file at
+    /// `sqlite`. With `fresh`, starts from nothing: Errand's and Sidekiq's keys in the namespace
+    /// are deleted (other keys in the database stay), the SQLite file (and its WAL) replaced.
     pub(crate) async fn open(
         sqlite: &Path,
         redis: Option<&str>,
+        namespace: Option<&str>,
         fresh: bool,
     ) -> anyhow::Result<Self> {
         if let Some(url) = redis {
-            let broker = RedisBroker::connect(url).await?;
+            let mut config = RedisConfig::new(url);
+            if let Some(ns) = namespace {
+                config = config.namespace(ns);
+            }
+            let broker = RedisBroker::connect_with(config).await?;
             if fresh {
-                redis::cmd("FLUSHDB")
-                    .query_async::<()>(&mut broker.connection())
-                    .await?;
+                broker.reset().await?;
             }
             return Ok(Backend::Redis(Box::new(broker)));
         }

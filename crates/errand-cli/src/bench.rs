@@ -1,6 +1,6 @@
 //! `errand bench`: a load test in the spirit of Sidekiq's own.
 //!
-//! Four figures, one phase each, on a fresh SQLite file or a flushed Redis database:
+//! Four figures, one phase each, on a fresh SQLite file or a Redis namespace emptied first:
 //! 1. enqueue: `--jobs N` no-op jobs pushed with `Client::push_bulk`, `--batch` per call, then
 //!    `--single` more pushed one at a time, each awaited (Sidekiq's `perform_async` loop);
 //! 2. drain: a server of `--concurrency C` (in this process, or `--processes P` worker
@@ -284,6 +284,9 @@ fn worker_command(args: &BenchArgs) -> anyhow::Result<tokio::process::Command> {
         Some(url) => cmd.arg("--redis").arg(url),
         None => cmd.arg("--sqlite").arg(&args.sqlite),
     };
+    if let Some(ns) = &args.namespace {
+        cmd.arg("--namespace").arg(ns);
+    }
     cmd.arg("--concurrency")
         .arg(args.concurrency.to_string())
         .stdin(std::process::Stdio::piped())
@@ -510,7 +513,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.rate >= 0.0 && args.seconds >= 0.0,
         "--rate and --seconds must not be negative"
     );
-    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), true).await?;
+    let backend = Backend::open(
+        &args.sqlite,
+        args.redis.as_deref(),
+        args.namespace.as_deref(),
+        true,
+    )
+    .await?;
     let (kind, label) = match &backend {
         Backend::Sqlite(_) => ("sqlite", format!("sqlite file {}", args.sqlite.display())),
         Backend::Redis(_) => (
@@ -685,7 +694,13 @@ fn emit(v: Value) {
 
 /// A worker process: runs a server on the bench queue between `go` and the end of its input.
 async fn worker(args: BenchArgs) -> anyhow::Result<()> {
-    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), false).await?;
+    let backend = Backend::open(
+        &args.sqlite,
+        args.redis.as_deref(),
+        args.namespace.as_deref(),
+        false,
+    )
+    .await?;
     let tally = Arc::new(Tally::new());
     let server = server(backend.broker(), tally.clone(), args.concurrency)?;
     emit(json!({"event": "ready"}));

@@ -59,6 +59,15 @@ pub struct OpsArgs {
     /// The Redis server at this URL instead.
     #[arg(long, global = true, env = "REDIS_URL")]
     pub redis: Option<String>,
+    /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
+    /// `RedisConfig::namespace` write them.
+    #[arg(
+        long,
+        global = true,
+        env = "ERRAND_REDIS_NAMESPACE",
+        requires = "redis"
+    )]
+    pub namespace: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -182,6 +191,10 @@ pub struct WebArgs {
     /// Show the Redis server at this URL instead (Sidekiq's data included).
     #[arg(long, env = "REDIS_URL")]
     pub redis: Option<String>,
+    /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
+    /// `RedisConfig::namespace` write them.
+    #[arg(long, env = "ERRAND_REDIS_NAMESPACE", requires = "redis")]
+    pub namespace: Option<String>,
     /// Address to listen on. Anything but loopback needs authentication.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub bind: std::net::SocketAddr,
@@ -211,9 +224,14 @@ pub struct DemoArgs {
     /// The SQLite file to use (replaced at start). The default backend.
     #[arg(long, default_value = "errand-demo.sqlite", conflicts_with = "redis")]
     pub sqlite: PathBuf,
-    /// Use the Redis server at this URL instead of SQLite (its database is flushed first).
+    /// Use the Redis server at this URL instead of SQLite. Errand's and Sidekiq's keys in its
+    /// namespace are deleted first; other keys stay.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
+    /// `RedisConfig::namespace` write them.
+    #[arg(long, env = "ERRAND_REDIS_NAMESPACE", requires = "redis")]
+    pub namespace: Option<String>,
     /// Use Sidekiq's real retry backoff (15 s, 16 s, 31 s, ...) instead of the demo's 1 s steps;
     /// the run then takes minutes.
     #[arg(long)]
@@ -241,9 +259,14 @@ pub struct BenchArgs {
     /// The SQLite file to use (replaced at start). The default backend.
     #[arg(long, default_value = "errand-bench.sqlite", conflicts_with = "redis")]
     pub sqlite: PathBuf,
-    /// Use the Redis server at this URL instead of SQLite (its database is flushed first).
+    /// Use the Redis server at this URL instead of SQLite. Errand's and Sidekiq's keys in its
+    /// namespace are deleted first; other keys stay.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
+    /// `RedisConfig::namespace` write them.
+    #[arg(long, env = "ERRAND_REDIS_NAMESPACE", requires = "redis")]
+    pub namespace: Option<String>,
     /// How many no-op jobs to enqueue in bulk and drain.
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,

@@ -62,7 +62,13 @@ fn ago(epoch: f64) -> String {
 /// Runs an ops command.
 pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
     crate::init_tracing();
-    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), false).await?;
+    let backend = Backend::open(
+        &args.sqlite,
+        args.redis.as_deref(),
+        args.namespace.as_deref(),
+        false,
+    )
+    .await?;
     let admin = backend.admin();
     let admin: &dyn Admin = &*admin;
     let actions = ActionConfig::default();

@@ -51,7 +51,13 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
         );
         eprintln!();
     }
-    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), false).await?;
+    let backend = Backend::open(
+        &args.sqlite,
+        args.redis.as_deref(),
+        args.namespace.as_deref(),
+        false,
+    )
+    .await?;
     let config = WebConfig::default().auth(auth).base_path(&args.base_path);
     let base = config.base_path.clone();
     let app = if base.is_empty() {

@@ -1,7 +1,7 @@
 //! The ops commands on a real SQLite file: enqueue, read the figures, pause and resume,
 //! list and act on the dead set, all as a person types them.
 
-use errand::admin::{Admin, SetName};
+use errand::admin::{Admin, QueueRange, SetName};
 use errand::broker::Fleet;
 use errand::broker::JobQueue;
 use errand::broker::{DeadLimits, FetchRequest, Settle};
@@ -48,7 +48,12 @@ async fn ops_commands_read_and_change_the_backend() {
     assert_eq!(stats["enqueued"], 1);
     assert_eq!(stats["scheduled"], 1);
     let queued = broker
-        .queue_page("mail", 0, 10, Default::default())
+        .queue_page(QueueRange {
+            queue: "mail",
+            offset: 0,
+            limit: 10,
+            order: Default::default(),
+        })
         .await
         .unwrap();
     let p = errand::Payload::parse(&queued[0]).unwrap();
@@ -113,7 +118,12 @@ async fn ops_commands_read_and_change_the_backend() {
     assert!(out.contains("1 job(s) enqueued"), "{out}");
     assert_eq!(broker.set_size(SetName::Dead).await.unwrap(), 0);
     let back = broker
-        .queue_page("mail", 0, 10, Default::default())
+        .queue_page(QueueRange {
+            queue: "mail",
+            offset: 0,
+            limit: 10,
+            order: Default::default(),
+        })
         .await
         .unwrap();
     let p = errand::Payload::parse(&back[0]).unwrap();

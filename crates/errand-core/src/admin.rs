@@ -124,6 +124,60 @@ pub struct BackendInfo {
     pub facts: Vec<(String, String)>,
 }
 
+/// A range of a queue ([`Admin::queue_page`]).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueRange<'a> {
+    /// The queue, without the `queue:` prefix.
+    pub queue: &'a str,
+    /// Entries to skip from the start `order` names.
+    pub offset: usize,
+    /// At most this many entries.
+    pub limit: usize,
+    /// `Asc`: the next to run first.
+    pub order: Order,
+}
+
+/// A range of a sorted set ([`Admin::set_page`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SetRange {
+    /// The set.
+    pub set: SetName,
+    /// Entries to skip from the start `order` names.
+    pub offset: usize,
+    /// At most this many entries.
+    pub limit: usize,
+    /// `Asc`: the lowest score first.
+    pub order: Order,
+}
+
+/// Moves a set member to a queue ([`Admin::set_to_queue`]): retry now, run now.
+#[derive(Debug, Clone, Copy)]
+pub struct MoveToQueue<'a> {
+    /// The set it is in.
+    pub set: SetName,
+    /// The exact stored member.
+    pub member: &'a str,
+    /// The queue to push onto.
+    pub queue: &'a str,
+    /// What to push (the member, rewritten: `enqueued_at`, a decremented `retry_count`).
+    pub payload: &'a str,
+}
+
+/// Moves a set member to the dead set ([`Admin::set_to_dead`]): kill.
+#[derive(Debug, Clone, Copy)]
+pub struct MoveToDead<'a> {
+    /// The set it is in.
+    pub set: SetName,
+    /// The exact stored member.
+    pub member: &'a str,
+    /// What to store in the dead set.
+    pub payload: &'a str,
+    /// Time of death, float epoch seconds (the score).
+    pub now: f64,
+    /// The dead set's bounds, applied in the same step.
+    pub limits: DeadLimits,
+}
+
 /// The admin side of a backend. Every method is one atomic step; none re-encodes a payload.
 ///
 /// Methods that take a `member` or `raw` take the exact stored string (as a page returned
@@ -144,15 +198,9 @@ pub trait Admin: Send + Sync + 'static {
     /// Every known queue (the `queues` set, plus any paused queue), sorted by name.
     async fn queues(&self) -> BrokerResult<Vec<QueueSummary>>;
 
-    /// Up to `limit` entries of `queue` from position `offset`, exactly as stored. `Asc`
-    /// starts from the next to run.
-    async fn queue_page(
-        &self,
-        queue: &str,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<String>>;
+    /// Up to `range.limit` entries of `range.queue` from position `range.offset`, exactly as
+    /// stored. `Asc` starts from the next to run.
+    async fn queue_page(&self, range: QueueRange<'_>) -> BrokerResult<Vec<String>>;
 
     /// Removes one entry equal to `raw` from `queue` (Sidekiq's `LREM queue 1 raw`). False
     /// when none was there.
@@ -168,14 +216,8 @@ pub trait Admin: Send + Sync + 'static {
     /// How many entries `set` holds.
     async fn set_size(&self, set: SetName) -> BrokerResult<u64>;
 
-    /// Up to `limit` entries of `set` from position `offset` in score order.
-    async fn set_page(
-        &self,
-        set: SetName,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<SetEntry>>;
+    /// Up to `range.limit` entries of `range.set` from position `range.offset` in score order.
+    async fn set_page(&self, range: SetRange) -> BrokerResult<Vec<SetEntry>>;
 
     /// Every entry of `set` whose score is exactly `score` (how Sidekiq addresses an entry:
     /// `<score>-<jid>`; the caller picks the one with the jid).
@@ -184,26 +226,14 @@ pub trait Admin: Send + Sync + 'static {
     /// Removes `member` from `set`. False when it was not there.
     async fn set_remove(&self, set: SetName, member: &str) -> BrokerResult<bool>;
 
-    /// In one step: removes `member` from `set` and, if it was there, pushes `payload` onto
-    /// `queue` (registering the queue name). False (and nothing pushed) when it was not.
-    async fn set_to_queue(
-        &self,
-        set: SetName,
-        member: &str,
-        queue: &str,
-        payload: &str,
-    ) -> BrokerResult<bool>;
+    /// In one step: removes `mv.member` from `mv.set` and, if it was there, pushes `mv.payload`
+    /// onto `mv.queue` (registering the queue name). False (and nothing pushed) when it was not.
+    async fn set_to_queue(&self, mv: MoveToQueue<'_>) -> BrokerResult<bool>;
 
-    /// In one step: removes `member` from `set` and, if it was there, adds `payload` to the
-    /// dead set at score `now`, trimmed to `limits`. False (and nothing added) when it was not.
-    async fn set_to_dead(
-        &self,
-        set: SetName,
-        member: &str,
-        payload: &str,
-        now: f64,
-        limits: DeadLimits,
-    ) -> BrokerResult<bool>;
+    /// In one step: removes `mv.member` from `mv.set` and, if it was there, adds `mv.payload` to
+    /// the dead set at score `mv.now`, trimmed to `mv.limits`. False (and nothing added) when it
+    /// was not.
+    async fn set_to_dead(&self, mv: MoveToDead<'_>) -> BrokerResult<bool>;
 
     /// Empties `set`. Returns how many entries were removed.
     async fn set_clear(&self, set: SetName) -> BrokerResult<u64>;

@@ -8,9 +8,10 @@ use crate::RedisBroker;
 use crate::error::cmd_err;
 use async_trait::async_trait;
 use errand_core::admin::{
-    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
+    Admin, BackendInfo, Counters, MoveToDead, MoveToQueue, Order, ProcessRecord, QueueRange,
+    QueueSummary, SetEntry, SetName, SetRange,
 };
-use errand_core::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use errand_core::broker::{BrokerResult, RemoteSignal};
 use errand_core::metrics::ClassMetrics;
 use redis::{FromRedisValue, Value};
 use std::collections::BTreeMap;
@@ -199,13 +200,13 @@ impl Admin for RedisBroker {
         Ok(out)
     }
 
-    async fn queue_page(
-        &self,
-        queue: &str,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<String>> {
+    async fn queue_page(&self, range: QueueRange<'_>) -> BrokerResult<Vec<String>> {
+        let QueueRange {
+            queue,
+            offset,
+            limit,
+            order,
+        } = range;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -278,13 +279,13 @@ impl Admin for RedisBroker {
             .map_err(|e| self.fail(e))
     }
 
-    async fn set_page(
-        &self,
-        set: SetName,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<SetEntry>> {
+    async fn set_page(&self, range: SetRange) -> BrokerResult<Vec<SetEntry>> {
+        let SetRange {
+            set,
+            offset,
+            limit,
+            order,
+        } = range;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -321,13 +322,13 @@ impl Admin for RedisBroker {
         Ok(n > 0)
     }
 
-    async fn set_to_queue(
-        &self,
-        set: SetName,
-        member: &str,
-        queue: &str,
-        payload: &str,
-    ) -> BrokerResult<bool> {
+    async fn set_to_queue(&self, mv: MoveToQueue<'_>) -> BrokerResult<bool> {
+        let MoveToQueue {
+            set,
+            member,
+            queue,
+            payload,
+        } = mv;
         let k = self.keys();
         let n: i64 = crate::scripts::SET_TO_QUEUE
             .key(self.set_key(set))
@@ -342,14 +343,14 @@ impl Admin for RedisBroker {
         Ok(n == 1)
     }
 
-    async fn set_to_dead(
-        &self,
-        set: SetName,
-        member: &str,
-        payload: &str,
-        now: f64,
-        limits: DeadLimits,
-    ) -> BrokerResult<bool> {
+    async fn set_to_dead(&self, mv: MoveToDead<'_>) -> BrokerResult<bool> {
+        let MoveToDead {
+            set,
+            member,
+            payload,
+            now,
+            limits,
+        } = mv;
         let n: i64 = crate::scripts::SET_TO_DEAD
             .key(self.set_key(set))
             .key(self.set_key(SetName::Dead))
@@ -463,4 +464,93 @@ impl Admin for RedisBroker {
     async fn metrics_totals(&self) -> BrokerResult<Vec<ClassMetrics>> {
         self.read_metrics_totals().await
     }
+}
+
+impl RedisBroker {
+    /// Deletes what Errand and Sidekiq keep in this broker's namespace, and nothing else: with a
+    /// namespace, every key under it; without one, Sidekiq's keys (`queues`, `queue:*`,
+    /// `schedule`, `retry`, `dead`, `stat:*`, `processes` with each process's hash, work hashes
+    /// and signal list, `paused`) and Errand's (`errand:*`). Other applications' keys in the
+    /// same database stay. For a fresh start (the demo, the bench); returns how many keys went.
+    ///
+    /// # Errors
+    /// A backend failure; keys deleted before it stay deleted.
+    pub async fn reset(&self) -> BrokerResult<u64> {
+        let k = self.keys();
+        let mut conn = self.connection();
+        let mut doomed: Vec<String> = Vec::new();
+        let patterns: Vec<String> = if k.prefix().is_empty() {
+            let processes: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(k.processes())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            for identity in &processes {
+                doomed.extend([
+                    k.process(identity),
+                    k.work(identity, "work"),
+                    k.work(identity, "workers"),
+                    k.signals(identity),
+                ]);
+            }
+            doomed.extend([
+                k.queues(),
+                k.processes(),
+                k.paused(),
+                k.set(SetName::Retry),
+                k.set(SetName::Scheduled),
+                k.set(SetName::Dead),
+            ]);
+            vec![
+                format!("{}*", k.queue_prefix()),
+                format!("{}*", k.stat("")),
+                "errand:*".to_string(),
+            ]
+        } else {
+            vec![format!("{}*", escape_glob(k.prefix()))]
+        };
+        for pattern in &patterns {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                doomed.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        doomed.sort();
+        doomed.dedup();
+        let mut deleted = 0;
+        for chunk in doomed.chunks(1_000) {
+            let n: u64 = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            deleted += n;
+        }
+        Ok(deleted)
+    }
+}
+
+/// `s` with the characters a SCAN `MATCH` pattern treats specially escaped.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

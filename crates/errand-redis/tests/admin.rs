@@ -2,7 +2,9 @@
 //! `Broker::record_metrics`) against a real `redis-server`: one server per test binary (or
 //! `REDIS_URL` when set), each case in its own key namespace.
 
-use errand_core::admin::{Admin, Order, SetEntry, SetName};
+use errand_core::admin::{
+    Admin, MoveToDead, MoveToQueue, Order, QueueRange, SetEntry, SetName, SetRange,
+};
 use errand_core::broker::Fleet;
 use errand_core::broker::JobQueue;
 use errand_core::broker::{DeadLimits, Enqueue, Heartbeat, RemoteSignal, ScheduledJob, WorkEntry};
@@ -28,13 +30,13 @@ fn server() -> Arc<RedisServer> {
     s
 }
 
-/// One case's view: its broker (in a namespace of its own), a raw connection and its keys.
 /// Key `name` under the case's namespace, spelled out here (not by `Keys`), so the cases check
 /// Sidekiq's layout itself.
 fn layout_key(keys: &Keys, name: &str) -> String {
     format!("{}{name}", keys.prefix())
 }
 
+/// One case's view: its broker (in a namespace of its own), a raw connection and its keys.
 struct Case {
     b: RedisBroker,
     conn: ConnectionManager,
@@ -74,6 +76,11 @@ async fn case(tag: &str) -> Case {
 }
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// A job payload numbered `n`.
+fn payload(n: u32) -> String {
+    format!(r#"{{"class":"Work","args":[{n}],"jid":"j{n}","queue":"default"}}"#)
+}
 
 fn enqueue(queue: &str, payload: &str) -> Enqueue {
     Enqueue {
@@ -141,7 +148,14 @@ async fn queue_pages_from_both_ends_and_deletes_and_clears() {
     c.b.push(&[enqueue("low", "l0")]).await.unwrap();
 
     // j0 was pushed first, so it is the next to run.
-    let page = |offset, limit, order| c.b.queue_page("default", offset, limit, order);
+    let page = |offset, limit, order| {
+        c.b.queue_page(QueueRange {
+            queue: "default",
+            offset,
+            limit,
+            order,
+        })
+    };
     assert_eq!(page(0, 2, Order::Asc).await.unwrap(), ["j0", "j1"]);
     assert_eq!(page(2, 2, Order::Asc).await.unwrap(), ["j2", "j3"]);
     assert_eq!(page(4, 2, Order::Asc).await.unwrap(), ["j4"]);
@@ -152,10 +166,15 @@ async fn queue_pages_from_both_ends_and_deletes_and_clears() {
     assert!(page(0, 0, Order::Asc).await.unwrap().is_empty());
     assert!(page(0, 0, Order::Desc).await.unwrap().is_empty());
     assert!(
-        c.b.queue_page("nope", 0, 10, Order::Asc)
-            .await
-            .unwrap()
-            .is_empty()
+        c.b.queue_page(QueueRange {
+            queue: "nope",
+            offset: 0,
+            limit: 10,
+            order: Order::Asc
+        })
+        .await
+        .unwrap()
+        .is_empty()
     );
 
     let qs = c.b.queues().await.unwrap();
@@ -215,34 +234,59 @@ async fn set_pages_and_scores_round_trip_exactly() {
     assert_eq!(c.b.set_size(SetName::Retry).await.unwrap(), 0);
 
     let all =
-        c.b.set_page(SetName::Scheduled, 0, 100, Order::Asc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 0,
+            limit: 100,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(members(&all), ["s3", "s1", "s4", "s0", "s2"]);
     for e in &all {
         let i: usize = e.raw[1..].parse().unwrap();
         assert_eq!(e.score.to_bits(), scores[i].to_bits(), "{e:?}");
     }
     let asc =
-        c.b.set_page(SetName::Scheduled, 1, 2, Order::Asc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 1,
+            limit: 2,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(members(&asc), ["s1", "s4"]);
     let desc =
-        c.b.set_page(SetName::Scheduled, 0, 2, Order::Desc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 0,
+            limit: 2,
+            order: Order::Desc,
+        })
+        .await
+        .unwrap();
     assert_eq!(members(&desc), ["s2", "s0"]);
     let tail =
-        c.b.set_page(SetName::Scheduled, 4, 2, Order::Desc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 4,
+            limit: 2,
+            order: Order::Desc,
+        })
+        .await
+        .unwrap();
     assert_eq!(members(&tail), ["s3"]);
     assert!(
-        c.b.set_page(SetName::Scheduled, 0, 0, Order::Asc)
-            .await
-            .unwrap()
-            .is_empty()
+        c.b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 0,
+            limit: 0,
+            order: Order::Asc
+        })
+        .await
+        .unwrap()
+        .is_empty()
     );
 
     // Addressing by exact score (Sidekiq's `<score>-<jid>`), including two members at one score.
@@ -286,20 +330,35 @@ async fn set_to_queue_moves_once() {
     let _: () = conn.zadd(&retry, "other", 11.0).await.unwrap();
 
     assert!(
-        c.b.set_to_queue(SetName::Retry, "old-form", "critical", "new-form")
-            .await
-            .unwrap()
+        c.b.set_to_queue(MoveToQueue {
+            set: SetName::Retry,
+            member: "old-form",
+            queue: "critical",
+            payload: "new-form"
+        })
+        .await
+        .unwrap()
     );
     assert!(
-        !c.b.set_to_queue(SetName::Retry, "old-form", "critical", "new-form")
-            .await
-            .unwrap(),
+        !c.b.set_to_queue(MoveToQueue {
+            set: SetName::Retry,
+            member: "old-form",
+            queue: "critical",
+            payload: "new-form"
+        })
+        .await
+        .unwrap(),
         "a second move finds nothing"
     );
     assert!(
-        !c.b.set_to_queue(SetName::Dead, "other", "ghost", "x")
-            .await
-            .unwrap(),
+        !c.b.set_to_queue(MoveToQueue {
+            set: SetName::Dead,
+            member: "other",
+            queue: "ghost",
+            payload: "x"
+        })
+        .await
+        .unwrap(),
         "wrong set: nothing moved"
     );
     let queued: Vec<String> = conn.lrange(c.keys.queue("critical"), 0, -1).await.unwrap();
@@ -308,9 +367,14 @@ async fn set_to_queue_moves_once() {
     known.sort();
     assert_eq!(known, ["critical"], "no name registered for a failed move");
     let left =
-        c.b.set_page(SetName::Retry, 0, 10, Order::Asc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Retry,
+            offset: 0,
+            limit: 10,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(members(&left), ["other"]);
 
     // From the dead set too, onto a queue that already has jobs: it goes to the far end.
@@ -320,11 +384,24 @@ async fn set_to_queue_moves_once() {
         .await
         .unwrap();
     assert!(
-        c.b.set_to_queue(SetName::Dead, "corpse", "critical", "revived")
-            .await
-            .unwrap()
+        c.b.set_to_queue(MoveToQueue {
+            set: SetName::Dead,
+            member: "corpse",
+            queue: "critical",
+            payload: "revived"
+        })
+        .await
+        .unwrap()
     );
-    let page = c.b.queue_page("critical", 0, 10, Order::Asc).await.unwrap();
+    let page =
+        c.b.queue_page(QueueRange {
+            queue: "critical",
+            offset: 0,
+            limit: 10,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(page, ["new-form", "first", "revived"]);
 }
 
@@ -352,14 +429,25 @@ async fn set_to_dead_moves_once_and_trims() {
         .unwrap();
 
     assert!(
-        c.b.set_to_dead(SetName::Retry, "failing", "killed", now, limits)
-            .await
-            .unwrap()
+        c.b.set_to_dead(MoveToDead {
+            set: SetName::Retry,
+            member: "failing",
+            payload: "killed",
+            now,
+            limits
+        })
+        .await
+        .unwrap()
     );
     let after =
-        c.b.set_page(SetName::Dead, 0, 10, Order::Asc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 10,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(
         members(&after),
         ["d2", "d3", "killed"],
@@ -369,15 +457,26 @@ async fn set_to_dead_moves_once_and_trims() {
     assert_eq!(c.b.set_size(SetName::Retry).await.unwrap(), 0);
 
     assert!(
-        !c.b.set_to_dead(SetName::Retry, "failing", "killed-again", now + 1.0, limits)
-            .await
-            .unwrap(),
+        !c.b.set_to_dead(MoveToDead {
+            set: SetName::Retry,
+            member: "failing",
+            payload: "killed-again",
+            now: now + 1.0,
+            limits
+        })
+        .await
+        .unwrap(),
         "a second kill finds nothing"
     );
     let again =
-        c.b.set_page(SetName::Dead, 0, 10, Order::Asc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 10,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(again, after, "nothing added, nothing trimmed");
 
     // The age limit alone: a large max keeps everything younger than max_age.
@@ -390,14 +489,25 @@ async fn set_to_dead_moves_once_and_trims() {
         max_age: Duration::from_secs(86_400 + 3600),
     };
     assert!(
-        c.b.set_to_dead(SetName::Scheduled, "later", "later-dead", now, roomy)
-            .await
-            .unwrap()
+        c.b.set_to_dead(MoveToDead {
+            set: SetName::Scheduled,
+            member: "later",
+            payload: "later-dead",
+            now,
+            limits: roomy
+        })
+        .await
+        .unwrap()
     );
     let aged =
-        c.b.set_page(SetName::Dead, 0, 10, Order::Asc)
-            .await
-            .unwrap();
+        c.b.set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 10,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
     assert_eq!(members(&aged), ["d3", "killed", "later-dead"]);
 }
 
@@ -775,9 +885,14 @@ async fn namespaces_keep_admin_views_apart() {
     assert_eq!(b.b.set_size(SetName::Scheduled).await.unwrap(), 0);
     assert!(!b.b.set_remove(SetName::Scheduled, "later").await.unwrap());
     assert!(
-        !b.b.set_to_queue(SetName::Scheduled, "later", "default", "x")
-            .await
-            .unwrap()
+        !b.b.set_to_queue(MoveToQueue {
+            set: SetName::Scheduled,
+            member: "later",
+            queue: "default",
+            payload: "x"
+        })
+        .await
+        .unwrap()
     );
     assert!(b.b.processes().await.unwrap().is_empty());
     assert!(b.b.metrics(0, 10).await.unwrap().is_empty());
@@ -820,5 +935,62 @@ async fn namespaces_keep_admin_views_apart() {
                 .any(|k| k.as_str() == format!("{a_prefix}{want}")),
             "{want} under the namespace: {mine:?}"
         );
+    }
+}
+
+/// `reset` (what `errand demo` and `errand bench` run first) deletes Errand's and Sidekiq's keys
+/// in its namespace and nothing else: neither another application's keys nor a key that only
+/// starts like the namespace; without a namespace, Sidekiq's bare keys go and others stay.
+#[tokio::test]
+async fn reset_deletes_only_errands_keys_in_its_namespace() {
+    let c = case("reset").await;
+    let mut conn = c.conn.clone();
+    c.b.push(&[
+        enqueue("default", &payload(1)),
+        enqueue("mail", &payload(2)),
+    ])
+    .await
+    .unwrap();
+    c.b.push_scheduled(&[ScheduledJob {
+        at: 1e12,
+        payload: payload(3),
+    }])
+    .await
+    .unwrap();
+    let ns = c.keys.prefix().trim_end_matches(':').to_string();
+    let foreign = [format!("other-app:{ns}:cache"), format!("{ns}-lookalike")];
+    for k in &foreign {
+        let _: () = conn.set(k, "keep").await.unwrap();
+    }
+    let deleted = c.b.reset().await.unwrap();
+    assert!(
+        deleted >= 4,
+        "queues, two lists and the scheduled set: {deleted}"
+    );
+    assert!(c.b.queues().await.unwrap().is_empty());
+    assert_eq!(c.b.set_size(SetName::Scheduled).await.unwrap(), 0);
+    for k in &foreign {
+        let kept: Option<String> = conn.get(k).await.unwrap();
+        assert_eq!(kept.as_deref(), Some("keep"), "{k}");
+    }
+
+    let bare = RedisBroker::connect(&c.url).await.unwrap();
+    bare.push(&[enqueue("reset-bare", &payload(4))])
+        .await
+        .unwrap();
+    let _: () = conn.set("stat:processed", 7).await.unwrap();
+    let _: () = conn.set("myapp:cache", "keep").await.unwrap();
+    bare.reset().await.unwrap();
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(&["queue:reset-bare", "queues", "stat:processed"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "Sidekiq's bare keys are gone");
+    let kept: Option<String> = conn.get("myapp:cache").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("keep"));
+    let _: () = conn.del("myapp:cache").await.unwrap();
+    for k in &foreign {
+        let _: () = conn.del(k).await.unwrap();
     }
 }

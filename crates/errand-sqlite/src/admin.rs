@@ -13,10 +13,10 @@ use crate::rows::{bury, enqueue, now, read_counters};
 use crate::schema::{member_hash, state};
 use async_trait::async_trait;
 use errand_core::admin::{
-    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
-    signal_name,
+    Admin, BackendInfo, Counters, MoveToDead, MoveToQueue, Order, ProcessRecord, QueueRange,
+    QueueSummary, SetEntry, SetName, SetRange, signal_name,
 };
-use errand_core::broker::{BrokerResult, DeadLimits, Enqueue, RemoteSignal};
+use errand_core::broker::{BrokerResult, Enqueue, RemoteSignal};
 use errand_core::metrics::{ClassMetrics, HISTOGRAM_BUCKETS, merge_by_class};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use std::collections::BTreeSet;
@@ -280,13 +280,13 @@ impl Admin for SqliteBroker {
         .await
     }
 
-    async fn queue_page(
-        &self,
-        queue: &str,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<String>> {
+    async fn queue_page(&self, range: QueueRange<'_>) -> BrokerResult<Vec<String>> {
+        let QueueRange {
+            queue,
+            offset,
+            limit,
+            order,
+        } = range;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -366,13 +366,13 @@ impl Admin for SqliteBroker {
         .map(|n| n as u64)
     }
 
-    async fn set_page(
-        &self,
-        set: SetName,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<SetEntry>> {
+    async fn set_page(&self, range: SetRange) -> BrokerResult<Vec<SetEntry>> {
+        let SetRange {
+            set,
+            offset,
+            limit,
+            order,
+        } = range;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -415,13 +415,13 @@ impl Admin for SqliteBroker {
         self.write(move |tx| remove_member(tx, set, &member)).await
     }
 
-    async fn set_to_queue(
-        &self,
-        set: SetName,
-        member: &str,
-        queue: &str,
-        payload: &str,
-    ) -> BrokerResult<bool> {
+    async fn set_to_queue(&self, mv: MoveToQueue<'_>) -> BrokerResult<bool> {
+        let MoveToQueue {
+            set,
+            member,
+            queue,
+            payload,
+        } = mv;
         let (set, member) = (set_of(set), member.to_string());
         let job = Enqueue {
             queue: queue.to_string(),
@@ -442,14 +442,14 @@ impl Admin for SqliteBroker {
         Ok(moved)
     }
 
-    async fn set_to_dead(
-        &self,
-        set: SetName,
-        member: &str,
-        payload: &str,
-        now: f64,
-        limits: DeadLimits,
-    ) -> BrokerResult<bool> {
+    async fn set_to_dead(&self, mv: MoveToDead<'_>) -> BrokerResult<bool> {
+        let MoveToDead {
+            set,
+            member,
+            payload,
+            now,
+            limits,
+        } = mv;
         let (set, member, payload) = (set_of(set), member.to_string(), payload.to_string());
         self.write(move |tx| {
             if !remove_member(tx, set, &member)? {

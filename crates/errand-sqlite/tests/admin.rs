@@ -1,6 +1,8 @@
 //! The admin side of the SQLite backend ([`Admin`]), each case on its own file in a temp dir.
 
-use errand_core::admin::{Admin, Counters, Order, SetEntry, SetName};
+use errand_core::admin::{
+    Admin, Counters, MoveToDead, MoveToQueue, Order, QueueRange, SetEntry, SetName, SetRange,
+};
 use errand_core::broker::{
     BrokerResult, DeadLimits, Enqueue, FetchRequest, Fleet, Heartbeat, JobQueue, RemoteSignal,
     ScheduledJob, WorkEntry,
@@ -20,7 +22,13 @@ trait Reads {
 
 impl Reads for SqliteBroker {
     async fn queue(&self, name: &str) -> BrokerResult<Vec<String>> {
-        self.queue_page(name, 0, 100_000, Order::Asc).await
+        self.queue_page(QueueRange {
+            queue: name,
+            offset: 0,
+            limit: 100_000,
+            order: Order::Asc,
+        })
+        .await
     }
     async fn queue_len(&self, name: &str) -> BrokerResult<u64> {
         let queues = self.queues().await?;
@@ -37,7 +45,14 @@ impl Reads for SqliteBroker {
     }
     async fn set(&self, name: &str) -> BrokerResult<Vec<(f64, String)>> {
         let set = SetName::parse(name).expect("a set name");
-        let page = self.set_page(set, 0, 100_000, Order::Asc).await?;
+        let page = self
+            .set_page(SetRange {
+                set,
+                offset: 0,
+                limit: 100_000,
+                order: Order::Asc,
+            })
+            .await?;
         Ok(page.into_iter().map(|e| (e.score, e.raw)).collect())
     }
     async fn in_flight(&self, identity: &str, queue: &str) -> BrokerResult<Vec<String>> {
@@ -138,7 +153,14 @@ async fn queue_pages_in_both_orders() {
     for n in 2..5 {
         b.push(&[job("default", n)]).await.unwrap();
     }
-    let page = |offset, limit, order| b.queue_page("default", offset, limit, order);
+    let page = |offset, limit, order| {
+        b.queue_page(QueueRange {
+            queue: "default",
+            offset,
+            limit,
+            order,
+        })
+    };
     assert_eq!(
         page(0, 2, Order::Asc).await.unwrap(),
         [payload(0), payload(1)]
@@ -155,10 +177,15 @@ async fn queue_pages_in_both_orders() {
     assert!(page(5, 2, Order::Asc).await.unwrap().is_empty());
     assert!(page(0, 0, Order::Asc).await.unwrap().is_empty());
     assert!(
-        b.queue_page("nope", 0, 10, Order::Asc)
-            .await
-            .unwrap()
-            .is_empty()
+        b.queue_page(QueueRange {
+            queue: "nope",
+            offset: 0,
+            limit: 10,
+            order: Order::Asc
+        })
+        .await
+        .unwrap()
+        .is_empty()
     );
 
     // A fetched job put back goes to the front: next to run, first in Asc, last in Desc.
@@ -207,7 +234,14 @@ async fn queue_delete_and_clear() {
     b.push(&[job("other", 7)]).await.unwrap();
     assert!(b.queue_delete("q", &a).await.unwrap());
     assert_eq!(
-        b.queue_page("q", 0, 10, Order::Asc).await.unwrap(),
+        b.queue_page(QueueRange {
+            queue: "q",
+            offset: 0,
+            limit: 10,
+            order: Order::Asc
+        })
+        .await
+        .unwrap(),
         [a.clone(), x.clone()]
     );
     assert!(!b.queue_delete("q", "not there").await.unwrap());
@@ -256,7 +290,12 @@ async fn set_pages_sizes_and_exact_scores() {
     assert_eq!(b.set_size(SetName::Scheduled).await.unwrap(), 5);
     assert_eq!(b.set_size(SetName::Retry).await.unwrap(), 0);
     let asc = b
-        .set_page(SetName::Scheduled, 0, 10, Order::Asc)
+        .set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 0,
+            limit: 10,
+            order: Order::Asc,
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -272,15 +311,25 @@ async fn set_pages_sizes_and_exact_scores() {
     assert_eq!(asc[0].score.to_bits(), sum.to_bits());
     assert_eq!(asc[4].score.to_bits(), odd.to_bits());
     assert_eq!(
-        b.set_page(SetName::Scheduled, 1, 2, Order::Desc)
-            .await
-            .unwrap(),
+        b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 1,
+            limit: 2,
+            order: Order::Desc
+        })
+        .await
+        .unwrap(),
         [entry(10.0, "b"), entry(10.0, "a")]
     );
     assert_eq!(
-        b.set_page(SetName::Scheduled, 4, 2, Order::Desc)
-            .await
-            .unwrap(),
+        b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 4,
+            limit: 2,
+            order: Order::Desc
+        })
+        .await
+        .unwrap(),
         [entry(sum, "e")]
     );
     assert_eq!(
@@ -325,9 +374,14 @@ async fn set_to_queue_moves_once() {
     schedule(b, &[(5.0, &member), (6.0, &payload(2))]).await;
     b.push(&[job("critical", 0)]).await.unwrap();
     assert!(
-        b.set_to_queue(SetName::Scheduled, &member, "critical", &edited)
-            .await
-            .unwrap()
+        b.set_to_queue(MoveToQueue {
+            set: SetName::Scheduled,
+            member: &member,
+            queue: "critical",
+            payload: &edited
+        })
+        .await
+        .unwrap()
     );
     assert_eq!(
         b.queue("critical").await.unwrap(),
@@ -335,23 +389,38 @@ async fn set_to_queue_moves_once() {
     );
     assert_eq!(b.set("schedule").await.unwrap(), [(6.0, payload(2))]);
     assert!(
-        !b.set_to_queue(SetName::Scheduled, &member, "critical", &edited)
-            .await
-            .unwrap()
+        !b.set_to_queue(MoveToQueue {
+            set: SetName::Scheduled,
+            member: &member,
+            queue: "critical",
+            payload: &edited
+        })
+        .await
+        .unwrap()
     );
     // Same set, different set name: nothing there either.
     assert!(
-        !b.set_to_queue(SetName::Retry, &payload(2), "critical", &edited)
-            .await
-            .unwrap()
+        !b.set_to_queue(MoveToQueue {
+            set: SetName::Retry,
+            member: &payload(2),
+            queue: "critical",
+            payload: &edited
+        })
+        .await
+        .unwrap()
     );
     assert_eq!(b.queue_len("critical").await.unwrap(), 2);
 
     // A new queue name is registered.
     assert!(
-        b.set_to_queue(SetName::Scheduled, &payload(2), "fresh", &payload(2))
-            .await
-            .unwrap()
+        b.set_to_queue(MoveToQueue {
+            set: SetName::Scheduled,
+            member: &payload(2),
+            queue: "fresh",
+            payload: &payload(2)
+        })
+        .await
+        .unwrap()
     );
     assert_eq!(b.known_queues().await.unwrap(), ["critical", "fresh"]);
     assert_eq!(b.set_size(SetName::Scheduled).await.unwrap(), 0);
@@ -371,9 +440,15 @@ async fn set_to_dead_moves_once_and_trims() {
     for (i, m) in ["r1", "r2", "r3"].into_iter().enumerate() {
         let dead = format!("{m}-dead");
         assert!(
-            b.set_to_dead(SetName::Scheduled, m, &dead, 1000.0 + i as f64, limits)
-                .await
-                .unwrap()
+            b.set_to_dead(MoveToDead {
+                set: SetName::Scheduled,
+                member: m,
+                payload: &dead,
+                now: 1000.0 + i as f64,
+                limits
+            })
+            .await
+            .unwrap()
         );
     }
     // Size: the two newest stay.
@@ -385,16 +460,28 @@ async fn set_to_dead_moves_once_and_trims() {
         ]
     );
     assert!(
-        !b.set_to_dead(SetName::Scheduled, "r1", "r1-dead", 1003.0, limits)
-            .await
-            .unwrap()
+        !b.set_to_dead(MoveToDead {
+            set: SetName::Scheduled,
+            member: "r1",
+            payload: "r1-dead",
+            now: 1003.0,
+            limits
+        })
+        .await
+        .unwrap()
     );
     assert_eq!(b.set_size(SetName::Dead).await.unwrap(), 2);
     // Age: entries older than max_age before this death go with it.
     assert!(
-        b.set_to_dead(SetName::Scheduled, "r4", "r4-dead", 1101.5, limits)
-            .await
-            .unwrap()
+        b.set_to_dead(MoveToDead {
+            set: SetName::Scheduled,
+            member: "r4",
+            payload: "r4-dead",
+            now: 1101.5,
+            limits
+        })
+        .await
+        .unwrap()
     );
     assert_eq!(
         b.set("dead").await.unwrap(),
@@ -407,9 +494,15 @@ async fn set_to_dead_moves_once_and_trims() {
 
     // Killing a dead entry again re-scores it (members are unique).
     assert!(
-        b.set_to_dead(SetName::Dead, "r3-dead", "r3-dead", 1102.0, limits)
-            .await
-            .unwrap()
+        b.set_to_dead(MoveToDead {
+            set: SetName::Dead,
+            member: "r3-dead",
+            payload: "r3-dead",
+            now: 1102.0,
+            limits
+        })
+        .await
+        .unwrap()
     );
     assert_eq!(
         b.set("dead").await.unwrap(),
@@ -688,9 +781,14 @@ async fn an_existing_file_gains_the_admin_tables() {
     let b = SqliteBroker::open(&path).await.unwrap();
     assert_eq!(b.queue("default").await.unwrap(), [payload(1)]);
     assert_eq!(
-        b.set_page(SetName::Scheduled, 0, 10, Order::Asc)
-            .await
-            .unwrap(),
+        b.set_page(SetRange {
+            set: SetName::Scheduled,
+            offset: 0,
+            limit: 10,
+            order: Order::Asc
+        })
+        .await
+        .unwrap(),
         [entry(5.0, "later")]
     );
     b.set_paused("default", true).await.unwrap();

@@ -8,9 +8,10 @@
 
 use async_trait::async_trait;
 use errand::admin::{
-    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
+    Admin, BackendInfo, Counters, MoveToDead, MoveToQueue, ProcessRecord, QueueRange, QueueSummary,
+    SetEntry, SetName, SetRange,
 };
-use errand::broker::{Broker, BrokerResult, DeadLimits, RemoteSignal};
+use errand::broker::{Broker, BrokerResult, RemoteSignal};
 use errand::metrics::ClassMetrics;
 use errand_backend_tests::{AdminBackend, AdminFactory, BackendFactory, Inspect, TestBackend};
 use errand_testing::{ManualClock, MemoryBroker};
@@ -143,14 +144,21 @@ impl Admin for BrokenAdmin {
     async fn queues(&self) -> BrokerResult<Vec<QueueSummary>> {
         self.inner.queues().await
     }
-    async fn queue_page(
-        &self,
-        queue: &str,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<String>> {
-        self.inner.queue_page(queue, offset, limit, order).await
+    async fn queue_page(&self, range: QueueRange<'_>) -> BrokerResult<Vec<String>> {
+        let QueueRange {
+            queue,
+            offset,
+            limit,
+            order,
+        } = range;
+        self.inner
+            .queue_page(QueueRange {
+                queue,
+                offset,
+                limit,
+                order,
+            })
+            .await
     }
     async fn queue_delete(&self, queue: &str, raw: &str) -> BrokerResult<bool> {
         let found = self.inner.queue_delete(queue, raw).await?;
@@ -168,14 +176,21 @@ impl Admin for BrokenAdmin {
     async fn set_size(&self, set: SetName) -> BrokerResult<u64> {
         self.inner.set_size(set).await
     }
-    async fn set_page(
-        &self,
-        set: SetName,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<SetEntry>> {
-        self.inner.set_page(set, offset, limit, order).await
+    async fn set_page(&self, range: SetRange) -> BrokerResult<Vec<SetEntry>> {
+        let SetRange {
+            set,
+            offset,
+            limit,
+            order,
+        } = range;
+        self.inner
+            .set_page(SetRange {
+                set,
+                offset,
+                limit,
+                order,
+            })
+            .await
     }
     async fn set_at_score(&self, set: SetName, score: f64) -> BrokerResult<Vec<SetEntry>> {
         self.inner.set_at_score(set, score).await
@@ -183,29 +198,42 @@ impl Admin for BrokenAdmin {
     async fn set_remove(&self, set: SetName, member: &str) -> BrokerResult<bool> {
         self.inner.set_remove(set, member).await
     }
-    async fn set_to_queue(
-        &self,
-        set: SetName,
-        member: &str,
-        queue: &str,
-        payload: &str,
-    ) -> BrokerResult<bool> {
+    async fn set_to_queue(&self, mv: MoveToQueue<'_>) -> BrokerResult<bool> {
+        let MoveToQueue {
+            set,
+            member,
+            queue,
+            payload,
+        } = mv;
         let payload = match self.bug {
             Bug::PushesTheOldMember => member,
             _ => payload,
         };
-        self.inner.set_to_queue(set, member, queue, payload).await
-    }
-    async fn set_to_dead(
-        &self,
-        set: SetName,
-        member: &str,
-        payload: &str,
-        now: f64,
-        limits: DeadLimits,
-    ) -> BrokerResult<bool> {
         self.inner
-            .set_to_dead(set, member, payload, now, limits)
+            .set_to_queue(MoveToQueue {
+                set,
+                member,
+                queue,
+                payload,
+            })
+            .await
+    }
+    async fn set_to_dead(&self, mv: MoveToDead<'_>) -> BrokerResult<bool> {
+        let MoveToDead {
+            set,
+            member,
+            payload,
+            now,
+            limits,
+        } = mv;
+        self.inner
+            .set_to_dead(MoveToDead {
+                set,
+                member,
+                payload,
+                now,
+                limits,
+            })
             .await
     }
     async fn set_clear(&self, set: SetName) -> BrokerResult<u64> {

@@ -944,7 +944,7 @@ impl Drop for GatedSidekiq {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reads_ruby_processes_and_queues() {
-    use errand_core::admin::{Admin, Order};
+    use errand_core::admin::{Admin, Order, QueueRange};
     errand_tests::init_tracing();
     let redis = RedisServer::start();
     let url = redis.url();
@@ -968,11 +968,25 @@ async fn admin_reads_ruby_processes_and_queues() {
 
     // The queue page holds exactly the string Ruby stored.
     assert_eq!(
-        b.queue_page("parked", 0, 10, Order::Asc).await.unwrap(),
+        b.queue_page(QueueRange {
+            queue: "parked",
+            offset: 0,
+            limit: 10,
+            order: Order::Asc
+        })
+        .await
+        .unwrap(),
         vec![raw.clone()]
     );
     assert_eq!(
-        b.queue_page("parked", 0, 10, Order::Desc).await.unwrap(),
+        b.queue_page(QueueRange {
+            queue: "parked",
+            offset: 0,
+            limit: 10,
+            order: Order::Desc
+        })
+        .await
+        .unwrap(),
         vec![raw.clone()]
     );
     let qs = b.queues().await.unwrap();

@@ -6,7 +6,7 @@
 use axum::body::Body;
 use errand::redis::{RedisBroker, RedisConfig};
 use errand::{Client, Job, JobContext, JobError, JobOptions, JobResult, Push, Server};
-use errand_core::admin::{Admin, Order, SetName};
+use errand_core::admin::{Admin, MoveToQueue, Order, QueueRange, SetName, SetRange};
 use errand_tests::{RedisServer, wait_until};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -188,11 +188,27 @@ async fn admin_calls(broker: &RedisBroker) {
     broker.backend_info().await.unwrap();
     let queues = broker.queues().await.unwrap();
     for q in &queues {
-        broker.queue_page(&q.name, 0, 25, Order::Asc).await.unwrap();
+        broker
+            .queue_page(QueueRange {
+                queue: &q.name,
+                offset: 0,
+                limit: 25,
+                order: Order::Asc,
+            })
+            .await
+            .unwrap();
     }
     for set in SetName::ALL {
         broker.set_size(set).await.unwrap();
-        let page = broker.set_page(set, 0, 25, Order::Desc).await.unwrap();
+        let page = broker
+            .set_page(SetRange {
+                set,
+                offset: 0,
+                limit: 25,
+                order: Order::Desc,
+            })
+            .await
+            .unwrap();
         if let Some(e) = page.first() {
             broker.set_at_score(set, e.score).await.unwrap();
         }
@@ -213,12 +229,22 @@ async fn admin_calls(broker: &RedisBroker) {
     broker.set_paused("later", true).await.unwrap();
     broker.set_paused("later", false).await.unwrap();
     let dead = broker
-        .set_page(SetName::Dead, 0, 2, Order::Desc)
+        .set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 2,
+            order: Order::Desc,
+        })
         .await
         .unwrap();
     assert!(
         broker
-            .set_to_queue(SetName::Dead, &dead[0].raw, "default", &dead[0].raw)
+            .set_to_queue(MoveToQueue {
+                set: SetName::Dead,
+                member: &dead[0].raw,
+                queue: "default",
+                payload: &dead[0].raw
+            })
             .await
             .unwrap()
     );

@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use errand::api::{self, Action, Entry, Window};
 use errand_core::BrokerError;
-use errand_core::admin::{Order, SetName};
+use errand_core::admin::{Order, QueueRange, SetName};
 use errand_core::broker::RemoteSignal;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -159,7 +159,7 @@ pub(crate) async fn queue(
             .map_or(0, |x| x.size),
         Err(e) => return err(e),
     };
-    match st.admin.queue_page(&name, offset, per_page, order).await {
+    match st.admin.queue_page(QueueRange { queue: &name, offset, limit: per_page, order }).await {
         Ok(entries) => Json(json!({
             "queue": name,
             "size": size,

@@ -44,6 +44,7 @@ use errand_core::admin::{Admin, SetName};
 use errand_core::broker::DeadLimits;
 use std::sync::Arc;
 
+#[cfg(feature = "fuzzing")]
 pub use params::params_check;
 pub use security::Auth;
 

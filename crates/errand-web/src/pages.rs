@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use errand::api::{self, Action, Entry, JobView, Overview, SetPage, Window};
 use errand_core::BrokerError;
-use errand_core::admin::{Order, SetName};
+use errand_core::admin::{Order, QueueRange, SetName};
 use errand_core::broker::RemoteSignal;
 use maud::{DOCTYPE, Markup, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -726,7 +726,16 @@ pub(crate) async fn queue(
     let page_no = q.page();
     let order = q.order(Order::Asc);
     let offset = ((page_no - 1) * per_page).min(api::MAX_OFFSET);
-    let entries = or_fail!(st.admin.queue_page(&name, offset, per_page, order).await);
+    let entries = or_fail!(
+        st.admin
+            .queue_page(QueueRange {
+                queue: &name,
+                offset,
+                limit: per_page,
+                order
+            })
+            .await
+    );
     let base = format!("/queues/{}", enc(&name));
     let return_to = c.url(&format!(
         "{base}?page={page_no}&sort={}",

@@ -93,21 +93,39 @@ impl ListQuery {
 }
 
 /// Fuzzing support (RELIABILITY-PLAN B10; `fuzz/fuzz_targets/web_query.rs` and the corpus
-/// replay test): reads `query` (a URL query string without its `?`) into the listing query type exactly
+/// replay in this module's tests; public only with the `fuzzing` feature): reads `query` (a URL query string without its `?`) into the listing query type exactly
 /// as the listing handlers do, and panics if an accessor breaks its bounds: page 1..=1,000,000,
 /// per_page 1..=100, days 1..=180, interval 2..=60, filter fields at most 200 characters, and
 /// entry keys round-trip (`parse_key(entry_key(score, jid))`). Bytes a request URI cannot
 /// carry are percent-encoded first (a real request's URI always parses).
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn params_check(query: &[u8]) {
     use errand::api::{MAX_FILTER_LEN, Window, entry_key, parse_key};
-    let mut encoded = String::from("/?");
-    for &b in query {
-        if b.is_ascii_alphanumeric() || b"&=%+-._~!$'()*,;:@/?".contains(&b) {
-            encoded.push(b as char);
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+    /// What a query may carry as it is (RFC 3986's query characters, `%` included so that
+    /// encoded input stays as given); everything else is percent-encoded.
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'&')
+        .remove(b'=')
+        .remove(b'%')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'!')
+        .remove(b'$')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')')
+        .remove(b'*')
+        .remove(b',')
+        .remove(b';')
+        .remove(b':')
+        .remove(b'@')
+        .remove(b'/')
+        .remove(b'?');
+    let encoded = format!("/?{}", percent_encode(query, KEEP));
     let Ok(uri) = encoded.parse::<axum::http::Uri>() else {
         return;
     };
@@ -253,6 +271,7 @@ impl<S: Send + Sync> FromRequest<S> for Posted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn numbers_are_clamped() {
@@ -285,5 +304,34 @@ mod tests {
         assert_eq!(p.get("action"), Some("retry"));
         assert_eq!(p.all("keys"), vec!["a", "b"]);
         assert_eq!(p.get("args"), Some("[1,\"x\"]"));
+    }
+
+    /// Replays the `web_query` fuzz target's corpus (`fuzz/corpus/web_query/`) through
+    /// [`params_check`], the same invariants the target checks, so every test run exercises
+    /// them without a fuzzer (`cargo fuzz run web_query` in `fuzz/` explores further).
+    #[test]
+    fn the_web_query_corpus_holds_its_invariants() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/web_query");
+        let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .collect();
+        inputs.sort();
+        assert!(!inputs.is_empty(), "the web_query corpus has inputs");
+        for input in &inputs {
+            params_check(input);
+        }
+        // And a few shapes written out here, bounds included.
+        for q in [
+            &b""[..],
+            b"page=0&per_page=0&days=0&interval=0",
+            b"page=99999999999999999999999&days=-922337",
+            b"key=--&key2=x",
+            b"key=nan-x&n=NaN",
+            b"n=-inf&q=\xff\xfe",
+            b"q=\xe2\x80\xa6",
+        ] {
+            params_check(q);
+        }
     }
 }

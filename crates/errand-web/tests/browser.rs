@@ -16,7 +16,7 @@ mod browser_support;
 
 use browser_support::*;
 use errand::broker::Fleet;
-use errand_core::admin::SetName;
+use errand_core::admin::{SetName, SetRange};
 use errand_core::broker::RemoteSignal;
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -478,7 +478,12 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     let fx = Fixture::new().await;
     let dead_before = fx
         .admin
-        .set_page(SetName::Dead, 0, 100, Default::default())
+        .set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 100,
+            order: Default::default(),
+        })
         .await
         .unwrap();
     let key = fx.key(SetName::Dead, &fx.jobs.dead_plain).await;
@@ -550,7 +555,12 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     assert_eq!(r.status(), 403);
     let dead_after = fx
         .admin
-        .set_page(SetName::Dead, 0, 100, Default::default())
+        .set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 100,
+            order: Default::default(),
+        })
         .await
         .unwrap();
     assert_eq!(dead_after, dead_before, "nothing changed");
@@ -579,7 +589,12 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     b.assert_no_dialog("after the refused fetches").await;
     let dead_after = fx
         .admin
-        .set_page(SetName::Dead, 0, 100, Default::default())
+        .set_page(SetRange {
+            set: SetName::Dead,
+            offset: 0,
+            limit: 100,
+            order: Default::default(),
+        })
         .await
         .unwrap();
     assert_eq!(dead_after, dead_before, "nothing changed");

@@ -5,7 +5,9 @@
 //! metrics per class, daily history. The dashboard, its JSON API, Prometheus and `errand ops`
 //! all go through here, so a job retried from any of them follows the same rules.
 
-use errand_core::admin::{Admin, Order, ProcessRecord, QueueSummary, SetEntry, SetName};
+use errand_core::admin::{
+    Admin, MoveToDead, MoveToQueue, Order, ProcessRecord, QueueSummary, SetEntry, SetName, SetRange,
+};
 use errand_core::broker::{BrokerResult, DeadLimits};
 use errand_core::{Payload, WireProfile, activejob};
 use serde::Serialize;
@@ -334,7 +336,12 @@ pub async fn set_page(
     if filter.is_empty() {
         let total = admin.set_size(set).await?;
         let entries = admin
-            .set_page(set, offset, per_page, order)
+            .set_page(SetRange {
+                set,
+                offset,
+                limit: per_page,
+                order,
+            })
             .await?
             .into_iter()
             .map(Entry::new)
@@ -353,7 +360,14 @@ pub async fn set_page(
     let chunk = 1_000;
     let mut truncated = false;
     loop {
-        let batch = admin.set_page(set, scanned, chunk, order).await?;
+        let batch = admin
+            .set_page(SetRange {
+                set,
+                offset: scanned,
+                limit: chunk,
+                order,
+            })
+            .await?;
         let n = batch.len();
         for e in batch {
             let entry = Entry::new(e);
@@ -476,14 +490,29 @@ pub async fn apply(
             }
             p.stamp_enqueued(cfg.profile, errand_core::now());
             let queue = p.queue().to_string();
-            admin.set_to_queue(set, raw, &queue, &p.to_json()).await
+            admin
+                .set_to_queue(MoveToQueue {
+                    set,
+                    member: raw,
+                    queue: &queue,
+                    payload: &p.to_json(),
+                })
+                .await
         }
         Action::Kill => {
             if set == SetName::Dead {
                 return Ok(false);
             }
             let now = errand_core::now();
-            admin.set_to_dead(set, raw, raw, now, cfg.dead_limits).await
+            admin
+                .set_to_dead(MoveToDead {
+                    set,
+                    member: raw,
+                    payload: raw,
+                    now,
+                    limits: cfg.dead_limits,
+                })
+                .await
         }
     }
 }
@@ -530,7 +559,12 @@ pub async fn retry_with_args(
     p.stamp_enqueued(cfg.profile, errand_core::now());
     let queue = p.queue().to_string();
     admin
-        .set_to_queue(set, raw, &queue, &p.to_json())
+        .set_to_queue(MoveToQueue {
+            set,
+            member: raw,
+            queue: &queue,
+            payload: &p.to_json(),
+        })
         .await
         .map_err(|e| e.to_string())
 }
@@ -552,7 +586,12 @@ pub async fn apply_all(
     let chunk = 1_000;
     while members.len() < MAX_ALL {
         let batch = admin
-            .set_page(set, members.len(), chunk, Order::Asc)
+            .set_page(SetRange {
+                set,
+                offset: members.len(),
+                limit: chunk,
+                order: Order::Asc,
+            })
             .await?;
         let n = batch.len();
         members.extend(batch.into_iter().map(|e| e.raw));

@@ -47,7 +47,13 @@ async fn counts(admin: &dyn Admin) -> anyhow::Result<Counts> {
 
 async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Admin>, String)> {
     // A fresh file or database each run, so the summary is about this run only.
-    let backend = Backend::open(&args.sqlite, args.redis.as_deref(), true).await?;
+    let backend = Backend::open(
+        &args.sqlite,
+        args.redis.as_deref(),
+        args.namespace.as_deref(),
+        true,
+    )
+    .await?;
     let label = match &args.redis {
         Some(url) => format!("redis at {url}"),
         None => format!("sqlite file {}", args.sqlite.display()),

@@ -4,10 +4,10 @@
 use super::{MemoryBroker, Score};
 use async_trait::async_trait;
 use errand_core::admin::{
-    Admin, BackendInfo, Counters, Order, ProcessRecord, QueueSummary, SetEntry, SetName,
-    signal_name,
+    Admin, BackendInfo, Counters, MoveToDead, MoveToQueue, Order, ProcessRecord, QueueRange,
+    QueueSummary, SetEntry, SetName, SetRange, signal_name,
 };
-use errand_core::broker::{BrokerResult, DeadLimits, RemoteSignal};
+use errand_core::broker::{BrokerResult, RemoteSignal};
 use errand_core::metrics::{ClassMetrics, merge_by_class};
 
 /// At most this many minutes are read by one [`Admin::metrics`] call.
@@ -77,13 +77,13 @@ impl Admin for MemoryBroker {
             .collect())
     }
 
-    async fn queue_page(
-        &self,
-        queue: &str,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<String>> {
+    async fn queue_page(&self, range: QueueRange<'_>) -> BrokerResult<Vec<String>> {
+        let QueueRange {
+            queue,
+            offset,
+            limit,
+            order,
+        } = range;
         let s = self.state();
         let Some(list) = s.queues.get(queue) else {
             return Ok(Vec::new());
@@ -132,13 +132,13 @@ impl Admin for MemoryBroker {
             .map_or(0, |z| z.ordered.len() as u64))
     }
 
-    async fn set_page(
-        &self,
-        set: SetName,
-        offset: usize,
-        limit: usize,
-        order: Order,
-    ) -> BrokerResult<Vec<SetEntry>> {
+    async fn set_page(&self, range: SetRange) -> BrokerResult<Vec<SetEntry>> {
+        let SetRange {
+            set,
+            offset,
+            limit,
+            order,
+        } = range;
         let s = self.state();
         let Some(z) = s.sets.get(set.key()) else {
             return Ok(Vec::new());
@@ -169,13 +169,13 @@ impl Admin for MemoryBroker {
         Ok(self.state().set_mut(set.key()).remove(member))
     }
 
-    async fn set_to_queue(
-        &self,
-        set: SetName,
-        member: &str,
-        queue: &str,
-        payload: &str,
-    ) -> BrokerResult<bool> {
+    async fn set_to_queue(&self, mv: MoveToQueue<'_>) -> BrokerResult<bool> {
+        let MoveToQueue {
+            set,
+            member,
+            queue,
+            payload,
+        } = mv;
         {
             let mut s = self.state();
             if !s.set_mut(set.key()).remove(member) {
@@ -188,14 +188,14 @@ impl Admin for MemoryBroker {
         Ok(true)
     }
 
-    async fn set_to_dead(
-        &self,
-        set: SetName,
-        member: &str,
-        payload: &str,
-        now: f64,
-        limits: DeadLimits,
-    ) -> BrokerResult<bool> {
+    async fn set_to_dead(&self, mv: MoveToDead<'_>) -> BrokerResult<bool> {
+        let MoveToDead {
+            set,
+            member,
+            payload,
+            now,
+            limits,
+        } = mv;
         let mut s = self.state();
         if !s.set_mut(set.key()).remove(member) {
             return Ok(false);

@@ -7,7 +7,7 @@
 
 use errand::broker::Fleet;
 use errand::sqlite::SqliteBroker;
-use errand_core::admin::{Admin, Order, SetName};
+use errand_core::admin::{Admin, Order, QueueRange, SetName, SetRange};
 use errand_core::broker::{
     Broker, DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, ScheduledJob, Settle,
     WorkEntry,
@@ -406,7 +406,12 @@ impl Fixture {
     /// The entry of `set` with job id `jid`: its score and payload.
     pub async fn entry(&self, set: SetName, jid: &str) -> Option<(f64, Payload)> {
         self.admin
-            .set_page(set, 0, 1000, Order::Asc)
+            .set_page(SetRange {
+                set,
+                offset: 0,
+                limit: 1000,
+                order: Order::Asc,
+            })
             .await
             .expect("set_page")
             .into_iter()
@@ -417,7 +422,12 @@ impl Fixture {
     /// The job with id `jid` waiting in `queue`, if it is there.
     pub async fn queued(&self, queue: &str, jid: &str) -> Option<Payload> {
         self.admin
-            .queue_page(queue, 0, 1000, Order::Asc)
+            .queue_page(QueueRange {
+                queue,
+                offset: 0,
+                limit: 1000,
+                order: Order::Asc,
+            })
             .await
             .expect("queue_page")
             .into_iter()
