@@ -30,7 +30,14 @@ pub async fn requeue_in_flight_returns_jobs_unchanged(f: &impl BackendFactory) {
     let other = fetch(b, "p2", &["a"], 5, Duration::ZERO).await;
     assert_eq!(raws(&other), vec![job("a", 4), job("a", 9)]);
 
-    assert_eq!(b.requeue_in_flight("p1").await.unwrap(), 4, "{}", f.name());
+    assert_eq!(
+        b.requeue_in_flight("p1", &queues(&["a", "b"]))
+            .await
+            .unwrap(),
+        4,
+        "{}",
+        f.name()
+    );
     assert!(inspect.in_flight("p1", "a").await.is_empty());
     assert!(inspect.in_flight("p1", "b").await.is_empty());
     assert_eq!(
@@ -45,7 +52,12 @@ pub async fn requeue_in_flight_returns_jobs_unchanged(f: &impl BackendFactory) {
     );
     assert_eq!(inspect.queue("b").await, vec![job("b", 1)]);
     assert!(!b.ack(&held[0]).await.unwrap(), "the lease is gone");
-    assert_eq!(b.requeue_in_flight("p1").await.unwrap(), 0);
+    assert_eq!(
+        b.requeue_in_flight("p1", &queues(&["a", "b"]))
+            .await
+            .unwrap(),
+        0
+    );
     // The requeued jobs are fetched again first, even ahead of newer pushes.
     b.push(&[enqueue("a", job("a", 10))]).await.unwrap();
     let again = fetch(b, "p3", &["a"], 2, Duration::ZERO).await;
@@ -157,7 +169,10 @@ pub async fn rescue_buries_a_poison_pill_after_max_recoveries(f: &impl BackendFa
     .await;
     b.register(polite, &queues(&["q"])).await.unwrap();
     assert_eq!(fetch(b, polite, &["q"], 2, Duration::ZERO).await.len(), 2);
-    assert_eq!(b.requeue_in_flight(polite).await.unwrap(), 2);
+    assert_eq!(
+        b.requeue_in_flight(polite, &queues(&["q"])).await.unwrap(),
+        2
+    );
     b.unregister(polite).await.unwrap();
 
     for crash in 1..=3u32 {
@@ -326,14 +341,17 @@ pub async fn process_count_and_unregister(f: &impl BackendFactory) {
     assert_eq!(b.process_count().await.unwrap(), 2, "{}", f.name());
     b.push(&[enqueue("q", job("q", 1))]).await.unwrap();
     let held = fetch(b, "h:1:a", &["q"], 1, Duration::ZERO).await;
-    assert_eq!(b.requeue_in_flight("h:1:a").await.unwrap(), 1);
+    assert_eq!(
+        b.requeue_in_flight("h:1:a", &queues(&["q"])).await.unwrap(),
+        1
+    );
     assert!(!b.ack(&held[0]).await.unwrap());
     b.unregister("h:1:a").await.unwrap();
     assert_eq!(b.process_count().await.unwrap(), 1);
     assert_eq!(
-        b.requeue_in_flight("h:1:a").await.unwrap(),
+        b.requeue_in_flight("h:1:a", &queues(&["q"])).await.unwrap(),
         0,
-        "no longer registered"
+        "nothing held"
     );
     assert_eq!(inspect.queue("q").await, vec![job("q", 1)]);
     b.unregister("h:1:a")
@@ -341,4 +359,65 @@ pub async fn process_count_and_unregister(f: &impl BackendFactory) {
         .expect("unregistering twice is fine");
     b.unregister("h:2:b").await.unwrap();
     assert_eq!(b.process_count().await.unwrap(), 0);
+}
+
+/// `requeue_in_flight` hands back what the process holds from the queues it names even when it
+/// is not (or no longer) registered: a process whose registration a rescue removed while it
+/// stalled still returns its later fetches on shutdown.
+pub async fn requeue_in_flight_needs_no_registration(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    b.push(&[enqueue("q", job("q", 1)), enqueue("q", job("q", 2))])
+        .await
+        .unwrap();
+    let held = fetch(b, "host:9:stalled", &["q"], 2, Duration::ZERO).await;
+    assert_eq!(held.len(), 2, "{n}");
+    assert_eq!(
+        b.requeue_in_flight("host:9:stalled", &queues(&["q"]))
+            .await
+            .unwrap(),
+        2,
+        "{n}: held jobs go back without a registration"
+    );
+    assert!(
+        inspect.in_flight("host:9:stalled", "q").await.is_empty(),
+        "{n}"
+    );
+    assert_eq!(
+        inspect.queue("q").await,
+        vec![job("q", 1), job("q", 2)],
+        "{n}"
+    );
+}
+
+/// `rescue_orphans` also returns the in-flight jobs of a process that is neither registered nor
+/// beating (it stopped without handing them back), and leaves a beating process's alone even
+/// when it never registered.
+pub async fn rescue_orphans_recovers_jobs_of_unregistered_processes(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let (gone, live) = ("host:8:gone", "host:7:live");
+    beat(b, live, &info(live, &["q"]), Duration::from_secs(600), 0).await;
+    b.push(&[enqueue("q", job("q", 1)), enqueue("q", job("q", 2))])
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch(b, gone, &["q"], 1, Duration::ZERO).await.len(),
+        1,
+        "{n}"
+    );
+    assert_eq!(
+        fetch(b, live, &["q"], 1, Duration::ZERO).await.len(),
+        1,
+        "{n}"
+    );
+    let rescued = step("rescue", b.rescue_orphans(&RescuePolicy::default()))
+        .await
+        .unwrap();
+    assert_eq!(rescued, 1, "{n}: the unregistered, silent owner's job");
+    assert!(inspect.in_flight(gone, "q").await.is_empty(), "{n}");
+    assert_eq!(inspect.in_flight(live, "q").await, vec![job("q", 2)], "{n}");
+    assert_eq!(inspect.queue("q").await, vec![job("q", 1)], "{n}");
 }

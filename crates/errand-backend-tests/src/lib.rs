@@ -60,6 +60,8 @@ macro_rules! conformance_tests {
             promote_due_moves_only_due_jobs,
             promote_due_stamps_in_profile,
             requeue_in_flight_returns_jobs_unchanged,
+            requeue_in_flight_needs_no_registration,
+            rescue_orphans_recovers_jobs_of_unregistered_processes,
             held_lists_and_release_returns_one_job,
             fetch_hands_out_increasing_fencing_tokens,
             rescue_orphans_recovers_only_expired_processes,

@@ -666,7 +666,11 @@ pub async fn fetch_hands_out_increasing_fencing_tokens(f: &impl BackendFactory) 
         tokens.windows(2).all(|w| w[0] < w[1]),
         "{n}: strictly increasing: {tokens:?}"
     );
-    assert_eq!(b.requeue_in_flight(a).await.unwrap(), 4, "{n}");
+    assert_eq!(
+        b.requeue_in_flight(a, &queues(&["q", "r"])).await.unwrap(),
+        4,
+        "{n}"
+    );
     let again = fetch(b, other, &["q", "r"], 4, Duration::ZERO).await;
     assert_eq!(again.len(), 4, "{n}");
     let last = *tokens.last().unwrap();

@@ -507,26 +507,14 @@ impl RedisBroker {
                 "errand:*".to_string(),
             ]
         } else {
-            vec![format!("{}*", escape_glob(k.prefix()))]
+            vec![format!("{}*", crate::broker::escape_glob(k.prefix()))]
         };
         for pattern in &patterns {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1_000)
-                    .query_async(&mut conn)
+            doomed.extend(
+                crate::broker::scan(&mut conn, pattern)
                     .await
-                    .map_err(|e| self.fail(e))?;
-                doomed.extend(found);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+                    .map_err(|e| self.fail(e))?,
+            );
         }
         doomed.sort();
         doomed.dedup();
@@ -541,16 +529,4 @@ impl RedisBroker {
         }
         Ok(deleted)
     }
-}
-
-/// `s` with the characters a SCAN `MATCH` pattern treats specially escaped.
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -186,3 +186,39 @@ impl RedisBroker {
         });
     }
 }
+
+/// Every key matching `pattern`, by SCAN (a cursor, never KEYS).
+pub(crate) async fn scan(
+    conn: &mut redis::aio::ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>, redis::RedisError> {
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(conn)
+            .await?;
+        out.extend(found);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// `s` with the characters a SCAN `MATCH` pattern treats specially escaped.
+pub(crate) fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -6,14 +6,89 @@ use crate::RedisBroker;
 use crate::scripts;
 use async_trait::async_trait;
 use errand_core::admin::SetName;
-use errand_core::broker::{BrokerResult, Fetched, Fleet, Heartbeat, RemoteSignal, RescuePolicy};
+use errand_core::broker::{
+    BrokerResult, Fetched, Fleet, Heartbeat, RemoteSignal, RescuePolicy, info_queues,
+};
 use errand_core::metrics::ClassMetrics;
 use std::time::Duration;
 
 /// Sidekiq keeps daily stat keys for five years.
 const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
 
+/// How often one process of the fleet looks for in-flight lists whose owner is neither
+/// registered nor alive (a SCAN over the keyspace, so one process per interval does it).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 impl RedisBroker {
+    /// The sweep that needs no registration: in-flight lists (`errand:inflight:*`, found with
+    /// SCAN, never KEYS) whose owner is neither registered nor beating go back to their queues,
+    /// as a dead process's do. A process stopped without handing its jobs back leaves such
+    /// lists. At most once per [`SWEEP_EVERY`] across the fleet.
+    async fn sweep_unregistered(
+        &self,
+        registered: &[(String, String)],
+        policy: &RescuePolicy,
+    ) -> BrokerResult<usize> {
+        let mut conn = self.connection();
+        let turn: Option<String> = redis::cmd("SET")
+            .arg(self.keys.sweeper())
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(SWEEP_EVERY.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if turn.is_none() {
+            return Ok(0);
+        }
+        let live: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.processes())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let owners: Vec<String> = registered
+            .iter()
+            .map(|(identity, _)| identity)
+            .chain(&live)
+            .map(|identity| self.keys.inflight_prefix(identity))
+            .collect();
+        let root = self.keys.inflight_root();
+        let all = format!("{}*", crate::broker::escape_glob(&root));
+        let lists = crate::broker::scan(&mut conn, &all)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut total = 0;
+        for list in lists {
+            if owners
+                .iter()
+                .any(|prefix| list.starts_with(prefix.as_str()))
+            {
+                continue;
+            }
+            // `<identity>:<queue>`; Errand's identities are `host:pid:nonce`. Any split gives
+            // back the same list key; the identity is also the heartbeat key checked for life.
+            let rest = &list[root.len()..];
+            let cut = rest
+                .match_indices(':')
+                .nth(2)
+                .map_or(rest.rfind(':'), |(i, _)| Some(i));
+            let Some(cut) = cut else { continue };
+            let (identity, queue) = (&rest[..cut], &rest[cut + 1..]);
+            let n = self
+                .rescue(identity, &[queue.to_string()], true, policy.max_recoveries)
+                .await?;
+            if n > 0 {
+                tracing::warn!(
+                    identity,
+                    jobs = n,
+                    "recovered in-flight jobs of a process that was not registered"
+                );
+                total += n as usize;
+            }
+        }
+        Ok(total)
+    }
     /// Moves the poison list's jobs (set aside by recovery) to the dead set as
     /// `Errand::PoisonPill` entries, one atomic step each, so a crash in between leaves a job
     /// on the list for the next pass, never nowhere.
@@ -57,11 +132,10 @@ impl RedisBroker {
     async fn rescue(
         &self,
         identity: &str,
-        info: &str,
+        queues: &[String],
         require_dead: bool,
         max_recoveries: u32,
     ) -> BrokerResult<i64> {
-        let queues = errand_core::broker::info_queues(info);
         let mut inv = scripts::RESCUE.prepare_invoke();
         inv.key(self.keys.process(identity))
             .key(self.keys.registry())
@@ -73,7 +147,7 @@ impl RedisBroker {
             .arg(if require_dead { "1" } else { "0" })
             .arg(max_recoveries.max(1))
             .arg(self.keys.recoveries_prefix());
-        for q in &queues {
+        for q in queues {
             inv.arg(q);
         }
         inv.invoke_async(&mut self.connection())
@@ -95,15 +169,8 @@ impl Fleet for RedisBroker {
             .map_err(|e| self.fail(e))
     }
 
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
-        let info: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.registry())
-            .arg(identity)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        let Some(info) = info else { return Ok(0) };
-        Ok(self.rescue(identity, &info, false, u32::MAX).await?.max(0) as usize)
+    async fn requeue_in_flight(&self, identity: &str, queues: &[String]) -> BrokerResult<usize> {
+        Ok(self.rescue(identity, queues, false, u32::MAX).await?.max(0) as usize)
     }
 
     async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
@@ -200,10 +267,10 @@ impl Fleet for RedisBroker {
             .query_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
-        let mut total = 0;
+        let mut total = self.sweep_unregistered(&registered, policy).await?;
         for (identity, info) in registered {
             let n = self
-                .rescue(&identity, &info, true, policy.max_recoveries)
+                .rescue(&identity, &info_queues(&info), true, policy.max_recoveries)
                 .await?;
             if n > 0 {
                 tracing::warn!(

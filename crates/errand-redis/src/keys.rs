@@ -89,6 +89,11 @@ impl Keys {
 
     // Errand's keys.
 
+    /// Every in-flight list starts with this (`errand:inflight:`, namespaced).
+    pub fn inflight_root(&self) -> String {
+        self.key("errand:inflight:")
+    }
+
     /// The in-flight lists of `identity` share this prefix; add the queue name.
     pub fn inflight_prefix(&self, identity: &str) -> String {
         format!("{}errand:inflight:{identity}:", self.prefix)
@@ -117,6 +122,11 @@ impl Keys {
     /// Per-job recovery counters share this prefix; add the jid.
     pub fn recoveries_prefix(&self) -> String {
         self.key("errand:recoveries:")
+    }
+
+    /// The fleet's turn to sweep for in-flight lists of unregistered processes (`SET NX PX`).
+    pub fn sweeper(&self) -> String {
+        self.key("errand:sweeper")
     }
 
     /// The fleet's promotion turn (`SET NX PX`).

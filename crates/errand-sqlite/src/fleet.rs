@@ -11,22 +11,29 @@ use errand_core::metrics::ClassMetrics;
 use rusqlite::{OptionalExtension, params};
 use std::time::Duration;
 
+/// How long a registered process that has not beaten yet counts as alive.
+const REGISTERED_GRACE: Duration = Duration::from_secs(60);
+
 #[async_trait]
 impl Fleet for SqliteBroker {
+    /// A process registered before its first heartbeat counts as alive for
+    /// [`REGISTERED_GRACE`] (a row without an expiry would count as dead at once).
     async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
         let identity = identity.to_string();
         let info = serde_json::json!({ "queues": queues }).to_string();
+        let until = now() + REGISTERED_GRACE.as_secs_f64();
         self.write(move |tx| {
             tx.execute(
-                "INSERT OR IGNORE INTO processes(identity, info) VALUES (?1, ?2)",
-                params![identity, info],
+                "INSERT OR IGNORE INTO processes(identity, info, expires_at) VALUES (?1, ?2, ?3)",
+                params![identity, info, until],
             )?;
             Ok(())
         })
         .await
     }
 
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
+    /// Every row the process owns (its rows name it; `queues` is not needed here).
+    async fn requeue_in_flight(&self, identity: &str, _queues: &[String]) -> BrokerResult<usize> {
         let identity = identity.to_string();
         let n = self
             .write(move |tx| requeue_owned(tx, &identity, None))
@@ -139,8 +146,17 @@ impl Fleet for SqliteBroker {
                     )?
                     .query_map([at], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
+                // And owners of in-flight rows with no process row at all (a process that
+                // stopped without handing its jobs back): the sweep that needs no registration.
+                let unregistered: Vec<String> = tx
+                    .prepare(
+                        "SELECT DISTINCT owner FROM jobs WHERE state = ?1 AND owner IS NOT NULL
+                         AND owner NOT IN (SELECT identity FROM processes)",
+                    )?
+                    .query_map([state::IN_FLIGHT], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
                 let mut total = Vec::new();
-                for identity in dead {
+                for identity in dead.into_iter().chain(unregistered) {
                     let n = requeue_owned(tx, &identity, Some(&policy))?;
                     tx.execute("DELETE FROM processes WHERE identity = ?1", [&identity])?;
                     tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;

@@ -1,6 +1,7 @@
-//! [`Intercepted`]: a broker whose push, scheduled push and fetch a test can replace (to perform
-//! jobs inline, or to inject a fault such as a lost reply), with every other step of the
-//! contract passed through to the wrapped broker unchanged.
+//! [`Intercepted`]: a broker whose push, scheduled push, fetch, completions, registration and
+//! shutdown requeue a test can replace (to perform jobs inline, or to inject a fault such as a
+//! lost reply or a failed write), with every other step of the contract passed through to the
+//! wrapped broker unchanged.
 
 use async_trait::async_trait;
 use errand::WireProfile;
@@ -13,8 +14,8 @@ use errand::metrics::ClassMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What an [`Intercepted`] broker does instead of the wrapped broker's push, schedule and
-/// fetch. Each method defaults to passing the call through to `inner`.
+/// What an [`Intercepted`] broker does instead of the wrapped broker's steps. Each method
+/// defaults to passing the call through to `inner`.
 #[async_trait]
 pub trait Intercept: Send + Sync + 'static {
     /// Replaces [`JobQueue::push`].
@@ -31,9 +32,38 @@ pub trait Intercept: Send + Sync + 'static {
     async fn fetch(&self, inner: &dyn Broker, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
         inner.fetch(req).await
     }
+
+    /// Replaces [`JobQueue::complete_many`].
+    async fn complete_many(
+        &self,
+        inner: &dyn Broker,
+        batch: &[Completion<'_>],
+    ) -> BrokerResult<Vec<bool>> {
+        inner.complete_many(batch).await
+    }
+
+    /// Replaces [`Fleet::register`].
+    async fn register(
+        &self,
+        inner: &dyn Broker,
+        identity: &str,
+        queues: &[String],
+    ) -> BrokerResult<()> {
+        inner.register(identity, queues).await
+    }
+
+    /// Replaces [`Fleet::requeue_in_flight`].
+    async fn requeue_in_flight(
+        &self,
+        inner: &dyn Broker,
+        identity: &str,
+        queues: &[String],
+    ) -> BrokerResult<usize> {
+        inner.requeue_in_flight(identity, queues).await
+    }
 }
 
-/// `inner` with push, schedule and fetch going through `hooks`.
+/// `inner` with the steps [`Intercept`] names going through `hooks`.
 pub struct Intercepted<I> {
     inner: Arc<dyn Broker>,
     hooks: I,
@@ -63,7 +93,7 @@ impl<I: Intercept> JobQueue for Intercepted<I> {
         self.hooks.fetch(&*self.inner, req).await
     }
     async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
-        self.inner.complete_many(batch).await
+        self.hooks.complete_many(&*self.inner, batch).await
     }
     async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
         self.inner.release(job).await
@@ -79,7 +109,7 @@ impl<I: Intercept> JobQueue for Intercepted<I> {
 #[async_trait]
 impl<I: Intercept> Fleet for Intercepted<I> {
     async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
-        self.inner.register(identity, queues).await
+        self.hooks.register(&*self.inner, identity, queues).await
     }
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
         self.inner.heartbeat(beat).await
@@ -87,8 +117,10 @@ impl<I: Intercept> Fleet for Intercepted<I> {
     async fn unregister(&self, identity: &str) -> BrokerResult<()> {
         self.inner.unregister(identity).await
     }
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
-        self.inner.requeue_in_flight(identity).await
+    async fn requeue_in_flight(&self, identity: &str, queues: &[String]) -> BrokerResult<usize> {
+        self.hooks
+            .requeue_in_flight(&*self.inner, identity, queues)
+            .await
     }
     async fn held(&self, identity: &str, queues: &[String]) -> BrokerResult<Vec<Fetched>> {
         self.inner.held(identity, queues).await

@@ -170,7 +170,10 @@ impl Side {
                 }
             }
             Op::Requeue { process } => {
-                b.requeue_in_flight(PROCESSES[*process]).await.unwrap();
+                let all: Vec<String> = QUEUES.iter().map(|q| q.to_string()).collect();
+                b.requeue_in_flight(PROCESSES[*process], &all)
+                    .await
+                    .unwrap();
                 self.held[*process].clear();
             }
             Op::Promote { now } => {

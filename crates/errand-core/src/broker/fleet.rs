@@ -145,10 +145,11 @@ pub trait Fleet: Send + Sync + 'static {
     /// Removes a cleanly stopped process's registration and heartbeat.
     async fn unregister(&self, identity: &str) -> BrokerResult<()>;
 
-    /// Puts every in-flight job of `identity` back at the consuming end of its queue, unchanged
-    /// (the oldest fetched is consumed first). Needs the registration: call it before
-    /// [`Fleet::unregister`]. Returns how many were moved.
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize>;
+    /// Puts every job `identity` holds in flight from `queues` back at the consuming end of its
+    /// queue, unchanged (the oldest fetched is consumed first), whether or not the process is
+    /// still registered (a process whose registration was removed by a rescue while it stalled
+    /// still gets its jobs back out). Returns how many were moved.
+    async fn requeue_in_flight(&self, identity: &str, queues: &[String]) -> BrokerResult<usize>;
 
     /// The jobs `identity` holds in flight from `queues`, as a fetch returned them (token 0).
     /// With [`crate::broker::JobQueue::release`], lets a live process find jobs stranded in its

@@ -20,14 +20,8 @@ impl Fleet for MemoryBroker {
         Ok(())
     }
 
-    async fn requeue_in_flight(&self, identity: &str) -> BrokerResult<usize> {
-        let n = {
-            let mut s = self.state();
-            let Some(info) = s.registry.get(identity).cloned() else {
-                return Ok(0);
-            };
-            s.requeue(identity, &info)
-        };
+    async fn requeue_in_flight(&self, identity: &str, queues: &[String]) -> BrokerResult<usize> {
+        let n = self.state().requeue(identity, queues);
         if n > 0 {
             self.pushed.notify_waiters();
         }
@@ -107,9 +101,23 @@ impl Fleet for MemoryBroker {
                 if s.beats.contains_key(&identity) {
                     continue;
                 }
-                total += s.recover(&identity, &info, policy, now);
+                let queues = errand_core::broker::info_queues(&info);
+                total += s.recover(&identity, &queues, policy, now);
                 s.registry.remove(&identity);
                 s.processes.remove(&identity);
+            }
+            // The sweep that needs no registration: in-flight jobs of a process that is
+            // neither beating nor registered (it stopped without handing them back).
+            let orphans: Vec<(String, String)> = s
+                .in_flight
+                .iter()
+                .filter(|((id, _), list)| {
+                    !list.is_empty() && !s.beats.contains_key(id) && !s.registry.contains_key(id)
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            for (identity, queue) in orphans {
+                total += s.recover(&identity, &[queue], policy, now);
             }
             total
         };

@@ -216,9 +216,15 @@ impl State {
     /// queues named in its `info`), oldest fetched consumed first, as `rescue.lua` does.
     /// Recovers a dead process's jobs: as [`State::requeue`], but counting each job's
     /// recoveries and burying poison pills in the dead set.
-    fn recover(&mut self, identity: &str, info: &str, policy: &RescuePolicy, now: f64) -> usize {
+    fn recover(
+        &mut self,
+        identity: &str,
+        queues: &[String],
+        policy: &RescuePolicy,
+        now: f64,
+    ) -> usize {
         let mut n = 0;
-        for queue in errand_core::broker::info_queues(info) {
+        for queue in queues {
             let Some(list) = self
                 .in_flight
                 .get_mut(&(identity.to_string(), queue.clone()))
@@ -251,9 +257,9 @@ impl State {
         n
     }
 
-    fn requeue(&mut self, identity: &str, info: &str) -> usize {
+    fn requeue(&mut self, identity: &str, queues: &[String]) -> usize {
         let mut n = 0;
-        for queue in errand_core::broker::info_queues(info) {
+        for queue in queues.iter().cloned() {
             let Some(list) = self
                 .in_flight
                 .get_mut(&(identity.to_string(), queue.clone()))

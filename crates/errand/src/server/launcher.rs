@@ -220,14 +220,12 @@ impl Server {
         let s = self.shared;
         tracing::info!(identity = %s.identity, concurrency = s.config().concurrency, "errand server starting");
         // The first beat comes before the first fetch, so the process is alive (and its
-        // in-flight jobs recoverable) from the start.
+        // in-flight jobs recoverable) from the start; and nothing is fetched until the process
+        // is registered, since recovery finds a dead process's jobs through its registration.
         super::heartbeat::beat(&s).await;
-        if let Err(e) = s
-            .broker()
-            .register(&s.identity, &s.config().queue_names)
-            .await
-        {
-            tracing::error!(error = %e, "registering the process failed");
+        if !register(&s).await {
+            tracing::info!("stopped before the process could register");
+            return Ok(());
         }
         let background = TaskTracker::new();
         let bg_stop = CancellationToken::new();
@@ -258,24 +256,64 @@ impl Server {
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.jobs.wait()).await;
         }
-        match s.broker().requeue_in_flight(&s.identity).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "pushed unfinished jobs back to their queues"),
-            Err(e) => {
-                tracing::error!(error = %e, "requeueing unfinished jobs failed; they will be recovered after the process TTL")
+        let queues = &s.config().queue_names;
+        let requeued = crate::reconnect::retry("requeue", REQUEUE_ATTEMPTS, || {
+            s.broker().requeue_in_flight(&s.identity, queues)
+        })
+        .await;
+        let all_back = match requeued {
+            Ok(0) => true,
+            Ok(n) => {
+                tracing::info!(jobs = n, "pushed unfinished jobs back to their queues");
+                true
             }
-        }
+            Err(e) => {
+                tracing::error!(error = %e, "requeueing unfinished jobs failed; the process stays registered, so a live process recovers them once its heartbeat expires");
+                false
+            }
+        };
         bg_stop.cancel();
         background.close();
         background.wait().await;
-        // Final stats flush, then leave the process set.
+        // Final stats flush, then leave the process set: only with nothing held, since
+        // recovery finds a dead process's jobs through its registration.
         super::heartbeat::beat(&s).await;
-        if let Err(e) = s.broker().unregister(&s.identity).await {
+        if all_back && let Err(e) = s.broker().unregister(&s.identity).await {
             tracing::error!(error = %e, "unregistering the process failed");
         }
         let processed = s.processed.load(Ordering::Relaxed);
         tracing::info!(processed, "errand server stopped");
         Ok(())
+    }
+}
+
+/// How many times the shutdown requeue is tried while the backend is unreachable (about 43 s).
+const REQUEUE_ATTEMPTS: usize = 12;
+
+/// Registers the process, retrying with backoff until it works. False when the process was
+/// stopped first.
+async fn register(s: &Shared) -> bool {
+    let mut delays = crate::reconnect::delays(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(5),
+        None,
+    );
+    loop {
+        match s
+            .broker()
+            .register(&s.identity, &s.config().queue_names)
+            .await
+        {
+            Ok(()) => return true,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(std::time::Duration::from_secs(5));
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "registering the process failed; not fetching until it works");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = s.stop.cancelled() => return false,
+                }
+            }
+        }
     }
 }
 

@@ -53,8 +53,12 @@ pub(crate) async fn run(s: Arc<Shared>) {
     let mut deep = false;
     // Set when a fetch failed on the connection: its reply may have been lost after the
     // backend moved jobs in flight, so once fetching works again the process looks for jobs
-    // it holds but is not running, and puts them back.
+    // it holds but is not running, and puts them back. It also looks every rescue interval:
+    // a job whose completion could not be written (the backend refused it, or stayed away
+    // past the completer's retries) is held but no longer running, and runs again.
     let mut check_stranded = false;
+    let sweep_every = s.config().rescue_interval;
+    let mut next_sweep = tokio::time::Instant::now() + sweep_every;
     loop {
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -114,8 +118,12 @@ pub(crate) async fn run(s: Arc<Shared>) {
                     seq += 1;
                     processor::spawn(&s, job, seq, permit);
                 }
-                if check_stranded {
+                // Here, between fetches, every job fetched so far is in `running`: a job
+                // held but not running is stranded, not on its way to a processor.
+                let now = tokio::time::Instant::now();
+                if check_stranded || now >= next_sweep {
                     check_stranded = !release_stranded(&s).await;
+                    next_sweep = now + sweep_every;
                 }
             }
             Err(e) => {
@@ -171,7 +179,7 @@ async fn release_stranded(s: &Shared) -> bool {
     if released > 0 {
         tracing::warn!(
             released,
-            "put back jobs stranded in flight by a fetch whose reply was lost"
+            "put back jobs stranded in flight (a lost fetch reply, or a completion that could not be written)"
         );
     }
     true
