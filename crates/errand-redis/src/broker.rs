@@ -55,6 +55,19 @@ impl std::fmt::Debug for RedisBroker {
     }
 }
 
+/// What to say when Redis may evict Errand's keys: any `maxmemory-policy` but `noeviction`
+/// lets Redis delete keys under memory pressure, queues and in-flight lists included, and the
+/// jobs in them are gone. `None` for `noeviction`.
+pub fn eviction_warning(policy: &str) -> Option<String> {
+    (policy != "noeviction").then(|| {
+        format!(
+            "redis maxmemory-policy is {policy}: under memory pressure Redis deletes keys, \
+             queues and in-flight jobs included, and those jobs are lost. Set \
+             maxmemory-policy noeviction (writes then fail with OOM and are retried)"
+        )
+    })
+}
+
 impl RedisBroker {
     /// Connects to `url` with default settings.
     ///
@@ -125,14 +138,42 @@ impl RedisBroker {
             .get_connection_manager_with_config(cm_config.clone())
             .await
             .map_err(cmd_err)?;
-        Ok(Self {
+        let broker = Self {
             client,
             conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
             cm_config,
             relogin: Default::default(),
             blocking: Default::default(),
             keys: Keys::new(config.namespace.as_deref()),
-        })
+        };
+        match broker.maxmemory_policy().await {
+            Ok(Some(policy)) => {
+                if let Some(warning) = eviction_warning(&policy) {
+                    tracing::warn!(policy, url = %broker.display_url(), "{warning}");
+                }
+            }
+            Ok(None) => {}
+            // Not readable here (INFO refused to this user): nothing to warn about.
+            Err(e) => tracing::debug!(error = %e, "could not read maxmemory-policy"),
+        }
+        Ok(broker)
+    }
+
+    /// The server's `maxmemory-policy` (from `INFO memory`, which least-privilege users may
+    /// run; `CONFIG GET` is refused to them). `None` when the server does not report it.
+    ///
+    /// # Errors
+    /// A backend failure, or INFO refused.
+    pub async fn maxmemory_policy(&self) -> BrokerResult<Option<String>> {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("maxmemory_policy:"))
+            .map(str::to_string))
     }
 
     /// The key builder (namespace applied).
@@ -151,18 +192,25 @@ impl RedisBroker {
     }
 
     /// Maps a command's error, and starts a new connection in the background when the login
-    /// was refused: redis-rs's connection manager keeps a refused reconnect's error and never
-    /// tries again by itself, so without this a server whose password was rotated (or whose
-    /// user was disabled for a while) would never recover. At most one new connection is being
-    /// made at a time, and one a second.
+    /// was refused or the server has become a read-only replica. redis-rs's connection manager
+    /// keeps a refused reconnect's error and never tries again by itself, so without this a
+    /// server whose password was rotated (or whose user was disabled for a while) would never
+    /// recover; and it keeps a working connection to a demoted master forever, so after a
+    /// failover (the URL's name or a proxy now leading to the new master) every write would be
+    /// refused with READONLY. At most one new connection is being made at a time, and one a
+    /// second.
     pub(crate) fn fail(&self, e: RedisError) -> BrokerError {
-        if e.kind() == redis::ErrorKind::AuthenticationFailed {
-            self.relogin_soon();
+        if matches!(
+            e.kind(),
+            redis::ErrorKind::AuthenticationFailed
+                | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        ) {
+            self.reconnect_soon();
         }
         cmd_err(e)
     }
 
-    fn relogin_soon(&self) {
+    fn reconnect_soon(&self) {
         {
             let mut last = self.relogin.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
@@ -179,9 +227,11 @@ impl RedisBroker {
             match client.get_connection_manager_with_config(config).await {
                 Ok(fresh) => {
                     *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-                    tracing::info!("redis login works again; new connection in use");
+                    tracing::info!("new redis connection in use");
                 }
-                Err(e) => tracing::warn!(error = %e, "redis login still refused; will try again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a new redis connection failed; will try again")
+                }
             }
         });
     }

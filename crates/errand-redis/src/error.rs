@@ -10,14 +10,18 @@ pub(crate) fn cmd_err(e: RedisError) -> BrokerError {
     // So is a server that is up but not serving yet: LOADING (restarted, reading its
     // append-only file), TRYAGAIN, MASTERDOWN (a replica that lost its master). Found by the
     // R1 soak: acks refused with LOADING after a restart were given up, not retried.
+    // READONLY means the server was a master and is now a replica (a failover): the broker
+    // reconnects ([`crate::RedisBroker`]'s `fail`) to reach the new master, and callers retry.
+    // OOM (maxmemory reached under noeviction) passes as memory frees up: retried too.
     let not_ready = matches!(
         e.kind(),
         redis::ErrorKind::Server(
             redis::ServerErrorKind::BusyLoading
                 | redis::ServerErrorKind::TryAgain
                 | redis::ServerErrorKind::MasterDown
+                | redis::ServerErrorKind::ReadOnly
         )
-    );
+    ) || e.code() == Some("OOM");
     if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

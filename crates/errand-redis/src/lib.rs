@@ -32,6 +32,6 @@ mod metrics;
 mod queue;
 mod scripts;
 
-pub use broker::RedisBroker;
+pub use broker::{RedisBroker, eviction_warning};
 pub use config::RedisConfig;
 pub use keys::Keys;

@@ -269,6 +269,8 @@ pub enum Fault {
 /// Runs on threads; stops when dropped.
 pub struct FaultProxy {
     port: u16,
+    /// Where new connections go ([`FaultProxy::retarget`]).
+    upstream: std::sync::Arc<std::sync::atomic::AtomicU16>,
     fault: std::sync::Arc<std::sync::Mutex<Fault>>,
     /// Incremented to cut every connection open now.
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -288,11 +290,18 @@ impl FaultProxy {
         let fault = std::sync::Arc::new(std::sync::Mutex::new(Fault::None));
         let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (f, g, st) = (fault.clone(), generation.clone(), stop.clone());
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(upstream));
+        let (f, g, st, to) = (
+            fault.clone(),
+            generation.clone(),
+            stop.clone(),
+            target.clone(),
+        );
         std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
+                        let upstream = to.load(Ordering::SeqCst);
                         let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream))
                         else {
                             continue;
@@ -312,10 +321,18 @@ impl FaultProxy {
         });
         Self {
             port,
+            upstream: target,
             fault,
             generation,
             stop,
         }
+    }
+
+    /// Sends new connections to `127.0.0.1:<upstream>` from now on; connections open now stay
+    /// with the server they reached (as after a failover behind a proxy or a DNS name).
+    pub fn retarget(&self, upstream: u16) {
+        self.upstream
+            .store(upstream, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The proxy's port.

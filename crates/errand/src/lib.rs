@@ -82,5 +82,5 @@ pub mod sqlite {
 /// The Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub mod redis {
-    pub use errand_redis::{Keys, RedisBroker, RedisConfig};
+    pub use errand_redis::{Keys, RedisBroker, RedisConfig, eviction_warning};
 }
