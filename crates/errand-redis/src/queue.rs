@@ -27,6 +27,46 @@ const PUSH_CHUNK: usize = 1_000;
 const PROMOTE_BATCH: isize = 100;
 
 impl RedisBroker {
+    /// One run of the fetch script: up to `req.max` jobs into flight, each with its token.
+    async fn fetch_now(&self, req: &FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
+        let prefix = self.keys.inflight_prefix(req.identity);
+        let mut inv = scripts::FETCH.prepare_invoke();
+        for q in req.queues {
+            inv.key(self.keys.queue(q));
+        }
+        inv.arg(req.max).arg(&prefix).arg(self.keys.fetch_seq());
+        for q in req.queues {
+            inv.arg(q);
+        }
+        let flat: Vec<redis::Value> = inv
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let first_token: u64 = match flat.first() {
+            Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
+            None => 0,
+        };
+        let pairs = flat.get(1..).unwrap_or_default().chunks_exact(2);
+        for (token, pair) in (first_token..).zip(pairs) {
+            let idx: usize =
+                redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
+            let bytes: Vec<u8> =
+                redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
+            let queue = req.queues[idx - 1].clone();
+            let location = self.keys.inflight(req.identity, &queue);
+            if let Some(raw) = self.text_or_bury(&location, &queue, bytes).await? {
+                out.push(Fetched {
+                    location,
+                    queue,
+                    raw,
+                    token,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// One settle: the job leaves its in-flight list and enters its set in one script (1 when
     /// it was still held).
     fn settle_one(
@@ -62,12 +102,10 @@ impl RedisBroker {
         async move { inv.invoke_async(&mut conn).await }
     }
 
-    async fn blocking_move(
-        &self,
-        from: &str,
-        to: &str,
-        wait: Duration,
-    ) -> BrokerResult<Option<Vec<u8>>> {
+    /// Waits up to `wait` for queue `list` to hold a job, on the blocking connection: true when
+    /// one is there. Moves nothing (the queue is rotated onto itself, its right end to its
+    /// right end).
+    async fn wait_for_job(&self, list: &str, wait: Duration) -> BrokerResult<bool> {
         let mut slot = self.blocking.lock().await;
         if slot.is_none() {
             let cfg = AsyncConnectionConfig::new()
@@ -82,15 +120,15 @@ impl RedisBroker {
         }
         let conn = slot.as_mut().expect("set above");
         let mut cmd = redis::cmd("BLMOVE");
-        cmd.arg(from)
-            .arg(to)
+        cmd.arg(list)
+            .arg(list)
             .arg("RIGHT")
-            .arg("LEFT")
+            .arg("RIGHT")
             .arg(wait.as_secs_f64());
         let query = cmd.query_async::<Option<Vec<u8>>>(conn);
         // The connection has no response timeout of its own (the wait is the point); a reply
         // later than the wait plus a margin means the link is gone (a partition, a stalled
-        // server). A move that happened anyway is found by the server's stranded-job check.
+        // server). The wait moves nothing, so a lost reply strands nothing.
         let res: Result<Option<Vec<u8>>, RedisError> =
             match tokio::time::timeout(wait + BLOCKING_MARGIN, query).await {
                 Ok(res) => res,
@@ -109,7 +147,7 @@ impl RedisBroker {
             // Drop a broken blocking connection; the next wait makes a new one.
             *slot = None;
         }
-        res.map_err(|e| self.fail(e))
+        res.map(|job| job.is_some()).map_err(|e| self.fail(e))
     }
 
     /// A fetched entry as text; an entry that is not UTF-8 (raw bytes pushed by another
@@ -195,74 +233,30 @@ impl JobQueue for RedisBroker {
             .map_err(|e| self.fail(e))
     }
 
+    /// Every job is moved by the fetch script, which hands out its fencing token in the same
+    /// step. When every queue is empty, a blocking wait on the first queue (a `BLMOVE` of the
+    /// queue onto itself: it moves nothing, and returns as soon as a job is there) is followed
+    /// by the script again; another process may have taken the job meanwhile, which is fine.
     async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
         if req.queues.is_empty() || req.max == 0 {
             return Ok(Vec::new());
         }
-        let prefix = self.keys.inflight_prefix(req.identity);
-        let mut inv = scripts::FETCH.prepare_invoke();
-        for q in req.queues {
-            inv.key(self.keys.queue(q));
-        }
-        let seq = self.keys.fetch_seq();
-        inv.arg(req.max).arg(&prefix).arg(&seq);
-        for q in req.queues {
-            inv.arg(q);
-        }
-        let flat: Vec<redis::Value> = inv
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        let mut out = Vec::with_capacity(flat.len() / 2);
-        let first_token: u64 = match flat.first() {
-            Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
-            None => 0,
-        };
-        let pairs = flat.get(1..).unwrap_or_default().chunks_exact(2);
-        for (token, pair) in (first_token..).zip(pairs) {
-            let idx: usize =
-                redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
-            let bytes: Vec<u8> =
-                redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
-            let queue = req.queues[idx - 1].clone();
-            let location = self.keys.inflight(req.identity, &queue);
-            if let Some(raw) = self.text_or_bury(&location, &queue, bytes).await? {
-                out.push(Fetched {
-                    location,
-                    queue,
-                    raw,
-                    token,
-                });
-            }
-        }
+        let out = self.fetch_now(&req).await?;
         if !out.is_empty() || req.wait.is_zero() {
             return Ok(out);
         }
-        // Everything is empty: block on the first queue in this round's order. With several
+        // Everything is empty: wait on the first queue in this round's order. With several
         // queues the wait is short so the others are polled again soon.
-        let first = &req.queues[0];
         let wait = if req.queues.len() == 1 {
             req.wait
         } else {
             req.wait.min(Duration::from_millis(100))
         };
-        let location = self.keys.inflight(req.identity, first);
-        if let Some(bytes) = self
-            .blocking_move(&self.keys.queue(first), &location, wait)
+        if self
+            .wait_for_job(&self.keys.queue(&req.queues[0]), wait)
             .await?
-            && let Some(raw) = self.text_or_bury(&location, first, bytes).await?
         {
-            let token: u64 = redis::cmd("INCR")
-                .arg(&seq)
-                .query_async(&mut self.connection())
-                .await
-                .map_err(|e| self.fail(e))?;
-            out.push(Fetched {
-                token,
-                queue: first.clone(),
-                raw,
-                location,
-            });
+            return self.fetch_now(&req).await;
         }
         Ok(out)
     }

@@ -822,3 +822,58 @@ async fn fifteen_thousand_deaths_keep_the_newest_ten_thousand() {
     assert_eq!(kept.first(), Some(&7_000), "the oldest 5,000 went first");
     assert_eq!(kept.last(), Some(&16_999));
 }
+
+/// A waiting fetch takes its job and its fencing token in one step (issue 13, item 9): it used
+/// to move the job into flight with BLMOVE and then take the token with a separate INCR, so a
+/// failed INCR (here: refused by the ACL) left the job stranded in flight while the fetch
+/// reported an error, and a stall between the two gave the stale attempt the larger token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_takes_job_and_token_in_one_step() {
+    use errand::broker::{Enqueue, FetchRequest, Fleet, JobQueue};
+    let server = RedisServer::start();
+    server.acl_setuser(
+        "fetcher",
+        &["reset", "on", ">pw", "~*", "&*", "+@all", "-incr"],
+    );
+    let broker = RedisBroker::connect(&server.url_as("fetcher", "pw"))
+        .await
+        .unwrap();
+    let queues = vec!["default".to_string()];
+    let waiting = {
+        let broker = broker.clone();
+        let queues = queues.clone();
+        tokio::spawn(async move {
+            broker
+                .fetch(FetchRequest {
+                    identity: "host:1:waiter",
+                    queues: &queues,
+                    max: 1,
+                    wait: Duration::from_secs(10),
+                })
+                .await
+        })
+    };
+    // Push once the fetch has found nothing and is blocked waiting.
+    wait_until("the fetch to block", Duration::from_secs(10), || async {
+        server.info_field("clients", "blocked_clients").as_deref() == Some("1")
+    })
+    .await;
+    let payload = r#"{"class":"Noop","args":[],"jid":"waited","queue":"default"}"#;
+    broker
+        .push(&[Enqueue {
+            queue: "default".into(),
+            payload: payload.into(),
+        }])
+        .await
+        .unwrap();
+    let got = waiting
+        .await
+        .unwrap()
+        .expect("the waiting fetch gets the job");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].raw, payload);
+    assert!(got[0].token > 0, "a fencing token: {}", got[0].token);
+    let held = broker.held("host:1:waiter", &queues).await.unwrap();
+    assert_eq!(held.len(), 1, "held exactly once");
+    assert!(broker.ack(&got[0]).await.unwrap());
+}
