@@ -1,6 +1,6 @@
 //! The admin side's conformance suite: one `pub async fn` per behaviour of the
 //! [`Admin`] contract (and of the two [`Broker`] methods that serve it,
-//! [`Broker::paused_queues`] and [`Broker::record_metrics`]), expanded by
+//! [`Fleet::paused_queues`](errand_core::broker::Fleet::paused_queues) and [`Broker::record_metrics`]), expanded by
 //! [`admin_conformance_tests!`](crate::admin_conformance_tests). Every case is named
 //! `admin_*`, so the two macros can be expanded side by side in one test file.
 //!
@@ -416,7 +416,7 @@ pub async fn admin_queue_clear_counts_and_forgets_the_name(f: &impl AdminFactory
 }
 
 /// `set_paused` pauses and resumes queues (twice is the same as once); `queues` and
-/// [`Broker::paused_queues`] report it; a paused queue keeps its jobs.
+/// [`Fleet::paused_queues`](errand_core::broker::Fleet::paused_queues) report it; a paused queue keeps its jobs.
 pub async fn admin_set_paused_round_trip(f: &impl AdminFactory) {
     let AdminBackend {
         broker,

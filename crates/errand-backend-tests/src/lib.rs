@@ -1,5 +1,5 @@
 //! Errand's backend conformance suite: one `pub async fn` per behaviour of the
-//! [`Broker`] contract, run against every backend, plus server-level cases (`server_*`) that
+//! [`Broker`](errand_core::broker::Broker) contract, run against every backend, plus server-level cases (`server_*`) that
 //! prove the job lifecycle (queue order, scheduling, retries, dead set, snooze, discard,
 //! malformed payloads, orphan recovery, graceful shutdown, stats) through a real
 //! `errand::Server` running on the backend.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Makes fresh, isolated backends (own namespace, database or instance) for each case.
 ///
-/// [`conformance_tests!`] evaluates the factory expression once per case and keeps the value
+/// [`conformance_tests!`](crate::conformance_tests) evaluates the factory expression once per case and keeps the value
 /// until the case ends, so a factory is the place to hold resources a case's backend needs
 /// (a server process), rather than the [`TestBackend`], whose parts a case may drop early.
 #[async_trait]

@@ -5,7 +5,7 @@ use errand_core::broker::BrokerResult;
 use redis::Client;
 use std::time::Duration;
 
-/// Settings for [`RedisBroker::connect_with`]. Its `Debug` output hides the URL's password.
+/// Settings for [`RedisBroker::connect_with`](crate::RedisBroker::connect_with). Its `Debug` output hides the URL's password.
 #[derive(Clone)]
 pub struct RedisConfig {
     pub(crate) url: String,
@@ -86,7 +86,7 @@ impl RedisConfig {
     /// one of them, or does not name the URL's host, is refused. For a Redis server with a
     /// private or self-signed CA.
     ///
-    /// [`RedisBroker::connect_with`] fails with [`BrokerError::Config`] when `pem` holds no
+    /// [`RedisBroker::connect_with`](crate::RedisBroker::connect_with) fails with [`BrokerError::Config`] when `pem` holds no
     /// certificate or one that does not parse, or when the URL is not `rediss://`.
     pub fn trust_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.trust_ca = Some(pem.into());

@@ -8,8 +8,7 @@ use crate::scripts;
 use async_trait::async_trait;
 use errand_core::admin::SetName;
 use errand_core::broker::{
-    BrokerResult, Completion, DeadLimits, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob,
-    Settle,
+    BrokerResult, Completion, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
 use redis::{AsyncConnectionConfig, RedisError};
@@ -152,7 +151,9 @@ impl RedisBroker {
 
     /// A fetched entry as text; an entry that is not UTF-8 (raw bytes pushed by another
     /// client) cannot be a job: it goes from flight to the dead set at once, as an
-    /// `Errand::InvalidPayload` entry showing its text lossily, and `None` is returned.
+    /// `Errand::InvalidPayload` entry showing its text lossily, dated by Redis's clock, and
+    /// `None` is returned. The dead set is not trimmed here: the backend does not know the
+    /// limits the fleet is configured with (the next death trims with them).
     async fn text_or_bury(
         &self,
         location: &str,
@@ -163,7 +164,7 @@ impl RedisBroker {
             Ok(text) => return Ok(Some(text)),
             Err(e) => e.into_bytes(),
         };
-        let now = errand_core::now();
+        let now = self.now().await?;
         let entry = errand_core::malformed_entry(
             &String::from_utf8_lossy(&bytes),
             queue,
@@ -171,15 +172,14 @@ impl RedisBroker {
             WireProfile::default(),
             now,
         );
-        let limits = DeadLimits::default();
         let _: i64 = scripts::SETTLE
             .key(location)
             .key(self.keys.set(SetName::Dead))
             .arg(&bytes[..])
             .arg(entry.to_json())
             .arg(now)
-            .arg(now - limits.max_age.as_secs_f64())
-            .arg(limits.max_jobs)
+            .arg("")
+            .arg("")
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;

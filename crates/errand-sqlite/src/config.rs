@@ -15,7 +15,7 @@ pub enum Durability {
     Normal,
 }
 
-/// Settings for [`SqliteBroker::open_with`].
+/// Settings for [`SqliteBroker::open_with`](crate::SqliteBroker::open_with).
 #[derive(Debug, Clone)]
 pub struct SqliteConfig {
     pub(crate) path: PathBuf,

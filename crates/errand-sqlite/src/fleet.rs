@@ -17,7 +17,7 @@ const REGISTERED_GRACE: Duration = Duration::from_secs(60);
 #[async_trait]
 impl Fleet for SqliteBroker {
     /// A process registered before its first heartbeat counts as alive for
-    /// [`REGISTERED_GRACE`] (a row without an expiry would count as dead at once).
+    /// 60 s (a row without an expiry would count as dead at once).
     async fn register(&self, identity: &str, queues: &[String]) -> BrokerResult<()> {
         let identity = identity.to_string();
         let info = serde_json::json!({ "queues": queues }).to_string();

@@ -477,6 +477,31 @@ impl Worker {
         )
     }
 
+    /// As [`Worker::start`], but the process's wall clock is moved by `faketime`'s `offset`
+    /// (`-1h`, `+365d`; Debian's `faketime` package), its monotonic clock left alone so its
+    /// timers run normally: a worker whose clock is wrong.
+    ///
+    /// # Panics
+    /// When `faketime` or the binary cannot be started.
+    pub fn start_skewed(bin: &str, backend: &str, concurrency: usize, offset: &str) -> Self {
+        // libfaketime preloaded into the worker itself (not the `faketime` wrapper, whose child
+        // would outlive a kill of the wrapper).
+        let mut cmd = Command::new(bin);
+        cmd.args([backend, &concurrency.to_string(), "1000"])
+            .env(
+                "LD_PRELOAD",
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            )
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        Worker(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start errand-test-worker"),
+        )
+    }
+
     /// Panics with the exit status if the worker has already exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.0.try_wait().expect("wait on the worker") {

@@ -298,7 +298,7 @@ impl State {
     }
 }
 
-/// An in-memory [`Broker`] with the Redis backend's semantics. Cheap to clone; clones share
+/// An in-memory [`Broker`](errand_core::broker::Broker) with the Redis backend's semantics. Cheap to clone; clones share
 /// state.
 ///
 /// Differences from Redis worth knowing:
@@ -333,7 +333,7 @@ impl MemoryBroker {
     }
 
     /// An empty broker on `clock`: heartbeat, lease and record expiry are measured on it, and
-    /// it is the backend clock ([`Broker::now`]) that servers promote due jobs by — so a
+    /// it is the backend clock ([`JobQueue::now`](errand_core::broker::JobQueue::now)) that servers promote due jobs by — so a
     /// server writing retries by the wall clock needs a clock here that flows with it.
     pub fn with_clock(clock: Clock) -> Self {
         Self {

@@ -373,11 +373,13 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     // A worker whose clock is off by this many seconds (the clock-skew test).
-    let skew: f64 = std::env::var("ERRAND_TEST_CLOCK_SKEW_S")
+    let skew: Option<f64> = std::env::var("ERRAND_TEST_CLOCK_SKEW_S")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
+        .and_then(|s| s.parse().ok());
     let mut builder = Server::builder_arc(broker);
+    if let Some(skew) = skew {
+        builder = builder.clock(Arc::new(move || errand_core::now() + skew));
+    }
     if let Some(ms) = std::env::var("ERRAND_TEST_RETRY_DELAY_MS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -391,7 +393,6 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.max_recoveries(n);
     }
     builder
-        .clock(Arc::new(move || errand_core::now() + skew))
         .register::<Ledger>()
         .register::<Sleepy>()
         .register::<Noop>()

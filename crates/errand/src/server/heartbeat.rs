@@ -33,6 +33,7 @@ pub(crate) fn tid_name(mut n: u64) -> String {
 
 /// Writes one heartbeat and acts on a remote signal.
 pub(crate) async fn beat(s: &Shared) {
+    s.sync_clock().await;
     let work: Vec<WorkEntry> = s
         .running
         .lock()

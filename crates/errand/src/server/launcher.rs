@@ -10,7 +10,7 @@ use errand_core::broker::{Broker, FetchRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,6 +121,7 @@ impl Server {
         Self {
             shared: Arc::new(Shared {
                 completer,
+                clock_offset_us: AtomicI64::new(0),
                 parts,
                 identity,
                 info,

@@ -83,6 +83,8 @@ pub(crate) struct Config {
     pub handle_signals: bool,
     pub once_ttl: Duration,
     pub max_recoveries: u32,
+    /// Set by [`ServerBuilder::clock`]: the given clock is the server's time, uncorrected.
+    pub own_clock: bool,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             handle_signals: true,
             once_ttl: crate::context::DEFAULT_ONCE_TTL,
             max_recoveries: 3,
+            own_clock: false,
         }
     }
 }
@@ -303,9 +306,13 @@ impl ServerBuilder {
 
     /// Reads the time from `clock` instead of the wall clock: when retries and snoozes are due,
     /// which scheduled jobs are due, the timestamps written into payloads. For tests with a
-    /// controllable clock (`errand_testing::ManualClock`); leave it alone in production.
+    /// controllable clock (`errand_testing::ManualClock`); leave it alone in production, where
+    /// the server reads the wall clock corrected to the backend's (measured at each heartbeat),
+    /// so a worker whose clock is off neither burns its retries early nor trims the dead set
+    /// by a wrong date. A clock given here is used as it is.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self.config.own_clock = true;
         self
     }
 

@@ -10,7 +10,7 @@ use crate::{Client, Data};
 use errand_core::broker::{Broker, Fetched};
 use errand_core::metrics::ClassMetrics;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub metrics: Mutex<HashMap<String, ClassMetrics>>,
     /// Writes every finished attempt's outcome to the backend, in batches.
     pub completer: Completer,
+    /// The backend's clock minus this server's, in microseconds ([`Shared::sync_clock`]).
+    pub clock_offset_us: AtomicI64,
 }
 
 impl Shared {
@@ -68,9 +70,32 @@ impl Shared {
         &*self.parts.broker
     }
 
-    /// The time on the server's clock, float epoch seconds.
+    /// The time, float epoch seconds: the server's clock, corrected by the backend's (unless the
+    /// server was given a clock of its own): retries, snoozes, deaths and the dead set's trim
+    /// are dated by it.
     pub(crate) fn now(&self) -> f64 {
-        (self.parts.clock)()
+        let local = (self.parts.clock)();
+        if self.config().own_clock {
+            return local;
+        }
+        local + self.clock_offset_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Measures how far the backend's clock is from this server's (half a round trip either
+    /// way) and corrects [`Shared::now`] by it. Called before the first beat and at every beat;
+    /// on a backend error the last offset stays.
+    pub(crate) async fn sync_clock(&self) {
+        if self.config().own_clock {
+            return;
+        }
+        let before = (self.parts.clock)();
+        let Ok(backend) = self.broker().now().await else {
+            return;
+        };
+        let after = (self.parts.clock)();
+        let offset = backend - (before + after) / 2.0;
+        self.clock_offset_us
+            .store((offset * 1e6) as i64, Ordering::Relaxed);
     }
 
     pub(crate) fn busy(&self) -> usize {
