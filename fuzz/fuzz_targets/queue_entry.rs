@@ -1,3 +1,3 @@
-//! Any bytes as a queue entry: see `errand_core::invariants::queue_entry`.
+//! Any bytes as a queue entry: see `errand_invariants::queue_entry`.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_core::invariants::queue_entry(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_invariants::queue_entry(data));

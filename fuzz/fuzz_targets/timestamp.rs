@@ -1,3 +1,3 @@
-//! Any JSON value as a timestamp or score: see `errand_core::invariants::timestamp`.
+//! Any JSON value as a timestamp or score: see `errand_invariants::timestamp`.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_core::invariants::timestamp(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| errand_invariants::timestamp(data));

@@ -26,7 +26,6 @@ pub mod backtrace;
 pub mod broker;
 mod error;
 pub mod id;
-pub mod invariants;
 pub mod metrics;
 mod payload;
 mod time;

@@ -1,8 +1,10 @@
-//! Properties that must hold for *any* input, checked by the fuzz targets in `fuzz/` and by a
-//! test that replays their corpus (`tests/fuzz_corpus.rs`), so every CI run exercises them.
-//! Each function panics when its property fails.
+//! Properties of `errand-core` that must hold for *any* input, checked by the fuzz targets in
+//! `fuzz/` and by a test that replays their corpus (`tests/fuzz_corpus.rs`), so every CI run
+//! exercises them. Each function panics when its property fails.
+//!
+//! Test scaffolding, kept out of `errand-core`'s public API; not published.
 
-use crate::{Failure, Payload, WireProfile, backoff, malformed_entry};
+use errand_core::{Failure, Payload, WireProfile, backoff, malformed_entry};
 use serde_json::Value;
 
 /// Any bytes offered as a queue entry: parsing never panics; a parsed payload re-encodes to
@@ -37,7 +39,7 @@ pub fn queue_entry(bytes: &[u8]) {
             let entry = malformed_entry(text, "default", &e.to_string(), WireProfile::V7, 1.7e9);
             let json = entry.to_json();
             assert!(
-                json.len() < 3 * crate::MALFORMED_PREVIEW + 4096,
+                json.len() < 3 * errand_core::MALFORMED_PREVIEW + 4096,
                 "dead entries are bounded"
             );
             Payload::parse(&json).expect("a dead entry is a valid payload");

@@ -2,7 +2,7 @@
 //! targets check, so every test run exercises them without a fuzzer (`cargo fuzz run
 //! <target>` in `fuzz/` explores further and adds to the corpus).
 
-use errand_core::invariants;
+use errand_invariants as invariants;
 use std::path::Path;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
