@@ -15,15 +15,21 @@ pub fn new_jid() -> String {
     hex(&rand::random::<[u8; 12]>())
 }
 
-/// The hostname Sidekiq shows: `DYNO` when set, else the OS hostname.
+/// The hostname Sidekiq shows: `DYNO` when set (and not empty), else the OS hostname
+/// (`localhost` when the OS gives none).
 pub fn hostname() -> String {
     std::env::var("DYNO")
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into())
+            let host = gethostname::gethostname();
+            let host = host.to_string_lossy();
+            let host = host.trim();
+            if host.is_empty() {
+                "localhost".into()
+            } else {
+                host.to_string()
+            }
         })
 }
 
@@ -66,6 +72,21 @@ mod tests {
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
         assert_ne!(a, new_jid());
+    }
+
+    #[test]
+    fn hostname_is_dyno_or_the_os_hostname() {
+        let host = hostname();
+        assert!(!host.is_empty());
+        match std::env::var("DYNO") {
+            Ok(dyno) if !dyno.is_empty() => assert_eq!(host, dyno),
+            _ => {
+                if let Ok(os) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                    assert_eq!(host, os.trim(), "the same name the kernel reports");
+                }
+            }
+        }
+        assert!(new_identity().starts_with(&format!("{host}:")));
     }
 
     #[test]
