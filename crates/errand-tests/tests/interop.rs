@@ -1012,7 +1012,9 @@ async fn admin_reads_ruby_processes_and_queues() {
     let deadline = std::time::Instant::now() + WAIT;
     let seen = loop {
         let procs = b.processes().await.unwrap();
-        if procs.len() == 1 && procs[0].work.len() == 1 {
+        // Sidekiq writes its work hash and its busy count at different moments of a beat:
+        // wait for a beat that has both.
+        if procs.len() == 1 && procs[0].work.len() == 1 && procs[0].busy == 1 {
             break procs;
         }
         assert!(
