@@ -107,6 +107,10 @@ macro_rules! admin_conformance_tests {
             admin_metrics_merge_per_class_over_a_range,
             admin_backend_info_names_its_kind,
             admin_raw_payloads_survive_byte_for_byte,
+            admin_queue_page_shows_a_released_job_first,
+            admin_queue_clear_leaves_jobs_in_flight_and_the_pause,
+            admin_set_members_are_unique,
+            admin_processes_order_work_and_skip_unbeaten,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1182,4 +1186,160 @@ pub async fn admin_raw_payloads_survive_byte_for_byte(f: &impl AdminFactory) {
     assert_eq!(queue_all(a, "raw").await, strings(&[moved]), "{n}");
     assert!(a.set_remove(SetName::Dead, odd).await.unwrap(), "{n}");
     assert_eq!(a.set_size(SetName::Dead).await.unwrap(), 0, "{n}");
+}
+
+/// A fetched job put back with `release` is the next to run again: first in an `Asc` page,
+/// last in a `Desc` one, and the queue's `oldest`.
+pub async fn admin_queue_page_shows_a_released_job_first(f: &impl AdminFactory) {
+    let AdminBackend { broker, admin, .. } = f.new_admin_backend().await;
+    let (b, a, n) = (&*broker, &*admin, f.name());
+    let jobs: Vec<String> = (1..=4).map(|i| job("q", i)).collect();
+    b.push(
+        &jobs
+            .iter()
+            .map(|j| enqueue("q", j.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let got = fetch(b, "host:1:release", &["q"], 2, Duration::ZERO).await;
+    assert_eq!(got.len(), 2, "{n}");
+    assert_eq!(got[1].raw, jobs[1], "{n}: fetched in push order");
+    assert!(b.release(&got[1]).await.unwrap(), "{n}: released");
+    assert_eq!(
+        queue_all(a, "q").await,
+        strings(&[&jobs[1], &jobs[2], &jobs[3]]),
+        "{n}: the released job runs next"
+    );
+    let desc = a
+        .queue_page(QueueRange {
+            queue: "q",
+            offset: 2,
+            limit: 10,
+            order: Order::Desc,
+        })
+        .await
+        .unwrap();
+    assert_eq!(desc, strings(&[&jobs[1]]), "{n}: and is the last in Desc");
+    let q = a.queues().await.unwrap();
+    assert_eq!(
+        q,
+        vec![summary("q", 3, Some(jobs[1].clone()), false)],
+        "{n}"
+    );
+}
+
+/// `queue_clear` removes only what waits in the queue: a job in flight from it is still held
+/// by its process, and a paused queue stays paused (and listed, empty).
+pub async fn admin_queue_clear_leaves_jobs_in_flight_and_the_pause(f: &impl AdminFactory) {
+    let AdminBackend {
+        broker,
+        admin,
+        inspect,
+    } = f.new_admin_backend().await;
+    let (b, a, n) = (&*broker, &*admin, f.name());
+    let id = "host:1:clear";
+    b.push(&[enqueue("q", job("q", 1)), enqueue("q", job("q", 2))])
+        .await
+        .unwrap();
+    let held = fetch(b, id, &["q"], 1, Duration::ZERO).await;
+    assert_eq!(held.len(), 1, "{n}");
+    b.push(&[enqueue("q", job("q", 3))]).await.unwrap();
+    a.set_paused("q", true).await.unwrap();
+    assert_eq!(a.queue_clear("q").await.unwrap(), 2, "{n}: the two waiting");
+    assert_eq!(
+        inspect.in_flight(id, "q").await,
+        vec![job("q", 1)],
+        "{n}: the job in flight is still held"
+    );
+    assert!(b.ack(&held[0]).await.unwrap(), "{n}: and can be acked");
+    assert_eq!(
+        b.paused_queues().await.unwrap(),
+        strings(&["q"]),
+        "{n}: clearing does not resume"
+    );
+    assert_eq!(
+        a.queues().await.unwrap(),
+        vec![summary("q", 0, None, true)],
+        "{n}: listed because paused"
+    );
+}
+
+/// A set holds each member once: putting a member again moves it to its new score, and
+/// killing an entry of the dead set again re-dates it.
+pub async fn admin_set_members_are_unique(f: &impl AdminFactory) {
+    let AdminBackend { broker, admin, .. } = f.new_admin_backend().await;
+    let (b, a, n) = (&*broker, &*admin, f.name());
+    put(b, SetName::Scheduled, 10.0, "a").await;
+    put(b, SetName::Scheduled, 20.0, "b").await;
+    put(b, SetName::Scheduled, 30.0, "a").await;
+    assert_eq!(
+        page(a, SetName::Scheduled).await,
+        vec![entry(20.0, "b"), entry(30.0, "a")],
+        "{n}: moved, not doubled"
+    );
+    let limits = DeadLimits::default();
+    put(b, SetName::Dead, 100.0, "d1").await;
+    put(b, SetName::Dead, 101.0, "d2").await;
+    assert!(
+        a.set_to_dead(MoveToDead {
+            set: SetName::Dead,
+            member: "d1",
+            payload: "d1",
+            now: 102.0,
+            limits
+        })
+        .await
+        .unwrap(),
+        "{n}"
+    );
+    assert_eq!(
+        page(a, SetName::Dead).await,
+        vec![entry(101.0, "d2"), entry(102.0, "d1")],
+        "{n}: re-dated"
+    );
+    assert_eq!(a.set_size(SetName::Dead).await.unwrap(), 2, "{n}");
+}
+
+/// A process's running jobs are listed oldest `run_at` first; a process that registered but
+/// never beat is not listed.
+pub async fn admin_processes_order_work_and_skip_unbeaten(f: &impl AdminFactory) {
+    let AdminBackend { broker, admin, .. } = f.new_admin_backend().await;
+    let (b, a, n) = (&*broker, &*admin, f.name());
+    let id = "host:1:work";
+    let now = b.now().await.unwrap();
+    let entry_at = |tid: &str, run_at: i64| WorkEntry {
+        tid: tid.to_string(),
+        json: json!({"queue": "q", "payload": job("q", 1), "run_at": run_at}).to_string(),
+    };
+    let work = vec![
+        entry_at("t-late", now as i64),
+        entry_at("t-early", now as i64 - 100),
+        entry_at("t-mid", now as i64 - 50),
+    ];
+    let info_id = info(id, &["q"]);
+    b.heartbeat(&Heartbeat {
+        identity: id,
+        info: &info_id,
+        busy: 3,
+        concurrency: 5,
+        beat: now,
+        quiet: false,
+        rss_kb: 1,
+        work: &work,
+        processed: 0,
+        failed: 0,
+        ttl: Duration::from_secs(600),
+    })
+    .await
+    .unwrap();
+    b.register(id, &strings(&["q"])).await.unwrap();
+    b.register("host:2:never-beat", &strings(&["q"]))
+        .await
+        .unwrap();
+    let listed = a.processes().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
+    assert_eq!(ids, [id], "{n}: only the process that beat");
+    let tids: Vec<&str> = listed[0].work.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tids, ["t-early", "t-mid", "t-late"], "{n}: by run_at");
 }

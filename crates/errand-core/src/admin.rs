@@ -102,8 +102,36 @@ pub struct ProcessRecord {
     /// Resident memory in KB.
     pub rss_kb: u64,
     /// Running jobs as `(tid, json)`, the JSON being `{"queue", "payload" (the job as a
-    /// string), "run_at"}` (Sidekiq's work hash).
+    /// string), "run_at"}` (Sidekiq's work hash), longest running (oldest `run_at`) first:
+    /// see [`sort_work`].
     pub work: Vec<(String, String)>,
+}
+
+/// Orders a process's running jobs as [`ProcessRecord::work`] lists them: oldest `run_at`
+/// first (an entry whose `run_at` cannot be read counts as 0), then by tid.
+pub fn sort_work(work: &mut [(String, String)]) {
+    fn run_at(json: &str) -> f64 {
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v.get("run_at")?.as_f64())
+            .unwrap_or(0.0)
+    }
+    work.sort_by_cached_key(|(tid, json)| (OrdF64(run_at(json)), tid.clone()));
+}
+
+/// An `f64` ordered by [`f64::total_cmp`], as a sort key.
+#[derive(PartialEq)]
+struct OrdF64(f64);
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// Totals per UTC day.

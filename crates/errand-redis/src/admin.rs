@@ -52,14 +52,6 @@ fn count(v: Option<String>) -> u64 {
         .map_or(0, |n| n.max(0) as u64)
 }
 
-/// The `run_at` of a work entry, for ordering (0 when unreadable).
-fn run_at(json: &str) -> f64 {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| v.get("run_at")?.as_f64())
-        .unwrap_or(0.0)
-}
-
 /// The facts [`Admin::backend_info`] shows, in order: (label, `INFO` field).
 const INFO_FACTS: [(&str, &str); 6] = [
     ("version", "redis_version"),
@@ -425,7 +417,7 @@ impl Admin for RedisBroker {
                 .into_iter()
                 .map(|(tid, json)| (text(tid), text(json)))
                 .collect();
-            work.sort_by(|a, b| run_at(&a.1).total_cmp(&run_at(&b.1)).then(a.0.cmp(&b.0)));
+            errand_core::admin::sort_work(&mut work);
             out.push(ProcessRecord {
                 identity,
                 info,

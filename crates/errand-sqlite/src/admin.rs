@@ -82,14 +82,6 @@ fn is_empty(m: &ClassMetrics) -> bool {
     m.executions == 0 && m.failures == 0 && m.total_ms == 0 && m.histogram.iter().all(|&n| n == 0)
 }
 
-/// The `run_at` of a work entry's JSON, for ordering (0 when unreadable).
-fn run_at(json: &str) -> f64 {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| v.get("run_at")?.as_f64())
-        .unwrap_or(0.0)
-}
-
 /// A metrics row: `class, executions, failures, total_ms, histogram`.
 fn metrics_row(r: &Row<'_>) -> rusqlite::Result<ClassMetrics> {
     let mut m = ClassMetrics::new(r.get::<_, String>(0)?);
@@ -497,10 +489,7 @@ impl Admin for SqliteBroker {
                 p.work = work
                     .query_map([&p.identity], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?;
-                // Longest running first, as the Redis backend orders them.
-                p.work.sort_by(|a: &(String, String), b| {
-                    run_at(&a.1).total_cmp(&run_at(&b.1)).then(a.0.cmp(&b.0))
-                });
+                errand_core::admin::sort_work(&mut p.work);
             }
             Ok(records)
         })

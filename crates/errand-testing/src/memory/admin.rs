@@ -227,7 +227,11 @@ impl Admin for MemoryBroker {
                 beat: p.beat,
                 quiet: p.quiet,
                 rss_kb: p.rss_kb,
-                work: p.work.clone(),
+                work: {
+                    let mut work = p.work.clone();
+                    errand_core::admin::sort_work(&mut work);
+                    work
+                },
             })
             .collect();
         out.sort_by(|a, b| a.identity.cmp(&b.identity));
