@@ -3,7 +3,7 @@
 
 use errand_core::broker::{
     Capabilities, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
-    PermitRequest, RateKind, RateRequest,
+    PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 use std::time::Duration;
 
@@ -422,6 +422,87 @@ pub async fn permit_expires_without_renewal(f: &impl BackendFactory) {
         1,
         "{n}"
     );
+}
+
+/// `push_unique` stores the job and takes its permit together: another jid is refused while
+/// the permit lives (nothing stored), a second call with the same jid (a retry after a lost
+/// reply) stores nothing more, a scheduled job goes to the schedule set, and once the permit
+/// runs out the key is free for the next job.
+pub async fn push_unique_takes_the_permit_and_stores_the_job_together(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let first = job("q", 1);
+    let req = |jid, payload, ttl, at| UniquePush {
+        key: "unique:Report:abc",
+        jid,
+        ttl,
+        queue: "q",
+        payload,
+        at,
+    };
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        b.push_unique(req("j1", &first, Duration::from_millis(1_000), None))
+            .await
+            .unwrap(),
+        UniquePushed::Pushed,
+        "{n}"
+    );
+    assert_eq!(inspect.queue("q").await, vec![first.clone()], "{n}");
+    assert!(
+        inspect.known_queues().await.contains(&"q".to_string()),
+        "{n}"
+    );
+    let holders = b.permit_holders("unique:Report:abc").await.unwrap();
+    assert_eq!(holders.len(), 1, "{n}");
+    assert_eq!(holders[0].0, "j1", "{n}: the job holds its key");
+
+    let second = job("q", 2);
+    assert_eq!(
+        b.push_unique(req("j2", &second, long, None)).await.unwrap(),
+        UniquePushed::Duplicate {
+            holder: "j1".into()
+        },
+        "{n}"
+    );
+    assert_eq!(
+        b.push_unique(req("j1", &first, long, None)).await.unwrap(),
+        UniquePushed::Pushed,
+        "{n}: a retry of the same push"
+    );
+    assert_eq!(
+        inspect.queue("q").await,
+        vec![first.clone()],
+        "{n}: neither the duplicate nor the retry stored anything"
+    );
+
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let later = job("q", 3);
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        match b
+            .push_unique(req("j3", &later, long, Some(4_000_000_000.0)))
+            .await
+            .unwrap()
+        {
+            UniquePushed::Pushed => break,
+            UniquePushed::Duplicate { holder } => {
+                assert_eq!(holder, "j1", "{n}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n}: the permit never ran out"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(
+        inspect.set("schedule").await,
+        vec![(4_000_000_000.0, later)],
+        "{n}: a scheduled unique job waits in the schedule set"
+    );
+    assert_eq!(inspect.queue("q").await, vec![first], "{n}");
 }
 
 /// Both kinds of rate limit let `limit` uses through and refuse the next with the wait until

@@ -74,6 +74,7 @@ macro_rules! conformance_tests {
             once_claims_and_records_expire,
             permit_sets_bound_holders_and_fence,
             permit_expires_without_renewal,
+            push_unique_takes_the_permit_and_stores_the_job_together,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

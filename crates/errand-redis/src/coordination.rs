@@ -6,7 +6,7 @@ use crate::scripts;
 use async_trait::async_trait;
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
-    PermitRenewal, PermitRequest, RateKind, RateRequest,
+    PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -111,6 +111,32 @@ impl Coordination for RedisBroker {
             }
         } else {
             PermitGrant::Full { holder: value }
+        })
+    }
+
+    async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
+        let target = match req.at {
+            Some(_) => self.keys.set(errand_core::admin::SetName::Scheduled),
+            None => self.keys.queue(req.queue),
+        };
+        // Rust prints an f64 in the shortest form that reads back to the same bits.
+        let score = req.at.map(|at| at.to_string()).unwrap_or_default();
+        let (stored, holder): (i64, String) = scripts::UNIQUE_PUSH
+            .key(self.keys.permits(req.key))
+            .key(target)
+            .key(self.keys.queues())
+            .arg(req.jid)
+            .arg(req.ttl.as_millis().max(1) as u64)
+            .arg(req.payload)
+            .arg(req.queue)
+            .arg(score)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(if stored == 1 {
+            UniquePushed::Pushed
+        } else {
+            UniquePushed::Duplicate { holder }
         })
     }
 

@@ -20,6 +20,9 @@ pub static ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("s
 /// Permit sets (mutexes, unique locks, concurrency limits): acquire, renew, release.
 pub static PERMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/permit.lua")));
+/// A unique job's permit and push, in one step.
+pub static UNIQUE_PUSH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/unique_push.lua")));
 /// Rate limits: bucket and sliding window.
 pub static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/rate.lua")));
 /// One in-flight job back to its queue (a job stranded by a lost fetch reply).

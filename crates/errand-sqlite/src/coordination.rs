@@ -3,11 +3,13 @@
 //! counts (`limit_hits`), each one transaction on this machine's clock.
 
 use crate::SqliteBroker;
-use crate::rows::now;
+use crate::rows::{add_member, enqueue, now};
+use crate::schema::state;
 use async_trait::async_trait;
+use errand_core::broker::Enqueue;
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
-    PermitRenewal, PermitRequest, RateKind, RateRequest,
+    PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 use rusqlite::{OptionalExtension, params};
 use std::time::Duration;
@@ -140,6 +142,50 @@ impl Coordination for SqliteBroker {
             })
         })
         .await
+    }
+
+    async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
+        let (key, jid) = (req.key.to_string(), req.jid.to_string());
+        let (queue, payload, at, ttl) = (
+            req.queue.to_string(),
+            req.payload.to_string(),
+            req.at,
+            req.ttl.as_secs_f64(),
+        );
+        let out = self
+            .write(move |tx| {
+                let t = now();
+                tx.execute(
+                    "DELETE FROM leases WHERE key = ?1 AND expires_at <= ?2",
+                    params![key, t],
+                )?;
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT holder FROM leases WHERE key = ?1 ORDER BY expires_at LIMIT 1",
+                        [&key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match holder {
+                    Some(h) if h == jid => return Ok(UniquePushed::Pushed),
+                    Some(holder) => return Ok(UniquePushed::Duplicate { holder }),
+                    None => {}
+                }
+                tx.execute(
+                    "INSERT INTO leases(key, holder, expires_at) VALUES (?1, ?2, ?3)",
+                    params![key, jid, t + ttl],
+                )?;
+                match at {
+                    Some(at) => add_member(tx, state::SCHEDULE, at, &payload)?,
+                    None => enqueue(tx, &[Enqueue { queue, payload }])?,
+                }
+                Ok(UniquePushed::Pushed)
+            })
+            .await?;
+        if out == UniquePushed::Pushed && req.at.is_none() {
+            self.notify_pushed();
+        }
+        Ok(out)
     }
 
     async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {

@@ -1,4 +1,4 @@
-//! [`Intercepted`]: a broker whose push, scheduled push, fetch, completions, registration and
+//! [`Intercepted`]: a broker whose push, scheduled push, unique push, fetch, completions, registration and
 //! shutdown requeue a test can replace (to perform jobs inline, or to inject a fault such as a
 //! lost reply or a failed write), with every other step of the contract passed through to the
 //! wrapped broker unchanged.
@@ -8,7 +8,7 @@ use errand::WireProfile;
 use errand::broker::{
     Broker, BrokerResult, Capabilities, Completion, Coordination, Enqueue, FetchRequest, Fetched,
     Fleet, Heartbeat, JobQueue, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
-    PermitRequest, RateRequest, RemoteSignal, RescuePolicy, ScheduledJob,
+    PermitRequest, RateRequest, RemoteSignal, RescuePolicy, ScheduledJob, UniquePush, UniquePushed,
 };
 use errand::metrics::ClassMetrics;
 use std::sync::Arc;
@@ -26,6 +26,15 @@ pub trait Intercept: Send + Sync + 'static {
     /// Replaces [`JobQueue::push_scheduled`].
     async fn push_scheduled(&self, inner: &dyn Broker, jobs: &[ScheduledJob]) -> BrokerResult<()> {
         inner.push_scheduled(jobs).await
+    }
+
+    /// Replaces [`Coordination::push_unique`].
+    async fn push_unique(
+        &self,
+        inner: &dyn Broker,
+        req: UniquePush<'_>,
+    ) -> BrokerResult<UniquePushed> {
+        inner.push_unique(req).await
     }
 
     /// Replaces [`JobQueue::fetch`].
@@ -161,6 +170,9 @@ impl<I: Intercept> Coordination for Intercepted<I> {
     }
     async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
         self.inner.permit_acquire(req).await
+    }
+    async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
+        self.hooks.push_unique(&*self.inner, req).await
     }
     async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
         self.inner.permit_renew(req).await

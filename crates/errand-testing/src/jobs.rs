@@ -41,7 +41,10 @@
 use crate::intercept::{Intercept, Intercepted};
 use crate::{ManualClock, MemoryBroker};
 use async_trait::async_trait;
-use errand::broker::{Broker, BrokerResult, Enqueue, ScheduledJob};
+use errand::broker::{
+    Broker, BrokerResult, Enqueue, PermitGrant, PermitRequest, ScheduledJob, UniquePush,
+    UniquePushed,
+};
 use errand::{Client, Drained, Job, JobResult, Payload, Push, Server, ServerBuilder};
 use errand_core::BrokerError;
 use std::sync::{Arc, OnceLock, Weak};
@@ -409,5 +412,30 @@ impl Intercept for Inline {
     async fn push_scheduled(&self, _inner: &dyn Broker, jobs: &[ScheduledJob]) -> BrokerResult<()> {
         self.perform_all(jobs.iter().map(|j| j.payload.as_str()))
             .await
+    }
+    /// The permit is taken in the backend, as a real push takes it; the job then runs here.
+    async fn push_unique(
+        &self,
+        inner: &dyn Broker,
+        req: UniquePush<'_>,
+    ) -> BrokerResult<UniquePushed> {
+        let grant = inner
+            .permit_acquire(PermitRequest {
+                key: req.key,
+                holder: req.jid,
+                max: 1,
+                ttl: req.ttl,
+                fence: false,
+            })
+            .await?;
+        if let PermitGrant::Full { holder } = grant {
+            return Ok(UniquePushed::Duplicate { holder });
+        }
+        if let Err(e) = self.perform_all(std::iter::once(req.payload)).await {
+            // The push fails as a whole, as it would have on a backend: free the key.
+            inner.permit_release(req.key, req.jid).await?;
+            return Err(e);
+        }
+        Ok(UniquePushed::Pushed)
     }
 }

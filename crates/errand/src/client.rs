@@ -1,7 +1,7 @@
 //! [`Client`]: enqueue jobs now, later, in bulk, or by class name for other languages.
 
 use crate::{Error, Job, encode_args};
-use errand_core::broker::{Broker, Enqueue, PermitGrant, PermitRequest, ScheduledJob};
+use errand_core::broker::{Broker, Enqueue, ScheduledJob, UniquePush, UniquePushed};
 use errand_core::{Clock, Payload, PayloadError, WireProfile, activejob};
 use serde_json::Value;
 use std::sync::Arc;
@@ -240,24 +240,36 @@ impl Client {
     ///
     /// # Errors
     /// A payload above the size limit, or a backend failure.
-    pub async fn push_payload(&self, mut p: Payload, at: Option<f64>) -> Result<String, Error> {
+    pub async fn push_payload(&self, p: Payload, at: Option<f64>) -> Result<String, Error> {
         let jid = p.jid().to_string();
-        let now = self.now();
-        match at.filter(|t| *t > now) {
+        let (queue, at, payload) = self.stored(p, at)?;
+        match at {
             Some(at) => {
-                let payload = self.check_size(p.to_json())?;
                 self.broker
                     .push_scheduled(&[ScheduledJob { at, payload }])
-                    .await?;
+                    .await?
             }
-            None => {
-                p.stamp_enqueued(self.profile, now);
-                let queue = p.queue().to_string();
-                let payload = self.check_size(p.to_json())?;
-                self.broker.push(&[Enqueue { queue, payload }]).await?;
-            }
+            None => self.broker.push(&[Enqueue { queue, payload }]).await?,
         }
         Ok(jid)
+    }
+
+    /// What a push of `p` stores: its queue, its time when that is still ahead (the schedule
+    /// set), and the payload as written (stamped `enqueued_at` when it goes straight to the
+    /// queue), checked against the size limit.
+    fn stored(
+        &self,
+        mut p: Payload,
+        at: Option<f64>,
+    ) -> Result<(String, Option<f64>, String), Error> {
+        let now = self.now();
+        let at = at.filter(|t| *t > now);
+        if at.is_none() {
+            p.stamp_enqueued(self.profile, now);
+        }
+        let queue = p.queue().to_string();
+        let payload = self.check_size(p.to_json())?;
+        Ok((queue, at, payload))
     }
 
     /// Enqueues `job` on its queue. Returns the job id.
@@ -283,7 +295,7 @@ impl Client {
     }
 
     /// Takes the unique lock of payload `p` (its `unique_key`) for `period` (plus the delay
-    /// of a scheduled push), then pushes it; a held lock is a [`Error::Duplicate`].
+    /// of a scheduled push) and pushes it, in one step; a held lock is a [`Error::Duplicate`].
     async fn push_unique(
         &self,
         p: Payload,
@@ -298,25 +310,22 @@ impl Client {
         let delay = at.map_or(0.0, |at| (at - self.now()).max(0.0));
         let ttl = period + Duration::from_secs_f64(delay);
         let jid = p.jid().to_string();
-        let req = PermitRequest {
+        let (queue, at, payload) = self.stored(p, at)?;
+        let req = UniquePush {
             key: &key,
-            holder: &jid,
-            max: 1,
+            jid: &jid,
             ttl,
-            fence: false,
+            queue: &queue,
+            payload: &payload,
+            at,
         };
-        if let PermitGrant::Full { holder } = self.broker.permit_acquire(req).await? {
-            return Err(Error::Duplicate {
+        // One atomic step: no crash can leave the lock without its job, and an error (a lost
+        // reply among them) never frees the lock of a job that may be stored.
+        match self.broker.push_unique(req).await? {
+            UniquePushed::Pushed => Ok(jid),
+            UniquePushed::Duplicate { holder } => Err(Error::Duplicate {
                 existing_jid: holder,
-            });
-        }
-        match self.push_payload(p, at).await {
-            Ok(jid) => Ok(jid),
-            Err(e) => {
-                // Not enqueued: free the key for the next push (it expires anyway).
-                let _ = self.broker.permit_release(&key, &jid).await;
-                Err(e)
-            }
+            }),
         }
     }
 

@@ -147,6 +147,35 @@ fn unsupported<T>(what: &'static str) -> BrokerResult<T> {
     Err(BrokerError::Unsupported(what))
 }
 
+/// A job pushed under a unique permit ([`Coordination::push_unique`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UniquePush<'a> {
+    /// The permit set of the job's unique key (`unique:<class>:<key or digest>`).
+    pub key: &'a str,
+    /// The job's id, the permit's holder.
+    pub jid: &'a str,
+    /// How long the permit lasts: the unique period, plus the delay of a scheduled push.
+    pub ttl: Duration,
+    /// The job's queue (registered, and pushed onto when `at` is `None`).
+    pub queue: &'a str,
+    /// The job, as stored.
+    pub payload: &'a str,
+    /// When set, the job goes into the schedule set at this time (epoch seconds) instead.
+    pub at: Option<f64>,
+}
+
+/// What [`Coordination::push_unique`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UniquePushed {
+    /// The job is stored and holds the permit (now, or since an earlier call with its jid).
+    Pushed,
+    /// Another job holds the permit: nothing was stored.
+    Duplicate {
+        /// The jid of the job that holds it.
+        holder: String,
+    },
+}
+
 /// A backend's coordination primitives.
 #[async_trait]
 pub trait Coordination: Send + Sync + 'static {
@@ -192,6 +221,18 @@ pub trait Coordination: Send + Sync + 'static {
     /// are taken. TTLs are measured on the backend's clock (Redis's `TIME`), never the
     /// caller's, so a worker with a skewed clock cannot hold a permit longer than it should.
     async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
+        let _ = req;
+        unsupported("permit sets")
+    }
+
+    /// Takes unique permit `req.key` (at most one holder) for `req.jid` and stores the job, as
+    /// one atomic step: both happen or neither, so a crash cannot leave a permit without its
+    /// job, and a lost reply cannot make the caller give up the permit of a stored job.
+    /// Expired permits are dropped first (on the backend's clock). While another job's permit
+    /// is live nothing is stored. When `req.jid` already holds the permit (this is a retry of
+    /// a call whose reply was lost) the job is already stored: nothing is written again and
+    /// the answer is [`UniquePushed::Pushed`].
+    async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
         let _ = req;
         unsupported("permit sets")
     }

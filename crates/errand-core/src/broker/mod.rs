@@ -25,7 +25,7 @@ mod queue;
 pub use crate::error::BrokerResult;
 pub use coordination::{
     Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
-    PermitRequest, RateKind, RateRequest,
+    PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 pub use fleet::{
     Fleet, Heartbeat, RemoteSignal, RescuePolicy, WorkEntry, info_queues, poison_entry,

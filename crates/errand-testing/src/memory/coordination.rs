@@ -4,7 +4,7 @@ use super::{MemoryBroker, OnceRecord};
 use async_trait::async_trait;
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
-    PermitRenewal, PermitRequest, RateKind, RateRequest,
+    PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 use std::time::Duration;
 
@@ -111,6 +111,35 @@ impl Coordination for MemoryBroker {
             0
         };
         Ok(PermitGrant::Granted { token })
+    }
+
+    async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
+        let now = (self.clock)();
+        {
+            let mut state = self.state();
+            let set = state.leases.entry(req.key.to_string()).or_default();
+            set.retain(|_, until| *until > now);
+            if set.contains_key(req.jid) {
+                return Ok(UniquePushed::Pushed);
+            }
+            if let Some(holder) = set.keys().next() {
+                return Ok(UniquePushed::Duplicate {
+                    holder: holder.clone(),
+                });
+            }
+            set.insert(req.jid.to_string(), now + req.ttl.as_secs_f64());
+            match req.at {
+                Some(at) => state.set_mut("schedule").add(at, req.payload),
+                None => {
+                    state.known_queues.insert(req.queue.to_string());
+                    state.lpush(req.queue, req.payload.to_string());
+                }
+            }
+        }
+        if req.at.is_none() {
+            self.pushed.notify_waiters();
+        }
+        Ok(UniquePushed::Pushed)
     }
 
     async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
