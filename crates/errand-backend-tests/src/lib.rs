@@ -63,6 +63,7 @@ macro_rules! conformance_tests {
             requeue_in_flight_needs_no_registration,
             rescue_orphans_recovers_jobs_of_unregistered_processes,
             held_lists_and_release_returns_one_job,
+            a_stale_attempt_cannot_end_a_later_fetch_of_the_same_job,
             fetch_hands_out_increasing_fencing_tokens,
             rescue_orphans_recovers_only_expired_processes,
             rescue_buries_a_poison_pill_after_max_recoveries,

@@ -640,6 +640,63 @@ pub async fn held_lists_and_release_returns_one_job(f: &impl BackendFactory) {
     );
 }
 
+/// A stale attempt cannot end a later fetch of the same job by the same process: after the
+/// job is put back and the process fetches it again, the first attempt's ack, settle and
+/// release are all refused, the second attempt still holds the job (with its own token, as
+/// `held` shows), and its ack works.
+pub async fn a_stale_attempt_cannot_end_a_later_fetch_of_the_same_job(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let me = "host:1:refetch";
+    beat(b, me, &info(me, &["q"]), Duration::from_secs(600), 0).await;
+    b.register(me, &queues(&["q"])).await.unwrap();
+    b.push(&[enqueue("q", job("q", 1))]).await.unwrap();
+    let stale = fetch(b, me, &["q"], 1, Duration::ZERO).await.remove(0);
+    assert_eq!(
+        b.requeue_in_flight(me, &queues(&["q"])).await.unwrap(),
+        1,
+        "{n}: put back (as a rescue would)"
+    );
+    let fresh = fetch(b, me, &["q"], 1, Duration::ZERO).await.remove(0);
+    assert_eq!(fresh.raw, stale.raw, "{n}: the same job");
+    assert_eq!(fresh.location, stale.location, "{n}: in the same place");
+    assert!(fresh.token > stale.token, "{n}: with a newer token");
+
+    assert!(
+        !b.ack(&stale).await.unwrap(),
+        "{n}: the stale ack is refused"
+    );
+    let retry = Settle::Retry {
+        payload: stale.raw.clone(),
+        at: 5.0,
+    };
+    assert!(
+        !b.settle(&stale, &retry).await.unwrap(),
+        "{n}: the stale settle is refused"
+    );
+    assert!(
+        !b.release(&stale).await.unwrap(),
+        "{n}: the stale release is refused"
+    );
+    let done = b
+        .complete_many(&[Completion::Ack(&stale), Completion::Settle(&stale, &retry)])
+        .await
+        .unwrap();
+    assert_eq!(done, [false, false], "{n}: in a batch too");
+    assert!(
+        inspect.set("retry").await.is_empty(),
+        "{n}: nothing retried"
+    );
+    assert!(inspect.queue("q").await.is_empty(), "{n}: nothing put back");
+    let held = b.held(me, &queues(&["q"])).await.unwrap();
+    assert_eq!(held.len(), 1, "{n}: the fresh attempt still holds the job");
+    assert_eq!(held[0].token, fresh.token, "{n}: held shows its token");
+    assert!(b.ack(&held[0]).await.unwrap(), "{n}: held's copy acks it");
+    assert!(!b.ack(&fresh).await.unwrap(), "{n}: once");
+    assert!(b.held(me, &queues(&["q"])).await.unwrap().is_empty(), "{n}");
+}
+
 /// Every fetched job carries a fencing token larger than any handed out before, so a job
 /// recovered and fetched again carries a larger token than its earlier attempt.
 pub async fn fetch_hands_out_increasing_fencing_tokens(f: &impl BackendFactory) {

@@ -177,7 +177,7 @@ impl Fleet for RedisBroker {
         let mut out = Vec::new();
         for q in queues {
             let location = self.keys.inflight(identity, q);
-            let raws: Vec<String> = redis::cmd("LRANGE")
+            let entries: Vec<String> = redis::cmd("LRANGE")
                 .arg(&location)
                 .arg(0)
                 .arg(-1)
@@ -185,11 +185,14 @@ impl Fleet for RedisBroker {
                 .await
                 .map_err(|e| self.fail(e))?;
             // The list's left end holds the newest fetched: oldest first is right to left.
-            out.extend(raws.into_iter().rev().map(|raw| Fetched {
-                token: 0,
-                queue: q.clone(),
-                raw,
-                location: location.clone(),
+            out.extend(entries.iter().rev().map(|entry| {
+                let (token, raw) = crate::queue::parse_in_flight_entry(entry);
+                Fetched {
+                    token,
+                    queue: q.clone(),
+                    raw: raw.to_string(),
+                    location: location.clone(),
+                }
             }));
         }
         Ok(out)

@@ -25,6 +25,29 @@ const PUSH_CHUNK: usize = 1_000;
 /// How many due jobs one promote round moves.
 const PROMOTE_BATCH: isize = 100;
 
+/// A job's entry in its in-flight list: `<token>:<job string>`, so that only the attempt that
+/// fetched it can end it. Token 0 (an entry written before tokens were) is the job string.
+pub(crate) fn in_flight_entry(token: u64, raw: &[u8]) -> Vec<u8> {
+    if token == 0 {
+        return raw.to_vec();
+    }
+    let mut entry = format!("{token}:").into_bytes();
+    entry.extend_from_slice(raw);
+    entry
+}
+
+/// The token and the job string of an in-flight entry (token 0 when it has none).
+pub(crate) fn parse_in_flight_entry(entry: &str) -> (u64, &str) {
+    if let Some((digits, raw)) = entry.split_once(':')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(token) = digits.parse()
+    {
+        return (token, raw);
+    }
+    (0, entry)
+}
+
 impl RedisBroker {
     /// One run of the fetch script: up to `req.max` jobs into flight, each with its token.
     async fn fetch_now(&self, req: &FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
@@ -54,7 +77,7 @@ impl RedisBroker {
                 redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
             let queue = req.queues[idx - 1].clone();
             let location = self.keys.inflight(req.identity, &queue);
-            if let Some(raw) = self.text_or_bury(&location, &queue, bytes).await? {
+            if let Some(raw) = self.text_or_bury(&location, &queue, token, bytes).await? {
                 out.push(Fetched {
                     location,
                     queue,
@@ -90,7 +113,7 @@ impl RedisBroker {
         let mut inv = scripts::SETTLE.prepare_invoke();
         inv.key(&job.location)
             .key(self.keys().set(set))
-            .arg(&job.raw)
+            .arg(in_flight_entry(job.token, job.raw.as_bytes()))
             .arg(payload)
             .arg(score);
         match trim {
@@ -158,6 +181,7 @@ impl RedisBroker {
         &self,
         location: &str,
         queue: &str,
+        token: u64,
         bytes: Vec<u8>,
     ) -> BrokerResult<Option<String>> {
         let bytes = match String::from_utf8(bytes) {
@@ -175,7 +199,7 @@ impl RedisBroker {
         let _: i64 = scripts::SETTLE
             .key(location)
             .key(self.keys.set(SetName::Dead))
-            .arg(&bytes[..])
+            .arg(in_flight_entry(token, &bytes))
             .arg(entry.to_json())
             .arg(now)
             .arg("")
@@ -270,7 +294,10 @@ impl JobQueue for RedisBroker {
         for (i, c) in batch.iter().enumerate() {
             match c {
                 Completion::Ack(job) => {
-                    pipe.cmd("LREM").arg(&job.location).arg(-1).arg(&job.raw);
+                    pipe.cmd("LREM")
+                        .arg(&job.location)
+                        .arg(-1)
+                        .arg(in_flight_entry(job.token, job.raw.as_bytes()));
                     acks.push(i);
                 }
                 Completion::Settle(job, to) => settles.push((i, self.settle_one(job, to))),
@@ -304,6 +331,7 @@ impl JobQueue for RedisBroker {
         let n: i64 = scripts::RELEASE
             .key(&job.location)
             .key(self.keys.queue(&job.queue))
+            .arg(in_flight_entry(job.token, job.raw.as_bytes()))
             .arg(&job.raw)
             .invoke_async(&mut self.connection())
             .await

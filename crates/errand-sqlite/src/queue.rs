@@ -142,10 +142,12 @@ impl JobQueue for SqliteBroker {
 
     /// One transaction (and one fsync) for the whole batch.
     async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
-        let ops: Vec<(Option<(i64, String)>, Option<Settle>)> = batch
+        let ops: Vec<(Option<(i64, String, f64)>, Option<Settle>)> = batch
             .iter()
             .map(|c| {
-                let at = parse_location(&c.job().location).map(|(id, o)| (id, o.to_string()));
+                let job = c.job();
+                let at = parse_location(&job.location)
+                    .map(|(id, o)| (id, o.to_string(), job.token as f64));
                 let to = match c {
                     Completion::Ack(_) => None,
                     Completion::Settle(_, to) => Some((*to).clone()),
@@ -154,15 +156,18 @@ impl JobQueue for SqliteBroker {
             })
             .collect();
         self.write(move |tx| {
-            let mut delete =
-                tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND owner = ?3")?;
+            // The row must still be this attempt's: same owner and same fencing token (the
+            // score), so a stale attempt cannot complete a later fetch of the same job.
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND owner = ?3 AND score = ?4",
+            )?;
             let mut held = Vec::with_capacity(ops.len());
             for (at, to) in &ops {
-                let Some((id, owner)) = at else {
+                let Some((id, owner, token)) = at else {
                     held.push(false);
                     continue;
                 };
-                if delete.execute(params![id, state::IN_FLIGHT, owner])? == 0 {
+                if delete.execute(params![id, state::IN_FLIGHT, owner, token])? == 0 {
                     held.push(false);
                     continue;
                 }
@@ -191,7 +196,7 @@ impl JobQueue for SqliteBroker {
         let Some((id, owner)) = parse_location(&job.location) else {
             return Ok(false);
         };
-        let (owner, queue) = (owner.to_string(), job.queue.clone());
+        let (owner, queue, token) = (owner.to_string(), job.queue.clone(), job.token as f64);
         let released = self
             .write(move |tx| {
                 let front: Option<i64> = tx.query_row(
@@ -201,13 +206,14 @@ impl JobQueue for SqliteBroker {
                 )?;
                 let n = tx.execute(
                     "UPDATE jobs SET state = ?1, owner = NULL, score = 0, seq = ?2
-                     WHERE id = ?3 AND state = ?4 AND owner = ?5",
+                     WHERE id = ?3 AND state = ?4 AND owner = ?5 AND score = ?6",
                     params![
                         state::QUEUED,
                         front.unwrap_or(1) - 1,
                         id,
                         state::IN_FLIGHT,
-                        owner
+                        owner,
+                        token
                     ],
                 )?;
                 Ok(n == 1)

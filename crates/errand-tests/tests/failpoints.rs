@@ -86,13 +86,19 @@ fn spawn(url: &str, concurrency: usize, failpoints: Option<&str>, env: &[(&str, 
 }
 
 /// The in-flight jobs held by the process with `pid` (its `errand:inflight:<host>:<pid>:…`
-/// lists), read after it died: nobody removes them until its heartbeat expires.
+/// lists), read after it died: nobody removes them until its heartbeat expires. Each entry
+/// is `<fencing token>:<job>`; the jobs are returned.
 fn held_by(conn: &mut redis::Connection, pid: u32) -> Vec<String> {
     let pid = pid.to_string();
     let keys: Vec<String> = conn.keys("errand:inflight:*").unwrap();
     keys.into_iter()
         .filter(|k| k.split(':').nth(3) == Some(pid.as_str()))
         .flat_map(|k| conn.lrange::<_, Vec<String>>(k, 0, -1).unwrap())
+        .map(|entry| {
+            let (token, job) = entry.split_once(':').expect("a token-prefixed entry");
+            assert!(token.parse::<u64>().is_ok(), "{entry}");
+            job.to_string()
+        })
         .collect()
 }
 
@@ -365,7 +371,7 @@ fn crash_inside_reaper_requeue_leaves_the_orphans_for_the_next_reaper() {
         let mut reaper = spawn(&url, 1, Some("inside_reaper_requeue=return"), &[]);
         let status = reaper.wait().unwrap();
         assert_eq!(status.code(), Some(137), "the reaper crashed at its point");
-        let mut still: Vec<String> = conn.lrange(&key, 0, -1).unwrap();
+        let mut still = held_by(&mut conn, victim.id());
         let mut before = orphans.clone();
         still.sort();
         before.sort();

@@ -1,20 +1,29 @@
 //! RELIABILITY-PLAN R17: a model-based test of the queue operations. Random sequences of
-//! push, fetch, ack, retry, kill, snooze, requeue and promote run against a real Redis and
-//! against `MemoryBroker` — the in-memory reference model of the broker contract — and after
-//! every step both must hold exactly the same jobs in the same places: every queue, the
-//! retry, schedule and dead sets, and every process's in-flight jobs. proptest shrinks a
-//! failing sequence to a minimal one and keeps it in `proptest-regressions/` to replay.
+//! push, fetch, ack, retry, kill, snooze, release, requeue, rescue and promote run against a
+//! real Redis, a real SQLite file and `MemoryBroker` — the in-memory reference model of the
+//! broker contract — and after every step all three must hold exactly the same jobs in the
+//! same places (every queue, the retry, schedule and dead sets, every process's in-flight
+//! jobs) and must have answered every ack, settle and release the same way.
+//!
+//! A rescue is what recovery does to a process that stalled or crashed: its in-flight jobs go
+//! back to their queues while the process still holds its attempts. Those stale attempts stay
+//! in play: a later ack, settle or release of one must be refused, also when the same process
+//! has fetched the same job again (the fencing token decides, not the job string). proptest
+//! shrinks a failing sequence to a minimal one and keeps it in `proptest-regressions/`.
 //!
 //! CI runs 256 sequences of up to 40 steps; `cargo test -p errand-tests --test model --
 //! --ignored` runs the plan's 1,000.
 
 use errand::WireProfile;
+use errand::admin::{Admin, Order, QueueRange, SetName, SetRange};
 use errand::broker::{Broker, DeadLimits, Enqueue, FetchRequest, Fetched, Heartbeat, Settle};
 use errand::redis::{RedisBroker, RedisConfig};
+use errand_sqlite::SqliteBroker;
 use errand_testing::MemoryBroker;
 use errand_tests::RedisServer;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use std::sync::Arc;
 use std::time::Duration;
 
 const QUEUES: [&str; 2] = ["a", "b"];
@@ -50,7 +59,17 @@ enum Op {
         process: usize,
         pick: usize,
     },
+    Release {
+        process: usize,
+        pick: usize,
+    },
+    /// The process hands its jobs back (a clean shutdown): it forgets its attempts.
     Requeue {
+        process: usize,
+    },
+    /// Recovery of a stalled or crashed process: its jobs go back to their queues, and its
+    /// attempts become stale (it still holds them and may ack them when it wakes).
+    Rescue {
         process: usize,
     },
     Promote {
@@ -69,7 +88,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, any::<usize>(), 0..100u16)
             .prop_map(|(process, pick, at)| Op::Snooze { process, pick, at }),
         1 => (0..2usize, any::<usize>()).prop_map(|(process, pick)| Op::Kill { process, pick }),
+        1 => (0..2usize, any::<usize>()).prop_map(|(process, pick)| Op::Release { process, pick }),
         1 => (0..2usize).prop_map(|process| Op::Requeue { process }),
+        1 => (0..2usize).prop_map(|process| Op::Rescue { process }),
         1 => (0..100u16).prop_map(|now| Op::Promote { now }),
     ]
 }
@@ -88,17 +109,22 @@ struct Snapshot {
     in_flight: Vec<Vec<String>>,
 }
 
-/// How a side's queues and sets are read for comparison (outside the broker contract).
+/// How a side's queues and sets are read for comparison: Redis's keys and the model's state
+/// directly (outside the broker contract), SQLite through its admin side.
 enum Reader {
     Redis(redis::aio::MultiplexedConnection),
     Memory(MemoryBroker),
+    Admin(Arc<dyn Admin>),
 }
 
-/// One backend under test and what each process holds of it.
+/// One backend under test, what each process holds of it (stale attempts included), and every
+/// answer it gave to an ack, settle or release.
 struct Side {
-    broker: Box<dyn Broker>,
+    name: &'static str,
+    broker: Arc<dyn Broker>,
     reader: Reader,
     held: [Vec<Fetched>; 2],
+    answers: Vec<bool>,
 }
 
 impl Side {
@@ -136,7 +162,12 @@ impl Side {
             }
             Op::Ack { process, pick } => {
                 if let Some(job) = take(&mut self.held[*process], *pick) {
-                    b.ack(&job).await.unwrap();
+                    self.answers.push(b.ack(&job).await.unwrap());
+                }
+            }
+            Op::Release { process, pick } => {
+                if let Some(job) = take(&mut self.held[*process], *pick) {
+                    self.answers.push(b.release(&job).await.unwrap());
                 }
             }
             Op::Retry { process, pick, at } | Op::Snooze { process, pick, at } => {
@@ -153,7 +184,7 @@ impl Side {
                             at,
                         }
                     };
-                    b.settle(&job, &to).await.unwrap();
+                    self.answers.push(b.settle(&job, &to).await.unwrap());
                 }
             }
             Op::Kill { process, pick } => {
@@ -166,15 +197,17 @@ impl Side {
                             max_age: Duration::from_secs(3600),
                         },
                     };
-                    b.settle(&job, &to).await.unwrap();
+                    self.answers.push(b.settle(&job, &to).await.unwrap());
                 }
             }
-            Op::Requeue { process } => {
+            Op::Requeue { process } | Op::Rescue { process } => {
                 let all: Vec<String> = QUEUES.iter().map(|q| q.to_string()).collect();
                 b.requeue_in_flight(PROCESSES[*process], &all)
                     .await
                     .unwrap();
-                self.held[*process].clear();
+                if matches!(op, Op::Requeue { .. }) {
+                    self.held[*process].clear();
+                }
             }
             Op::Promote { now } => {
                 b.promote_due(BASE + f64::from(*now), WireProfile::V7)
@@ -188,7 +221,9 @@ impl Side {
         let all: Vec<String> = QUEUES.iter().map(|q| q.to_string()).collect();
         let mut in_flight = Vec::new();
         for p in PROCESSES {
-            let held = self.broker.held(p, &all).await.unwrap();
+            let mut held = self.broker.held(p, &all).await.unwrap();
+            // Oldest first within a queue; how queues interleave is the backend's own.
+            held.sort_by(|x, y| x.queue.cmp(&y.queue));
             in_flight.push(
                 held.into_iter()
                     .map(|f| format!("{}|{}", f.queue, f.raw))
@@ -224,6 +259,36 @@ impl Side {
                         members
                             .into_iter()
                             .map(|(m, s)| (format!("{s:?}"), m))
+                            .collect(),
+                    );
+                }
+            }
+            Reader::Admin(a) => {
+                for q in QUEUES {
+                    let page = a
+                        .queue_page(QueueRange {
+                            queue: q,
+                            offset: 0,
+                            limit: 10_000,
+                            order: Order::Asc,
+                        })
+                        .await
+                        .unwrap();
+                    queues.push(page);
+                }
+                for set in [SetName::Retry, SetName::Scheduled, SetName::Dead] {
+                    let page = a
+                        .set_page(SetRange {
+                            set,
+                            offset: 0,
+                            limit: 10_000,
+                            order: Order::Asc,
+                        })
+                        .await
+                        .unwrap();
+                    sets.push(
+                        page.into_iter()
+                            .map(|e| (format!("{:?}", e.score), e.raw))
                             .collect(),
                     );
                 }
@@ -285,18 +350,24 @@ async fn run(runner_cases: u32) {
                 let real = RedisBroker::connect_with(RedisConfig::new(&url))
                     .await
                     .unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let sqlite = Arc::new(
+                    SqliteBroker::open(dir.path().join("model.sqlite"))
+                        .await
+                        .unwrap(),
+                );
                 let model = MemoryBroker::new();
+                let side = |name, broker: Arc<dyn Broker>, reader| Side {
+                    name,
+                    broker,
+                    reader,
+                    held: [Vec::new(), Vec::new()],
+                    answers: Vec::new(),
+                };
                 let mut sides = [
-                    Side {
-                        broker: Box::new(real),
-                        reader: Reader::Redis(conn),
-                        held: [Vec::new(), Vec::new()],
-                    },
-                    Side {
-                        broker: Box::new(model.clone()),
-                        reader: Reader::Memory(model),
-                        held: [Vec::new(), Vec::new()],
-                    },
+                    side("model", Arc::new(model.clone()), Reader::Memory(model)),
+                    side("redis", Arc::new(real), Reader::Redis(conn)),
+                    side("sqlite", sqlite.clone(), Reader::Admin(sqlite)),
                 ];
                 for side in &mut sides {
                     for p in PROCESSES {
@@ -327,11 +398,21 @@ async fn run(runner_cases: u32) {
                     for side in &mut sides {
                         side.apply(op).await;
                     }
-                    let (real, model) = (sides[0].snapshot().await, sides[1].snapshot().await);
-                    if real != model {
-                        return Err(format!(
-                            "step {step} ({op:?}): redis {real:?} != model {model:?}"
-                        ));
+                    let model = sides[0].snapshot().await;
+                    for i in 1..sides.len() {
+                        let real = sides[i].snapshot().await;
+                        let name = sides[i].name;
+                        if real != model {
+                            return Err(format!(
+                                "step {step} ({op:?}): {name} {real:?} != model {model:?}"
+                            ));
+                        }
+                        if sides[i].answers != sides[0].answers {
+                            return Err(format!(
+                                "step {step} ({op:?}): {name} answered {:?}, the model {:?}",
+                                sides[i].answers, sides[0].answers
+                            ));
+                        }
                     }
                 }
                 Ok(())
@@ -345,12 +426,12 @@ async fn run(runner_cases: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_matches_the_reference_model() {
+async fn redis_and_sqlite_match_the_reference_model() {
     run(256).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the plan's full run: 1,000 sequences"]
-async fn redis_matches_the_reference_model_long() {
+async fn redis_and_sqlite_match_the_reference_model_long() {
     run(1_000).await;
 }

@@ -8,6 +8,15 @@
 -- consumed first. On recovery each job's counter (by jid, kept 7 days) goes up by one; a job
 -- that reaches the limit goes to the poison list instead, for the caller to bury.
 -- Returns the number moved, or -1 if the process is alive.
+-- In-flight entries are '<token>:<job string>'; an entry without a token (written before
+-- tokens were) is the job string itself.
+local function job_of(entry)
+  local _, last = string.find(entry, '^%d+:')
+  if last then
+    return string.sub(entry, last + 1)
+  end
+  return entry
+end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
 end
@@ -17,8 +26,9 @@ local n = 0
 for i = 7, #ARGV do
   local q = ARGV[i]
   local from, to = ARGV[2] .. q, ARGV[3] .. q
-  local job = redis.call('LPOP', from)
-  while job do
+  local entry = redis.call('LPOP', from)
+  while entry do
+    local job = job_of(entry)
     n = n + 1
     local poisoned = false
     if recovering then
@@ -38,7 +48,7 @@ for i = 7, #ARGV do
     else
       redis.call('RPUSH', to, job)
     end
-    job = redis.call('LPOP', from)
+    entry = redis.call('LPOP', from)
   end
 end
 if recovering then

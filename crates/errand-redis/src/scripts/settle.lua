@@ -1,8 +1,8 @@
 -- Take a job out of flight and store it in a sorted set, atomically.
 -- KEYS[1] in-flight list, KEYS[2] target set (retry, schedule or dead).
--- ARGV[1] the job string as fetched, ARGV[2] the new payload, ARGV[3] its score,
+-- ARGV[1] the in-flight entry ('<token>:<job string>'), ARGV[2] the new payload, ARGV[3] its score,
 -- ARGV[4] dead-set trim: drop scores below this ('' = no trim), ARGV[5] keep at most this many.
--- Returns 0 (and changes nothing) when the job is no longer in flight: its lease was lost.
+-- Returns 0 (and changes nothing) when this attempt no longer holds the job: its lease was lost.
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then
   return 0
 end

@@ -35,8 +35,8 @@ impl Fleet for MemoryBroker {
             let key = (identity.to_string(), q.clone());
             let location = serde_json::to_string(&key).unwrap_or_default();
             if let Some(list) = s.in_flight.get(&key) {
-                out.extend(list.iter().rev().map(|raw| Fetched {
-                    token: 0,
+                out.extend(list.iter().rev().map(|(token, raw)| Fetched {
+                    token: *token,
                     queue: q.clone(),
                     raw: raw.clone(),
                     location: location.clone(),

@@ -139,7 +139,8 @@ struct State {
     /// `retry`, `schedule`, `dead`.
     sets: HashMap<String, ZSet>,
     /// In-flight lists per (identity, queue): front = newest fetched.
-    in_flight: BTreeMap<(String, String), VecDeque<String>>,
+    /// `(identity, queue)` → the jobs held, newest fetched first, each with its fencing token.
+    in_flight: BTreeMap<(String, String), VecDeque<(u64, String)>>,
     /// Errand's registry: identity → `info` JSON.
     registry: BTreeMap<String, String>,
     /// Sidekiq's `processes` set.
@@ -231,7 +232,7 @@ impl State {
             else {
                 continue;
             };
-            let moved: Vec<String> = list.drain(..).collect();
+            let moved: Vec<String> = list.drain(..).map(|(_, raw)| raw).collect();
             n += moved.len();
             for raw in moved {
                 let jid = Payload::parse(&raw).ok().map(|p| p.jid().to_string());
@@ -266,7 +267,7 @@ impl State {
             else {
                 continue;
             };
-            let moved: Vec<String> = list.drain(..).collect();
+            let moved: Vec<String> = list.drain(..).map(|(_, raw)| raw).collect();
             n += moved.len();
             let target = self.queues.entry(queue).or_default();
             // LMOVE LEFT RIGHT: the newest fetched goes to the consuming end first, so the
@@ -278,17 +279,20 @@ impl State {
         n
     }
 
-    fn lease_list(&mut self, lease: &str) -> Option<&mut VecDeque<String>> {
+    fn lease_list(&mut self, lease: &str) -> Option<&mut VecDeque<(u64, String)>> {
         let key: (String, String) = serde_json::from_str(lease).ok()?;
         self.in_flight.get_mut(&key)
     }
 
-    /// `LREM lease -1 raw`: removes the copy nearest the oldest end.
+    /// Removes the entry of this attempt (its fencing token and job), if still held.
     fn take_in_flight(&mut self, job: &Fetched) -> bool {
         let Some(list) = self.lease_list(&job.location) else {
             return false;
         };
-        match list.iter().rposition(|r| *r == job.raw) {
+        match list
+            .iter()
+            .rposition(|(token, raw)| *token == job.token && *raw == job.raw)
+        {
             Some(i) => {
                 list.remove(i);
                 true
@@ -397,7 +401,7 @@ impl MemoryBroker {
             .in_flight
             .iter()
             .filter(|((id, _), _)| id == identity)
-            .flat_map(|((_, q), list)| list.iter().rev().map(|raw| (q.clone(), raw.clone())))
+            .flat_map(|((_, q), list)| list.iter().rev().map(|(_, raw)| (q.clone(), raw.clone())))
             .collect()
     }
 
@@ -472,7 +476,7 @@ impl MemoryBroker {
                 s.in_flight
                     .entry(key.clone())
                     .or_default()
-                    .push_front(raw.clone());
+                    .push_front((token, raw.clone()));
                 out.push(Fetched {
                     queue: queue.clone(),
                     raw,
