@@ -198,6 +198,24 @@ impl Fleet for RedisBroker {
         Ok(out)
     }
 
+    async fn isolated(
+        &self,
+    ) -> BrokerResult<Option<std::sync::Arc<dyn errand_core::broker::Broker>>> {
+        let conn = self
+            .client
+            .get_connection_manager_with_config(self.cm_config.clone())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(Some(std::sync::Arc::new(RedisBroker {
+            client: self.client.clone(),
+            conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
+            cm_config: self.cm_config.clone(),
+            relogin: Default::default(),
+            blocking: Default::default(),
+            keys: self.keys.clone(),
+        })))
+    }
+
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {
         let k = &self.keys;
         let ident = k.process(beat.identity);
@@ -213,19 +231,29 @@ impl Fleet for RedisBroker {
                 pipe.cmd("EXPIRE").arg(&daily).arg(DAILY_STAT_TTL).ignore();
             }
         }
-        // Sidekiq 6.4 reads `:workers`, 6.5+ read `:work`: write both.
-        for suffix in ["workers", "work"] {
-            let work = k.work(beat.identity, suffix);
-            pipe.cmd("DEL").arg(&work).ignore();
-            if !beat.work.is_empty() {
-                let fields: Vec<(&str, &str)> = beat
-                    .work
-                    .iter()
-                    .map(|w| (w.tid.as_str(), w.json.as_str()))
-                    .collect();
-                pipe.cmd("HSET").arg(&work).arg(fields).ignore();
-                pipe.cmd("EXPIRE").arg(&work).arg(ttl).ignore();
-            }
+        // Sidekiq 6.5+ reads `:work`, 6.4 `:workers`: the running jobs are sent once, into
+        // `:work`, and copied by the server (COPY, Redis 6.2+).
+        let (work, workers) = (
+            k.work(beat.identity, "work"),
+            k.work(beat.identity, "workers"),
+        );
+        pipe.cmd("DEL").arg(&work).ignore();
+        if beat.work.is_empty() {
+            pipe.cmd("DEL").arg(&workers).ignore();
+        } else {
+            let fields: Vec<(&str, &str)> = beat
+                .work
+                .iter()
+                .map(|w| (w.tid.as_str(), w.json.as_str()))
+                .collect();
+            pipe.cmd("HSET").arg(&work).arg(fields).ignore();
+            pipe.cmd("EXPIRE").arg(&work).arg(ttl).ignore();
+            pipe.cmd("COPY")
+                .arg(&work)
+                .arg(&workers)
+                .arg("REPLACE")
+                .ignore();
+            pipe.cmd("EXPIRE").arg(&workers).arg(ttl).ignore();
         }
         pipe.cmd("SADD")
             .arg(k.processes())

@@ -1,6 +1,7 @@
-//! [`Intercepted`]: a broker whose push, scheduled push, unique push, fetch, completions, registration and
-//! shutdown requeue a test can replace (to perform jobs inline, or to inject a fault such as a
-//! lost reply or a failed write), with every other step of the contract passed through to the
+//! [`Intercepted`]: a broker whose push, scheduled push, unique push, fetch, completions,
+//! registration, shutdown requeue, paused-queue reads and metrics writes a test can replace
+//! (to perform jobs inline, or to inject a fault such as a lost reply, a failed write or a
+//! backend that stops answering), with every other step of the contract passed through to the
 //! wrapped broker unchanged.
 
 use async_trait::async_trait;
@@ -59,6 +60,21 @@ pub trait Intercept: Send + Sync + 'static {
         queues: &[String],
     ) -> BrokerResult<()> {
         inner.register(identity, queues).await
+    }
+
+    /// Replaces [`Fleet::paused_queues`].
+    async fn paused_queues(&self, inner: &dyn Broker) -> BrokerResult<Vec<String>> {
+        inner.paused_queues().await
+    }
+
+    /// Replaces [`Fleet::record_metrics`].
+    async fn record_metrics(
+        &self,
+        inner: &dyn Broker,
+        minute: i64,
+        classes: &[ClassMetrics],
+    ) -> BrokerResult<()> {
+        inner.record_metrics(minute, classes).await
     }
 
     /// Replaces [`Fleet::requeue_in_flight`].
@@ -144,10 +160,12 @@ impl<I: Intercept> Fleet for Intercepted<I> {
         self.inner.process_count().await
     }
     async fn paused_queues(&self) -> BrokerResult<Vec<String>> {
-        self.inner.paused_queues().await
+        self.hooks.paused_queues(&*self.inner).await
     }
     async fn record_metrics(&self, minute: i64, classes: &[ClassMetrics]) -> BrokerResult<()> {
-        self.inner.record_metrics(minute, classes).await
+        self.hooks
+            .record_metrics(&*self.inner, minute, classes)
+            .await
     }
 }
 

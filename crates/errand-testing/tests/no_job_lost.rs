@@ -4,9 +4,12 @@
 //!   held but not running; the periodic self-sweep puts it back and it runs again;
 //! - a failed shutdown requeue keeps the process registered, so a live process recovers its
 //!   jobs once its heartbeat expires (it used to unregister, and recovery walks registrations);
-//! - nothing is fetched before the process is registered.
+//! - nothing is fetched before the process is registered;
+//! - a backend that stops answering the heartbeat's other calls (metrics, paused queues) does
+//!   not stop the heartbeat: each call is bounded, and the process stays alive.
 
 use async_trait::async_trait;
+use errand::admin::Admin;
 use errand::broker::{
     Broker, BrokerResult, Completion, FetchRequest, Fetched, Fleet, RescuePolicy,
 };
@@ -248,4 +251,61 @@ async fn nothing_is_fetched_before_the_process_is_registered() {
         0,
         "a fetch came before the registration succeeded"
     );
+}
+
+/// The backend never answers a metrics write or a paused-queue read (a stalled call).
+struct StallsBeatDuties;
+
+#[async_trait]
+impl Intercept for StallsBeatDuties {
+    async fn paused_queues(&self, _inner: &dyn Broker) -> BrokerResult<Vec<String>> {
+        std::future::pending().await
+    }
+    async fn record_metrics(
+        &self,
+        _inner: &dyn Broker,
+        _minute: i64,
+        _classes: &[errand::metrics::ClassMetrics],
+    ) -> BrokerResult<()> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_beat_duties_do_not_stop_the_heartbeat() {
+    let memory = MemoryBroker::new();
+    let broker = Arc::new(Intercepted::new(Arc::new(memory.clone()), StallsBeatDuties));
+    Client::new(memory.clone()).push(Count(1)).await.unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ttl = Duration::from_millis(800);
+    let server = Server::builder_arc(broker.clone())
+        .register::<Count>()
+        .data(ran.clone())
+        .fetch_wait(Duration::from_millis(50))
+        .heartbeat_interval(Duration::from_millis(100))
+        .process_ttl(ttl)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    let identity = handle.identity().to_string();
+    let running = tokio::spawn(server.run());
+    // Before: the first beat waited forever on the paused-queue read, so the process never
+    // registered, never ran its job, and never beat again.
+    wait_for("the job to run", Duration::from_secs(10), || {
+        ran.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Alive throughout four TTLs, though every beat's metrics write and paused read stall.
+    let until = Instant::now() + ttl * 4;
+    while Instant::now() < until {
+        let live = memory.processes().await.unwrap();
+        assert!(
+            live.iter().any(|p| p.identity == identity),
+            "the process's heartbeat expired while it ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop();
+    running.await.unwrap().unwrap();
 }

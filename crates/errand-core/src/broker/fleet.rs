@@ -142,6 +142,15 @@ pub trait Fleet: Send + Sync + 'static {
     /// where recovery finds its in-flight jobs.
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>>;
 
+    /// A handle on the same backend with connections of its own, made on the calling task's
+    /// runtime. The server runs its heartbeat on a thread and runtime of its own through it,
+    /// so jobs that block their threads or fill the shared connection cannot keep a live
+    /// process from beating (and get it rescued while it runs). `None`, the default, when the
+    /// backend has no connection to isolate: the caller then uses this handle.
+    async fn isolated(&self) -> BrokerResult<Option<std::sync::Arc<dyn super::Broker>>> {
+        Ok(None)
+    }
+
     /// Removes a cleanly stopped process's registration and heartbeat.
     async fn unregister(&self, identity: &str) -> BrokerResult<()>;
 
@@ -151,7 +160,8 @@ pub trait Fleet: Send + Sync + 'static {
     /// still gets its jobs back out). Returns how many were moved.
     async fn requeue_in_flight(&self, identity: &str, queues: &[String]) -> BrokerResult<usize>;
 
-    /// The jobs `identity` holds in flight from `queues`, as a fetch returned them (token 0).
+    /// The jobs `identity` holds in flight from `queues`, as a fetch returned them (with their
+    /// fencing tokens).
     /// With [`crate::broker::JobQueue::release`], lets a live process find jobs stranded in its
     /// in-flight store by a fetch whose reply was lost (the connection broke after the backend
     /// moved them).

@@ -1,11 +1,21 @@
 //! Reports the process to Redis every few seconds in Sidekiq's format (process set, identity
 //! hash, work hashes), flushes the processed/failed counters, and acts on remote signals.
+//!
+//! A live process must never look dead: that gets its running jobs rescued and run twice. So
+//! the heartbeat runs on a thread and runtime of its own, through connections of its own
+//! ([`Fleet::isolated`](errand_core::broker::Fleet::isolated)), where jobs that block their
+//! threads or fill the shared connection cannot hold it up; every backend call of a beat is
+//! bounded by an eighth of the process TTL; and the heartbeat itself is written before the
+//! beat's other duties (metrics, paused queues).
 
 use super::state::Shared;
-use errand_core::broker::{Heartbeat, RemoteSignal, WorkEntry};
+use errand_core::BrokerError;
+use errand_core::broker::{Broker, BrokerResult, Heartbeat, RemoteSignal, WorkEntry};
 use errand_core::metrics::ClassMetrics;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn rss_kb() -> u64 {
@@ -31,9 +41,31 @@ pub(crate) fn tid_name(mut n: u64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Writes one heartbeat and acts on a remote signal.
-pub(crate) async fn beat(s: &Shared) {
-    s.sync_clock().await;
+/// How long one backend call of a beat may take: an eighth of the process TTL, so that even
+/// when every call of two beats in a row runs out its time the process stays alive.
+fn call_limit(s: &Shared) -> Duration {
+    (s.config().process_ttl / 8).max(Duration::from_millis(100))
+}
+
+/// `call`, given up after `limit` (a connection error, so the beat carries on).
+async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    call: impl Future<Output = BrokerResult<T>>,
+) -> BrokerResult<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(res) => res,
+        Err(_) => Err(BrokerError::Connection(
+            format!("{what}: no answer within {limit:?}").into(),
+        )),
+    }
+}
+
+/// Writes one heartbeat through `broker` and acts on a remote signal; then writes the metrics
+/// and reads the paused queues.
+pub(crate) async fn beat(s: &Shared, broker: &dyn Broker) {
+    let limit = call_limit(s);
+    let _ = tokio::time::timeout(limit, s.sync_clock(broker)).await;
     let work: Vec<WorkEntry> = s
         .running
         .lock()
@@ -51,15 +83,6 @@ pub(crate) async fn beat(s: &Shared) {
                 .collect()
         })
         .unwrap_or_default();
-    flush_metrics(s).await;
-    match s.broker().paused_queues().await {
-        Ok(paused) => {
-            if let Ok(mut p) = s.paused.lock() {
-                *p = paused;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not read paused queues"),
-    }
     let processed = s.processed.swap(0, Ordering::Relaxed);
     let failed = s.failed.swap(0, Ordering::Relaxed);
     let hb = Heartbeat {
@@ -75,7 +98,7 @@ pub(crate) async fn beat(s: &Shared) {
         failed,
         ttl: s.config().process_ttl,
     };
-    match s.broker().heartbeat(&hb).await {
+    match bounded("heartbeat", limit, broker.heartbeat(&hb)).await {
         Ok(signal) => match signal {
             Some(RemoteSignal::Quiet) => {
                 tracing::info!("remote quiet");
@@ -100,17 +123,32 @@ pub(crate) async fn beat(s: &Shared) {
             tracing::error!(error = %e, "heartbeat failed");
         }
     }
+    flush_metrics(s, broker, limit).await;
+    match bounded("reading paused queues", limit, broker.paused_queues()).await {
+        Ok(paused) => {
+            if let Ok(mut p) = s.paused.lock() {
+                *p = paused;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read paused queues"),
+    }
 }
 
 /// Writes the execution metrics gathered since the last beat; on failure they are kept for
 /// the next one.
-async fn flush_metrics(s: &Shared) {
+async fn flush_metrics(s: &Shared, broker: &dyn Broker, limit: Duration) {
     let taken: Vec<ClassMetrics> = match s.metrics.lock() {
         Ok(mut m) if !m.is_empty() => std::mem::take(&mut *m).into_values().collect(),
         _ => return,
     };
     let minute = (s.now() / 60.0).floor() as i64;
-    if let Err(e) = s.broker().record_metrics(minute, &taken).await {
+    if let Err(e) = bounded(
+        "writing metrics",
+        limit,
+        broker.record_metrics(minute, &taken),
+    )
+    .await
+    {
         tracing::warn!(error = %e, "could not write job metrics; keeping them for the next beat");
         if let Ok(mut m) = s.metrics.lock() {
             for c in taken {
@@ -125,14 +163,70 @@ async fn flush_metrics(s: &Shared) {
     }
 }
 
+/// Beats every `heartbeat_interval` until `stop`, on a thread of its own with a runtime of its
+/// own (the module's doc says why). Returns once the thread has stopped.
 pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let (thread_s, thread_stop) = (s.clone(), stop.clone());
+    let spawned = std::thread::Builder::new()
+        .name("errand-heartbeat".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(beat_loop(thread_s, thread_stop, true)),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start the heartbeat's runtime");
+                    return;
+                }
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if finished.await.is_err() {
+                // No runtime on the thread: beat from here rather than not at all.
+                beat_loop(s, stop, false).await;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the heartbeat thread; beating on the job runtime");
+            beat_loop(s, stop, false).await;
+        }
+    }
+}
+
+/// The beats themselves; through a handle with connections of their own when `isolate` and
+/// the backend has them.
+async fn beat_loop(s: Arc<Shared>, stop: CancellationToken, isolate: bool) {
+    let mut broker: Option<Arc<dyn Broker>> = None;
     let mut ticker = tokio::time::interval(s.config().heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => beat(&s).await,
+            _ = ticker.tick() => {}
             _ = stop.cancelled() => break,
         }
+        if isolate && broker.is_none() {
+            // Made here, on this runtime, so that its connections are driven by it; until it
+            // can be made, the shared handle serves.
+            match bounded(
+                "isolating the heartbeat",
+                call_limit(&s),
+                s.broker().isolated(),
+            )
+            .await
+            {
+                Ok(Some(own)) => broker = Some(own),
+                Ok(None) => broker = Some(s.parts.broker.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no connection of its own for the heartbeat yet")
+                }
+            }
+        }
+        let handle = broker.clone().unwrap_or_else(|| s.parts.broker.clone());
+        beat(&s, &*handle).await;
     }
 }

@@ -223,7 +223,7 @@ impl Server {
         // The first beat comes before the first fetch, so the process is alive (and its
         // in-flight jobs recoverable) from the start; and nothing is fetched until the process
         // is registered, since recovery finds a dead process's jobs through its registration.
-        super::heartbeat::beat(&s).await;
+        super::heartbeat::beat(&s, s.broker()).await;
         if !register(&s).await {
             tracing::info!("stopped before the process could register");
             return Ok(());
@@ -278,7 +278,7 @@ impl Server {
         background.wait().await;
         // Final stats flush, then leave the process set: only with nothing held, since
         // recovery finds a dead process's jobs through its registration.
-        super::heartbeat::beat(&s).await;
+        super::heartbeat::beat(&s, s.broker()).await;
         if all_back && let Err(e) = s.broker().unregister(&s.identity).await {
             tracing::error!(error = %e, "unregistering the process failed");
         }

@@ -84,12 +84,12 @@ impl Shared {
     /// Measures how far the backend's clock is from this server's (half a round trip either
     /// way) and corrects [`Shared::now`] by it. Called before the first beat and at every beat;
     /// on a backend error the last offset stays.
-    pub(crate) async fn sync_clock(&self) {
+    pub(crate) async fn sync_clock(&self, broker: &dyn Broker) {
         if self.config().own_clock {
             return;
         }
         let before = (self.parts.clock)();
-        let Ok(backend) = self.broker().now().await else {
+        let Ok(backend) = broker.now().await else {
             return;
         };
         let after = (self.parts.clock)();
