@@ -102,6 +102,7 @@ impl Coordination for RedisBroker {
             .arg(req.ttl.as_millis().max(1) as u64)
             .arg(req.max)
             .arg(if req.fence { "1" } else { "0" })
+            .arg(errand_core::broker::FENCE_GRACE.as_millis() as u64)
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;

@@ -45,23 +45,27 @@ fn setup(config: &SqliteConfig) -> rusqlite::Result<Connection> {
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.execute_batch(SCHEMA)?;
-    // Files made before recovery counts existed get the column.
-    let has_recoveries: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'recoveries'")?
-        .exists([])?;
-    if !has_recoveries
-        && let Err(e) =
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0")
-    {
-        // Another process may have added it between the look and the change.
-        let added = conn
-            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'recoveries'")?
-            .exists([])?;
-        if !added {
-            return Err(e);
-        }
-    }
+    // Files made before recovery counts (and fence expiry) existed get the columns; a fence
+    // row from then counts as expired, which is safe: the next token is the time.
+    add_column(&conn, "jobs", "recoveries", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(&conn, "fences", "expires_at", "REAL NOT NULL DEFAULT 0")?;
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS fences_expiry ON fences(expires_at);")?;
     Ok(conn)
+}
+
+/// Adds `column` to `table` unless it is there (another process may add it at the same time).
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+    let has = |conn: &Connection| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")) {
+        Err(e) if !has(conn)? => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl SqliteBroker {

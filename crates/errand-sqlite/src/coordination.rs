@@ -6,11 +6,11 @@ use crate::SqliteBroker;
 use crate::rows::{add_member, enqueue, now};
 use crate::schema::state;
 use async_trait::async_trait;
-use errand_core::broker::Enqueue;
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
     PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
+use errand_core::broker::{Enqueue, FENCE_GRACE};
 use rusqlite::{OptionalExtension, params};
 use std::time::Duration;
 
@@ -128,10 +128,24 @@ impl Coordination for SqliteBroker {
                 params![key, holder, at + ttl],
             )?;
             let token: i64 = if fence {
+                // The larger of the last token plus one and the time in ms: tokens grow even
+                // after the row expired and went (see FENCE_GRACE). Expired rows go, a few at
+                // a time.
+                tx.execute(
+                    "DELETE FROM fences WHERE rowid IN
+                     (SELECT rowid FROM fences WHERE expires_at < ?1 LIMIT 100)",
+                    [at],
+                )?;
                 tx.query_row(
-                    "INSERT INTO fences(key, last) VALUES (?1, 1)
-                     ON CONFLICT(key) DO UPDATE SET last = last + 1 RETURNING last",
-                    [&key],
+                    "INSERT INTO fences(key, last, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET last = MAX(last + 1, excluded.last),
+                                                    expires_at = excluded.expires_at
+                     RETURNING last",
+                    params![
+                        key,
+                        (at * 1000.0).floor() as i64,
+                        at + ttl + FENCE_GRACE.as_secs_f64()
+                    ],
                     |r| r.get(0),
                 )?
             } else {

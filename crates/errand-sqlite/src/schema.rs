@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (key, holder)
 );
 -- Fencing counters: the last token handed out per lease key (never decreases).
-CREATE TABLE IF NOT EXISTS fences (key TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS fences (key TEXT PRIMARY KEY, last INTEGER NOT NULL,
+                                   expires_at REAL NOT NULL DEFAULT 0);
 -- Rate limits: the current interval's count (bucket) and the uses in the window (window).
 CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, slot INTEGER NOT NULL, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_uses (key TEXT NOT NULL, at REAL NOT NULL);

@@ -877,3 +877,113 @@ async fn a_waiting_fetch_takes_job_and_token_in_one_step() {
     assert_eq!(held.len(), 1, "held exactly once");
     assert!(broker.ack(&got[0]).await.unwrap());
 }
+
+/// A fencing counter expires a day after the permit it was taken with (a mutex per order
+/// leaves no key behind), and a token taken after it is gone is still larger than every token
+/// before (issue 13, item 13).
+#[tokio::test]
+async fn fence_counters_expire_and_tokens_still_grow() {
+    use errand::broker::{Coordination, FENCE_GRACE, PermitGrant, PermitRequest};
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&redis.url()).await.unwrap();
+    let mut conn = redis.conn();
+    let take = |holder: &'static str| {
+        let b = broker.clone();
+        async move {
+            match b
+                .permit_acquire(PermitRequest {
+                    key: "mutex:order-1001",
+                    holder,
+                    max: 1,
+                    ttl: Duration::from_secs(30),
+                    fence: true,
+                })
+                .await
+                .unwrap()
+            {
+                PermitGrant::Granted { token } => token,
+                PermitGrant::Full { holder } => panic!("held by {holder}"),
+            }
+        }
+    };
+    let t1 = take("a").await;
+    let t2 = take("a").await;
+    assert!(t2 > t1, "{t1} {t2}");
+    let pttl: i64 = conn.pttl("errand:fence:mutex:order-1001").unwrap();
+    let life = (FENCE_GRACE + Duration::from_secs(30)).as_millis() as i64;
+    assert!(
+        (life - 5_000..=life).contains(&pttl),
+        "the counter lives a day past the permit: {pttl} ms"
+    );
+    // As if the day had passed: the counter is gone, and Redis's clock is past the last token
+    // (a day later it is far past it).
+    let _: () = conn.del("errand:fence:mutex:order-1001").unwrap();
+    wait_until(
+        "Redis's clock to pass the last token",
+        Duration::from_secs(5),
+        || {
+            let b = broker.clone();
+            async move { (errand::broker::JobQueue::now(&b).await.unwrap() * 1000.0) as u64 > t2 }
+        },
+    )
+    .await;
+    assert!(
+        broker
+            .permit_release("mutex:order-1001", "a")
+            .await
+            .unwrap()
+    );
+    let t3 = take("b").await;
+    assert!(
+        t3 > t2,
+        "a token after the counter expired is still newer: {t2} → {t3}"
+    );
+}
+
+/// What once-only records cost (the figure docs/patterns.md quotes): a completed step's record
+/// (`errand:once:<jid>:<step>`, a hash with its owner and output, kept 30 days by default).
+#[tokio::test]
+async fn once_records_cost_under_three_hundred_bytes_each() {
+    use errand::broker::{Coordination, OnceCompletion, OnceRequest};
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&redis.url()).await.unwrap();
+    let mut conn = redis.conn();
+    let used = |conn: &mut redis::Connection| -> i64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+        info.lines()
+            .find_map(|l| l.trim_end().strip_prefix("used_memory:"))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    const N: usize = 2_000;
+    let before = used(&mut conn);
+    for i in 0..N {
+        // A 24-character jid and a short step name, as `cx.once("charge", ..)` writes them.
+        let key = format!("errand:once:{i:024x}:charge");
+        let owner = format!("{i:032x}");
+        broker
+            .once_claim(OnceRequest {
+                key: &key,
+                owner: &owner,
+                ttl: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+        broker
+            .once_complete(OnceCompletion {
+                key: &key,
+                owner: &owner,
+                output: "null",
+                keep: Duration::from_secs(30 * 24 * 3600),
+            })
+            .await
+            .unwrap();
+    }
+    let per_record = (used(&mut conn) - before) as f64 / N as f64;
+    eprintln!("once record: {per_record:.0} bytes each");
+    assert!(
+        (150.0..=300.0).contains(&per_record),
+        "a completed once record costs {per_record:.0} bytes"
+    );
+}

@@ -147,6 +147,13 @@ fn unsupported<T>(what: &'static str) -> BrokerResult<T> {
     Err(BrokerError::Unsupported(what))
 }
 
+/// How long a permit set's fencing counter outlives the permit it was last taken with. Tokens
+/// are the larger of the last token plus one and the backend's time in milliseconds, so they
+/// keep growing after the counter is gone (unless the backend's clock steps back by more than
+/// this, or more than one token per millisecond was handed out for this long): a permit set per
+/// order leaves nothing behind a day after its last use.
+pub const FENCE_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// A job pushed under a unique permit ([`Coordination::push_unique`]).
 #[derive(Debug, Clone, Copy)]
 pub struct UniquePush<'a> {
@@ -218,7 +225,9 @@ pub trait Coordination: Send + Sync + 'static {
     /// Takes a permit in set `req.key` for `req.holder`, in one atomic step: holders whose
     /// permit ran out are dropped first; a holder already in the set has its permit extended
     /// (and gets a new token); otherwise the holder gets a permit when fewer than `req.max`
-    /// are taken. TTLs are measured on the backend's clock (Redis's `TIME`), never the
+    /// are taken. A fencing token is the larger of the set's last token plus one and the
+    /// backend's time in milliseconds; the set's counter is kept for [`FENCE_GRACE`] after the
+    /// permit it was taken with. TTLs are measured on the backend's clock (Redis's `TIME`), never the
     /// caller's, so a worker with a skewed clock cannot hold a permit longer than it should.
     async fn permit_acquire(&self, req: PermitRequest<'_>) -> BrokerResult<PermitGrant> {
         let _ = req;

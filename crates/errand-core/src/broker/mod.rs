@@ -24,8 +24,8 @@ mod queue;
 
 pub use crate::error::BrokerResult;
 pub use coordination::{
-    Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
-    PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
+    Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
+    PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 pub use fleet::{
     Fleet, Heartbeat, RemoteSignal, RescuePolicy, WorkEntry, info_queues, poison_entry,

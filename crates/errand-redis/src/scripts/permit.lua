@@ -1,7 +1,11 @@
 -- A lease set: the sorted set KEYS[1] of holders scored by when their lease ends (ms on
--- Redis's clock), and the fencing counter KEYS[2] (never expires, so tokens only grow).
+-- Redis's clock), and the fencing counter KEYS[2]. A token is the larger of the last one plus
+-- one and the current time in ms, so tokens only grow even when the counter is gone: it
+-- expires ARGV[6] ms after the lease it was taken with (a mutex per order leaves no key
+-- behind), and the next token, the time, is larger than any handed out before it.
 -- ARGV[1] operation: acquire | renew | release, ARGV[2] holder, ARGV[3] ttl in ms,
--- ARGV[4] most holders at once (acquire), ARGV[5] '1' to hand out a fencing token (acquire).
+-- ARGV[4] most holders at once (acquire), ARGV[5] '1' to hand out a fencing token (acquire),
+-- ARGV[6] how long the fencing counter outlives the lease, ms (acquire).
 -- acquire returns {1, token} (token '0' without fencing) or {0, a current holder};
 -- renew and release return 1 when the holder had a live lease, else 0.
 local t = redis.call('TIME')
@@ -19,7 +23,9 @@ if op == 'acquire' then
   redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]) + 1)
   local token = '0'
   if ARGV[5] == '1' then
-    token = tostring(redis.call('INCR', KEYS[2]))
+    local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+    token = string.format('%d', math.max(last + 1, now))
+    redis.call('SET', KEYS[2], token, 'PX', ttl + tonumber(ARGV[6]))
   end
   return {1, token}
 end

@@ -3,8 +3,8 @@
 use super::{MemoryBroker, OnceRecord};
 use async_trait::async_trait;
 use errand_core::broker::{
-    BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
-    PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
+    BrokerResult, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion, OnceRequest,
+    PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
 use std::time::Duration;
 
@@ -104,9 +104,15 @@ impl Coordination for MemoryBroker {
         }
         set.insert(req.holder.to_string(), now + req.ttl.as_secs_f64());
         let token = if req.fence {
-            let last = state.fences.entry(req.key.to_string()).or_insert(0);
-            *last += 1;
-            *last
+            // As the real backends: the larger of the last token plus one and the time in ms,
+            // the counter kept for FENCE_GRACE after the permit.
+            let fence = state.fences.entry(req.key.to_string()).or_insert((0, 0.0));
+            if fence.1 <= now {
+                fence.0 = 0;
+            }
+            fence.0 = (fence.0 + 1).max((now * 1000.0).floor() as u64);
+            fence.1 = now + req.ttl.as_secs_f64() + FENCE_GRACE.as_secs_f64();
+            fence.0
         } else {
             0
         };

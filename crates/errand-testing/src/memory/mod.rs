@@ -160,7 +160,8 @@ struct State {
     /// Lease sets: key → holder → when its lease ends (broker clock).
     leases: HashMap<String, HashMap<String, f64>>,
     /// Fencing counters by lease key.
-    fences: HashMap<String, u64>,
+    /// Permit set → its last fencing token and when the counter expires.
+    fences: HashMap<String, (u64, f64)>,
     /// Bucket rate limits: key → (interval number, uses in it).
     buckets: HashMap<String, (i64, u32)>,
     /// Window rate limits: key → times of the uses in the window.
