@@ -310,6 +310,12 @@ impl Fleet for RedisBroker {
                     "recovered in-flight jobs of a dead process"
                 );
                 total += n as usize;
+                // A crash between two dead processes' recoveries (the failpoint tests).
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("inside_reaper_requeue", |_| {
+                    eprintln!("failpoint inside_reaper_requeue: exiting with status 137");
+                    std::process::exit(137)
+                });
             }
         }
         self.bury_poison(policy).await?;

@@ -98,6 +98,15 @@ async fn write_batches(broker: Arc<dyn Broker>, pending: Arc<Mutex<Vec<Pending>>
             crate::reconnect::retry("complete", ATTEMPTS, || broker.complete_many(&completions))
                 .await;
         drop(completions);
+        // A crash inside the retry write: the backend has applied it, the reply is not used.
+        #[cfg(feature = "failpoints")]
+        if written.is_ok()
+            && batch
+                .iter()
+                .any(|p| matches!(p.settle, Some(Settle::Retry { .. })))
+        {
+            super::state::crash_point("inside_retry_write");
+        }
         match written {
             Ok(held) => {
                 for (p, held) in batch.into_iter().zip(held) {

@@ -109,8 +109,6 @@ pub(crate) async fn handle_failure(
             delay_s = delay,
             "retry scheduled"
         );
-        #[cfg(feature = "failpoints")]
-        super::state::crash_point("inside_retry_write");
         s.completer.finish(job, Some(to), "retry").await;
         return;
     }

@@ -48,8 +48,6 @@ pub(crate) async fn rescue(s: Arc<Shared>) {
             dead_limits: s.config().dead_limits,
             profile: s.config().profile,
         };
-        #[cfg(feature = "failpoints")]
-        super::state::crash_point("inside_reaper_requeue");
         match s.broker().rescue_orphans(&policy).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "recovered jobs of dead processes"),
