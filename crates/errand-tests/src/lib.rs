@@ -477,6 +477,27 @@ impl Worker {
         )
     }
 
+    /// As [`Worker::start`] (no separate ledger), with the process's address space limited to
+    /// `limit_bytes` (`prlimit --as`, from util-linux): an allocation past it fails and the
+    /// process aborts, as one past a container's memory limit is OOM-killed.
+    ///
+    /// # Panics
+    /// When `prlimit` or the binary cannot be started.
+    pub fn start_limited(bin: &str, backend: &str, concurrency: usize, limit_bytes: u64) -> Self {
+        // prlimit execs the worker in its own place: the child is the worker.
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--as={limit_bytes}"))
+            .arg("--")
+            .arg(bin)
+            .args([backend, &concurrency.to_string(), "5000"]);
+        Worker(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start errand-test-worker under prlimit"),
+        )
+    }
+
     /// As [`Worker::start`], but the process's wall clock is moved by `faketime`'s `offset`
     /// (`-1h`, `+365d`; Debian's `faketime` package), its monotonic clock left alone so its
     /// timers run normally: a worker whose clock is wrong.

@@ -358,15 +358,36 @@ async fn once_effect_survives_sigkill_on_sqlite() {
 /// recovery as `Errand::PoisonPill`, and every normal job completes; none is dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_pill_is_buried_after_three_recoveries() {
+    poison_pill_is_buried(RawJob::new("Abort", vec![json!(1)]), 6_000_001, |url| {
+        worker(url, 1, 5_000)
+    })
+    .await;
+}
+
+/// The out-of-memory pill (issue 13, item 19): workers whose address space is limited to
+/// 1 GiB, and one job that allocates 2 GiB. Each of its runs kills its worker (the allocation
+/// fails and the process aborts, as the OOM killer would end it under a container's limit); it
+/// is buried after three recoveries like the abort pill, and every other job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_memory_pill_is_buried_after_three_recoveries() {
+    poison_pill_is_buried(
+        RawJob::new("Hog", vec![json!(1), json!(2048)]),
+        9_000_001,
+        |url| Worker::start_limited(env!("CARGO_BIN_EXE_errand-test-worker"), url, 1, 1 << 30),
+    )
+    .await;
+}
+
+/// 2,000 normal jobs and `pill` (which counts its runs at ledger entry `pill_runs`) on two
+/// workers made by `spawn`, restarted when they die: the pill runs three times, is buried as
+/// `Errand::PoisonPill`, and every normal job runs.
+async fn poison_pill_is_buried(pill: RawJob, pill_runs: u64, spawn: impl Fn(&str) -> Worker) {
     const JOBS: u64 = 2_000;
     let redis = RedisServer::start();
     let url = redis.url();
     let client = Client::new(RedisBroker::connect(&url).await.unwrap());
     client.push_bulk((0..JOBS / 2).map(Ledger)).await.unwrap();
-    let pill = client
-        .push_raw(RawJob::new("Abort", vec![json!(1)]), errand::Push::new())
-        .await
-        .unwrap();
+    let pill = client.push_raw(pill, errand::Push::new()).await.unwrap();
     client
         .push_bulk((JOBS / 2..JOBS).map(Ledger))
         .await
@@ -376,7 +397,7 @@ async fn a_poison_pill_is_buried_after_three_recoveries() {
     // Concurrency 1: a job held in flight next to the pill dies with it and is recovered with
     // it, so it would share the pill's recovery count (as in Sidekiq Pro's super_fetch) and
     // could be buried too after three shared crashes — a known limit, in docs/guarantees.md.
-    let mut workers = vec![worker(&url, 1, 5_000), worker(&url, 1, 5_000)];
+    let mut workers = vec![spawn(&url), spawn(&url)];
     let mut restarts = 0;
     tokio::task::block_in_place(|| {
         wait_until_sync(
@@ -386,18 +407,18 @@ async fn a_poison_pill_is_buried_after_three_recoveries() {
                 // The supervisor: a worker that died is replaced.
                 for w in &mut workers {
                     if w.try_wait().unwrap().is_some() {
-                        *w = worker(&url, 1, 5_000);
+                        *w = spawn(&url);
                         restarts += 1;
                     }
                 }
                 let ran: usize = conn.hlen("ledger").unwrap();
                 let dead: usize = conn.zcard("dead").unwrap();
-                // Normal jobs use ledger entries 0..JOBS; the pill counts its runs at 6,000,001.
+                // Normal jobs use ledger entries 0..JOBS; the pill counts its runs apart.
                 ran as u64 > JOBS && dead == 1
             },
         )
     });
-    let runs: Option<u64> = conn.hget("ledger", 6_000_001).unwrap();
+    let runs: Option<u64> = conn.hget("ledger", pill_runs).unwrap();
     assert_eq!(
         runs,
         Some(3),

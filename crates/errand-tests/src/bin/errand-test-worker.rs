@@ -283,6 +283,25 @@ impl Job for Charge {
 /// Ledger offset of [`Abort`]'s runs.
 const ABORTS: u64 = 6_000_000;
 
+/// Counts its run, then allocates `1` MiB and touches every page: past the worker's memory
+/// limit, the allocation fails and the process aborts (as an OOM kill would end it).
+#[derive(Serialize, Deserialize)]
+struct Hog(u64, usize);
+
+impl Job for Hog {
+    const NAME: &'static str = "Hog";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        bump(cx, HOGS + self.0).await?;
+        let mut memory: Vec<u8> = Vec::with_capacity(self.1 << 20);
+        memory.resize(self.1 << 20, 1);
+        std::hint::black_box(&memory);
+        Ok(())
+    }
+}
+
+/// Ledger offset of [`Hog`]'s runs.
+const HOGS: u64 = 9_000_000;
+
 /// Reads ledger entry `n` (0 when absent).
 async fn read(cx: &JobContext, n: u64) -> Result<u64, JobError> {
     let store = cx
@@ -400,6 +419,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<ProcessOrder>()
         .register::<UniqueSleepy>()
         .register::<Abort>()
+        .register::<Hog>()
         .register::<Sum>()
         .register::<Fenced>()
         .register::<StartedAt>()
