@@ -5,6 +5,7 @@ use errand_core::broker::{
     Capabilities, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
     PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
+use errand_core::broker::{PeriodicEntry, TickClaim};
 use std::time::Duration;
 
 use crate::support::*;
@@ -503,6 +504,111 @@ pub async fn push_unique_takes_the_permit_and_stores_the_job_together(f: &impl B
         "{n}: a scheduled unique job waits in the schedule set"
     );
     assert_eq!(inspect.queue("q").await, vec![first], "{n}");
+}
+
+/// Periodic entries: a declared entry starts after its registration time; each tick is
+/// claimed (and its job enqueued) once, however many claim it at once, and never one at or
+/// before the last; a paused entry claims nothing; declaring again keeps the state; an entry
+/// not declared since a time is pruned.
+pub async fn periodic_ticks_are_claimed_once(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let entry = |spec: &str| PeriodicEntry {
+        name: "report".into(),
+        spec: spec.into(),
+        zone: "Europe/Berlin".into(),
+        queue: "q".into(),
+        template: r#"{"class":"Report","args":[],"queue":"q"}"#.into(),
+        missed: "skip".into(),
+    };
+    b.periodic_upsert(&[entry("0 3 * * *")], 1_000.0)
+        .await
+        .unwrap();
+    let listed = b.periodic_list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{n}");
+    assert_eq!(listed[0].entry, entry("0 3 * * *"), "{n}");
+    assert_eq!(
+        (listed[0].paused, listed[0].last_tick, listed[0].seen_at),
+        (false, 1_000.0, 1_000.0),
+        "{n}: a new entry starts at its registration"
+    );
+    assert_eq!(listed[0].last_jid, None, "{n}");
+    let claim = |name: &'static str, at: f64, jid: &'static str| {
+        let payload = job("q", at as u64);
+        async move {
+            b.periodic_claim(TickClaim {
+                name,
+                at,
+                payload: &payload,
+                jid,
+                queue: "q",
+                now: at + 0.5,
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert!(
+        !claim("report", 999.0, "j0").await,
+        "{n}: before registration"
+    );
+    assert!(
+        !claim("report", 1_000.0, "j0").await,
+        "{n}: at registration"
+    );
+    assert!(claim("report", 1_001.0, "j1").await, "{n}: the first tick");
+    assert!(
+        !claim("report", 1_001.0, "j1b").await,
+        "{n}: the same tick again"
+    );
+    assert!(!claim("report", 1_000.5, "j0b").await, "{n}: an older tick");
+    assert!(claim("report", 1_002.0, "j2").await, "{n}: the next tick");
+    assert!(!claim("ghost", 1_003.0, "jx").await, "{n}: no such entry");
+    assert_eq!(
+        inspect.queue("q").await,
+        vec![job("q", 1_001), job("q", 1_002)],
+        "{n}: one job per tick claimed"
+    );
+    let r = &b.periodic_list().await.unwrap()[0];
+    assert_eq!(
+        (r.last_tick, r.last_jid.as_deref(), r.last_run),
+        (1_002.0, Some("j2"), Some(1_002.5)),
+        "{n}"
+    );
+
+    assert!(b.periodic_pause("report", true).await.unwrap(), "{n}");
+    assert!(!b.periodic_pause("ghost", true).await.unwrap(), "{n}");
+    assert!(!claim("report", 1_003.0, "j3").await, "{n}: paused");
+    b.periodic_upsert(&[entry("*/5 * * * *")], 2_000.0)
+        .await
+        .unwrap();
+    let r = &b.periodic_list().await.unwrap()[0];
+    assert_eq!(r.entry.spec, "*/5 * * * *", "{n}: the new definition");
+    assert_eq!(
+        (r.paused, r.last_tick, r.seen_at),
+        (true, 1_002.0, 2_000.0),
+        "{n}: declaring again keeps the state"
+    );
+    assert!(b.periodic_pause("report", false).await.unwrap(), "{n}");
+
+    // Many claimers of one tick at once (leaders during a partition): one wins.
+    let wins = futures::future::join_all((0..8).map(|_| claim("report", 1_004.0, "jr"))).await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{n}: {wins:?}");
+    assert_eq!(inspect.queue("q").await.len(), 3, "{n}");
+
+    assert_eq!(
+        b.periodic_prune(1_999.0).await.unwrap(),
+        0,
+        "{n}: seen since"
+    );
+    assert_eq!(
+        b.periodic_prune(2_001.0).await.unwrap(),
+        1,
+        "{n}: not seen since"
+    );
+    assert!(b.periodic_list().await.unwrap().is_empty(), "{n}");
+    assert!(!claim("report", 1_005.0, "j5").await, "{n}: pruned");
 }
 
 /// Both kinds of rate limit let `limit` uses through and refuse the next with the wait until

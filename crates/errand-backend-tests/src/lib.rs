@@ -76,6 +76,7 @@ macro_rules! conformance_tests {
             permit_sets_bound_holders_and_fence,
             permit_expires_without_renewal,
             push_unique_takes_the_permit_and_stores_the_job_together,
+            periodic_ticks_are_claimed_once,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

@@ -5,8 +5,9 @@ use crate::RedisBroker;
 use crate::scripts;
 use async_trait::async_trait;
 use errand_core::broker::{
-    BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
-    PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
+    BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest,
+    PeriodicEntry, PeriodicRecord, PermitGrant, PermitRenewal, PermitRequest, RateKind,
+    RateRequest, TickClaim, UniquePush, UniquePushed,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -139,6 +140,156 @@ impl Coordination for RedisBroker {
         } else {
             UniquePushed::Duplicate { holder }
         })
+    }
+
+    async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for e in entries {
+            let definition = serde_json::json!({
+                "spec": e.spec, "zone": e.zone, "queue": e.queue,
+                "template": e.template, "missed": e.missed,
+            });
+            let state = self.keys.periodic_state(&e.name);
+            pipe.cmd("HSET")
+                .arg(self.keys.periodic())
+                .arg(&e.name)
+                .arg(definition.to_string())
+                .ignore();
+            pipe.cmd("HSETNX")
+                .arg(&state)
+                .arg("last_tick")
+                .arg(now)
+                .ignore();
+            pipe.cmd("HSET")
+                .arg(&state)
+                .arg("seen_at")
+                .arg(now)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn periodic_list(&self) -> BrokerResult<Vec<PeriodicRecord>> {
+        let mut conn = self.connection();
+        let definitions: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.periodic())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if definitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in definitions.keys() {
+            pipe.cmd("HMGET").arg(self.keys.periodic_state(name)).arg(&[
+                "paused",
+                "last_tick",
+                "last_jid",
+                "last_run",
+                "seen_at",
+            ]);
+        }
+        type State = (
+            Option<String>,
+            Option<f64>,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+        );
+        let states: Vec<State> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let field = |v: &serde_json::Value, k: &str| {
+            v.get(k)
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(definitions
+            .into_iter()
+            .zip(states)
+            .map(
+                |((name, json), (paused, last_tick, last_jid, last_run, seen_at))| {
+                    let d: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+                    PeriodicRecord {
+                        entry: PeriodicEntry {
+                            spec: field(&d, "spec"),
+                            zone: field(&d, "zone"),
+                            queue: field(&d, "queue"),
+                            template: field(&d, "template"),
+                            missed: field(&d, "missed"),
+                            name,
+                        },
+                        paused: paused.as_deref() == Some("1"),
+                        last_tick: last_tick.unwrap_or(0.0),
+                        last_jid,
+                        last_run,
+                        seen_at: seen_at.unwrap_or(0.0),
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn periodic_pause(&self, name: &str, paused: bool) -> BrokerResult<bool> {
+        let n: i64 = scripts::PERIODIC
+            .key(self.keys.periodic())
+            .key(self.keys.periodic_state(name))
+            .arg("pause")
+            .arg(name)
+            .arg(if paused { "1" } else { "0" })
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn periodic_claim(&self, claim: TickClaim<'_>) -> BrokerResult<bool> {
+        let n: i64 = scripts::PERIODIC
+            .key(self.keys.periodic())
+            .key(self.keys.periodic_state(claim.name))
+            .key(self.keys.queue(claim.queue))
+            .key(self.keys.queues())
+            .arg("claim")
+            .arg(claim.name)
+            // Rust prints an f64 in the shortest form that reads back to the same bits.
+            .arg(claim.at.to_string())
+            .arg(claim.jid)
+            .arg(claim.now)
+            .arg(claim.queue)
+            .arg(claim.payload)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn periodic_prune(&self, before: f64) -> BrokerResult<usize> {
+        let mut pruned = 0;
+        for record in self.periodic_list().await? {
+            if record.seen_at >= before {
+                continue;
+            }
+            let name = &record.entry.name;
+            let n: i64 = scripts::PERIODIC
+                .key(self.keys.periodic())
+                .key(self.keys.periodic_state(name))
+                .arg("prune")
+                .arg(name)
+                .arg(before)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            pruned += n as usize;
+        }
+        Ok(pruned)
     }
 
     async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {

@@ -145,6 +145,17 @@ impl Keys {
         format!("{}errand:fence:{key}", self.prefix)
     }
 
+    /// Periodic entries' definitions: a hash of name → JSON.
+    pub fn periodic(&self) -> String {
+        self.key("errand:periodic")
+    }
+
+    /// A periodic entry's scheduling state: a hash of `last_tick`, `last_jid`, `last_run`,
+    /// `paused` and `seen_at`.
+    pub fn periodic_state(&self, name: &str) -> String {
+        format!("{}errand:periodic:{name}", self.prefix)
+    }
+
     /// A once-only step's record.
     pub fn once(&self, key: &str) -> String {
         format!("{}errand:once:{key}", self.prefix)

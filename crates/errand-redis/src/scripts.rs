@@ -23,6 +23,9 @@ pub static PERMIT: LazyLock<Script> =
 /// A unique job's permit and push, in one step.
 pub static UNIQUE_PUSH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/unique_push.lua")));
+/// Periodic entries: claim a tick (and enqueue its job), pause, prune.
+pub static PERIODIC: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/periodic.lua")));
 /// Rate limits: bucket and sliding window.
 pub static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/rate.lua")));
 /// One in-flight job back to its queue (a job stranded by a lost fetch reply).

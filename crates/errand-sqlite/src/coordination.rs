@@ -10,7 +10,7 @@ use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
     PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
-use errand_core::broker::{Enqueue, FENCE_GRACE};
+use errand_core::broker::{Enqueue, FENCE_GRACE, PeriodicEntry, PeriodicRecord, TickClaim};
 use rusqlite::{OptionalExtension, params};
 use std::time::Duration;
 
@@ -200,6 +200,98 @@ impl Coordination for SqliteBroker {
             self.notify_pushed();
         }
         Ok(out)
+    }
+
+    async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
+        let entries = entries.to_vec();
+        self.write(move |tx| {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO periodic(name, spec, zone, queue, template, missed, last_tick, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, zone = excluded.zone,
+                     queue = excluded.queue, template = excluded.template,
+                     missed = excluded.missed, seen_at = excluded.seen_at",
+            )?;
+            for e in &entries {
+                upsert.execute(params![
+                    e.name, e.spec, e.zone, e.queue, e.template, e.missed, now
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn periodic_list(&self) -> BrokerResult<Vec<PeriodicRecord>> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "SELECT name, spec, zone, queue, template, missed, paused, last_tick, last_jid,
+                        last_run, seen_at
+                 FROM periodic ORDER BY name",
+            )?
+            .query_map([], |r| {
+                Ok(PeriodicRecord {
+                    entry: PeriodicEntry {
+                        name: r.get(0)?,
+                        spec: r.get(1)?,
+                        zone: r.get(2)?,
+                        queue: r.get(3)?,
+                        template: r.get(4)?,
+                        missed: r.get(5)?,
+                    },
+                    paused: r.get::<_, i64>(6)? != 0,
+                    last_tick: r.get(7)?,
+                    last_jid: r.get(8)?,
+                    last_run: r.get(9)?,
+                    seen_at: r.get(10)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn periodic_pause(&self, name: &str, paused: bool) -> BrokerResult<bool> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE periodic SET paused = ?2 WHERE name = ?1",
+                params![name, i64::from(paused)],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn periodic_claim(&self, claim: TickClaim<'_>) -> BrokerResult<bool> {
+        let (name, jid, queue, payload) = (
+            claim.name.to_string(),
+            claim.jid.to_string(),
+            claim.queue.to_string(),
+            claim.payload.to_string(),
+        );
+        let (at, now) = (claim.at, claim.now);
+        let claimed = self
+            .write(move |tx| {
+                let won = tx.execute(
+                    "UPDATE periodic SET last_tick = ?2, last_jid = ?3, last_run = ?4
+                     WHERE name = ?1 AND paused = 0 AND last_tick < ?2",
+                    params![name, at, jid, now],
+                )? == 1;
+                if won {
+                    enqueue(tx, &[Enqueue { queue, payload }])?;
+                }
+                Ok(won)
+            })
+            .await?;
+        if claimed {
+            self.notify_pushed();
+        }
+        Ok(claimed)
+    }
+
+    async fn periodic_prune(&self, before: f64) -> BrokerResult<usize> {
+        self.write(move |tx| tx.execute("DELETE FROM periodic WHERE seen_at < ?1", [before]))
+            .await
     }
 
     async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {

@@ -37,7 +37,23 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at REAL NOT NULL,
     PRIMARY KEY (key, holder)
 );
--- Fencing counters: the last token handed out per lease key (never decreases).
+-- Periodic entries: the definition as last declared, and the scheduling state (the newest
+-- tick claimed: ticks at or before it are never enqueued).
+CREATE TABLE IF NOT EXISTS periodic (
+    name      TEXT PRIMARY KEY,
+    spec      TEXT NOT NULL,
+    zone      TEXT NOT NULL,
+    queue     TEXT NOT NULL,
+    template  TEXT NOT NULL,
+    missed    TEXT NOT NULL,
+    paused    INTEGER NOT NULL DEFAULT 0,
+    last_tick REAL NOT NULL,
+    last_jid  TEXT,
+    last_run  REAL,
+    seen_at   REAL NOT NULL
+);
+-- Fencing counters: the last token handed out per lease key, and when the row may go (tokens
+-- are at least the time in ms, so they still grow after it went).
 CREATE TABLE IF NOT EXISTS fences (key TEXT PRIMARY KEY, last INTEGER NOT NULL,
                                    expires_at REAL NOT NULL DEFAULT 0);
 -- Rate limits: the current interval's count (bucket) and the uses in the window (window).

@@ -11,6 +11,7 @@ use errand::broker::{
     Fleet, Heartbeat, JobQueue, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
     PermitRequest, RateRequest, RemoteSignal, RescuePolicy, ScheduledJob, UniquePush, UniquePushed,
 };
+use errand::broker::{PeriodicEntry, PeriodicRecord, TickClaim};
 use errand::metrics::ClassMetrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,6 +192,21 @@ impl<I: Intercept> Coordination for Intercepted<I> {
     }
     async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
         self.hooks.push_unique(&*self.inner, req).await
+    }
+    async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
+        self.inner.periodic_upsert(entries, now).await
+    }
+    async fn periodic_list(&self) -> BrokerResult<Vec<PeriodicRecord>> {
+        self.inner.periodic_list().await
+    }
+    async fn periodic_pause(&self, name: &str, paused: bool) -> BrokerResult<bool> {
+        self.inner.periodic_pause(name, paused).await
+    }
+    async fn periodic_claim(&self, claim: TickClaim<'_>) -> BrokerResult<bool> {
+        self.inner.periodic_claim(claim).await
+    }
+    async fn periodic_prune(&self, before: f64) -> BrokerResult<usize> {
+        self.inner.periodic_prune(before).await
     }
     async fn permit_renew(&self, req: PermitRenewal<'_>) -> BrokerResult<bool> {
         self.inner.permit_renew(req).await

@@ -6,6 +6,7 @@
 //! [`BrokerError::Unsupported`](crate::BrokerError::Unsupported), and [`Coordination::capabilities`]
 //! says what is there, so callers can refuse early with a clear message.
 
+use super::periodic::{PeriodicEntry, PeriodicRecord, TickClaim};
 use crate::BrokerError;
 use crate::error::BrokerResult;
 use async_trait::async_trait;
@@ -21,6 +22,8 @@ pub struct Capabilities {
     pub permits: bool,
     /// Rate counters and the limiters' refusal counts (`rate_take`, `refusal_*`).
     pub rates: bool,
+    /// The periodic entries' registry and tick claims (`periodic_*`).
+    pub periodic: bool,
 }
 
 impl Capabilities {
@@ -29,6 +32,7 @@ impl Capabilities {
         once: true,
         permits: true,
         rates: true,
+        periodic: true,
     };
 
     /// None: a backend that implements only the queue and fleet topics.
@@ -36,6 +40,7 @@ impl Capabilities {
         once: false,
         permits: false,
         rates: false,
+        periodic: false,
     };
 }
 
@@ -264,6 +269,43 @@ pub trait Coordination: Send + Sync + 'static {
     async fn permit_holders(&self, key: &str) -> BrokerResult<Vec<(String, f64)>> {
         let _ = key;
         unsupported("permit sets")
+    }
+
+    /// Declares periodic entries: a new entry is added (unpaused, its `last_tick` set to `now`,
+    /// so it starts with the next tick after its registration); a known one gets the new
+    /// definition and keeps its state (paused, last tick, last run). Every entry's `seen_at`
+    /// becomes `now`.
+    async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
+        let _ = (entries, now);
+        unsupported("periodic entries")
+    }
+
+    /// Every periodic entry with its state, sorted by name.
+    async fn periodic_list(&self) -> BrokerResult<Vec<PeriodicRecord>> {
+        unsupported("periodic entries")
+    }
+
+    /// Pauses or resumes entry `name`. False when there is no such entry.
+    async fn periodic_pause(&self, name: &str, paused: bool) -> BrokerResult<bool> {
+        let _ = (name, paused);
+        unsupported("periodic entries")
+    }
+
+    /// Claims tick `claim.at` of entry `claim.name` and enqueues its job, as one atomic step:
+    /// only when the entry exists, is not paused, and `claim.at` is later than its last tick.
+    /// The tick then becomes the entry's last (with `claim.jid` and `claim.now`). So each
+    /// (entry, scheduled time) is enqueued at most once, however many processes claim it and
+    /// in whatever order they wake; an older tick than the last one is never enqueued.
+    async fn periodic_claim(&self, claim: TickClaim<'_>) -> BrokerResult<bool> {
+        let _ = claim;
+        unsupported("periodic entries")
+    }
+
+    /// Removes the entries no process has declared since `before` (epoch seconds): entries
+    /// removed from the code. Returns how many went.
+    async fn periodic_prune(&self, before: f64) -> BrokerResult<usize> {
+        let _ = before;
+        unsupported("periodic entries")
     }
 
     /// Counts one use of rate limit `req.key` if it is under the limit, atomically, on the

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | [`JobQueue`] | the hot path: push, fetch, complete (ack or settle), release, promote | clients, the server's manager and completer |
 //! | [`Fleet`] | the process's duties: registration, heartbeat, recovery of dead processes' jobs, the poll turn, paused queues, metrics | the server's heartbeat and scheduler |
-//! | [`Coordination`] | primitives jobs coordinate with: once-only records, permit sets (mutexes, unique jobs, concurrency limits), rate counters | `JobContext`, `Mutex`, `Limiter`, unique pushes |
+//! | [`Coordination`] | primitives jobs coordinate with: once-only records, permit sets (mutexes, unique jobs, concurrency limits), rate counters, periodic entries and their tick claims | `JobContext`, `Mutex`, `Limiter`, unique pushes, the periodic scheduler |
 //! | [`crate::admin::Admin`] | what people read and change: pages, moves, processes, signals | the dashboard, `errand ops`, `errand::api` |
 //!
 //! [`Broker`] is the three runtime topics together; every type that implements them is a
@@ -20,6 +20,7 @@
 
 mod coordination;
 mod fleet;
+mod periodic;
 mod queue;
 
 pub use crate::error::BrokerResult;
@@ -30,6 +31,7 @@ pub use coordination::{
 pub use fleet::{
     Fleet, Heartbeat, RemoteSignal, RescuePolicy, WorkEntry, info_queues, poison_entry,
 };
+pub use periodic::{PeriodicEntry, PeriodicRecord, TickClaim};
 pub use queue::{
     Completion, DeadLimits, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob, Settle,
 };

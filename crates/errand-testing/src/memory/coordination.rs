@@ -6,6 +6,7 @@ use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion, OnceRequest,
     PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
+use errand_core::broker::{PeriodicEntry, PeriodicRecord, TickClaim};
 use std::time::Duration;
 
 #[async_trait]
@@ -239,6 +240,72 @@ impl Coordination for MemoryBroker {
             .entry(limiter.to_string())
             .or_insert(0) += 1;
         Ok(())
+    }
+
+    async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
+        let mut s = self.state();
+        for e in entries {
+            match s.periodic.get_mut(&e.name) {
+                Some(r) => {
+                    r.entry = e.clone();
+                    r.seen_at = now;
+                }
+                None => {
+                    s.periodic.insert(
+                        e.name.clone(),
+                        PeriodicRecord {
+                            entry: e.clone(),
+                            paused: false,
+                            last_tick: now,
+                            last_jid: None,
+                            last_run: None,
+                            seen_at: now,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn periodic_list(&self) -> BrokerResult<Vec<PeriodicRecord>> {
+        Ok(self.state().periodic.values().cloned().collect())
+    }
+
+    async fn periodic_pause(&self, name: &str, paused: bool) -> BrokerResult<bool> {
+        Ok(match self.state().periodic.get_mut(name) {
+            Some(r) => {
+                r.paused = paused;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn periodic_claim(&self, claim: TickClaim<'_>) -> BrokerResult<bool> {
+        {
+            let mut s = self.state();
+            let Some(r) = s.periodic.get_mut(claim.name) else {
+                return Ok(false);
+            };
+            if r.paused || claim.at <= r.last_tick {
+                return Ok(false);
+            }
+            r.last_tick = claim.at;
+            r.last_jid = Some(claim.jid.to_string());
+            r.last_run = Some(claim.now);
+            s.known_queues.insert(claim.queue.to_string());
+            s.lpush(claim.queue, claim.payload.to_string());
+        }
+        self.pushed.notify_waiters();
+        Ok(true)
+    }
+
+    async fn periodic_prune(&self, before: f64) -> BrokerResult<usize> {
+        let mut s = self.state();
+        let n = s.periodic.len();
+        s.periodic.retain(|_, r| r.seen_at >= before);
+        Ok(n - s.periodic.len())
     }
 
     async fn refusal_counts(&self) -> BrokerResult<Vec<(String, u64)>> {

@@ -159,7 +159,6 @@ struct State {
     once: HashMap<String, OnceRecord>,
     /// Lease sets: key → holder → when its lease ends (broker clock).
     leases: HashMap<String, HashMap<String, f64>>,
-    /// Fencing counters by lease key.
     /// Permit set → its last fencing token and when the counter expires.
     fences: HashMap<String, (u64, f64)>,
     /// Bucket rate limits: key → (interval number, uses in it).
@@ -168,6 +167,8 @@ struct State {
     windows: HashMap<String, VecDeque<f64>>,
     /// Uses turned away per limiter.
     limit_hits: BTreeMap<String, u64>,
+    /// Periodic entries with their state, by name.
+    periodic: BTreeMap<String, errand_core::broker::PeriodicRecord>,
     /// Times each job (by jid) was recovered from a dead process.
     recoveries: HashMap<String, u32>,
     /// The last fencing token handed out by a fetch.
