@@ -477,6 +477,28 @@ impl Worker {
         )
     }
 
+    /// As [`Worker::start`] (no separate ledger), with `env` set for the worker.
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
+    pub fn start_env(
+        bin: &str,
+        backend: &str,
+        concurrency: usize,
+        shutdown_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.args([backend, &concurrency.to_string(), &shutdown_ms.to_string()])
+            .envs(env.iter().copied());
+        Worker(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start errand-test-worker"),
+        )
+    }
+
     /// As [`Worker::start`] (no separate ledger), with the process's address space limited to
     /// `limit_bytes` (`prlimit --as`, from util-linux): an allocation past it fails and the
     /// process aborts, as one past a container's memory limit is OOM-killed.

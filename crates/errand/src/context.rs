@@ -148,6 +148,17 @@ impl JobContext {
         self.payload.time("enqueued_at")
     }
 
+    /// When a periodic job's tick was scheduled (epoch seconds): the time the entry's cron
+    /// expression named, not when the job was enqueued or started. `None` for other jobs.
+    pub fn scheduled_at(&self) -> Option<f64> {
+        self.payload.time(crate::periodic::SCHEDULED_AT_KEY)
+    }
+
+    /// The periodic entry that enqueued this job, if one did.
+    pub fn periodic(&self) -> Option<&str> {
+        self.payload.str(crate::periodic::PERIODIC_KEY)
+    }
+
     /// The whole payload as stored (including keys added by other systems).
     pub fn payload(&self) -> &Payload {
         &self.payload

@@ -57,6 +57,7 @@ mod error;
 mod job;
 pub mod locks;
 pub mod middleware;
+pub mod periodic;
 mod reconnect;
 mod registry;
 pub mod server;
@@ -71,6 +72,7 @@ pub use errand_core::{
 pub use error::{Error, JobError, JobErrorKind, JobResult};
 pub use job::{Job, JobOptions, Retry, UniqueUntil, decode_args, encode_args};
 pub use locks::{Admission, Limiter, Mutex, MutexGuard, Permit};
+pub use periodic::{Missed, Periodic};
 pub use server::{Drained, Server, ServerBuilder, ServerHandle};
 
 /// The embedded SQLite backend (feature `sqlite`): one file, nothing to install.

@@ -299,6 +299,37 @@ impl Job for Hog {
     }
 }
 
+/// A periodic entry's job: records its tick (set `ticks`) and, per tick, the jids enqueued for
+/// it (set `tick:<scheduled second>`): a tick enqueued twice shows two jids, a job merely run
+/// twice (recovered from a killed worker) one.
+#[derive(Serialize, Deserialize)]
+struct Tick;
+
+impl Job for Tick {
+    const NAME: &'static str = "Tick";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let Some(LedgerStore::Redis(conn)) = cx.data::<LedgerStore>() else {
+            return Err(JobError::dead("Tick needs a Redis ledger"));
+        };
+        let at = cx
+            .scheduled_at()
+            .ok_or_else(|| JobError::dead("not enqueued by a periodic entry"))?;
+        let second = at.round() as i64;
+        redis::pipe()
+            .cmd("SADD")
+            .arg("ticks")
+            .arg(second)
+            .ignore()
+            .cmd("SADD")
+            .arg(format!("tick:{second}"))
+            .arg(cx.jid())
+            .ignore()
+            .query_async::<()>(&mut conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
 /// Ledger offset of [`Hog`]'s runs.
 const HOGS: u64 = 9_000_000;
 
@@ -411,7 +442,14 @@ async fn main() -> anyhow::Result<()> {
     {
         builder = builder.max_recoveries(n);
     }
+    // A periodic entry on this cron expression (the periodic test), with a short leader lease.
+    if let Ok(spec) = std::env::var("ERRAND_TEST_PERIODIC") {
+        builder = builder
+            .periodic_entry(errand::Periodic::new("tick", spec, Tick))
+            .periodic_leader_ttl(Duration::from_secs(2));
+    }
     builder
+        .register::<Tick>()
         .register::<Ledger>()
         .register::<Sleepy>()
         .register::<Noop>()

@@ -233,6 +233,9 @@ impl Server {
         background.spawn(super::heartbeat::run(s.clone(), bg_stop.clone()));
         background.spawn(super::scheduler::run(s.clone()));
         background.spawn(super::scheduler::rescue(s.clone()));
+        if !s.config().periodic.is_empty() {
+            background.spawn(super::periodic::run(s.clone()));
+        }
         let manager = tokio::spawn(super::manager::run(s.clone()));
 
         s.stop.cancelled().await;

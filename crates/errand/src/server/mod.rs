@@ -11,6 +11,7 @@ mod completer;
 mod heartbeat;
 mod launcher;
 mod manager;
+mod periodic;
 mod processor;
 mod retry;
 mod scheduler;
@@ -85,6 +86,12 @@ pub(crate) struct Config {
     pub max_recoveries: u32,
     /// Set by [`ServerBuilder::clock`]: the given clock is the server's time, uncorrected.
     pub own_clock: bool,
+    /// Periodic entries declared with [`ServerBuilder::periodic`], as the backend stores them.
+    pub periodic: Vec<errand_core::broker::PeriodicEntry>,
+    /// How long the periodic scheduler's leader lease lasts without renewal.
+    pub periodic_lease: Duration,
+    /// How long an entry no server declares any more stays in the backend.
+    pub periodic_grace: Duration,
 }
 
 impl Default for Config {
@@ -110,6 +117,9 @@ impl Default for Config {
             once_ttl: crate::context::DEFAULT_ONCE_TTL,
             max_recoveries: 3,
             own_clock: false,
+            periodic: Vec::new(),
+            periodic_lease: Duration::from_secs(5),
+            periodic_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -336,6 +346,41 @@ impl ServerBuilder {
     /// retries of the job within this time skip the step. Defaults to 30 days.
     pub fn once_ttl(mut self, keep: Duration) -> Self {
         self.config.once_ttl = keep;
+        self
+    }
+
+    /// Enqueues `job` on cron expression `spec` (UTC), as entry `J::NAME`: see
+    /// [`crate::periodic`]. For a name of its own, a time zone, options or a missed-tick
+    /// policy, use [`ServerBuilder::periodic_entry`].
+    pub fn periodic<J: crate::Job>(self, spec: impl Into<String>, job: J) -> Self {
+        self.periodic_entry(crate::Periodic::new(J::NAME, spec, job))
+    }
+
+    /// Declares periodic entry `entry` (see [`crate::periodic`]); an invalid expression, time
+    /// zone or argument, or a name used twice, is reported by [`ServerBuilder::build`].
+    pub fn periodic_entry(mut self, entry: crate::Periodic) -> Self {
+        match entry.declare(self.config.profile) {
+            Ok(declared) if self.config.periodic.iter().any(|e| e.name == declared.name) => {
+                self.errors
+                    .push(format!("periodic entry {} declared twice", declared.name));
+            }
+            Ok(declared) => self.config.periodic.push(declared),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+
+    /// How long the periodic scheduler's leader lease lasts unless renewed (renewed every
+    /// second; another server takes over this long after the leader stops). Defaults to 5 s.
+    pub fn periodic_leader_ttl(mut self, ttl: Duration) -> Self {
+        self.config.periodic_lease = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long a periodic entry that no server declares any more (removed from the code)
+    /// stays listed before the leader removes it. Defaults to an hour.
+    pub fn periodic_grace(mut self, grace: Duration) -> Self {
+        self.config.periodic_grace = grace;
         self
     }
 
