@@ -180,6 +180,34 @@ pub enum OpsCommand {
         /// The identity, or `all`.
         identity: String,
     },
+    /// Periodic entries: list them, pause or resume one, or run one now.
+    Periodic {
+        /// What to do.
+        #[command(subcommand)]
+        command: PeriodicCommand,
+    },
+}
+
+/// `errand ops periodic …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PeriodicCommand {
+    /// Every entry: schedule, next and last run, status.
+    List,
+    /// Stop enqueueing an entry's ticks.
+    Pause {
+        /// The entry's name.
+        name: String,
+    },
+    /// Enqueue an entry's ticks again (from its next tick on).
+    Resume {
+        /// The entry's name.
+        name: String,
+    },
+    /// Enqueue an entry's job now, outside its schedule; prints the jid.
+    Run {
+        /// The entry's name.
+        name: String,
+    },
 }
 
 /// Options of `errand web`.

@@ -3,7 +3,7 @@
 //! retried here follows exactly the dashboard's rules.
 
 use crate::backend::Backend;
-use crate::{OpsArgs, OpsCommand};
+use crate::{OpsArgs, OpsCommand, PeriodicCommand};
 use anyhow::{Context, bail};
 use errand::admin::{Admin, Order, SetName};
 use errand::api::{self, Action, ActionConfig};
@@ -235,6 +235,66 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
         }
         OpsCommand::Quiet { identity } => signal(admin, &identity, RemoteSignal::Quiet).await?,
         OpsCommand::Stop { identity } => signal(admin, &identity, RemoteSignal::Stop).await?,
+        OpsCommand::Periodic { command } => {
+            periodic(&*backend.broker(), command, args.json).await?
+        }
+    }
+    Ok(())
+}
+
+/// `errand ops periodic …`.
+async fn periodic(
+    broker: &dyn errand::broker::Broker,
+    command: PeriodicCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let unknown =
+        |name: &str| anyhow::anyhow!("no periodic entry {name:?} (see `errand ops periodic list`)");
+    match command {
+        PeriodicCommand::List => {
+            let entries = api::periodic(broker, broker.now().await?).await?;
+            if json {
+                return print_json(&json!({ "periodic": entries }));
+            }
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.name.clone(),
+                        format!("{} ({})", e.spec, e.zone),
+                        e.class.clone(),
+                        e.next_run.map_or("-".into(), ago),
+                        e.last_run.map_or("never".into(), ago),
+                        e.last_jid.clone().unwrap_or_else(|| "-".into()),
+                        if e.paused { "paused" } else { "active" }.into(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NAME", "SCHEDULE", "CLASS", "NEXT", "LAST", "LAST JID", "STATUS",
+                ],
+                &rows,
+            );
+        }
+        PeriodicCommand::Pause { name } => {
+            if !broker.periodic_pause(&name, true).await? {
+                return Err(unknown(&name));
+            }
+            println!("paused {name}: no tick is enqueued until it is resumed");
+        }
+        PeriodicCommand::Resume { name } => {
+            if !broker.periodic_pause(&name, false).await? {
+                return Err(unknown(&name));
+            }
+            println!("resumed {name}");
+        }
+        PeriodicCommand::Run { name } => {
+            match api::periodic_run_now(broker, &name, errand::WireProfile::default()).await? {
+                Some(jid) => println!("{jid}"),
+                None => return Err(unknown(&name)),
+            }
+        }
     }
     Ok(())
 }

@@ -152,3 +152,86 @@ async fn ops_commands_read_and_change_the_backend() {
     let out = errand(&file, &["ops", "clear", "mail"]);
     assert!(out.contains("1 jobs deleted"), "{out}");
 }
+
+/// `errand ops periodic`: list an entry a server declared, pause and resume it, run it now.
+#[tokio::test]
+async fn ops_periodic_lists_pauses_resumes_and_runs_entries() {
+    use errand::broker::{Coordination, PeriodicEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("periodic.sqlite");
+    let broker = SqliteBroker::open(&file).await.unwrap();
+    // As a server declares `Periodic::new("nightly", "0 3 * * *", Report).zone("Europe/Berlin")`.
+    broker
+        .periodic_upsert(
+            &[PeriodicEntry {
+                name: "nightly".into(),
+                spec: "0 3 * * *".into(),
+                zone: "Europe/Berlin".into(),
+                queue: "reports".into(),
+                template: r#"{"retry":true,"queue":"reports","args":[7],"class":"Report"}"#.into(),
+                missed: "skip".into(),
+            }],
+            errand_core::now(),
+        )
+        .await
+        .unwrap();
+    let list = errand(&file, &["ops", "periodic", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("nightly"))
+        .expect(&list);
+    assert!(
+        row.contains("0 3 * * * (Europe/Berlin)")
+            && row.contains("Report")
+            && row.contains("active"),
+        "{list}"
+    );
+    assert!(row.contains("never"), "not run yet: {row}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&errand(&file, &["ops", "--json", "periodic", "list"])).unwrap();
+    let next = listed["periodic"][0]["next_run"].as_f64().unwrap();
+    assert!(
+        next > errand_core::now() && next <= errand_core::now() + 86_400.0,
+        "{next}"
+    );
+
+    errand(&file, &["ops", "periodic", "pause", "nightly"]);
+    assert!(errand(&file, &["ops", "periodic", "list"]).contains("paused"));
+    assert!(broker.periodic_list().await.unwrap()[0].paused);
+    errand(&file, &["ops", "periodic", "resume", "nightly"]);
+    assert!(!broker.periodic_list().await.unwrap()[0].paused);
+
+    let jid = errand(&file, &["ops", "periodic", "run", "nightly"]);
+    let queued = broker
+        .queue_page(QueueRange {
+            queue: "reports",
+            offset: 0,
+            limit: 10,
+            order: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    let job = errand::Payload::parse(&queued[0]).unwrap();
+    assert_eq!(job.jid(), jid.trim());
+    assert_eq!(
+        (job.class(), job.args()),
+        ("Report", &[serde_json::json!(7)][..])
+    );
+    assert_eq!(job.str("errand_periodic"), Some("nightly"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .args([
+            "ops",
+            "periodic",
+            "pause",
+            "ghost",
+            "--sqlite",
+            file.to_str().unwrap(),
+        ])
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no periodic entry \"ghost\""));
+}

@@ -8,7 +8,7 @@
 use errand_core::admin::{
     Admin, MoveToDead, MoveToQueue, Order, ProcessRecord, QueueSummary, SetEntry, SetName, SetRange,
 };
-use errand_core::broker::{BrokerResult, DeadLimits};
+use errand_core::broker::{Broker, BrokerResult, DeadLimits, Enqueue};
 use errand_core::{Payload, WireProfile, activejob};
 use serde::Serialize;
 use serde_json::Value;
@@ -833,6 +833,100 @@ pub async fn history(admin: &dyn Admin, days: u32) -> BrokerResult<Vec<(String, 
         .zip(counts)
         .map(|(d, c)| (d, c.processed, c.failed))
         .collect())
+}
+
+/// A periodic entry as the dashboard and `errand ops periodic` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeriodicView {
+    /// The entry's name.
+    pub name: String,
+    /// The cron expression.
+    pub spec: String,
+    /// Its time zone.
+    pub zone: String,
+    /// The job's class.
+    pub class: String,
+    /// The queue its jobs go to.
+    pub queue: String,
+    /// Paused: no tick is enqueued.
+    pub paused: bool,
+    /// The next tick (epoch seconds); `None` when paused or the expression cannot be read.
+    pub next_run: Option<f64>,
+    /// The newest tick enqueued (epoch seconds), if any.
+    pub last_tick: Option<f64>,
+    /// When it was enqueued.
+    pub last_run: Option<f64>,
+    /// The jid it enqueued.
+    pub last_jid: Option<String>,
+    /// The missed-tick policy (`skip`, `latest`, `backfill:<n>`).
+    pub missed: String,
+    /// When a server last declared the entry.
+    pub seen_at: f64,
+}
+
+/// Every periodic entry, with its next tick computed at `now`.
+///
+/// # Errors
+/// A backend failure, or a backend without periodic entries.
+pub async fn periodic(broker: &dyn Broker, now: f64) -> BrokerResult<Vec<PeriodicView>> {
+    Ok(broker
+        .periodic_list()
+        .await?
+        .into_iter()
+        .map(|r| {
+            let next_run = (!r.paused)
+                .then(|| crate::periodic::Schedule::parse(&r.entry.spec, &r.entry.zone).ok())
+                .flatten()
+                .and_then(|s| s.next_after(now));
+            let class = Payload::parse(&r.entry.template)
+                .map(|p| p.display_class().to_string())
+                .unwrap_or_default();
+            PeriodicView {
+                name: r.entry.name,
+                spec: r.entry.spec,
+                zone: r.entry.zone,
+                class,
+                queue: r.entry.queue,
+                paused: r.paused,
+                next_run,
+                last_tick: r.last_jid.is_some().then_some(r.last_tick),
+                last_run: r.last_run,
+                last_jid: r.last_jid,
+                missed: r.entry.missed,
+                seen_at: r.seen_at,
+            }
+        })
+        .collect())
+}
+
+/// Enqueues periodic entry `name`'s job now, outside its schedule (the dashboard's "Run now"):
+/// the job carries the entry's name and now as its scheduled time. Returns its jid, or `None`
+/// when there is no such entry. The entry's ticks are not affected.
+///
+/// # Errors
+/// A backend failure, or a stored job that is not a payload.
+pub async fn periodic_run_now(
+    broker: &dyn Broker,
+    name: &str,
+    profile: WireProfile,
+) -> Result<Option<String>, crate::Error> {
+    let Some(record) = broker
+        .periodic_list()
+        .await?
+        .into_iter()
+        .find(|r| r.entry.name == name)
+    else {
+        return Ok(None);
+    };
+    let now = broker.now().await?;
+    let payload = crate::periodic::tick_payload(&record.entry, now, now, profile)?;
+    broker
+        .push(&[Enqueue {
+            queue: record.entry.queue.clone(),
+            payload: payload.to_json(),
+        }])
+        .await?;
+    Ok(Some(payload.jid().to_string()))
 }
 
 #[cfg(test)]
