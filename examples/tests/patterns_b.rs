@@ -55,3 +55,20 @@ fn weighted_queues() {
         "{out}"
     );
 }
+
+#[test]
+fn periodic() {
+    let out = run_example(env!("CARGO_BIN_EXE_periodic"));
+    assert!(
+        out.lines().any(|l| l.starts_with("ok: ")
+            && l.ends_with(" ticks two seconds apart, each enqueued once by one of 2 servers")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .filter(|l| l.contains(" ran once, on server "))
+            .count()
+            >= 3,
+        "{out}"
+    );
+}
