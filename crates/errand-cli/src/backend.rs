@@ -59,6 +59,14 @@ impl Backend {
         }
     }
 
+    /// Both sides, as the dashboard takes them.
+    pub(crate) fn store(&self) -> Arc<dyn errand::admin::Store> {
+        match self {
+            Backend::Sqlite(b) => Arc::new(b.clone()),
+            Backend::Redis(b) => Arc::new((**b).clone()),
+        }
+    }
+
     /// The backend as the library takes it.
     pub(crate) fn broker(&self) -> Arc<dyn Broker> {
         match self {

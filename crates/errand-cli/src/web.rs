@@ -61,9 +61,9 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
     let config = WebConfig::default().auth(auth).base_path(&args.base_path);
     let base = config.base_path.clone();
     let app = if base.is_empty() {
-        errand_web::router(backend.admin(), config)
+        errand_web::router(backend.store(), config)
     } else {
-        axum::Router::new().nest(&base, errand_web::router(backend.admin(), config))
+        axum::Router::new().nest(&base, errand_web::router(backend.store(), config))
     };
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await

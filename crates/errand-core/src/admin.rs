@@ -206,6 +206,13 @@ pub struct MoveToDead<'a> {
     pub limits: DeadLimits,
 }
 
+/// A backend seen from both sides: its runtime contract ([`crate::broker::Broker`]) and its
+/// admin side ([`Admin`]), as the dashboard takes it (it pauses and runs periodic entries,
+/// which are part of the runtime contract). Every type that implements both is a `Store`.
+pub trait Store: crate::broker::Broker + Admin {}
+
+impl<T: crate::broker::Broker + Admin + ?Sized> Store for T {}
+
 /// The admin side of a backend. Every method is one atomic step; none re-encodes a payload.
 ///
 /// Methods that take a `member` or `raw` take the exact stored string (as a page returned

@@ -358,3 +358,49 @@ pub(crate) async fn metrics(State(st): State<AppState>, Query(q): Query<ListQuer
 pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
+
+/// Pauses, resumes or runs periodic entry `name` now: `Some((done code, n))`, `None` for an
+/// unknown action; `done` is `gone` when there is no such entry.
+pub(crate) async fn periodic_op(
+    st: &AppState,
+    name: &str,
+    action: &str,
+) -> Result<Option<(&'static str, u64)>, BrokerError> {
+    Ok(Some(match action {
+        "pause" | "resume" => match st.broker.periodic_pause(name, action == "pause").await? {
+            true if action == "pause" => ("periodic-paused", 1),
+            true => ("periodic-resumed", 1),
+            false => ("periodic-gone", 0),
+        },
+        "run" => match api::periodic_run_now(&*st.broker, name, st.config.profile).await {
+            Ok(Some(_)) => ("periodic-run", 1),
+            Ok(None) => ("periodic-gone", 0),
+            Err(errand::Error::Broker(e)) => return Err(e),
+            Err(e) => return Err(BrokerError::Command(Box::new(e))),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// `GET /api/periodic`: every periodic entry with its next and last run.
+pub(crate) async fn periodic(State(st): State<AppState>) -> Response {
+    let now = errand_core::now();
+    match api::periodic(&*st.broker, now).await {
+        Ok(entries) => Json(json!({ "periodic": entries })).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// `POST /api/periodic/{name}/{pause|resume|run}`.
+pub(crate) async fn periodic_action(
+    State(st): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    _posted: Posted,
+) -> Response {
+    match periodic_op(&st, &name, &action).await {
+        Ok(Some(("periodic-gone", _))) => not_found("no such periodic entry"),
+        Ok(Some((done, n))) => Json(json!({"done": done, "count": n})).into_response(),
+        Ok(None) => not_found("no such action"),
+        Err(e) => err(e),
+    }
+}

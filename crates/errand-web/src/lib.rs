@@ -40,7 +40,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use errand::api;
 use errand_core::WireProfile;
-use errand_core::admin::{Admin, SetName};
+use errand_core::admin::{Admin, SetName, Store};
+use errand_core::broker::Broker;
 use errand_core::broker::DeadLimits;
 use std::sync::Arc;
 
@@ -111,6 +112,8 @@ impl WebConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub admin: Arc<dyn Admin>,
+    /// The same backend's runtime side (periodic entries).
+    pub broker: Arc<dyn Broker>,
     pub config: Arc<WebConfig>,
     pub secret: Arc<[u8; 32]>,
 }
@@ -138,10 +141,11 @@ pub(crate) fn set_slug(set: SetName) -> &'static str {
     }
 }
 
-/// The dashboard, its JSON API and `/metrics`, on `admin`.
-pub fn router(admin: Arc<dyn Admin>, config: WebConfig) -> Router {
+/// The dashboard, its JSON API and `/metrics`, on `store` (any backend: `Arc::new(broker)`).
+pub fn router(store: Arc<dyn Store>, config: WebConfig) -> Router {
     let state = AppState {
-        admin,
+        admin: store.clone(),
+        broker: store,
         config: Arc::new(config),
         secret: Arc::new(security::new_secret()),
     };
@@ -153,6 +157,10 @@ pub fn router(admin: Arc<dyn Admin>, config: WebConfig) -> Router {
         .route("/queues/{name}", get(pages::queue))
         .route("/queues/{name}/{action}", post(pages::queue_action))
         .route("/job-metrics", get(pages::metrics))
+        .route("/periodic", get(pages::periodic))
+        .route("/periodic/{name}/{action}", post(pages::periodic_action))
+        .route("/api/periodic", get(json::periodic))
+        .route("/api/periodic/{name}/{action}", post(json::periodic_action))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/metrics", get(prom::metrics))

@@ -225,13 +225,14 @@ fn opt_time(epoch: Option<f64>, now: f64) -> Markup {
     }
 }
 
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("dashboard", "Dashboard"),
     ("busy", "Busy"),
     ("queues", "Queues"),
     ("retries", "Retries"),
     ("scheduled", "Scheduled"),
     ("dead", "Dead"),
+    ("periodic", "Periodic"),
     ("job-metrics", "Metrics"),
 ];
 
@@ -332,6 +333,16 @@ fn flash(q: &ListQuery) -> Option<Markup> {
             "Queue paused: servers stop fetching from it within a heartbeat.".into(),
         ),
         "resumed" => (true, "Queue resumed.".into()),
+        "periodic-paused" => (
+            true,
+            "Periodic entry paused: no tick is enqueued until it is resumed.".into(),
+        ),
+        "periodic-resumed" => (true, "Periodic entry resumed.".into()),
+        "periodic-run" => (true, "Job enqueued now.".into()),
+        "periodic-gone" => (
+            false,
+            "That periodic entry is no longer there (no server declares it).".into(),
+        ),
         "cleared" => (true, format!("Queue cleared: {} removed", jobs(n))),
         "quiet" => (
             true,
@@ -673,6 +684,71 @@ pub(crate) async fn queues(
         }
     };
     page(&c, "Queues", "queues", &q, body)
+}
+
+/// `GET /periodic`.
+pub(crate) async fn periodic(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = or_fail!(ctx(&st, &sec).await);
+    let entries = or_fail!(api::periodic(&*st.broker, c.now).await);
+    let return_to = c.url("/periodic");
+    let body = html! {
+        div.page-head { h1 { "Periodic" } p.subtitle { (plural(entries.len() as u64, "entry", "entries")) ", enqueued once per tick by the leading server" } }
+        section.panel {
+            @if entries.is_empty() {
+                div.empty { "No periodic entries: declare them with ServerBuilder::periodic." }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr { th { "Name" } th { "Schedule" } th { "Job" } th { "Next run" } th { "Last run" } th { "Status" } th { } } }
+                    tbody {
+                        @for e in &entries {
+                            @let base = format!("/periodic/{}", enc(&e.name));
+                            tr {
+                                td { (v(&e.name)) }
+                                td { code { (v(&e.spec)) } " " span.muted { (v(&e.zone)) } }
+                                td { (v(&e.class)) " " span.muted { "on " (v(&e.queue)) } }
+                                td { (opt_time(e.next_run, c.now)) }
+                                td {
+                                    (opt_time(e.last_run, c.now))
+                                    @if let Some(jid) = &e.last_jid {
+                                        " " span.muted title="The job it enqueued" { (v(jid)) }
+                                    }
+                                }
+                                td { @if e.paused { span.badge.badge-warn { "paused" } } @else { span.badge.badge-ok { "active" } } }
+                                td.row-actions {
+                                    form.inline method="post" action=(c.url(&format!("{base}/{}", if e.paused { "resume" } else { "pause" }))) {
+                                        (c.csrf()) input type="hidden" name="return_to" value=(return_to);
+                                        button.btn.btn-sm { @if e.paused { "Resume" } @else { "Pause" } }
+                                    }
+                                    form.inline method="post" action=(c.url(&format!("{base}/run"))) {
+                                        (c.csrf()) input type="hidden" name="return_to" value=(return_to);
+                                        button.btn.btn-sm { "Run now" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    page(&c, "Periodic", "periodic", &q, body)
+}
+
+/// `POST /periodic/{name}/{pause|resume|run}`.
+pub(crate) async fn periodic_action(
+    State(st): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    posted: Posted,
+) -> Response {
+    match crate::json::periodic_op(&st, &name, &action).await {
+        Ok(Some((done, n))) => back(&st, &posted, "/periodic", done, n),
+        Ok(None) => security::status(StatusCode::NOT_FOUND),
+        Err(e) => failure(e),
+    }
 }
 
 fn pager(

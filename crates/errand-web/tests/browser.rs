@@ -54,6 +54,7 @@ async fn pages(fx: &Fixture) -> Vec<(&'static str, String)> {
                 enc(&fx.key(SetName::Dead, &j.dead_edit).await)
             ),
         ),
+        ("periodic", "/periodic".into()),
         ("job-metrics", "/job-metrics".into()),
     ]
 }
@@ -465,6 +466,38 @@ async fn buttons_change_the_backend() {
     );
     assert_eq!(fx.beat().await, Some(RemoteSignal::Quiet));
     b.assert_clean("after quiet").await;
+
+    // Pause the periodic entry, then run it now.
+    b.goto(&fx.url("/periodic")).await;
+    b.find(&format!(
+        "form[action=\"/periodic/{PERIODIC}/pause\"] button"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    assert!(
+        b.text(".flash-ok")
+            .await
+            .starts_with("Periodic entry paused")
+    );
+    let paused = |fx: &Fixture| {
+        let b = fx.broker.clone();
+        async move {
+            errand_core::broker::Coordination::periodic_list(&*b)
+                .await
+                .unwrap()[0]
+                .paused
+        }
+    };
+    assert!(paused(&fx).await);
+    b.find(&format!("form[action=\"/periodic/{PERIODIC}/run\"] button"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(b.text(".flash-ok").await, "Job enqueued now.");
+    b.assert_clean("after periodic actions").await;
 
     b.close().await;
     eprintln!("actions test: {:?}", started.elapsed());

@@ -1085,3 +1085,94 @@ async fn the_router_mounts_under_a_path() {
     };
     let _: Option<&dyn Admin> = None;
 }
+
+/// The Periodic page lists declared entries (their data inert) and pauses, resumes and runs
+/// them; the API does the same and answers 404 for an unknown entry or action.
+#[tokio::test]
+async fn the_periodic_page_lists_pauses_resumes_and_runs_entries() {
+    use errand_core::broker::{Coordination, PeriodicEntry};
+    let f = fixture().await;
+    let entry = |name: &str| PeriodicEntry {
+        name: name.into(),
+        spec: "0 3 * * *".into(),
+        zone: "Europe/Berlin".into(),
+        queue: "reports".into(),
+        template: r#"{"retry":true,"queue":"reports","args":[7],"class":"NightlyReport"}"#.into(),
+        missed: "skip".into(),
+    };
+    f.broker
+        .periodic_upsert(&[entry("nightly"), entry(XSS[1])], errand_core::now())
+        .await
+        .unwrap();
+    let app = app(&f, WebConfig::default());
+    let r = get(&app, "/periodic").await;
+    assert_inert("/periodic", &r);
+    for text in [
+        "nightly",
+        "0 3 * * *",
+        "Europe/Berlin",
+        "NightlyReport",
+        "Run now",
+        "active",
+    ] {
+        assert!(
+            r.body.contains(text),
+            "{text} missing from the Periodic page"
+        );
+    }
+    let api = json_of(&app, "/api/periodic").await;
+    let nightly = api["periodic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "nightly")
+        .unwrap()
+        .clone();
+    assert!(nightly["next_run"].as_f64().unwrap() > errand_core::now());
+    assert_eq!(nightly["paused"], false);
+
+    let s = session(&app).await;
+    let paused = |f: &Fixture| {
+        let b = f.broker.clone();
+        async move {
+            b.periodic_list()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.entry.name == "nightly")
+                .unwrap()
+                .paused
+        }
+    };
+    let r = post_form(&app, &s, "/periodic/nightly/pause", &[], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let to = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    assert!(to.contains("done=periodic-paused"), "{to}");
+    assert!(paused(&f).await);
+    assert!(get(&app, &to).await.body.contains("Periodic entry paused"));
+    assert!(get(&app, "/periodic").await.body.contains("paused"));
+    // Without the token nothing changes.
+    let r = post_form(&app, &s, "/periodic/nightly/resume", &[], false).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(paused(&f).await);
+    let r = post_json(&app, &s, "/api/periodic/nightly/resume", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(!paused(&f).await);
+
+    let r = post_form(&app, &s, "/periodic/nightly/run", &[], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let queued = f.broker.queue("reports");
+    assert_eq!(queued.len(), 1);
+    let job = Payload::parse(&queued[0]).unwrap();
+    assert_eq!(job.class(), "NightlyReport");
+    assert_eq!(job.str("errand_periodic"), Some("nightly"));
+
+    let r = post_form(&app, &s, "/periodic/ghost/run", &[], true).await;
+    let to = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    assert!(to.contains("done=periodic-gone"), "{to}");
+    let r = post_json(&app, &s, "/api/periodic/ghost/pause", json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = post_json(&app, &s, "/api/periodic/nightly/explode", json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.broker.queue("reports").len(), 1);
+}

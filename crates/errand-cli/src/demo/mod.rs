@@ -45,7 +45,9 @@ async fn counts(admin: &dyn Admin) -> anyhow::Result<Counts> {
     })
 }
 
-async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Admin>, String)> {
+async fn open(
+    args: &DemoArgs,
+) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn errand::admin::Store>, String)> {
     // A fresh file or database each run, so the summary is about this run only.
     let backend = Backend::open(
         &args.sqlite,
@@ -58,7 +60,7 @@ async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Admin
         Some(url) => format!("redis at {url}"),
         None => format!("sqlite file {}", args.sqlite.display()),
     };
-    Ok((backend.broker(), backend.admin(), label))
+    Ok((backend.broker(), backend.store(), label))
 }
 
 /// Serves the dashboard on `addr` in the background; `None` (with a note) when the address
@@ -66,7 +68,7 @@ async fn open(args: &DemoArgs) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Admin
 #[cfg(feature = "web")]
 async fn serve_dashboard(
     addr: std::net::SocketAddr,
-    admin: Arc<dyn Admin>,
+    store: Arc<dyn errand::admin::Store>,
 ) -> Option<std::net::SocketAddr> {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -76,7 +78,7 @@ async fn serve_dashboard(
         }
     };
     let local = listener.local_addr().ok()?;
-    let app = errand_web::router(admin, errand_web::WebConfig::default());
+    let app = errand_web::router(store, errand_web::WebConfig::default());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -87,7 +89,7 @@ async fn serve_dashboard(
 #[cfg(not(feature = "web"))]
 async fn serve_dashboard(
     _addr: std::net::SocketAddr,
-    _admin: Arc<dyn Admin>,
+    _store: Arc<dyn errand::admin::Store>,
 ) -> Option<std::net::SocketAddr> {
     println!("(dashboard not built in: build errand-cli with its `web` feature)\n");
     None
@@ -156,10 +158,11 @@ fn percentile_max(waits: &[f64]) -> (f64, f64) {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     let started = Instant::now();
-    let (broker, admin, label) = open(&args).await?;
+    let (broker, store, label) = open(&args).await?;
+    let admin: Arc<dyn Admin> = store.clone();
     println!("Errand demo: a shop's background jobs on the {label}\n");
     let dashboard = match args.web {
-        Some(addr) if !args.no_web => serve_dashboard(addr, admin.clone()).await,
+        Some(addr) if !args.no_web => serve_dashboard(addr, store).await,
         _ => None,
     };
     if let Some(addr) = dashboard {

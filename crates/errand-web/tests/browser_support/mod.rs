@@ -89,6 +89,8 @@ pub const PROCESSED: u64 = 1234;
 pub const FAILED: u64 = 56;
 pub const HOSTNAME: &str = "web-e2e-host";
 pub const PID: u64 = 4242;
+/// The fixture's periodic entry.
+pub const PERIODIC: &str = "nightly-report";
 pub const IDENTITY: &str = "web-e2e-host:4242:0a1b2c3d";
 pub const CONCURRENCY: usize = 10;
 
@@ -325,9 +327,25 @@ impl Fixture {
             })
             .collect();
         b.record_metrics(minute, &rows).await.expect("metrics");
+        // A periodic entry, as a server declares it.
+        errand_core::broker::Coordination::periodic_upsert(
+            b,
+            &[errand_core::broker::PeriodicEntry {
+                name: PERIODIC.into(),
+                spec: "0 3 * * *".into(),
+                zone: "Europe/Berlin".into(),
+                queue: Q_DEFAULT.into(),
+                template: json!({"retry": true, "queue": Q_DEFAULT, "args": [7], "class": "Reports::Nightly"})
+                    .to_string(),
+                missed: "latest".into(),
+            }],
+            now,
+        )
+        .await
+        .expect("periodic entry");
 
         let admin: Arc<dyn Admin> = broker.clone();
-        let app = errand_web::router(admin.clone(), errand_web::WebConfig::default());
+        let app = errand_web::router(broker.clone(), errand_web::WebConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
