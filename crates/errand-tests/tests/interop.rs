@@ -1065,3 +1065,51 @@ async fn admin_reads_ruby_processes_and_queues() {
     let _: () = conn.set("admin:gate", 1).unwrap();
     drop(sidekiq);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Periodic jobs: Errand schedules, Ruby runs
+// ---------------------------------------------------------------------------------------------
+
+/// An Errand server's periodic entry enqueues a job whose class Ruby runs: the payload's own
+/// keys (`errand_periodic`, `errand_scheduled_at`) do not trouble Ruby Sidekiq, which runs
+/// each tick's job once, with nothing retried or dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errand_schedules_periodic_jobs_ruby_runs() {
+    errand_tests::init_tracing();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let rec = Recorder::default();
+    // The Errand server schedules but fetches only a queue of its own.
+    let errand = spawn(
+        builder(broker(&url).await, &rec)
+            .queues(["errand-only"])
+            .register::<OkJob>()
+            .periodic_entry(
+                errand::Periodic::new(
+                    "ruby-tick",
+                    "* * * * * *",
+                    OkJob {
+                        n: 7,
+                        s: "tick".into(),
+                    },
+                )
+                .queue("default"),
+            ),
+    );
+    let _sidekiq = RubySidekiq::start(&url, &["default"]);
+    wait_until_sync("Ruby to run two ticks", WAIT, || {
+        ruby_ran(&mut conn).len() >= 2
+    });
+    errand.shutdown().await;
+    let ran = ruby_ran(&mut conn);
+    assert!(
+        ran.iter()
+            .all(|r| r["class"] == "OkJob" && r["args"] == json!([7, "tick"])),
+        "{ran:?}"
+    );
+    let jids: HashSet<&str> = ran.iter().map(|r| r["jid"].as_str().unwrap()).collect();
+    assert_eq!(jids.len(), ran.len(), "each tick's job ran once: {ran:?}");
+    assert_eq!(zcard(&mut conn, "retry"), 0, "nothing failed in Ruby");
+    assert_eq!(zcard(&mut conn, "dead"), 0);
+}
