@@ -57,7 +57,7 @@ pub struct OpsArgs {
     #[arg(long, global = true, default_value = "errand.sqlite")]
     pub sqlite: PathBuf,
     /// The Redis server at this URL instead.
-    #[arg(long, global = true, env = "REDIS_URL")]
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
@@ -65,7 +65,8 @@ pub struct OpsArgs {
         long,
         global = true,
         env = "ERRAND_REDIS_NAMESPACE",
-        requires = "redis"
+        requires = "redis",
+        hide_env_values = true
     )]
     pub namespace: Option<String>,
     /// Print JSON instead of a table.
@@ -217,11 +218,16 @@ pub struct WebArgs {
     #[arg(long, default_value = "errand.sqlite", conflicts_with = "redis")]
     pub sqlite: PathBuf,
     /// Show the Redis server at this URL instead (Sidekiq's data included).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
-    #[arg(long, env = "ERRAND_REDIS_NAMESPACE", requires = "redis")]
+    #[arg(
+        long,
+        env = "ERRAND_REDIS_NAMESPACE",
+        requires = "redis",
+        hide_env_values = true
+    )]
     pub namespace: Option<String>,
     /// Address to listen on. Anything but loopback needs authentication.
     #[arg(long, default_value = "127.0.0.1:7878")]
@@ -258,7 +264,12 @@ pub struct DemoArgs {
     pub redis: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
-    #[arg(long, env = "ERRAND_REDIS_NAMESPACE", requires = "redis")]
+    #[arg(
+        long,
+        env = "ERRAND_REDIS_NAMESPACE",
+        requires = "redis",
+        hide_env_values = true
+    )]
     pub namespace: Option<String>,
     /// Use Sidekiq's real retry backoff (15 s, 16 s, 31 s, ...) instead of the demo's 1 s steps;
     /// the run then takes minutes.
@@ -293,7 +304,12 @@ pub struct BenchArgs {
     pub redis: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
-    #[arg(long, env = "ERRAND_REDIS_NAMESPACE", requires = "redis")]
+    #[arg(
+        long,
+        env = "ERRAND_REDIS_NAMESPACE",
+        requires = "redis",
+        hide_env_values = true
+    )]
     pub namespace: Option<String>,
     /// How many no-op jobs to enqueue in bulk and drain.
     #[arg(long, default_value_t = 100_000)]

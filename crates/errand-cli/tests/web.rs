@@ -160,3 +160,41 @@ fn refuses_a_public_address_without_authentication() {
         "{first}"
     );
 }
+
+/// `--help` never prints what the environment holds: REDIS_URL carries a password, the web
+/// token and basic credentials are secrets (issue 13, item 16).
+#[test]
+fn help_never_prints_environment_values() {
+    let secrets = [
+        ("REDIS_URL", "redis://ops:s3cret-redis@127.0.0.1:1/0"),
+        ("ERRAND_WEB_TOKEN", "s3cret-token"),
+        ("ERRAND_WEB_BASIC", "ops:s3cret-basic"),
+        ("ERRAND_REDIS_NAMESPACE", "s3cret-ns"),
+    ];
+    for sub in [
+        &["web"][..],
+        &["ops"],
+        &["ops", "stats"],
+        &["demo"],
+        &["bench"],
+        &[],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let out = Command::new(env!("CARGO_BIN_EXE_errand"))
+            .args(&args)
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "errand {args:?}: {text}");
+        assert!(
+            !text.contains("s3cret"),
+            "errand {args:?} printed a secret from the environment:\n{text}"
+        );
+    }
+}
