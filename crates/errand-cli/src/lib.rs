@@ -250,6 +250,11 @@ pub struct WebArgs {
     /// Mount the dashboard under this path (`/errand`) instead of `/`.
     #[arg(long, default_value = "")]
     pub base_path: String,
+    /// Answer requests naming this host (repeatable; `errand.internal`), besides loopback names
+    /// and the bound address. Once one is given, every other host name is refused; without
+    /// authentication only loopback names are answered by default (DNS rebinding protection).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Options of `errand demo`.

@@ -58,7 +58,19 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
         false,
     )
     .await?;
-    let config = WebConfig::default().auth(auth).base_path(&args.base_path);
+    let mut config = WebConfig::default().auth(auth).base_path(&args.base_path);
+    // The bound address is a name the dashboard answers to (a wildcard bind needs
+    // --allow-host for the names it is reached by).
+    let ip = args.bind.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        config = config.allow_host(match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        });
+    }
+    for host in &args.allow_hosts {
+        config = config.allow_host(host);
+    }
     let base = config.base_path.clone();
     let app = if base.is_empty() {
         errand_web::router(backend.store(), config)

@@ -58,9 +58,15 @@ fn http_get(url: &str, path: &str, extra: &str) -> (String, String) {
             Err(e) => panic!("cannot connect to {host}: {e}"),
         }
     };
+    // `extra` may name a Host of its own.
+    let default_host = if extra.starts_with("Host:") {
+        String::new()
+    } else {
+        format!("Host: {host}\r\n")
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\n{default_host}Connection: close\r\n{extra}\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -197,4 +203,42 @@ fn help_never_prints_environment_values() {
             "errand {args:?} printed a secret from the environment:\n{text}"
         );
     }
+}
+
+/// DNS rebinding: without authentication `errand web` answers loopback names only, and the
+/// names given with `--allow-host` (issue 13, item 15).
+#[test]
+fn answers_only_allowed_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosts.sqlite");
+    let (_web, url) = serve(&[
+        "web",
+        "--sqlite",
+        file.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    let port = url.rsplit(':').next().unwrap().to_string();
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, body) = http_get(&url, "/api/stats", &format!("Host: {host}\r\n"));
+        assert!(status.contains("200"), "{host}: {body}");
+    }
+    // A rebinding page's requests name the attacker's host.
+    let (status, body) = http_get(&url, "/api/stats", "Host: evil.example\r\n");
+    assert!(status.contains("403"), "{body}");
+    assert!(body.contains("--allow-host"), "{body}");
+
+    let (_web, url) = serve(&[
+        "web",
+        "--sqlite",
+        file.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+        "--allow-host",
+        "errand.internal",
+    ]);
+    let (status, body) = http_get(&url, "/api/stats", "Host: errand.internal:7878\r\n");
+    assert!(status.contains("200"), "{body}");
+    let (status, _) = http_get(&url, "/api/stats", "Host: evil.example\r\n");
+    assert!(status.contains("403"));
 }

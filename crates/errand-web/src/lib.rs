@@ -62,6 +62,8 @@ pub struct WebConfig {
     pub dead_limits: DeadLimits,
     /// Mark cookies `Secure` (serve over HTTPS).
     pub secure_cookies: bool,
+    /// Host names the dashboard answers to besides loopback names (see [`security`]).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -72,6 +74,7 @@ impl Default for WebConfig {
             profile: WireProfile::default(),
             dead_limits: DeadLimits::default(),
             secure_cookies: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -98,6 +101,15 @@ impl WebConfig {
     /// Sets the dead-set bounds applied on kill.
     pub fn dead_limits(mut self, limits: DeadLimits) -> Self {
         self.dead_limits = limits;
+        self
+    }
+
+    /// Answers requests naming host `host` (`errand.internal`, any port) besides loopback
+    /// names. Once a host is allowed, requests naming any other host are refused, with or
+    /// without authentication; without authentication only loopback names are answered by
+    /// default (DNS rebinding protection, see [`security`]).
+    pub fn allow_host(mut self, host: impl Into<String>) -> Self {
+        self.allowed_hosts.push(host.into());
         self
     }
 

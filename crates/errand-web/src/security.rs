@@ -8,6 +8,13 @@
 //!   when the browser says it came from another site (`Sec-Fetch-Site`) or its `Origin` is not
 //!   this host. Requests authenticated by an explicit bearer header (scripts, not browsers)
 //!   need no token.
+//! - **Hosts** (DNS rebinding): a page on another site whose name an attacker points at this
+//!   machine is same-origin with the dashboard as far as the browser knows, so the `Host` a
+//!   request names must be one the dashboard answers to: loopback names (`localhost`,
+//!   `127.0.0.1`, `[::1]`, any port) and the hosts configured with
+//!   [`WebConfig::allow_host`](crate::WebConfig::allow_host). Checked for every request when
+//!   hosts are configured, and always without authentication (where rebinding would reach an
+//!   open dashboard); anything else is refused with 403.
 //! - **Headers**: a Content-Security-Policy with a fresh nonce per response and no
 //!   `'unsafe-inline'`, `nosniff`, `frame-ancestors 'none'`, no referrer leaks, `no-store`.
 
@@ -183,6 +190,42 @@ fn cross_site(headers: &HeaderMap) -> bool {
     false
 }
 
+/// The host name of a `Host` header value (`name:port`, `[v6]:port`), lower-cased.
+fn host_name(host: &str) -> String {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']')
+            .next()
+            .map(|h| format!("[{h}]"))
+            .unwrap_or_default()
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+            .to_string()
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a request naming `host` may be answered: see the module docs. A request without
+/// a `Host` header (not a browser's) is answered.
+pub(crate) fn host_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let configured = &state.config.allowed_hosts;
+    if configured.is_empty() && state.config.auth.is_enabled() {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = host_name(host);
+    ["localhost", "127.0.0.1", "[::1]"].contains(&name.as_str())
+        || name.ends_with(".localhost")
+        || configured.iter().any(|h| host_name(h) == name)
+}
+
 fn forbidden(why: &'static str) -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -215,6 +258,15 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
     let new_session = session.is_none();
     let session = session.unwrap_or_else(|| random_hex(16));
     let nonce = random_hex(16);
+
+    if !host_allowed(&state, &headers) {
+        let mut resp = forbidden(
+            "this dashboard does not answer to that host name (DNS rebinding protection): \
+             allow it with `errand web --allow-host NAME` or WebConfig::allow_host",
+        );
+        secure_headers(resp.headers_mut(), &nonce);
+        return resp;
+    }
 
     let bearer = match authenticated(&state, &headers) {
         Some(bearer) => bearer,
@@ -375,6 +427,15 @@ mod tests {
             HeaderValue::from_static("http://127.0.0.1:7878"),
         );
         assert!(!cross_site(&h));
+    }
+
+    #[test]
+    fn host_names_are_read_without_their_port() {
+        assert_eq!(host_name("LocalHost:7878"), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:80"), "[::1]");
+        assert_eq!(host_name("errand.internal.:443"), "errand.internal");
+        assert_eq!(host_name("evil.example"), "evil.example");
     }
 
     #[test]

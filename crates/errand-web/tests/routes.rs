@@ -1176,3 +1176,82 @@ async fn the_periodic_page_lists_pauses_resumes_and_runs_entries() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(f.broker.queue("reports").len(), 1);
 }
+
+/// DNS rebinding (issue 13, item 15): without authentication only loopback host names are
+/// answered (a state-changing POST from the rebinding page, same-origin by its own Host and
+/// Origin, included); configured hosts are answered too, and once configured they bind even
+/// with authentication.
+#[tokio::test]
+async fn only_allowed_host_names_are_answered() {
+    let f = fixture().await;
+    let with_host = |uri: &str, host: &str| {
+        Request::get(uri)
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let open = app(&f, WebConfig::default());
+    for host in [
+        "localhost:7878",
+        "127.0.0.1:7878",
+        "[::1]:7878",
+        "LOCALHOST",
+        "app.localhost",
+    ] {
+        let r = send(&open, with_host("/api/stats", host)).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+    }
+    let r = send(&open, with_host("/", "evil.example")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("DNS rebinding"), "{}", r.body);
+    let s = session(&open).await;
+    let r = send(
+        &open,
+        Request::post("/queues/default/clear")
+            .header(header::HOST, "evil.example:7878")
+            .header(header::ORIGIN, "http://evil.example:7878")
+            .header(header::COOKIE, &s.cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&[("_csrf", &s.csrf)])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!f.broker.queue("default").is_empty(), "nothing cleared");
+
+    let named = app(&f, WebConfig::default().allow_host("errand.internal"));
+    let r = send(&named, with_host("/api/stats", "errand.internal:443")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&named, with_host("/api/stats", "evil.example")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // With authentication and no hosts configured, any name is answered (the token is the
+    // guard); with hosts configured, they bind.
+    let authed = app(&f, WebConfig::default().auth(Auth::Token("t0ken".into())));
+    let r = send(
+        &authed,
+        Request::get("/api/stats")
+            .header(header::HOST, "jobs.example.com")
+            .header(header::AUTHORIZATION, "Bearer t0ken")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let authed = app(
+        &f,
+        WebConfig::default()
+            .auth(Auth::Token("t0ken".into()))
+            .allow_host("jobs.example.com"),
+    );
+    let r = send(
+        &authed,
+        Request::get("/api/stats")
+            .header(header::HOST, "evil.example")
+            .header(header::AUTHORIZATION, "Bearer t0ken")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
