@@ -255,6 +255,14 @@ pub struct WebArgs {
     /// authentication only loopback names are answered by default (DNS rebinding protection).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
+    /// A job killed from the dashboard trims the dead set to this many entries (set it as
+    /// the servers' `dead_max_jobs` is set).
+    #[arg(long, default_value_t = 10_000)]
+    pub dead_max_jobs: u64,
+    /// A job killed from the dashboard trims dead entries older than this many days (as the
+    /// servers' `dead_max_age` is set).
+    #[arg(long, default_value_t = 180)]
+    pub dead_max_age_days: u64,
 }
 
 /// Options of `errand demo`.

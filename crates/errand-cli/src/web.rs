@@ -28,6 +28,31 @@ fn auth(args: &WebArgs) -> anyhow::Result<Auth> {
     Ok(Auth::None)
 }
 
+/// The dashboard's settings from the options: authentication, mount path, the dead set's
+/// limits for kills, and the host names it answers to.
+fn config(args: &WebArgs, auth: Auth) -> WebConfig {
+    let mut config = WebConfig::default()
+        .auth(auth)
+        .base_path(&args.base_path)
+        .dead_limits(errand::DeadLimits {
+            max_jobs: args.dead_max_jobs,
+            max_age: std::time::Duration::from_secs(args.dead_max_age_days * 86_400),
+        });
+    // The bound address is a name the dashboard answers to (a wildcard bind needs
+    // --allow-host for the names it is reached by).
+    let ip = args.bind.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        config = config.allow_host(match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        });
+    }
+    for host in &args.allow_hosts {
+        config = config.allow_host(host);
+    }
+    config
+}
+
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(args: WebArgs) -> anyhow::Result<()> {
     crate::init_tracing();
@@ -58,19 +83,7 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
         false,
     )
     .await?;
-    let mut config = WebConfig::default().auth(auth).base_path(&args.base_path);
-    // The bound address is a name the dashboard answers to (a wildcard bind needs
-    // --allow-host for the names it is reached by).
-    let ip = args.bind.ip();
-    if !ip.is_unspecified() && !ip.is_loopback() {
-        config = config.allow_host(match ip {
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-            v4 => v4.to_string(),
-        });
-    }
-    for host in &args.allow_hosts {
-        config = config.allow_host(host);
-    }
+    let config = config(&args, auth);
     let base = config.base_path.clone();
     let app = if base.is_empty() {
         errand_web::router(backend.store(), config)
@@ -86,9 +99,12 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
         None => args.sqlite.display().to_string(),
     };
     println!("Errand dashboard for {what} on http://{addr}{base}/");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     Ok(())
 }
 
@@ -106,5 +122,43 @@ async fn shutdown() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn web_args(args: &[&str]) -> WebArgs {
+        let mut all = vec!["errand", "web"];
+        all.extend_from_slice(args);
+        match crate::Cli::try_parse_from(all).unwrap().command {
+            crate::Command::Web(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn kills_trim_to_the_dead_limits_given() {
+        let c = config(
+            &web_args(&["--dead-max-jobs", "500", "--dead-max-age-days", "7"]),
+            Auth::None,
+        );
+        assert_eq!(c.dead_limits.max_jobs, 500);
+        assert_eq!(c.dead_limits.max_age.as_secs(), 7 * 86_400);
+        let d = config(&web_args(&[]), Auth::None);
+        assert_eq!(d.dead_limits, errand::DeadLimits::default());
+    }
+
+    #[test]
+    fn the_bound_address_and_allowed_hosts_are_answered() {
+        let c = config(
+            &web_args(&["--bind", "10.1.2.3:7878", "--allow-host", "errand.internal"]),
+            Auth::None,
+        );
+        assert_eq!(c.allowed_hosts, ["10.1.2.3", "errand.internal"]);
+        let c = config(&web_args(&["--bind", "0.0.0.0:7878"]), Auth::None);
+        assert!(c.allowed_hosts.is_empty());
     }
 }

@@ -775,3 +775,43 @@ async fn auth_failure_recovery() {
     .await;
     stop(running).await;
 }
+
+/// A request to the dashboard is answered within its timeout even when Redis stops answering
+/// (a partition): 503, not a connection held for as long as the backend takes (issue 13,
+/// item 17). Without the timeout the page waits as long as Redis's own response timeout
+/// (here a minute), past the test's 10 s deadline.
+#[tokio::test]
+async fn a_dashboard_request_times_out_when_the_backend_does_not_answer() {
+    let redis = RedisServer::start();
+    let proxy = errand_tests::FaultProxy::start(redis.port());
+    let broker = RedisBroker::connect_with(
+        RedisConfig::new(proxy.redis_url()).response_timeout(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let app = errand_web::router(
+        Arc::new(broker),
+        errand_web::WebConfig::default().request_timeout(Duration::from_millis(300)),
+    );
+    let get = |path: &'static str| {
+        let call = app
+            .clone()
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap());
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .unwrap_or_else(|_| panic!("GET {path} was not answered within 10 s"))
+        }
+    };
+    assert_eq!(get("/api/stats").await.unwrap().status(), 200);
+    proxy.set(errand_tests::Fault::Blackhole);
+    let r = get("/api/stats").await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "the timeout answered, not the backend's error"
+    );
+    let r = get("/queues").await.unwrap();
+    assert_eq!(r.status(), 503);
+    proxy.set(errand_tests::Fault::None);
+}

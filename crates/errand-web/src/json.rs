@@ -80,9 +80,18 @@ pub(crate) async fn history(State(st): State<AppState>, Query(q): Query<ListQuer
 /// (2..=60).
 pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let every = Duration::from_secs(q.interval());
+    // One permit per open stream, held by the stream and given back when it is dropped.
+    let Ok(permit) = st.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            Json(json!({"error": "too many live-update streams are open; try again later"})),
+        )
+            .into_response();
+    };
     let events = futures::stream::unfold(
-        (st, None::<tokio::time::Interval>),
-        move |(st, tick)| async move {
+        (st, None::<tokio::time::Interval>, permit),
+        move |(st, tick, permit)| async move {
             let mut tick = match tick {
                 Some(t) => t,
                 None => {
@@ -99,7 +108,10 @@ pub(crate) async fn stream(State(st): State<AppState>, Query(q): Query<ListQuery
                     .unwrap_or_else(|_| Event::default().comment("unserializable")),
                 Err(e) => Event::default().event("error").data(e.to_string()),
             };
-            Some((Ok::<_, std::convert::Infallible>(event), (st, Some(tick))))
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (st, Some(tick), permit),
+            ))
         },
     );
     Sse::new(events)

@@ -64,6 +64,15 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// Host names the dashboard answers to besides loopback names (see [`security`]).
     pub allowed_hosts: Vec<String>,
+    /// How long a request may take before it is answered 503 (30 s by default): one slow
+    /// backend call cannot hold a connection forever.
+    pub request_timeout: std::time::Duration,
+    /// Most live-update streams (`/api/stream`) open at once (16 by default); more are
+    /// answered 503.
+    pub max_streams: usize,
+    /// Most failed sign-ins per client address per minute (10 by default); more are answered
+    /// 429 with `Retry-After`.
+    pub max_failed_logins: u32,
 }
 
 impl Default for WebConfig {
@@ -75,6 +84,9 @@ impl Default for WebConfig {
             dead_limits: DeadLimits::default(),
             secure_cookies: false,
             allowed_hosts: Vec::new(),
+            request_timeout: std::time::Duration::from_secs(30),
+            max_streams: 16,
+            max_failed_logins: 10,
         }
     }
 }
@@ -113,6 +125,24 @@ impl WebConfig {
         self
     }
 
+    /// Sets how long a request may take before it is answered 503.
+    pub fn request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the most live-update streams open at once.
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n;
+        self
+    }
+
+    /// Sets the most failed sign-ins per client address per minute.
+    pub fn max_failed_logins(mut self, n: u32) -> Self {
+        self.max_failed_logins = n.max(1);
+        self
+    }
+
     /// Marks cookies `Secure`.
     pub fn secure_cookies(mut self, on: bool) -> Self {
         self.secure_cookies = on;
@@ -126,6 +156,10 @@ pub(crate) struct AppState {
     pub admin: Arc<dyn Admin>,
     /// The same backend's runtime side (periodic entries).
     pub broker: Arc<dyn Broker>,
+    /// Permits for live-update streams ([`WebConfig::max_streams`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Failed sign-ins per client address in the last minute.
+    pub failed_logins: Arc<security::LoginLimiter>,
     pub config: Arc<WebConfig>,
     pub secret: Arc<[u8; 32]>,
 }
@@ -155,9 +189,12 @@ pub(crate) fn set_slug(set: SetName) -> &'static str {
 
 /// The dashboard, its JSON API and `/metrics`, on `store` (any backend: `Arc::new(broker)`).
 pub fn router(store: Arc<dyn Store>, config: WebConfig) -> Router {
+    let timeout = config.request_timeout;
     let state = AppState {
         admin: store.clone(),
         broker: store,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+        failed_logins: Arc::new(security::LoginLimiter::new(config.max_failed_logins)),
         config: Arc::new(config),
         secret: Arc::new(security::new_secret()),
     };
@@ -236,6 +273,10 @@ pub fn router(store: Arc<dyn Store>, config: WebConfig) -> Router {
         security::guard,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(params::MAX_BODY))
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        timeout,
+    ))
     .with_state(state)
 }
 

@@ -1340,6 +1340,7 @@ fn login_page(st: &AppState, sec: &RequestSecurity, error: Option<&str>) -> Resp
 /// `POST /login`: checks the token and sets the auth cookie.
 pub(crate) async fn login(State(st): State<AppState>, Sec(sec): Sec, posted: Posted) -> Response {
     let Some(value) = security::auth_cookie_value(&st, posted.get("token").unwrap_or("")) else {
+        st.failed_logins.failed(sec.client);
         return login_page(&st, &sec, Some("That token is not right."));
     };
     let mut resp = Redirect::to(&st.url("/")).into_response();

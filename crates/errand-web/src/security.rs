@@ -84,6 +84,8 @@ pub struct RequestSecurity {
     pub csrf: String,
     /// Whether the request was authenticated by a bearer header (no CSRF token needed).
     pub bearer: bool,
+    /// The client's address (unspecified when the server gives none).
+    pub client: std::net::IpAddr,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -226,6 +228,71 @@ pub(crate) fn host_allowed(state: &AppState, headers: &HeaderMap) -> bool {
         || configured.iter().any(|h| host_name(h) == name)
 }
 
+/// Failed sign-ins per client address over the last minute, to slow down guessing.
+pub(crate) struct LoginLimiter {
+    max: u32,
+    failures:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<std::time::Instant>>>,
+}
+
+const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most client addresses remembered (the oldest are forgotten first).
+const LOGIN_ADDRESSES: usize = 10_000;
+
+impl LoginLimiter {
+    pub(crate) fn new(max: u32) -> Self {
+        Self {
+            max,
+            failures: Default::default(),
+        }
+    }
+
+    /// `Some(seconds to wait)` when `ip` has used up its failed sign-ins for the minute.
+    pub(crate) fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let times = f.get_mut(&ip)?;
+        times.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
+        if times.len() < self.max as usize {
+            return None;
+        }
+        let oldest = times.first().copied()?;
+        Some((LOGIN_WINDOW - now.duration_since(oldest)).as_secs().max(1))
+    }
+
+    /// Counts one failed sign-in from `ip`.
+    pub(crate) fn failed(&self, ip: std::net::IpAddr) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if f.len() >= LOGIN_ADDRESSES {
+            f.retain(|_, times| {
+                times
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < LOGIN_WINDOW)
+            });
+        }
+        f.entry(ip).or_default().push(now);
+    }
+}
+
+/// The client's address (when the server was started with connect info), else unspecified:
+/// then every client shares one budget of failed sign-ins.
+pub(crate) fn client_ip(req: &Request) -> std::net::IpAddr {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// 429 with `Retry-After`.
+pub(crate) fn too_many_logins(wait: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, wait.to_string())],
+        "429 Too Many Requests: too many failed sign-ins from this address; wait a minute\n",
+    )
+        .into_response()
+}
+
 fn forbidden(why: &'static str) -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -268,10 +335,24 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
         return resp;
     }
 
+    let ip = client_ip(&req);
+    let tries_login = headers.contains_key(header::AUTHORIZATION)
+        || (path == "/login" && req.method() == Method::POST);
+    if state.config.auth.is_enabled()
+        && tries_login
+        && let Some(wait) = state.failed_logins.blocked(ip)
+    {
+        let mut resp = too_many_logins(wait);
+        secure_headers(resp.headers_mut(), &nonce);
+        return resp;
+    }
     let bearer = match authenticated(&state, &headers) {
         Some(bearer) => bearer,
         None if public_path(&path) => false,
         None => {
+            if headers.contains_key(header::AUTHORIZATION) {
+                state.failed_logins.failed(ip);
+            }
             let mut resp = match &state.config.auth {
                 Auth::Basic { .. } => (
                     StatusCode::UNAUTHORIZED,
@@ -311,6 +392,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
         nonce: nonce.clone(),
         csrf,
         bearer,
+        client: ip,
     });
     let mut resp = next.run(req).await;
     if new_session {

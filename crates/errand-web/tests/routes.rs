@@ -1255,3 +1255,124 @@ async fn only_allowed_host_names_are_answered() {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+/// A kill from the dashboard trims the dead set to the configured limits, not the default
+/// 10,000 (issue 13, item 14).
+#[tokio::test]
+async fn a_kill_trims_the_dead_set_to_the_configured_limits() {
+    let f = fixture().await;
+    let dead_before = f.broker.set("dead").len();
+    let moving = f.broker.set("retry").len() + f.broker.set("schedule").len();
+    assert!(dead_before + moving > 4, "the fixture has enough to trim");
+    let app = app(
+        &f,
+        WebConfig::default().dead_limits(DeadLimits {
+            max_jobs: 4,
+            max_age: Duration::from_secs(365 * 86_400),
+        }),
+    );
+    let s = session(&app).await;
+    for slug in ["retries", "scheduled"] {
+        let r = post_json(
+            &app,
+            &s,
+            &format!("/api/{slug}/all"),
+            json!({"action": "kill"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(f.broker.set("dead").len(), 4, "kept the 4 newest");
+}
+
+/// At most `max_streams` live-update streams at once; one more is answered 503 with
+/// Retry-After, and a closed stream frees its place (issue 13, item 17).
+#[tokio::test]
+async fn live_update_streams_are_capped() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default().max_streams(2));
+    let open = || async {
+        app.clone()
+            .oneshot(Request::get("/api/stream").body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    };
+    let first = open().await;
+    let second = open().await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = open().await;
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(third.headers().contains_key(header::RETRY_AFTER));
+    drop(first);
+    assert_eq!(
+        open().await.status(),
+        StatusCode::OK,
+        "a closed stream frees its place"
+    );
+    drop(second);
+}
+
+/// Failed sign-ins are limited per client address: after `max_failed_logins` in a minute,
+/// the form and bearer or basic attempts are answered 429 with Retry-After, even with the
+/// right token (issue 13, item 17).
+#[tokio::test]
+async fn failed_sign_ins_are_rate_limited() {
+    let f = fixture().await;
+    let app = app(
+        &f,
+        WebConfig::default()
+            .auth(Auth::Token("right-token".into()))
+            .max_failed_logins(3),
+    );
+    let page = get(&app, "/login").await;
+    let cookie = page.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = scraper::Html::parse_document(&page.body)
+        .select(&scraper::Selector::parse("input[name=_csrf]").unwrap())
+        .next()
+        .unwrap()
+        .value()
+        .attr("value")
+        .unwrap()
+        .to_string();
+    let s = Session { cookie, csrf };
+    for _ in 0..2 {
+        let r = post_form(&app, &s, "/login", &[("token", "wrong")], true).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert!(r.body.contains("That token is not right"));
+    }
+    let bearer = |token: &str| {
+        Request::get("/api/stats")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        send(&app, bearer("wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = post_form(&app, &s, "/login", &[("token", "wrong")], true).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        send(&app, bearer("right-token")).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "blocked for the minute, right token or not"
+    );
+    // Other routes without credentials are unaffected (they are not sign-ins).
+    let r = send(&app, Request::get("/login").body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -80,6 +80,7 @@ async fn serve_dashboard(
     let local = listener.local_addr().ok()?;
     let app = errand_web::router(store, errand_web::WebConfig::default());
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let _ = axum::serve(listener, app).await;
     });
     Some(local)

@@ -49,7 +49,7 @@ pub struct Fetched {
     /// This attempt's fencing token: strictly increasing across every fetch on the backend, so
     /// a job recovered from a stalled worker and fetched again carries a larger token than the
     /// stalled attempt. Jobs pass it to the resources they write (`JobContext::fencing_token`).
-    /// 0 where unknown ([`crate::broker::Fleet::held`]).
+    /// 0 for an in-flight entry written before tokens were (an older version).
     pub token: u64,
 }
 
