@@ -170,7 +170,14 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
             let act = Action::parse(&action)
                 .with_context(|| format!("no action {action:?}: use retry, delete or kill"))?;
             let n = if all {
-                api::apply_all(admin, actions, set, act, &filter.filter()).await?
+                let a = api::apply_all(admin, actions, set, act, &filter.filter()).await?;
+                if a.more {
+                    eprintln!(
+                        "stopped at {} jobs or 20 s of work; more remain: run it again",
+                        api::MAX_ALL
+                    );
+                }
+                a.done
             } else {
                 if keys.is_empty() {
                     bail!(

@@ -209,14 +209,74 @@ async fn filtered_all_touches_only_matching_entries() {
     let n = api::apply_all(&b, cfg(), SetName::Retry, Action::Kill, &only_billing)
         .await
         .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(
+        n,
+        api::Applied {
+            done: 3,
+            more: false
+        }
+    );
     assert_eq!(b.set("dead").len(), 3);
     assert!(b.set("dead").iter().all(|(_, raw)| raw.contains("Billing")));
     assert_eq!(b.set("retry").len(), 3);
     let n = api::apply_all(&b, cfg(), SetName::Retry, Action::Retry, &Filter::default())
         .await
         .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(
+        n,
+        api::Applied {
+            done: 3,
+            more: false
+        }
+    );
     assert_eq!(b.queue("mail").len(), 3);
     assert!(b.set("retry").is_empty());
+}
+
+/// One "all" action touches at most `MAX_ALL` entries and says more remain; the next one does
+/// the rest (issue 13, item 17: the work of one request is bounded).
+#[tokio::test]
+async fn an_all_action_is_bounded_and_says_more_remain() {
+    let b = MemoryBroker::new();
+    let n = api::MAX_ALL + 5;
+    let jobs: Vec<ScheduledJob> = (0..n)
+        .map(|i| ScheduledJob {
+            at: 4_000_000_000.0 + i as f64,
+            payload: failed("Mailer", &format!("j{i}"), json!([i]), 0),
+        })
+        .collect();
+    b.push_scheduled(&jobs).await.unwrap();
+    let first = api::apply_all(
+        &b,
+        cfg(),
+        SetName::Scheduled,
+        Action::Delete,
+        &Filter::new(Some("Mailer"), None, None, None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first,
+        api::Applied {
+            done: api::MAX_ALL as u64,
+            more: true
+        }
+    );
+    let second = api::apply_all(
+        &b,
+        cfg(),
+        SetName::Scheduled,
+        Action::Delete,
+        &Filter::new(Some("Mailer"), None, None, None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        second,
+        api::Applied {
+            done: 5,
+            more: false
+        }
+    );
+    assert!(b.set("schedule").is_empty());
 }

@@ -352,7 +352,7 @@ pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: Set
         return bad("action must be retry, delete or kill");
     };
     match api::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
-        Ok(n) => Json(json!({"done": action, "count": n})).into_response(),
+        Ok(a) => Json(json!({"done": action, "count": a.done, "more": a.more})).into_response(),
         Err(e) => err(e),
     }
 }

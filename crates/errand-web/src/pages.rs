@@ -320,7 +320,22 @@ fn page(c: &Ctx<'_>, title: &str, active: &str, q: &ListQuery, body: Markup) -> 
 fn flash(q: &ListQuery) -> Option<Markup> {
     let n = clamp_num(q.n.as_deref(), 0, 0, u64::MAX);
     let jobs = |n: u64| format!("{} job{}", num(n), if n == 1 { "" } else { "s" });
-    let (ok, text) = match q.done.as_deref()? {
+    let done = q.done.as_deref()?;
+    if let Some(action) = done.strip_suffix("-more") {
+        let did = match action {
+            "retry" => "enqueued",
+            "delete" => "deleted",
+            "kill" => "moved to Dead",
+            _ => return None,
+        };
+        return Some(html! {
+            div.flash.flash-ok role="status" {
+                (jobs(n)) " " (did) "; more remain (one action does at most "
+                (num(api::MAX_ALL as u64)) " jobs, or 20 s of work): run it again for the rest."
+            }
+        });
+    }
+    let (ok, text) = match done {
         "retry" => (true, format!("{} enqueued", jobs(n))),
         "delete" => (true, format!("{} deleted", jobs(n))),
         "kill" => (true, format!("{} moved to Dead", jobs(n))),
@@ -1214,6 +1229,15 @@ pub(crate) async fn set_job_action(
     }
 }
 
+/// The flash code of an "all" action that stopped at its bounds.
+fn action_more_code(a: Action) -> &'static str {
+    match a {
+        Action::Retry => "retry-more",
+        Action::Delete => "delete-more",
+        Action::Kill => "kill-more",
+    }
+}
+
 fn action_code(a: Action) -> &'static str {
     match a {
         Action::Retry => "retry",
@@ -1241,7 +1265,8 @@ pub(crate) async fn set_all(State(st): State<AppState>, posted: Posted, set: Set
         return security::status(StatusCode::BAD_REQUEST);
     };
     match api::apply_all(&*st.admin, st.actions(), set, action, &posted.filter()).await {
-        Ok(n) => back(&st, &posted, &list, action_code(action), n),
+        Ok(a) if a.more => back(&st, &posted, &list, action_more_code(action), a.done),
+        Ok(a) => back(&st, &posted, &list, action_code(action), a.done),
         Err(e) => failure(e),
     }
 }

@@ -15,8 +15,11 @@ use serde_json::Value;
 
 /// Most entries a filtered listing reads before it stops (and says so).
 pub const MAX_SCAN: usize = 20_000;
-/// Most entries one "all" action touches.
-pub const MAX_ALL: usize = 100_000;
+/// Most entries one "all" action touches; the rest wait for the next one.
+pub const MAX_ALL: usize = 10_000;
+/// Longest one "all" action runs before it stops (under the dashboard's 30 s request
+/// timeout); the rest wait for the next one.
+pub const ALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// Largest page size.
 pub const MAX_PER_PAGE: usize = 100;
 /// Deepest offset a page may start at.
@@ -569,46 +572,75 @@ pub async fn retry_with_args(
         .map_err(|e| e.to_string())
 }
 
-/// Applies `action` to every entry of `set` matching `filter` (at most [`MAX_ALL`], read
-/// before any is changed, so jobs that fail straight back are not retried in a loop).
-/// Returns how many were changed.
+/// What one "all" action did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// Entries changed.
+    pub done: u64,
+    /// Whether matching entries remain because the action stopped at its bounds
+    /// ([`MAX_ALL`] entries, [`ALL_BUDGET`] of time): run it again for the rest.
+    pub more: bool,
+}
+
+/// Applies `action` to the entries of `set` matching `filter`: at most [`MAX_ALL`] of them, for
+/// at most [`ALL_BUDGET`] (read before any is changed, so jobs that fail straight back are not
+/// retried in a loop). A delete of everything, unfiltered, is one step of the backend's.
 pub async fn apply_all(
     admin: &dyn Admin,
     cfg: ActionConfig,
     set: SetName,
     action: Action,
     filter: &Filter,
-) -> BrokerResult<u64> {
+) -> BrokerResult<Applied> {
     if action == Action::Delete && filter.is_empty() {
-        return admin.set_clear(set).await;
+        let done = admin.set_clear(set).await?;
+        return Ok(Applied { done, more: false });
     }
+    let started = std::time::Instant::now();
     let mut members = Vec::new();
+    let mut scanned = 0;
+    let mut more = false;
     let chunk = 1_000;
-    while members.len() < MAX_ALL {
+    // Read matching entries (a filter reads at most MAX_SCAN) until MAX_ALL are found.
+    loop {
         let batch = admin
             .set_page(SetRange {
                 set,
-                offset: members.len(),
+                offset: scanned,
                 limit: chunk,
                 order: Order::Asc,
             })
             .await?;
         let n = batch.len();
-        members.extend(batch.into_iter().map(|e| e.raw));
-        if n < chunk {
+        scanned += n;
+        for e in batch {
+            if members.len() >= MAX_ALL {
+                more = true;
+                break;
+            }
+            if filter.is_empty() || JobView::new(&e.raw).matches(filter) {
+                members.push(e.raw);
+            }
+        }
+        if more || n < chunk {
+            break;
+        }
+        if !filter.is_empty() && scanned >= MAX_SCAN {
+            more = true;
             break;
         }
     }
     let mut done = 0;
-    for raw in members.iter().take(MAX_ALL) {
-        if !filter.is_empty() && !JobView::new(raw).matches(filter) {
-            continue;
+    for raw in &members {
+        if started.elapsed() >= ALL_BUDGET {
+            more = true;
+            break;
         }
         if apply(admin, cfg, set, raw, action).await? {
             done += 1;
         }
     }
-    Ok(done)
+    Ok(Applied { done, more })
 }
 
 /// A running job as the Busy page shows it.
