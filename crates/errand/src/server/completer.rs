@@ -105,7 +105,7 @@ async fn write_batches(broker: Arc<dyn Broker>, pending: Arc<Mutex<Vec<Pending>>
                 .iter()
                 .any(|p| matches!(p.settle, Some(Settle::Retry { .. })))
         {
-            super::state::crash_point("inside_retry_write");
+            super::crash::crash_point("inside_retry_write");
         }
         match written {
             Ok(held) => {

@@ -109,7 +109,7 @@ pub(crate) async fn run(s: Arc<Shared>) {
             Ok(jobs) => {
                 #[cfg(feature = "failpoints")]
                 if !jobs.is_empty() {
-                    super::state::crash_point("after_fetch");
+                    super::crash::crash_point("after_fetch");
                 }
                 backoff = fetch_backoff();
                 deep = jobs.len() == asked;

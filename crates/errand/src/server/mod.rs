@@ -8,6 +8,8 @@
 //! launcher.
 
 mod completer;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod heartbeat;
 mod launcher;
 mod manager;

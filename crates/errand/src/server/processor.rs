@@ -76,7 +76,7 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
             args,
         }) => {
             #[cfg(feature = "failpoints")]
-            super::state::crash_point("before_execute");
+            super::crash::crash_point("before_execute");
             let started = std::time::Instant::now();
             let result = attempt(s, handler.as_ref(), &args, &cx).await;
             let failed = result
@@ -89,7 +89,7 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
     let payload = cx.into_payload();
     let Err(err) = result else {
         #[cfg(feature = "failpoints")]
-        super::state::crash_point("after_execute_before_ack");
+        super::crash::crash_point("after_execute_before_ack");
         s.completer.finish(job, None, "ack").await;
         retry::release_unique(s, &payload).await;
         return;
