@@ -12,7 +12,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! # let broker = errand_testing_stub();
-//! # fn errand_testing_stub() -> std::sync::Arc<dyn errand_core::admin::Admin> { unimplemented!() }
+//! # fn errand_testing_stub() -> std::sync::Arc<dyn errand_core::admin::Store> { unimplemented!() }
 //! use errand_web::{Auth, WebConfig};
 //! let app = axum::Router::new().nest(
 //!     "/errand",
