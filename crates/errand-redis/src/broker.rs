@@ -7,7 +7,8 @@ use crate::config::RedisConfig;
 use crate::error::{cmd_err, hung_up_at_once, tls_error};
 use errand_core::BrokerError;
 use errand_core::broker::BrokerResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -15,17 +16,40 @@ use tokio::sync::Mutex;
 /// The Redis backend. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct RedisBroker {
-    pub(crate) client: Client,
+    /// The server: the URL's, or the master the sentinels named last (replaced when they name
+    /// another, see [`RedisBroker::fail`]).
+    pub(crate) client: std::sync::Arc<std::sync::RwLock<Client>>,
+    /// The sentinels' client, for a `redis+sentinel://` config.
+    pub(crate) sentinel: Option<std::sync::Arc<Mutex<SentinelClient>>>,
+    pub(crate) config: std::sync::Arc<RedisConfig>,
     /// The shared multiplexed connection; replaced when a login is refused (see
     /// [`RedisBroker::fail`]).
     pub(crate) conn: std::sync::Arc<std::sync::RwLock<ConnectionManager>>,
-    /// How the connection manager is built (for a replacement).
-    pub(crate) cm_config: ConnectionManagerConfig,
-    /// Set while a replacement connection is being made, with when the last one started.
-    pub(crate) relogin: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// When the last replacement connection was started, and whether one is being made now.
+    pub(crate) relogin: std::sync::Arc<std::sync::Mutex<(Option<std::time::Instant>, bool)>>,
     /// Blocking waits (BLMOVE) hold a connection, so they get their own, made on first use.
     pub(crate) blocking: std::sync::Arc<Mutex<Option<MultiplexedConnection>>>,
     pub(crate) keys: Keys,
+}
+
+/// How many times in a row a lost master is asked for again (every half second).
+const SENTINEL_ATTEMPTS: u32 = 120;
+
+/// How long asking the sentinels for the master may take (each one tried in turn).
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The master `sentinel` names now, checked to say it is one.
+async fn ask_sentinels(sentinel: &Mutex<SentinelClient>) -> BrokerResult<Client> {
+    let mut sentinel = sentinel.lock().await;
+    match tokio::time::timeout(SENTINEL_TIMEOUT, sentinel.async_get_client()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(BrokerError::Connection(
+            format!("no master from the redis sentinels: {e}").into(),
+        )),
+        Err(_) => Err(BrokerError::Connection(
+            format!("no master from the redis sentinels within {SENTINEL_TIMEOUT:?}").into(),
+        )),
+    }
 }
 
 /// `client`'s server URL without its password (for display).
@@ -86,7 +110,13 @@ impl RedisBroker {
     pub async fn connect_with(config: RedisConfig) -> BrokerResult<Self> {
         // rediss:// needs a process-wide rustls crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = config.client()?;
+        let sentinel = config
+            .sentinel_client()?
+            .map(|s| std::sync::Arc::new(Mutex::new(s)));
+        let client = match &sentinel {
+            Some(sentinel) => ask_sentinels(sentinel).await?,
+            None => config.client()?,
+        };
         // One plain attempt first: a refused login (wrong password, disabled or unknown user)
         // is a configuration error, reported at once rather than after the connection
         // manager's retries. Other failures are left to the manager, which retries.
@@ -130,22 +160,7 @@ impl RedisBroker {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let cm_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client
-            .get_connection_manager_with_config(cm_config.clone())
-            .await
-            .map_err(cmd_err)?;
-        let broker = Self {
-            client,
-            conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
-            cm_config,
-            relogin: Default::default(),
-            blocking: Default::default(),
-            keys: Keys::new(config.namespace.as_deref()),
-        };
+        let broker = Self::assemble(client, sentinel, std::sync::Arc::new(config)).await?;
         match broker.maxmemory_policy().await {
             Ok(Some(policy)) => {
                 if let Some(warning) = eviction_warning(&policy) {
@@ -157,6 +172,37 @@ impl RedisBroker {
             Err(e) => tracing::debug!(error = %e, "could not read maxmemory-policy"),
         }
         Ok(broker)
+    }
+
+    /// A broker on `client` with a connection of its own (and, for a sentinel config, the
+    /// sentinels' client given).
+    pub(crate) async fn assemble(
+        client: Client,
+        sentinel: Option<std::sync::Arc<Mutex<SentinelClient>>>,
+        config: std::sync::Arc<RedisConfig>,
+    ) -> BrokerResult<Self> {
+        let conn = client
+            .get_connection_manager_with_config(config.manager(sentinel.is_some()))
+            .await
+            .map_err(cmd_err)?;
+        Ok(Self {
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            sentinel,
+            keys: Keys::new(config.namespace.as_deref()),
+            config,
+            conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
+            relogin: Default::default(),
+            blocking: Default::default(),
+        })
+    }
+
+    /// The current server's client (the master the sentinels named last, for a sentinel
+    /// config).
+    pub(crate) fn client(&self) -> Client {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The server's `maxmemory-policy` (from `INFO memory`, which least-privilege users may
@@ -183,7 +229,7 @@ impl RedisBroker {
 
     /// The server's URL as configured, without its password (for display).
     pub(crate) fn display_url(&self) -> String {
-        display_url(&self.client)
+        display_url(&self.client())
     }
 
     /// A connection for commands outside the broker contract (admin tools, tests).
@@ -197,43 +243,87 @@ impl RedisBroker {
     /// server whose password was rotated (or whose user was disabled for a while) would never
     /// recover; and it keeps a working connection to a demoted master forever, so after a
     /// failover (the URL's name or a proxy now leading to the new master) every write would be
-    /// refused with READONLY. At most one new connection is being made at a time, and one a
-    /// second.
+    /// refused with READONLY. With sentinels, a lost connection (the master died) and
+    /// MASTERDOWN are reasons too: the new connection goes to the master the sentinels name
+    /// then, and until the failover is over they name the old one, so it is asked again. At
+    /// most one new connection is being made at a time, and one a second.
     pub(crate) fn fail(&self, e: RedisError) -> BrokerError {
+        let lost = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown);
         if matches!(
             e.kind(),
             redis::ErrorKind::AuthenticationFailed
                 | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-        ) {
+        ) || (lost && self.sentinel.is_some())
+        {
             self.reconnect_soon();
         }
         cmd_err(e)
     }
 
+    /// The same as [`RedisBroker::fail`] for an error already mapped (a fetch's timeout):
+    /// with sentinels, a lost connection starts a new one.
+    pub(crate) fn lost(&self) {
+        if self.sentinel.is_some() {
+            self.reconnect_soon();
+        }
+    }
+
     fn reconnect_soon(&self) {
         {
-            let mut last = self.relogin.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            let mut relogin = self.relogin.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, running) = &mut *relogin;
+            if *running || last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                 return;
             }
             *last = Some(std::time::Instant::now());
+            *running = true;
         }
-        let (client, config, slot) = (
-            self.client.clone(),
-            self.cm_config.clone(),
-            self.conn.clone(),
-        );
+        let this = self.clone();
         tokio::spawn(async move {
-            match client.get_connection_manager_with_config(config).await {
-                Ok(fresh) => {
-                    *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-                    tracing::info!("new redis connection in use");
+            // With sentinels, a failover takes the sentinels some seconds to agree on; until
+            // then they name the dead master. Asked again every half second (for up to a
+            // minute), the new master is found as soon as they name it, not on some later
+            // command's error.
+            let mut attempts = 0;
+            while let Err(e) = this.reconnect().await {
+                attempts += 1;
+                if this.sentinel.is_none() || attempts == SENTINEL_ATTEMPTS {
+                    tracing::warn!(error = %e, "a new redis connection failed; will try again");
+                    break;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "a new redis connection failed; will try again")
-                }
+                tracing::debug!(error = %e, attempts, "no redis master yet; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            this.relogin.lock().unwrap_or_else(|p| p.into_inner()).1 = false;
         });
+    }
+
+    /// Makes a new connection (to the master the sentinels name now, for a sentinel config)
+    /// and puts it in place of the shared one; the blocking connection is made again on its
+    /// next use.
+    async fn reconnect(&self) -> BrokerResult<()> {
+        let client = match &self.sentinel {
+            Some(sentinel) => ask_sentinels(sentinel).await?,
+            None => self.client(),
+        };
+        let fresh = client
+            .get_connection_manager_with_config(self.config.manager(self.sentinel.is_some()))
+            .await
+            .map_err(cmd_err)?;
+        let (before, now) = (self.display_url(), display_url(&client));
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        if before != now {
+            *self.blocking.lock().await = None;
+            tracing::warn!(from = %before, to = %now, "redis master moved (sentinel)");
+        } else {
+            tracing::info!("new redis connection in use");
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 use errand_core::BrokerError;
 use errand_core::broker::BrokerResult;
 use redis::Client;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use std::time::Duration;
 
 /// Settings for [`RedisBroker::connect_with`](crate::RedisBroker::connect_with). Its `Debug` output hides the URL's password.
@@ -13,6 +14,8 @@ pub struct RedisConfig {
     pub(crate) response_timeout: Duration,
     /// PEM certificates to trust for `rediss://` instead of the built-in web roots.
     pub(crate) trust_ca: Option<Vec<u8>>,
+    /// The login the sentinels ask for (`requirepass` / ACL in their own config), if any.
+    pub(crate) sentinel_auth: Option<(Option<String>, String)>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -22,6 +25,10 @@ impl std::fmt::Debug for RedisConfig {
             .field("namespace", &self.namespace)
             .field("response_timeout", &self.response_timeout)
             .field("trust_ca", &self.trust_ca.as_ref().map(|pem| pem.len()))
+            .field(
+                "sentinel_auth",
+                &self.sentinel_auth.as_ref().map(|(user, _)| (user, "***")),
+            )
             .finish()
     }
 }
@@ -56,15 +63,85 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 impl RedisConfig {
-    /// A config for `url`: `redis://[user:password@]host:port/db`, `rediss://` for TLS, or
-    /// `redis+unix:///path`.
+    /// A config for `url`: `redis://[user:password@]host:port/db`, `rediss://` for TLS,
+    /// `redis+unix:///path`, or `redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]`
+    /// for a master found through Redis Sentinel (see [`RedisConfig::sentinel`]; the login and
+    /// db are the master's).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             namespace: None,
             response_timeout: Duration::from_secs(30),
             trust_ca: None,
+            sentinel_auth: None,
         }
+    }
+
+    /// A config for the master that the Redis Sentinels at `sentinels` (`host:port` each)
+    /// know as `master_name`: the same as `new("redis+sentinel://host:port,…/master_name")`.
+    ///
+    /// The broker asks the sentinels (in the order given, the first that answers) for the
+    /// master, checks that the server it names says it is a master (`ROLE`), and connects.
+    /// When the master stops answering, or answers as a replica (`READONLY`, after a failover),
+    /// the broker asks the sentinels again, at most once a second, and moves every connection
+    /// to the master they name; commands that failed meanwhile are retried by their callers,
+    /// as after any connection error. A login for the master and a database go in the URL
+    /// form; a login for the sentinels themselves in [`RedisConfig::sentinel_auth`].
+    pub fn sentinel<S: AsRef<str>>(
+        sentinels: impl IntoIterator<Item = S>,
+        master_name: &str,
+    ) -> Self {
+        let nodes: Vec<String> = sentinels
+            .into_iter()
+            .map(|s| s.as_ref().to_string())
+            .collect();
+        Self::new(format!(
+            "redis+sentinel://{}/{master_name}",
+            nodes.join(",")
+        ))
+    }
+
+    /// The login the sentinels themselves ask for (their `requirepass`, or an ACL user), for a
+    /// `redis+sentinel://` config. The master's login goes in the URL.
+    pub fn sentinel_auth(mut self, user: Option<&str>, password: &str) -> Self {
+        self.sentinel_auth = Some((user.map(str::to_string), password.to_string()));
+        self
+    }
+
+    /// The sentinel client for a `redis+sentinel://` URL; `None` for any other URL.
+    pub(crate) fn sentinel_client(&self) -> BrokerResult<Option<SentinelClient>> {
+        let Some(spec) = SentinelUrl::parse(&self.url)? else {
+            return Ok(None);
+        };
+        if self.trust_ca.is_some() {
+            return Err(BrokerError::Config(
+                "redis CA certificate given for a redis+sentinel:// URL: TLS to sentinels is \
+                 not supported; use rediss:// to a fixed address"
+                    .into(),
+            ));
+        }
+        let bad = |e: redis::RedisError| BrokerError::Config(format!("redis sentinel: {e}"));
+        let nodes = spec
+            .nodes
+            .iter()
+            .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+        let mut builder =
+            SentinelClientBuilder::new(nodes, &spec.master, SentinelServerType::Master)
+                .map_err(bad)?
+                .set_client_to_redis_db(spec.db);
+        if let Some(user) = &spec.user {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &spec.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some((user, password)) = &self.sentinel_auth {
+            if let Some(user) = user {
+                builder = builder.set_client_to_sentinel_username(user);
+            }
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        builder.build().map(Some).map_err(bad)
     }
 
     /// Prefixes every key with `namespace:` (redis-namespace style). Defaults to none.
@@ -91,6 +168,21 @@ impl RedisConfig {
     pub fn trust_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.trust_ca = Some(pem.into());
         self
+    }
+
+    /// How the shared connection is made and kept. Behind sentinels, a lost connection is
+    /// made again once, at once: commands waiting on it fail fast, and the broker asks the
+    /// sentinels where the master is now (a connection manager only knows the old address).
+    pub(crate) fn manager(&self, sentinel: bool) -> redis::aio::ConnectionManagerConfig {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
+        if sentinel {
+            config.set_number_of_retries(1)
+        } else {
+            config
+        }
     }
 
     /// The client for this config: the URL, with [`RedisConfig::trust_ca_pem`]'s roots if set.
@@ -137,6 +229,99 @@ impl RedisConfig {
     }
 }
 
+/// A parsed `redis+sentinel://[user[:password]@]host:port[,host:port…]/master[/db]`.
+#[derive(Debug, PartialEq)]
+struct SentinelUrl {
+    nodes: Vec<(String, u16)>,
+    master: String,
+    db: i64,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl SentinelUrl {
+    /// `None` when `url` is not a sentinel URL; an error naming the part that is wrong when it
+    /// is one but malformed.
+    fn parse(url: &str) -> BrokerResult<Option<Self>> {
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+            if url.starts_with("rediss+sentinel://") {
+                return Err(BrokerError::Config(
+                    "rediss+sentinel:// is not supported: TLS to sentinels is not available".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let bad = |what: &str| {
+            BrokerError::Config(format!(
+                "redis sentinel url {}: {what} (expected \
+                 redis+sentinel://[user:password@]host:port[,host:port…]/master[/db])",
+                redact_url(url)
+            ))
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| bad("the login is not UTF-8 once decoded"))
+        };
+        let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
+        let (login, hosts) = match authority.rsplit_once('@') {
+            Some((login, hosts)) => (Some(login), hosts),
+            None => (None, authority),
+        };
+        let (user, password) = match login {
+            None => (None, None),
+            Some(login) => match login.split_once(':') {
+                Some((user, password)) => (
+                    (!user.is_empty()).then(|| decode(user)).transpose()?,
+                    Some(decode(password)?),
+                ),
+                None => (Some(decode(login)?), None),
+            },
+        };
+        let mut nodes = Vec::new();
+        for node in hosts.split(',').filter(|n| !n.is_empty()) {
+            let (host, port) = match node.rsplit_once(':') {
+                Some((host, port)) => (
+                    host,
+                    port.parse::<u16>()
+                        .map_err(|_| bad(&format!("`{port}` is not a port")))?,
+                ),
+                None => (node, 26379),
+            };
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            if host.is_empty() {
+                return Err(bad("a sentinel without a host"));
+            }
+            nodes.push((host.to_string(), port));
+        }
+        if nodes.is_empty() {
+            return Err(bad("no sentinel address"));
+        }
+        let mut parts = path.split('/');
+        let master = parts.next().unwrap_or_default();
+        if master.is_empty() {
+            return Err(bad("no master name"));
+        }
+        let db = match parts.next() {
+            None | Some("") => 0,
+            Some(db) => db
+                .parse()
+                .map_err(|_| bad(&format!("`{db}` is not a database number")))?,
+        };
+        Ok(Some(Self {
+            nodes,
+            master: decode(master)?,
+            db,
+            user,
+            password,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +341,52 @@ mod tests {
         );
         let debug = format!("{:?}", RedisConfig::new("redis://u:s3cret@h/0"));
         assert!(!debug.contains("s3cret"), "{debug}");
+        assert_eq!(
+            redact_url("redis+sentinel://:s3cret@h1:26379,h2:26380/m"),
+            "redis+sentinel://:***@h1:26379,h2:26380/m"
+        );
+        let debug = format!(
+            "{:?}",
+            RedisConfig::sentinel(["h:1"], "m").sentinel_auth(None, "s3cret")
+        );
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn sentinel_urls_parse() {
+        assert_eq!(SentinelUrl::parse("redis://h:1/0").unwrap(), None);
+        assert_eq!(
+            SentinelUrl::parse("redis+sentinel://u:p%40ss@h1:26379,h2/mymaster/3").unwrap(),
+            Some(SentinelUrl {
+                nodes: vec![("h1".into(), 26379), ("h2".into(), 26379)],
+                master: "mymaster".into(),
+                db: 3,
+                user: Some("u".into()),
+                password: Some("p@ss".into()),
+            })
+        );
+        assert_eq!(
+            SentinelUrl::parse("redis+sentinel://:pw@[::1]:5000/m").unwrap(),
+            Some(SentinelUrl {
+                nodes: vec![("::1".into(), 5000)],
+                master: "m".into(),
+                db: 0,
+                user: None,
+                password: Some("pw".into()),
+            })
+        );
+        let url = RedisConfig::sentinel(["a:1", "b:2"], "m").url;
+        assert_eq!(url, "redis+sentinel://a:1,b:2/m");
+        for (bad, says) in [
+            ("redis+sentinel://h:1", "no master name"),
+            ("redis+sentinel://h:1/", "no master name"),
+            ("redis+sentinel:///m", "no sentinel address"),
+            ("redis+sentinel://h:x/m", "`x` is not a port"),
+            ("redis+sentinel://h:1/m/x", "`x` is not a database number"),
+            ("rediss+sentinel://h:1/m", "not supported"),
+        ] {
+            let err = SentinelUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -201,19 +201,12 @@ impl Fleet for RedisBroker {
     async fn isolated(
         &self,
     ) -> BrokerResult<Option<std::sync::Arc<dyn errand_core::broker::Broker>>> {
-        let conn = self
-            .client
-            .get_connection_manager_with_config(self.cm_config.clone())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(Some(std::sync::Arc::new(RedisBroker {
-            client: self.client.clone(),
-            conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
-            cm_config: self.cm_config.clone(),
-            relogin: Default::default(),
-            blocking: Default::default(),
-            keys: self.keys.clone(),
-        })))
+        let sentinel = self
+            .config
+            .sentinel_client()?
+            .map(|s| std::sync::Arc::new(tokio::sync::Mutex::new(s)));
+        let broker = RedisBroker::assemble(self.client(), sentinel, self.config.clone()).await?;
+        Ok(Some(std::sync::Arc::new(broker)))
     }
 
     async fn heartbeat(&self, beat: &Heartbeat<'_>) -> BrokerResult<Option<RemoteSignal>> {

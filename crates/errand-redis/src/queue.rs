@@ -134,7 +134,7 @@ impl RedisBroker {
                 .set_response_timeout(None)
                 .set_connection_timeout(Some(Duration::from_secs(5)));
             *slot = Some(
-                self.client
+                self.client()
                     .get_multiplexed_async_connection_with_config(&cfg)
                     .await
                     .map_err(|e| self.fail(e))?,
@@ -156,6 +156,7 @@ impl RedisBroker {
                 Ok(res) => res,
                 Err(_) => {
                     *slot = None;
+                    self.lost();
                     return Err(BrokerError::Connection(
                         format!(
                             "no reply to a blocking fetch within {:?}",

@@ -11,6 +11,8 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     persistence: &'static [&'static str],
+    /// Further arguments (a replica's `--replicaof`).
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -33,10 +35,11 @@ const AOF_ALWAYS: &[&str] = &[
     "always",
 ];
 
-fn spawn_redis(port: u16, dir: &Path, persistence: &[&str]) -> Child {
+fn spawn_redis(port: u16, dir: &Path, persistence: &[&str], extra: &[String]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(persistence)
+        .args(extra)
         // DEBUG SLEEP, for the stall tests (Redis 7 refuses it unless enabled).
         .args(["--enable-debug-command", "local"])
         .arg("--dir")
@@ -71,14 +74,35 @@ impl RedisServer {
         Self::start_with(AOF_ALWAYS)
     }
 
+    /// Starts a server without persistence that replicates `master` (`--replicaof`), and
+    /// waits until it answers PING (not until it has synced).
+    ///
+    /// # Panics
+    /// As for [`RedisServer::start`].
+    pub fn start_replica_of(master: &RedisServer) -> Self {
+        Self::start_args(
+            EPHEMERAL,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+        )
+    }
+
     fn start_with(persistence: &'static [&'static str]) -> Self {
+        Self::start_args(persistence, Vec::new())
+    }
+
+    fn start_args(persistence: &'static [&'static str], extra: Vec<String>) -> Self {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
             let mut server = RedisServer {
-                child: spawn_redis(port, dir.path(), persistence),
+                child: spawn_redis(port, dir.path(), persistence, &extra),
                 port,
                 persistence,
+                extra: extra.clone(),
                 dir,
             };
             if server.wait_ready() {
@@ -121,7 +145,7 @@ impl RedisServer {
     /// When it does not come back within 10 s.
     pub fn restart(&mut self) {
         self.kill9();
-        self.child = spawn_redis(self.port, self.dir.path(), self.persistence);
+        self.child = spawn_redis(self.port, self.dir.path(), self.persistence, &self.extra);
         assert!(self.wait_ready(), "redis-server did not come back");
     }
 
@@ -144,6 +168,106 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Sentinel of the test's own (Debian's `redis-sentinel`), on a free loopback port,
+/// with its config file in a temporary folder (a sentinel rewrites it), killed on drop.
+pub struct SentinelServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelServer {
+    /// Starts a sentinel that monitors `master` under the name `name`, with quorum `quorum`,
+    /// calling the master down after `down_after_ms` without a reply, and waits until it
+    /// answers PING.
+    ///
+    /// # Panics
+    /// When `redis-sentinel` is not installed (`apt-get install redis-sentinel`) or does not
+    /// come up within 10 s.
+    pub fn start(master: &RedisServer, name: &str, quorum: u32, down_after_ms: u64) -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
+                     sentinel down-after-milliseconds {name} {down_after_ms}\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir.path().display(),
+                    master.port
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start redis-sentinel ({e}); install it with \
+                         `apt-get install redis-sentinel`"
+                    )
+                });
+            let mut sentinel = SentinelServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = sentinel.child.try_wait() {
+                    break;
+                }
+                if let Ok(mut c) = sentinel.try_conn()
+                    && redis::cmd("PING").query::<String>(&mut c).is_ok()
+                {
+                    return sentinel;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = sentinel.child.kill();
+            let _ = sentinel.child.wait();
+        }
+        panic!("redis-sentinel did not start");
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?.get_connection()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A blocking connection, for `SENTINEL …` questions.
+    pub fn conn(&self) -> redis::Connection {
+        self.try_conn().expect("connect to test sentinel")
+    }
+
+    /// The port of the master this sentinel names for `name` now.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(name)
+            .query(&mut self.try_conn().ok()?)
+            .ok()?;
+        addr?.1.parse().ok()
+    }
+}
+
+impl Drop for SentinelServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -641,7 +765,7 @@ impl RedisServer {
             matches!(self.child.try_wait(), Ok(Some(_)))
         });
         std::thread::sleep(down);
-        self.child = spawn_redis(self.port, self.dir.path(), self.persistence);
+        self.child = spawn_redis(self.port, self.dir.path(), self.persistence, &self.extra);
         assert!(self.wait_ready(), "redis-server did not come back");
     }
 }
@@ -790,6 +914,7 @@ impl RedisServer {
                 child,
                 port,
                 persistence: EPHEMERAL,
+                extra: Vec::new(),
                 dir: data,
             };
             if server.wait_ready_tls(&ca_pem) {
