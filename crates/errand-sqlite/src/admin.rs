@@ -48,7 +48,7 @@ fn sql_u64(n: u64) -> i64 {
 /// there.
 fn remove_member(tx: &Transaction<'_>, set: i64, member: &str) -> rusqlite::Result<bool> {
     let n = tx.execute(
-        "DELETE FROM jobs WHERE state = ?1 AND member = ?2 AND payload = ?3",
+        crate::rows::REMOVE_MEMBER,
         params![set, member_hash(member), member],
     )?;
     Ok(n > 0)
