@@ -1,6 +1,7 @@
 //! Cases for the coordination primitives ([`Coordination`](errand_core::broker::Coordination)):
 //! once-only records, permit sets with fencing tokens, rate limits.
 
+use errand_core::broker::{Cancelled, Heartbeat, ScheduledJob, Settle, WorkEntry};
 use errand_core::broker::{
     Capabilities, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
     PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
@@ -747,4 +748,102 @@ pub async fn rate_window_frees_as_uses_age(f: &impl BackendFactory) {
 pub async fn coordination_capabilities_are_all_there(f: &impl BackendFactory) {
     let TestBackend { broker, .. } = f.new_backend().await;
     assert_eq!(broker.capabilities(), Capabilities::ALL, "{}", f.name());
+}
+
+/// Cancelling by jid: a job waiting in a queue, the schedule set or the retry set is removed
+/// (and only it), a running job is found on the process whose heartbeat lists it, a job that
+/// is nowhere is not found; every cancelled jid is marked, and the mark expires.
+pub async fn cancel_removes_waiting_jobs_and_finds_running_ones(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let jid = |i: u64| format!("q-{i:024}");
+    let keep = Duration::from_secs(3600);
+    let later = errand_core::now() + 3600.0;
+    b.push(&[enqueue("q", job("q", 4)), enqueue("q", job("q", 5))])
+        .await
+        .unwrap();
+    let got = fetch(b, "p1", &["q"], 2, Duration::ZERO).await;
+    assert_eq!(got.len(), 2, "{n}");
+    let (retrying, running) = if got[0].raw.contains(&jid(4)) {
+        (&got[0], &got[1])
+    } else {
+        (&got[1], &got[0])
+    };
+    assert!(
+        b.settle(
+            retrying,
+            &Settle::Retry {
+                payload: retrying.raw.clone(),
+                at: later
+            }
+        )
+        .await
+        .unwrap(),
+        "{n}"
+    );
+    let work = [WorkEntry {
+        tid: "t1".into(),
+        json: serde_json::json!({"queue": "q", "payload": running.raw, "run_at": 1}).to_string(),
+    }];
+    b.register("p1", &queues(&["q"])).await.unwrap();
+    b.heartbeat(&Heartbeat {
+        identity: "p1",
+        info: r#"{"queues":["q"]}"#,
+        busy: 1,
+        concurrency: 5,
+        beat: errand_core::now(),
+        quiet: false,
+        rss_kb: 1024,
+        work: &work,
+        processed: 0,
+        failed: 0,
+        ttl: Duration::from_secs(60),
+    })
+    .await
+    .unwrap();
+    b.push(&[enqueue("q", job("q", 1)), enqueue("q", job("q", 2))])
+        .await
+        .unwrap();
+    b.push_scheduled(&[ScheduledJob {
+        at: later,
+        payload: job("q", 3),
+    }])
+    .await
+    .unwrap();
+
+    let cancel = |i: u64| async move { b.cancel_job(&jid(i), keep).await.unwrap() };
+    assert_eq!(cancel(1).await, Cancelled::Queued("q".into()), "{n}");
+    assert_eq!(cancel(3).await, Cancelled::Scheduled, "{n}");
+    assert_eq!(cancel(4).await, Cancelled::Retrying, "{n}");
+    assert_eq!(cancel(5).await, Cancelled::Running("p1".into()), "{n}");
+    assert_eq!(cancel(9).await, Cancelled::NotFound, "{n}");
+    assert_eq!(cancel(1).await, Cancelled::NotFound, "{n}: removed once");
+    let left = inspect.queue("q").await;
+    assert_eq!(left.len(), 1, "{n}: {left:?}");
+    assert!(left[0].contains(&jid(2)), "{n}: only the other job stays");
+    assert!(inspect.set("schedule").await.is_empty(), "{n}");
+    assert!(inspect.set("retry").await.is_empty(), "{n}");
+    let (j1, j2, j5, j9, j7) = (jid(1), jid(2), jid(5), jid(9), jid(7));
+    assert_eq!(
+        b.cancelled(&[&j1, &j2, &j5, &j9, &j7]).await.unwrap(),
+        vec![true, false, true, true, false],
+        "{n}: every cancelled jid is marked, found or not"
+    );
+    assert!(b.cancelled(&[]).await.unwrap().is_empty(), "{n}");
+
+    // Marks expire.
+    b.cancel_job("short", Duration::from_millis(1_000))
+        .await
+        .unwrap();
+    assert_eq!(b.cancelled(&["short"]).await.unwrap(), vec![true], "{n}");
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while b.cancelled(&["short"]).await.unwrap() != vec![false] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n}: the mark never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

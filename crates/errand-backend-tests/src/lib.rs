@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             permit_expires_without_renewal,
             push_unique_takes_the_permit_and_stores_the_job_together,
             periodic_ticks_are_claimed_once,
+            cancel_removes_waiting_jobs_and_finds_running_ones,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

@@ -4,11 +4,13 @@
 use crate::RedisBroker;
 use crate::scripts;
 use async_trait::async_trait;
+use errand_core::admin::SetName;
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest,
     PeriodicEntry, PeriodicRecord, PermitGrant, PermitRenewal, PermitRequest, RateKind,
     RateRequest, TickClaim, UniquePush, UniquePushed,
 };
+use errand_core::broker::{Cancelled, has_jid, work_has_jid};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -352,5 +354,122 @@ impl Coordination for RedisBroker {
             .await
             .map_err(|e| self.fail(e))?;
         Ok(all.into_iter().collect())
+    }
+
+    async fn cancel_job(&self, jid: &str, keep: Duration) -> BrokerResult<Cancelled> {
+        let mut conn = self.connection();
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.cancel(jid))
+            .arg(1)
+            .arg("PX")
+            .arg(keep.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        // The sets first, then the queues: a job promoted from a set to its queue meanwhile is
+        // found in the queue, never missed between the two.
+        let pattern = format!("*{}*", crate::broker::escape_glob(jid));
+        for (set, found) in [
+            (SetName::Scheduled, Cancelled::Scheduled),
+            (SetName::Retry, Cancelled::Retrying),
+        ] {
+            let key = self.keys.set(set);
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                    .arg(&key)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                // Member, score, member, score…
+                for member in page.iter().step_by(2) {
+                    if has_jid(member, jid) {
+                        let n: i64 = redis::cmd("ZREM")
+                            .arg(&key)
+                            .arg(member)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(|e| self.fail(e))?;
+                        if n > 0 {
+                            return Ok(found);
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let queues: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.queues())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        const PAGE: isize = 1_000;
+        for queue in queues {
+            let key = self.keys.queue(&queue);
+            // Pages from the pushing end: new pushes shift entries toward the end still to be
+            // read (read twice, never skipped), and fetches take from the far end.
+            let mut start: isize = 0;
+            loop {
+                let page: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(start)
+                    .arg(start + PAGE - 1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                if let Some(raw) = page.iter().find(|raw| has_jid(raw, jid)) {
+                    let n: i64 = redis::cmd("LREM")
+                        .arg(&key)
+                        .arg(1)
+                        .arg(raw)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                    if n > 0 {
+                        return Ok(Cancelled::Queued(queue));
+                    }
+                }
+                if (page.len() as isize) < PAGE {
+                    break;
+                }
+                start += PAGE;
+            }
+        }
+        let processes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.processes())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        for identity in processes {
+            let work: Vec<String> = redis::cmd("HVALS")
+                .arg(self.keys.work(&identity, "work"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            if work.iter().any(|w| work_has_jid(w, jid)) {
+                return Ok(Cancelled::Running(identity));
+            }
+        }
+        Ok(Cancelled::NotFound)
+    }
+
+    async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
+        if jids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(jids.iter().map(|j| self.keys.cancel(j)).collect::<Vec<_>>())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(marks.iter().map(Option::is_some).collect())
     }
 }

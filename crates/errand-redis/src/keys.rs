@@ -156,6 +156,11 @@ impl Keys {
         format!("{}errand:periodic:{name}", self.prefix)
     }
 
+    /// The mark of a cancelled job (`errand:cancel:<jid>`, a string with a TTL).
+    pub fn cancel(&self, jid: &str) -> String {
+        format!("{}errand:cancel:{jid}", self.prefix)
+    }
+
     /// A once-only step's record.
     pub fn once(&self, key: &str) -> String {
         format!("{}errand:once:{key}", self.prefix)

@@ -114,6 +114,11 @@ CREATE TABLE IF NOT EXISTS metrics_totals (
     total_ms   INTEGER NOT NULL,
     histogram  TEXT    NOT NULL
 ) WITHOUT ROWID;
+-- Cancelled jobs (Coordination::cancel_job), read by each process for the jobs it runs.
+CREATE TABLE IF NOT EXISTS cancels (
+    jid        TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// A stable 64-bit FNV-1a hash of a set member, so uniqueness checks use an index instead of

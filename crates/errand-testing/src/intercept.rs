@@ -11,7 +11,7 @@ use errand::broker::{
     Fleet, Heartbeat, JobQueue, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
     PermitRequest, RateRequest, RemoteSignal, RescuePolicy, ScheduledJob, UniquePush, UniquePushed,
 };
-use errand::broker::{PeriodicEntry, PeriodicRecord, TickClaim};
+use errand::broker::{Cancelled, PeriodicEntry, PeriodicRecord, TickClaim};
 use errand::metrics::ClassMetrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,6 +192,12 @@ impl<I: Intercept> Coordination for Intercepted<I> {
     }
     async fn push_unique(&self, req: UniquePush<'_>) -> BrokerResult<UniquePushed> {
         self.hooks.push_unique(&*self.inner, req).await
+    }
+    async fn cancel_job(&self, jid: &str, keep: Duration) -> BrokerResult<Cancelled> {
+        self.inner.cancel_job(jid, keep).await
+    }
+    async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
+        self.inner.cancelled(jids).await
     }
     async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
         self.inner.periodic_upsert(entries, now).await

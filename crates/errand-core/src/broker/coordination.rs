@@ -24,6 +24,8 @@ pub struct Capabilities {
     pub rates: bool,
     /// The periodic entries' registry and tick claims (`periodic_*`).
     pub periodic: bool,
+    /// Cancelling jobs by jid (`cancel_job`, `cancelled`).
+    pub cancel: bool,
 }
 
 impl Capabilities {
@@ -33,6 +35,7 @@ impl Capabilities {
         permits: true,
         rates: true,
         periodic: true,
+        cancel: true,
     };
 
     /// None: a backend that implements only the queue and fleet topics.
@@ -41,6 +44,7 @@ impl Capabilities {
         permits: false,
         rates: false,
         periodic: false,
+        cancel: false,
     };
 }
 
@@ -188,6 +192,26 @@ pub enum UniquePushed {
     },
 }
 
+/// Where [`Coordination::cancel_job`] found a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting in queue `.0`, and is removed.
+    Queued(String),
+    /// It was scheduled, and is removed from the schedule set.
+    Scheduled,
+    /// It was waiting for a retry, and is removed from the retry set.
+    Retrying,
+    /// It is running on process `.0`, which sees the cancellation at its next heartbeat.
+    Running(String),
+    /// Neither waiting nor running: it finished (or died, or was never pushed). Only the
+    /// cancellation mark is left, so a copy of it that turns up later (a recovered in-flight
+    /// job) is cancelled too.
+    NotFound,
+}
+
+/// The marks of cancelled jobs live this long by default: longer than any job should run.
+pub const CANCEL_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A backend's coordination primitives.
 #[async_trait]
 pub trait Coordination: Send + Sync + 'static {
@@ -326,5 +350,49 @@ pub trait Coordination: Send + Sync + 'static {
     /// Every limiter's count of uses turned away, by limiter name.
     async fn refusal_counts(&self) -> BrokerResult<Vec<(String, u64)>> {
         unsupported("rate counters")
+    }
+
+    /// Cancels job `jid`: first marks it cancelled for `keep` (what [`Coordination::cancelled`]
+    /// reads), then removes it from wherever it waits — a queue, the schedule set, the retry
+    /// set (each removal one atomic step, so a job is removed or fetched, never both) — or
+    /// finds the process running it. The dead set is left alone (a dead job is not going to
+    /// run; delete it there). Scans the queues and sets (as Sidekiq's API does to find a job):
+    /// an administrative operation, not one for the hot path.
+    async fn cancel_job(&self, jid: &str, keep: Duration) -> BrokerResult<Cancelled> {
+        let _ = (jid, keep);
+        unsupported("job cancellation")
+    }
+
+    /// Which of `jids` are marked cancelled (by [`Coordination::cancel_job`], within its
+    /// `keep`), in the same order. One round trip, read by each process at each heartbeat for
+    /// the jobs it is running.
+    async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
+        let _ = jids;
+        unsupported("job cancellation")
+    }
+}
+
+/// Whether the job `raw` has id `jid` (a payload that does not parse has none).
+pub fn has_jid(raw: &str, jid: &str) -> bool {
+    raw.contains(jid)
+        && serde_json::from_str::<serde_json::Value>(raw)
+            .ok()
+            .and_then(|v| v.get("jid")?.as_str().map(|j| j == jid))
+            .unwrap_or(false)
+}
+
+/// Whether a Busy-page work entry (`{"queue", "payload": "<raw job>", "run_at"}`; `payload` may
+/// also be an object, as Sidekiq 8 writes it) is job `jid`.
+pub fn work_has_jid(work: &str, jid: &str) -> bool {
+    if !work.contains(jid) {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(work) else {
+        return false;
+    };
+    match v.get("payload") {
+        Some(serde_json::Value::String(raw)) => has_jid(raw, jid),
+        Some(p) => p.get("jid").and_then(|j| j.as_str()) == Some(jid),
+        None => false,
     }
 }

@@ -2,11 +2,14 @@
 
 use super::{MemoryBroker, OnceRecord};
 use async_trait::async_trait;
+use errand_core::admin::SetName;
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion, OnceRequest,
     PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
 };
-use errand_core::broker::{PeriodicEntry, PeriodicRecord, TickClaim};
+use errand_core::broker::{
+    Cancelled, PeriodicEntry, PeriodicRecord, TickClaim, has_jid, work_has_jid,
+};
 use std::time::Duration;
 
 #[async_trait]
@@ -314,6 +317,54 @@ impl Coordination for MemoryBroker {
             .limit_hits
             .iter()
             .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+
+    async fn cancel_job(&self, jid: &str, keep: Duration) -> BrokerResult<Cancelled> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        state.cancels.retain(|_, until| *until > now);
+        state
+            .cancels
+            .insert(jid.to_string(), now + keep.as_secs_f64());
+        for (set, found) in [
+            (SetName::Scheduled, Cancelled::Scheduled),
+            (SetName::Retry, Cancelled::Retrying),
+        ] {
+            if let Some(zset) = state.sets.get_mut(set.key()) {
+                let member = zset
+                    .entries()
+                    .into_iter()
+                    .find(|(_, raw)| has_jid(raw, jid));
+                if let Some((_, raw)) = member {
+                    zset.remove(&raw);
+                    return Ok(found);
+                }
+            }
+        }
+        for (name, list) in &mut state.queues {
+            if let Some(at) = list.iter().position(|raw| has_jid(raw, jid)) {
+                list.remove(at);
+                return Ok(Cancelled::Queued(name.clone()));
+            }
+        }
+        let running = state
+            .beats
+            .iter()
+            .filter(|(_, p)| p.expires_at > now)
+            .find(|(_, p)| p.work.iter().any(|(_, w)| work_has_jid(w, jid)));
+        Ok(match running {
+            Some((identity, _)) => Cancelled::Running(identity.clone()),
+            None => Cancelled::NotFound,
+        })
+    }
+
+    async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
+        let now = (self.clock)();
+        let state = self.state();
+        Ok(jids
+            .iter()
+            .map(|jid| state.cancels.get(*jid).is_some_and(|until| *until > now))
             .collect())
     }
 }

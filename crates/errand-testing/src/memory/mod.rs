@@ -171,6 +171,8 @@ struct State {
     periodic: BTreeMap<String, errand_core::broker::PeriodicRecord>,
     /// Times each job (by jid) was recovered from a dead process.
     recoveries: HashMap<String, u32>,
+    /// Cancelled jobs by jid, with when the mark expires (broker clock).
+    cancels: HashMap<String, f64>,
     /// The last fencing token handed out by a fetch.
     lease_seq: u64,
     /// Paused queue names.
