@@ -877,7 +877,8 @@ pub async fn admin_counters_total_and_daily(f: &impl AdminFactory) {
         a.counters().await.unwrap(),
         Counters {
             processed: 9,
-            failed: 3
+            failed: 3,
+            ..Counters::default()
         },
         "{n}"
     );
@@ -887,12 +888,14 @@ pub async fn admin_counters_total_and_daily(f: &impl AdminFactory) {
         vec![
             Counters {
                 processed: 4,
-                failed: 2
+                failed: 2,
+                ..Counters::default()
             },
             Counters::default(),
             Counters {
                 processed: 5,
-                failed: 1
+                failed: 1,
+                ..Counters::default()
             },
         ],
         "{n}: in the order asked, zero for an empty day"
@@ -935,6 +938,8 @@ pub async fn admin_processes_lists_live_processes_only(f: &impl AdminFactory) {
             work: &work,
             processed: 0,
             failed: 0,
+            cancelled: 0,
+            expired: 0,
             ttl: Duration::from_secs(600),
         }),
     )
@@ -1329,6 +1334,8 @@ pub async fn admin_processes_order_work_and_skip_unbeaten(f: &impl AdminFactory)
         work: &work,
         processed: 0,
         failed: 0,
+        cancelled: 0,
+        expired: 0,
         ttl: Duration::from_secs(600),
     })
     .await

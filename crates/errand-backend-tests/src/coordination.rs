@@ -798,6 +798,8 @@ pub async fn cancel_removes_waiting_jobs_and_finds_running_ones(f: &impl Backend
         work: &work,
         processed: 0,
         failed: 0,
+        cancelled: 0,
+        expired: 0,
         ttl: Duration::from_secs(60),
     })
     .await

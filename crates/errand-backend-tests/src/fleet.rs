@@ -278,7 +278,8 @@ pub async fn heartbeat_stats_accumulate(f: &impl BackendFactory) {
         inspect.stats().await,
         Counters {
             processed: 9,
-            failed: 3
+            failed: 3,
+            ..Counters::default()
         },
         "{}",
         f.name()
@@ -287,14 +288,16 @@ pub async fn heartbeat_stats_accumulate(f: &impl BackendFactory) {
         inspect.daily_stats("2026-11-28").await,
         Counters {
             processed: 5,
-            failed: 1
+            failed: 1,
+            ..Counters::default()
         }
     );
     assert_eq!(
         inspect.daily_stats("2026-11-29").await,
         Counters {
             processed: 4,
-            failed: 2
+            failed: 2,
+            ..Counters::default()
         }
     );
     assert_eq!(inspect.daily_stats("2026-11-30").await, Counters::default());

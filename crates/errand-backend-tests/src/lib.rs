@@ -93,6 +93,8 @@ macro_rules! conformance_tests {
             server_stats_count_processed_and_failed,
             server_once_step_runs_once_across_retries,
             server_drain_runs_nested_and_due_jobs,
+            server_cancels_waiting_and_running_jobs,
+            server_drops_expired_jobs,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

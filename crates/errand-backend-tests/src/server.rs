@@ -187,6 +187,27 @@ impl Job for Sleeper {
     }
 }
 
+/// Logs `cancellable:start`, reports progress, then waits for its cancellation and stops with
+/// an error (`cancellable:stopped`); it would run for ten minutes otherwise.
+#[derive(Serialize, Deserialize)]
+struct Cancellable(String);
+
+impl Job for Cancellable {
+    const NAME: &'static str = "Conformance::Cancellable";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let l = log(cx);
+        l.push(format!("cancellable:start:{}", cx.jid()));
+        cx.progress(40, "halfway there");
+        tokio::select! {
+            _ = cx.cancelled() => {
+                l.push("cancellable:stopped".into());
+                Err(JobError::retry("stopped: cancelled"))
+            }
+            _ = tokio::time::sleep(Duration::from_secs(600)) => Ok(()),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
@@ -264,6 +285,7 @@ impl Harness {
             .register::<Sleeper>()
             .register::<OnceThenFail>()
             .register::<Spawner>()
+            .register::<Cancellable>()
             .data(self.log.clone())
             .death_handler(move |p, _e| {
                 deaths
@@ -596,7 +618,8 @@ pub async fn server_retry_zero_and_retry_disabled(f: &impl BackendFactory) {
         h.inspect().stats().await,
         Counters {
             processed: 2,
-            failed: 2
+            failed: 2,
+            ..Counters::default()
         },
         "{name}"
     );
@@ -629,7 +652,8 @@ pub async fn server_snooze_and_discard(f: &impl BackendFactory) {
         h.inspect().stats().await,
         Counters {
             processed: 3,
-            failed: 1
+            failed: 1,
+            ..Counters::default()
         },
         "{name}: three runs, only the discard failed"
     );
@@ -771,7 +795,8 @@ pub async fn server_stats_count_processed_and_failed(f: &impl BackendFactory) {
         h.inspect().stats().await,
         Counters {
             processed: (n + m) as u64,
-            failed: m as u64
+            failed: m as u64,
+            ..Counters::default()
         },
         "{name}"
     );
@@ -835,4 +860,132 @@ pub async fn server_drain_runs_nested_and_due_jobs(f: &impl BackendFactory) {
         "{name}: not due yet"
     );
     assert!(h.inspect().queue("default").await.is_empty(), "{name}");
+}
+
+/// Cancelling a running job: the process finds the mark at its next heartbeat, the job sees
+/// `cx.cancelled()` and stops with an error, and the attempt ends as cancelled: acked, not
+/// retried, not failed, counted. Its progress was on the Busy page meanwhile. A waiting job
+/// is removed before it runs; a finished one is not found.
+pub async fn server_cancels_waiting_and_running_jobs(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let waiting = h
+        .client
+        .push_with(
+            Record("never".into()),
+            Push::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let running = h.client.push(Cancellable("c".into())).await.unwrap();
+    let server = start(h.server());
+    h.wait_log(name, &format!("cancellable:start:{running}"), 1)
+        .await;
+    // The Busy page lists the job, with its progress, once a beat has written it.
+    wait_until(&format!("{name}: the running job's progress"), || async {
+        h.inspect()
+            .admin()
+            .processes()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| p.work.iter())
+            .any(|(_, json)| json.contains("halfway there") && json.contains("\"percent\":40"))
+    })
+    .await;
+    assert_eq!(
+        h.client.cancel(&waiting).await.unwrap(),
+        errand::Cancelled::Scheduled,
+        "{name}"
+    );
+    assert!(
+        matches!(
+            h.client.cancel(&running).await.unwrap(),
+            errand::Cancelled::Running(_)
+        ),
+        "{name}"
+    );
+    h.wait_log(name, "cancellable:stopped", 1).await;
+    wait_until(&format!("{name}: the cancellation counted"), || async {
+        h.inspect().stats().await.cancelled == 1
+    })
+    .await;
+    server.stop().await;
+
+    assert_eq!(
+        h.log.count_prefix("cancellable:start"),
+        1,
+        "{name}: ran once"
+    );
+    assert_eq!(
+        h.log.count_prefix("record:never"),
+        0,
+        "{name}: removed unrun"
+    );
+    for set in ["retry", "dead", "schedule"] {
+        assert!(
+            h.inspect().set(set).await.is_empty(),
+            "{name}: {set} is empty"
+        );
+    }
+    assert!(h.inspect().queue("default").await.is_empty(), "{name}");
+    assert_eq!(
+        h.inspect().stats().await,
+        Counters {
+            processed: 1,
+            failed: 0,
+            cancelled: 1,
+            expired: 0,
+        },
+        "{name}: cancelled, not failed"
+    );
+    assert_eq!(
+        h.client.cancel(&running).await.unwrap(),
+        errand::Cancelled::NotFound,
+        "{name}: over"
+    );
+}
+
+/// A job past its `expires_in` deadline when fetched is dropped unrun (acked, counted as
+/// expired, not failed); one within it runs.
+pub async fn server_drops_expired_jobs(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let now = h.client.now();
+    h.client
+        .push_with(
+            Record("late".into()),
+            Push::new().set(errand::EXPIRES_AT, now - 1.0),
+        )
+        .await
+        .unwrap();
+    h.client
+        .push_with(
+            Record("on-time".into()),
+            Push::new().set(errand::EXPIRES_AT, now + 3600.0),
+        )
+        .await
+        .unwrap();
+    let server = start(h.server().concurrency(1));
+    h.wait_log(name, "record:on-time:default", 1).await;
+    wait_until(&format!("{name}: the expired job counted"), || async {
+        h.inspect().stats().await.expired == 1
+    })
+    .await;
+    server.stop().await;
+    assert_eq!(h.log.count_prefix("record:late"), 0, "{name}: never ran");
+    assert!(h.inspect().queue("default").await.is_empty(), "{name}");
+    for set in ["retry", "dead"] {
+        assert!(h.inspect().set(set).await.is_empty(), "{name}: {set}");
+    }
+    assert_eq!(
+        h.inspect().stats().await,
+        Counters {
+            processed: 1,
+            failed: 0,
+            cancelled: 0,
+            expired: 1,
+        },
+        "{name}"
+    );
 }

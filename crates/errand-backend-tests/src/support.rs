@@ -123,6 +123,8 @@ pub(crate) async fn beat_at(
             work: &[],
             processed,
             failed,
+            cancelled: 0,
+            expired: 0,
             ttl,
         }),
     )

@@ -141,6 +141,10 @@ pub struct Counters {
     pub processed: u64,
     /// Jobs failed (`stat:failed`).
     pub failed: u64,
+    /// Jobs cancelled while running (`errand:stat:cancelled`; totals only, 0 per day).
+    pub cancelled: u64,
+    /// Jobs dropped unrun past their deadline (`errand:stat:expired`; totals only, 0 per day).
+    pub expired: u64,
 }
 
 /// What a backend says about itself for the dashboard (Redis: version, memory, clients).

@@ -90,15 +90,25 @@ impl RedisBroker {
 impl Admin for RedisBroker {
     async fn counters(&self) -> BrokerResult<Counters> {
         let k = self.keys();
-        let (processed, failed): (Option<String>, Option<String>) = redis::cmd("MGET")
+        type Four = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (processed, failed, cancelled, expired): Four = redis::cmd("MGET")
             .arg(k.stat("processed"))
             .arg(k.stat("failed"))
+            .arg(k.errand_stat("cancelled"))
+            .arg(k.errand_stat("expired"))
             .query_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
         Ok(Counters {
             processed: count(processed),
             failed: count(failed),
+            cancelled: count(cancelled),
+            expired: count(expired),
         })
     }
 
@@ -122,6 +132,7 @@ impl Admin for RedisBroker {
             .map(|_| Counters {
                 processed: count(values.next().flatten()),
                 failed: count(values.next().flatten()),
+                ..Counters::default()
             })
             .collect())
     }

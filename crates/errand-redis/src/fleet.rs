@@ -224,6 +224,11 @@ impl Fleet for RedisBroker {
                 pipe.cmd("EXPIRE").arg(&daily).arg(DAILY_STAT_TTL).ignore();
             }
         }
+        for (name, n) in [("cancelled", beat.cancelled), ("expired", beat.expired)] {
+            if n > 0 {
+                pipe.cmd("INCRBY").arg(k.errand_stat(name)).arg(n).ignore();
+            }
+        }
         // Sidekiq 6.5+ reads `:work`, 6.4 `:workers`: the running jobs are sent once, into
         // `:work`, and copied by the server (COPY, Redis 6.2+).
         let (work, workers) = (

@@ -77,6 +77,12 @@ impl Keys {
         format!("{}stat:{counter}", self.prefix)
     }
 
+    /// One of Errand's own counters, `errand:stat:<counter>` (`cancelled`, `expired`): not
+    /// under `stat:`, where Sidekiq keeps its own.
+    pub fn errand_stat(&self, counter: &str) -> String {
+        format!("{}errand:stat:{counter}", self.prefix)
+    }
+
     /// A counter's daily key, `stat:<counter>:<YYYY-MM-DD>`.
     pub fn stat_daily(&self, counter: &str, date: &str) -> String {
         format!("{}stat:{counter}:{date}", self.prefix)

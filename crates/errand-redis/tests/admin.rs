@@ -118,6 +118,8 @@ async fn beat(b: &RedisBroker, beat: Beat<'_>) -> Option<RemoteSignal> {
         work: beat.work,
         processed: beat.processed,
         failed: beat.failed,
+        cancelled: 0,
+        expired: 0,
         ttl: beat.ttl,
     })
     .await

@@ -89,6 +89,10 @@ impl Fleet for SqliteBroker {
         // Whole seconds, at least one, as Redis's EXPIRE does.
         let ttl = beat.ttl.as_secs().max(1) as f64;
         let (processed, failed) = (beat.processed as i64, beat.failed as i64);
+        let ended = [
+            ("cancelled", beat.cancelled as i64),
+            ("expired", beat.expired as i64),
+        ];
         let date = errand_core::utc_date(at);
         let signal = self
             .write(move |tx| {
@@ -101,6 +105,13 @@ impl Fleet for SqliteBroker {
                         add.execute(params![name, n])?;
                         add.execute(params![format!("{name}:{date}"), n])?;
                     }
+                }
+                for (name, n) in ended.into_iter().filter(|(_, n)| *n > 0) {
+                    tx.prepare_cached(
+                        "INSERT INTO stats(name, value) VALUES (?1, ?2)
+                         ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    )?
+                    .execute(params![name, n])?;
                 }
                 tx.execute("DELETE FROM work WHERE identity = ?1", [&identity])?;
                 for (tid, json) in &work {

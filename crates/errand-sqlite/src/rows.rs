@@ -169,6 +169,9 @@ pub(crate) fn read_counters(conn: &Connection, suffix: &str) -> rusqlite::Result
     Ok(Counters {
         processed: value(format!("processed{suffix}"))?,
         failed: value(format!("failed{suffix}"))?,
+        // Kept as totals only: 0 for a day.
+        cancelled: value(format!("cancelled{suffix}"))?,
+        expired: value(format!("expired{suffix}"))?,
     })
 }
 

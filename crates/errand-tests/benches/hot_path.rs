@@ -158,6 +158,8 @@ fn bench_broker(c: &mut Criterion, rt: &Runtime, backend: &str, broker: &dyn Bro
                 work: &[],
                 processed: 0,
                 failed: 0,
+                cancelled: 0,
+                expired: 0,
                 ttl: Duration::from_secs(600),
             })
             .await

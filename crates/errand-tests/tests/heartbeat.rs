@@ -120,6 +120,8 @@ async fn a_beat_sends_the_running_jobs_once() {
             work: &work,
             processed: 0,
             failed: 0,
+            cancelled: 0,
+            expired: 0,
             ttl: Duration::from_secs(60),
         })
         .await

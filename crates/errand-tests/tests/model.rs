@@ -384,6 +384,8 @@ async fn run(runner_cases: u32) {
                                 work: &[],
                                 processed: 0,
                                 failed: 0,
+                                cancelled: 0,
+                                expired: 0,
                                 ttl: Duration::from_secs(600),
                             })
                             .await

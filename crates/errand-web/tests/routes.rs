@@ -176,6 +176,8 @@ async fn fixture() -> Fixture {
         work: &work,
         processed: 120,
         failed: 7,
+        cancelled: 0,
+        expired: 0,
         ttl: Duration::from_secs(3600),
     })
     .await
@@ -834,6 +836,8 @@ async fn actions_change_the_backend() {
             work: &[],
             processed: 0,
             failed: 0,
+            cancelled: 0,
+            expired: 0,
             ttl: Duration::from_secs(60),
         })
         .await

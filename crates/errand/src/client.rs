@@ -208,6 +208,13 @@ impl Client {
             let key = unique_key(J::NAME, queue, p.args(), job.unique_key());
             p.set("unique_key", key);
         }
+        if let Some(period) = opts.expires_in {
+            let due = push
+                .at
+                .or_else(|| push.delay.map(|d| self.now() + d.as_secs_f64()))
+                .unwrap_or_else(|| self.now());
+            p.set(crate::job::EXPIRES_AT, due + period.as_secs_f64());
+        }
         self.finish(p, push)
     }
 
@@ -233,6 +240,28 @@ impl Client {
             .into());
         }
         Ok(json)
+    }
+
+    /// Cancels job `jid`. A job waiting in a queue, scheduled or waiting for a retry is removed
+    /// and will not run; a running job is told at its process's next heartbeat (5 s by
+    /// default) through [`JobContext::cancelled`](crate::JobContext::cancelled), and when it
+    /// stops with an error it ends as cancelled (not retried, counted). The answer says where
+    /// the job was; [`Cancelled::NotFound`] means it already finished (or died, or never
+    /// existed) — or started in the last moments before its process's next heartbeat, in
+    /// which case that heartbeat still cancels it: the cancellation is kept for a day
+    /// ([`CANCEL_MARK_TTL`](errand_core::broker::CANCEL_MARK_TTL)). A dead job is left in the
+    /// dead set.
+    ///
+    /// # Errors
+    /// A backend failure, or a backend without cancellation ([`BrokerError::Unsupported`]).
+    ///
+    /// [`Cancelled::NotFound`]: errand_core::broker::Cancelled::NotFound
+    /// [`BrokerError::Unsupported`]: errand_core::BrokerError::Unsupported
+    pub async fn cancel(&self, jid: &str) -> Result<errand_core::broker::Cancelled, Error> {
+        Ok(self
+            .broker
+            .cancel_job(jid, errand_core::broker::CANCEL_MARK_TTL)
+            .await?)
     }
 
     /// Stores a built payload: on its queue now, or in the schedule set when `at` is in the

@@ -50,6 +50,27 @@ impl Data {
     }
 }
 
+/// What a running job last said about its progress ([`JobContext::progress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// 0 to 100.
+    pub percent: u8,
+    /// What it is doing (at most [`PROGRESS_MESSAGE_MAX`] bytes are kept).
+    pub message: String,
+}
+
+/// How much of a progress message is kept.
+pub const PROGRESS_MESSAGE_MAX: usize = 200;
+
+/// What a server and a running job share: the job's cancellation and its last progress.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    pub cancel: CancellationToken,
+    pub progress: std::sync::Mutex<Option<Progress>>,
+    /// The job's id, once its payload parsed (what the heartbeat asks about).
+    pub jid: std::sync::OnceLock<String>,
+}
+
 /// The context of one job attempt.
 #[derive(Debug, Clone)]
 pub struct JobContext {
@@ -60,6 +81,7 @@ pub struct JobContext {
     shutdown: CancellationToken,
     once_ttl: Duration,
     fencing_token: u64,
+    control: Arc<Control>,
 }
 
 impl JobContext {
@@ -74,7 +96,61 @@ impl JobContext {
             shutdown: CancellationToken::new(),
             once_ttl: DEFAULT_ONCE_TTL,
             fencing_token: 0,
+            control: Arc::default(),
         }
+    }
+
+    pub(crate) fn with_control(mut self, control: Arc<Control>) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// Completes when the job is cancelled ([`crate::Client::cancel`], the dashboard's Cancel
+    /// button, `errand ops job cancel`): the job's process learns of it at its next heartbeat
+    /// (5 s by default). Cancellation is cooperative: select on this future beside the work,
+    /// stop, and return an error; the attempt then ends as cancelled (acked, not retried,
+    /// counted). A job that finishes its work anyway ends as done.
+    ///
+    /// ```rust,ignore
+    /// tokio::select! {
+    ///     _ = cx.cancelled() => return Err(JobError::discard("cancelled")),
+    ///     done = export(&rows) => done?,
+    /// }
+    /// ```
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.control.cancel.cancelled()
+    }
+
+    /// Whether the job has been cancelled (see [`JobContext::cancelled`]): for loops that check
+    /// between steps.
+    pub fn is_cancelled(&self) -> bool {
+        self.control.cancel.is_cancelled()
+    }
+
+    /// Reports progress: `percent` (capped at 100) and what the job is doing. Shown on the
+    /// dashboard's Busy page, in its API and in `errand ops processes`. Kept in memory and sent
+    /// with the process's next heartbeat, so calling it often costs no backend write; the
+    /// message is cut to [`PROGRESS_MESSAGE_MAX`] bytes.
+    pub fn progress(&self, percent: u8, message: impl Into<String>) {
+        let mut message = message.into();
+        if message.len() > PROGRESS_MESSAGE_MAX {
+            let mut cut = PROGRESS_MESSAGE_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        if let Ok(mut p) = self.control.progress.lock() {
+            *p = Some(Progress {
+                percent: percent.min(100),
+                message,
+            });
+        }
+    }
+
+    /// The progress last reported with [`JobContext::progress`].
+    pub fn last_progress(&self) -> Option<Progress> {
+        self.control.progress.lock().ok().and_then(|p| p.clone())
     }
 
     /// Sets the attempt's fencing token (the server does, from the fetch).

@@ -89,7 +89,12 @@ pub struct JobOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) unique_for: Option<Duration>,
     pub(crate) unique_until: UniqueUntil,
+    pub(crate) expires_in: Option<Duration>,
 }
+
+/// The payload key of a job's deadline ([`JobOptions::expires_in`]): epoch seconds, after which
+/// a server drops the job unrun. Errand's own key: Ruby Sidekiq ignores it.
+pub const EXPIRES_AT: &str = "errand_expires_at";
 
 impl Default for JobOptions {
     fn default() -> Self {
@@ -103,6 +108,7 @@ impl Default for JobOptions {
             timeout: None,
             unique_for: None,
             unique_until: UniqueUntil::Success,
+            expires_in: None,
         }
     }
 }
@@ -172,6 +178,16 @@ impl JobOptions {
     /// key forever. Choose `period` longer than the job normally waits and runs.
     pub fn unique_for(mut self, period: Duration) -> Self {
         self.unique_for = Some(period);
+        self
+    }
+
+    /// Drops the job unrun when it has not started within `period` of the time it was due (the
+    /// push, or its scheduled time): a server that fetches it later acks it without running
+    /// it, counts it as expired and logs it (Sidekiq Pro's `expires_in`). A retry after the
+    /// deadline is dropped the same way. For work that is useless when late (a cache warm-up,
+    /// a notification about a moment that has passed). Defaults to never.
+    pub fn expires_in(mut self, period: Duration) -> Self {
+        self.expires_in = Some(period);
         self
     }
 

@@ -41,6 +41,10 @@ pub struct Heartbeat<'a> {
     pub processed: u64,
     /// Jobs failed since the last flushed beat.
     pub failed: u64,
+    /// Jobs cancelled while running since the last flushed beat (not also failed).
+    pub cancelled: u64,
+    /// Jobs dropped unrun past their `expires_in` since the last flushed beat.
+    pub expired: u64,
     /// How long the process's liveness key lives without a new beat.
     pub ttl: Duration,
 }

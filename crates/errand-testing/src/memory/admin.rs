@@ -29,23 +29,11 @@ fn page<T: Clone>(
 impl Admin for MemoryBroker {
     async fn counters(&self) -> BrokerResult<Counters> {
         let s = self.stats();
-        Ok(Counters {
-            processed: s.processed,
-            failed: s.failed,
-        })
+        Ok(s)
     }
 
     async fn daily_counters(&self, dates: &[String]) -> BrokerResult<Vec<Counters>> {
-        Ok(dates
-            .iter()
-            .map(|d| {
-                let s = self.daily_stats(d);
-                Counters {
-                    processed: s.processed,
-                    failed: s.failed,
-                }
-            })
-            .collect())
+        Ok(dates.iter().map(|d| self.daily_stats(d)).collect())
     }
 
     async fn backend_info(&self) -> BrokerResult<BackendInfo> {

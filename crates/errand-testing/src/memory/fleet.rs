@@ -56,6 +56,11 @@ impl Fleet for MemoryBroker {
                 *s.stats.entry(format!("{name}:{date}")).or_default() += n;
             }
         }
+        for (name, n) in [("cancelled", beat.cancelled), ("expired", beat.expired)] {
+            if n > 0 {
+                *s.stats.entry(name.to_string()).or_default() += n;
+            }
+        }
         // Redis's EXPIRE takes whole seconds, at least one.
         let ttl = beat.ttl.as_secs().max(1) as f64;
         let work = beat

@@ -430,6 +430,9 @@ impl MemoryBroker {
         Counters {
             processed: get("processed"),
             failed: get("failed"),
+            // Kept as totals only: 0 for a day.
+            cancelled: get("cancelled"),
+            expired: get("expired"),
         }
     }
 

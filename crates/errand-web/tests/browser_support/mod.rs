@@ -479,6 +479,8 @@ fn heartbeat<'a>(
         work,
         processed,
         failed,
+        cancelled: 0,
+        expired: 0,
         ttl: Duration::from_secs(3600),
     }
 }

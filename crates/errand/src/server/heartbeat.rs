@@ -9,6 +9,7 @@
 //! beat's other duties (metrics, paused queues).
 
 use super::state::Shared;
+use crate::context::Control;
 use errand_core::BrokerError;
 use errand_core::broker::{Broker, BrokerResult, Heartbeat, RemoteSignal, WorkEntry};
 use errand_core::metrics::ClassMetrics;
@@ -17,6 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The key of a running job's progress in its Busy-page entry (Errand's own: Sidekiq's Web UI
+/// shows the entry without it).
+pub(crate) const PROGRESS_KEY: &str = "errand_progress";
 
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -71,20 +76,27 @@ pub(crate) async fn beat(s: &Shared, broker: &dyn Broker) {
         .lock()
         .map(|r| {
             r.iter()
-                .map(|(tid, j)| WorkEntry {
-                    tid: tid_name(*tid),
-                    json: serde_json::json!({
+                .map(|(tid, j)| {
+                    let mut json = serde_json::json!({
                         "queue": j.job.queue,
                         "payload": j.job.raw,
                         "run_at": j.run_at,
-                    })
-                    .to_string(),
+                    });
+                    if let Some(p) = j.control.progress.lock().ok().and_then(|p| p.clone()) {
+                        json[PROGRESS_KEY] = serde_json::json!(p);
+                    }
+                    WorkEntry {
+                        tid: tid_name(*tid),
+                        json: json.to_string(),
+                    }
                 })
                 .collect()
         })
         .unwrap_or_default();
     let processed = s.processed.swap(0, Ordering::Relaxed);
     let failed = s.failed.swap(0, Ordering::Relaxed);
+    let cancelled = s.cancelled.swap(0, Ordering::Relaxed);
+    let expired = s.expired.swap(0, Ordering::Relaxed);
     let hb = Heartbeat {
         identity: &s.identity,
         info: &s.info,
@@ -96,6 +108,8 @@ pub(crate) async fn beat(s: &Shared, broker: &dyn Broker) {
         work: &work,
         processed,
         failed,
+        cancelled,
+        expired,
         ttl: s.config().process_ttl,
     };
     match bounded("heartbeat", limit, broker.heartbeat(&hb)).await {
@@ -120,9 +134,12 @@ pub(crate) async fn beat(s: &Shared, broker: &dyn Broker) {
             // Keep the counts for the next beat, as Sidekiq does.
             s.processed.fetch_add(processed, Ordering::Relaxed);
             s.failed.fetch_add(failed, Ordering::Relaxed);
+            s.cancelled.fetch_add(cancelled, Ordering::Relaxed);
+            s.expired.fetch_add(expired, Ordering::Relaxed);
             tracing::error!(error = %e, "heartbeat failed");
         }
     }
+    deliver_cancels(s, broker, limit).await;
     flush_metrics(s, broker, limit).await;
     match bounded("reading paused queues", limit, broker.paused_queues()).await {
         Ok(paused) => {
@@ -131,6 +148,39 @@ pub(crate) async fn beat(s: &Shared, broker: &dyn Broker) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not read paused queues"),
+    }
+}
+
+/// Asks the backend which running jobs were cancelled ([`Coordination::cancelled`], one call
+/// for all of them) and cancels their tokens: a cancel reaches a running job within a beat.
+///
+/// [`Coordination::cancelled`]: errand_core::broker::Coordination::cancelled
+async fn deliver_cancels(s: &Shared, broker: &dyn Broker, limit: Duration) {
+    if !broker.capabilities().cancel {
+        return;
+    }
+    let running: Vec<(String, Arc<Control>)> = match s.running.lock() {
+        Ok(r) => r
+            .values()
+            .filter(|j| !j.control.cancel.is_cancelled())
+            .filter_map(|j| Some((j.control.jid.get()?.clone(), j.control.clone())))
+            .collect(),
+        Err(_) => return,
+    };
+    if running.is_empty() {
+        return;
+    }
+    let jids: Vec<&str> = running.iter().map(|(jid, _)| jid.as_str()).collect();
+    match bounded("reading cancellations", limit, broker.cancelled(&jids)).await {
+        Ok(marks) => {
+            for ((jid, control), cancelled) in running.iter().zip(marks) {
+                if cancelled {
+                    tracing::info!(jid = %jid, "cancel delivered to a running job");
+                    control.cancel.cancel();
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read cancellations"),
     }
 }
 

@@ -127,6 +127,8 @@ impl Server {
                 info,
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                cancelled: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
                 running: Mutex::new(HashMap::new()),
                 quiet: CancellationToken::new(),
                 stop: CancellationToken::new(),
@@ -164,7 +166,7 @@ impl Server {
             };
             let job = Arc::new(job);
             let failed = s.failed.load(Ordering::Relaxed);
-            super::processor::process(s, &job).await;
+            super::processor::process(s, &job, Default::default()).await;
             done.performed += 1;
             if s.failed.load(Ordering::Relaxed) != failed {
                 done.failed += 1;

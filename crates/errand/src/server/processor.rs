@@ -3,6 +3,8 @@
 
 use super::retry;
 use super::state::{Running, Shared};
+use crate::context::Control;
+use crate::job::EXPIRES_AT;
 use crate::middleware::Next;
 use crate::registry::Handler;
 use crate::{JobContext, JobError, JobErrorKind, JobResult};
@@ -18,17 +20,19 @@ use tokio::sync::OwnedSemaphorePermit;
 pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaphorePermit) {
     // The Busy page's entry is serialized at heartbeat time, not here on the hot path.
     let job = Arc::new(job);
+    let control = Arc::new(Control::default());
     let running = Running {
         job: job.clone(),
         run_at: s.now() as i64,
         abort: None,
+        control: control.clone(),
     };
     if let Ok(mut r) = s.running.lock() {
         r.insert(tid, running);
     }
     let task_s = s.clone();
     let handle = s.jobs.spawn(async move {
-        process(&task_s, &job).await;
+        process(&task_s, &job, control).await;
         if let Ok(mut r) = task_s.running.lock() {
             r.remove(&tid);
         }
@@ -41,7 +45,8 @@ pub(crate) fn spawn(s: &Arc<Shared>, job: Fetched, tid: u64, permit: OwnedSemaph
     }
 }
 
-pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
+/// Runs `job`, with `control` shared with the heartbeat (cancellation, progress).
+pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control>) {
     // Checked before parsing, so a 10 MB entry is never decoded.
     let limit = s.parts.client.payload_limit();
     if job.raw.len() > limit {
@@ -58,6 +63,21 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
     if let Some(reason) = invalid_jid(&payload) {
         return retry::bury_malformed(s, job, reason).await;
     }
+    if let Some(deadline) = payload.get(EXPIRES_AT).and_then(serde_json::Value::as_f64)
+        && s.now() > deadline
+    {
+        s.expired.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            jid = payload.jid(),
+            class = payload.display_class(),
+            late_by_s = s.now() - deadline,
+            "expired: dropped without running"
+        );
+        s.completer.finish(job, None, "ack").await;
+        retry::release_unique(s, &payload).await;
+        return;
+    }
+    let _ = control.jid.set(payload.jid().to_string());
     s.processed.fetch_add(1, Ordering::Relaxed);
     // The context owns the payload for the attempt; it is taken back afterwards for the retry
     // bookkeeping, so the hot path never copies it.
@@ -67,7 +87,8 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
     let cx = JobContext::new(payload, s.parts.client.clone(), s.parts.data.clone())
         .with_shutdown(s.deadline.clone(), &job.queue)
         .with_once_ttl(s.config().once_ttl)
-        .with_fencing_token(job.token);
+        .with_fencing_token(job.token)
+        .with_control(control.clone());
     let (handler, result) = match resolve(s, cx.payload()) {
         Err(e) => (None, Err(e)),
         Ok(Resolved {
@@ -81,7 +102,8 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
             let result = attempt(s, handler.as_ref(), &args, &cx).await;
             let failed = result
                 .as_ref()
-                .is_err_and(|e| !matches!(e.kind(), JobErrorKind::Snooze(_)));
+                .is_err_and(|e| !matches!(e.kind(), JobErrorKind::Snooze(_)))
+                && !control.cancel.is_cancelled();
             s.record_metric(&class, started.elapsed().as_millis() as u64, failed);
             (Some(handler), result)
         }
@@ -94,6 +116,19 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>) {
         retry::release_unique(s, &payload).await;
         return;
     };
+    if control.cancel.is_cancelled() {
+        // Cancelled and stopped: over, not retried (nor snoozed).
+        s.cancelled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            jid = payload.jid(),
+            class = payload.display_class(),
+            error = err.message(),
+            "cancelled"
+        );
+        s.completer.finish(job, None, "ack").await;
+        retry::release_unique(s, &payload).await;
+        return;
+    }
     match err.kind() {
         JobErrorKind::Snooze(delay) => {
             // Count the snooze in the payload, so lock and limit contention can back off.

@@ -4,6 +4,7 @@
 use super::Config;
 use super::completer::Completer;
 use super::{DeathHandler, RetryDelay};
+use crate::context::Control;
 use crate::middleware::Middleware;
 use crate::registry::Registry;
 use crate::{Client, Data};
@@ -34,6 +35,8 @@ pub(crate) struct Running {
     /// When it started, epoch seconds (Sidekiq's `run_at`).
     pub run_at: i64,
     pub abort: Option<AbortHandle>,
+    /// Its cancellation and progress, shared with its context.
+    pub control: Arc<Control>,
 }
 
 /// State shared by every task of one server process.
@@ -43,6 +46,10 @@ pub(crate) struct Shared {
     pub info: String,
     pub processed: AtomicU64,
     pub failed: AtomicU64,
+    /// Jobs that ended cancelled, since the last beat.
+    pub cancelled: AtomicU64,
+    /// Jobs dropped unrun past their deadline, since the last beat.
+    pub expired: AtomicU64,
     pub running: Mutex<HashMap<u64, Running>>,
     /// Cancelled to stop fetching (quiet, or the first step of stopping).
     pub quiet: CancellationToken,
