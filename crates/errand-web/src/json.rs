@@ -146,6 +146,28 @@ pub(crate) async fn busy_action(
     }
 }
 
+/// `POST /api/jobs/{jid}/cancel`: cancels a job wherever it is; says where it was.
+pub(crate) async fn cancel_job(
+    State(st): State<AppState>,
+    Path(jid): Path<String>,
+    // Read (even when empty) for its CSRF check.
+    _posted: Posted,
+) -> Response {
+    match api::cancel(&*st.broker, &jid).await {
+        Ok(found) => {
+            let (code, text) = api::cancel_outcome(&found);
+            let mut body = json!({"jid": jid, "cancelled": code, "message": text});
+            match &found {
+                errand::Cancelled::Queued(q) => body["queue"] = json!(q),
+                errand::Cancelled::Running(p) => body["process"] = json!(p),
+                _ => {}
+            }
+            Json(body).into_response()
+        }
+        Err(e) => err(e),
+    }
+}
+
 /// `GET /api/queues`.
 pub(crate) async fn queues(State(st): State<AppState>) -> Response {
     match api::queues(&*st.admin).await {

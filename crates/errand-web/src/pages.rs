@@ -359,6 +359,18 @@ fn flash(q: &ListQuery) -> Option<Markup> {
             "That periodic entry is no longer there (no server declares it).".into(),
         ),
         "cleared" => (true, format!("Queue cleared: {} removed", jobs(n))),
+        "cancel-queued" => (true, "Job cancelled: removed from its queue before it ran.".into()),
+        "cancel-scheduled" => (true, "Job cancelled: removed from the schedule before it ran.".into()),
+        "cancel-retrying" => (true, "Job cancelled: removed from the retries; it will not run again.".into()),
+        "cancel-running" => (
+            true,
+            "Cancel sent: the job is told to stop at its process's next heartbeat.".into(),
+        ),
+        "cancel-not_found" => (
+            false,
+            "That job is not waiting or running: it already finished (or is dead, or never existed)."
+                .into(),
+        ),
         "quiet" => (
             true,
             format!(
@@ -434,12 +446,25 @@ fn cards(o: &Overview) -> Markup {
         ),
         ("processes", "Processes", o.processes, ""),
     ];
+    // Cancelled and expired jobs are rare: their cards appear once there are some.
+    let rare = [
+        ("cancelled", "Cancelled", o.cancelled),
+        ("expired", "Expired", o.expired),
+    ];
     html! {
         section.cards {
             @for (key, label, value, extra) in items {
                 div class=(format!("card stat {extra}")) {
                     div.stat-label { (label) }
                     div.stat-value data-stat=(key) { (num(value)) }
+                }
+            }
+            @for (key, label, value) in rare {
+                @if value > 0 {
+                    div class="card stat" {
+                        div.stat-label { (label) }
+                        div.stat-value data-stat=(key) { (num(value)) }
+                    }
                 }
             }
         }
@@ -620,7 +645,7 @@ pub(crate) async fn busy(
                 div.empty { "Nothing is running right now." }
             } @else {
                 div.table-wrap { table.table {
-                    thead { tr { th { "Process" } th { "Queue" } th { "Job" } th { "Arguments" } th { "Started" } } }
+                    thead { tr { th { "Process" } th { "Queue" } th { "Job" } th { "Arguments" } th { "Started" } th { "Progress" } th { } } }
                     tbody {
                         @for w in &work {
                             tr {
@@ -629,6 +654,17 @@ pub(crate) async fn busy(
                                 td { div { (v(&w.job.class)) } div.mono.muted.small { (v(&w.job.jid)) } }
                                 td.args { code { (v(&w.job.args_preview())) } }
                                 td { (time(w.run_at, c.now)) " " span.muted { "(" (dur(c.now - w.run_at)) ")" } }
+                                td.progress {
+                                    @if let Some(p) = &w.progress {
+                                        div.small { (p.percent) "% " span.muted { (v(&p.message)) } }
+                                        div.bar data-value=(p.percent) data-max="100" { div.bar-fill {} }
+                                    } @else { span.muted { "—" } }
+                                }
+                                td.row-actions {
+                                    @if !w.job.jid.is_empty() {
+                                        (cancel_button(&c, &w.job.jid, &return_to))
+                                    }
+                                }
                             }
                         }
                     }
@@ -637,6 +673,32 @@ pub(crate) async fn busy(
         }
     };
     page(&c, "Busy", "busy", &q, body)
+}
+
+/// A form that cancels job `jid` (`POST /jobs/cancel`), then returns to `return_to`.
+fn cancel_button(c: &Ctx<'_>, jid: &str, return_to: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(c.url("/jobs/cancel")) {
+            (c.csrf())
+            input type="hidden" name="jid" value=(jid);
+            input type="hidden" name="return_to" value=(return_to);
+            button.btn.btn-sm.btn-danger data-confirm=(format!("Cancel job {jid}? A running job is told to stop at its process's next heartbeat.")) { "Cancel" }
+        }
+    }
+}
+
+/// `POST /jobs/cancel` (`jid`): cancels a job wherever it is (see `errand::Client::cancel`).
+pub(crate) async fn cancel_job(State(st): State<AppState>, posted: Posted) -> Response {
+    let Some(jid) = posted.get("jid").filter(|j| !j.trim().is_empty()) else {
+        return security::status(StatusCode::BAD_REQUEST);
+    };
+    match api::cancel(&*st.broker, jid).await {
+        Ok(found) => {
+            let (code, _) = api::cancel_outcome(&found);
+            back(&st, &posted, "/busy", &format!("cancel-{code}"), 1)
+        }
+        Err(e) => failure(e),
+    }
 }
 
 /// `POST /busy/{quiet|stop}`: signals one process (`identity`) or all (`identity=all`).
@@ -1137,7 +1199,10 @@ async fn job_page(
         div.page-head {
             h1 { (v(&j.class)) }
             p.subtitle { a href=(list) { "‹ " (set_title(set)) } " · " span.mono { (v(&j.jid)) } }
-            div.actions { (row_actions(&c, set, &e, &list)) }
+            div.actions {
+                (row_actions(&c, set, &e, &list))
+                @if set != SetName::Dead && !j.jid.is_empty() { " " (cancel_button(&c, &j.jid, &list)) }
+            }
         }
         section.panel {
             dl.kv {

@@ -45,6 +45,20 @@ pub(crate) async fn render(st: &AppState) -> Result<String, errand_core::BrokerE
         "Jobs failed (Sidekiq's stat:failed).",
     );
     let _ = writeln!(out, "errand_jobs_failed_total {}", counters.failed);
+    family(
+        &mut out,
+        "errand_jobs_cancelled_total",
+        "counter",
+        "Jobs cancelled while running (they stopped on cx.cancelled()).",
+    );
+    let _ = writeln!(out, "errand_jobs_cancelled_total {}", counters.cancelled);
+    family(
+        &mut out,
+        "errand_jobs_expired_total",
+        "counter",
+        "Jobs dropped without running: fetched past their expires_in deadline.",
+    );
+    let _ = writeln!(out, "errand_jobs_expired_total {}", counters.expired);
 
     family(
         &mut out,

@@ -7,8 +7,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use errand_core::admin::{Admin, SetName};
-use errand_core::broker::Fleet;
 use errand_core::broker::JobQueue;
+use errand_core::broker::{Coordination, Fleet};
 use errand_core::broker::{
     DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, ScheduledJob, Settle, WorkEntry,
 };
@@ -176,8 +176,8 @@ async fn fixture() -> Fixture {
         work: &work,
         processed: 120,
         failed: 7,
-        cancelled: 0,
-        expired: 0,
+        cancelled: 2,
+        expired: 1,
         ttl: Duration::from_secs(3600),
     })
     .await
@@ -506,6 +506,8 @@ async fn the_api_reports_the_fixture() {
     for line in [
         "errand_jobs_processed_total 120",
         "errand_jobs_failed_total 7",
+        "errand_jobs_cancelled_total 2",
+        "errand_jobs_expired_total 1",
         "errand_queue_size{queue=\"default\"} 3",
         "errand_set_size{set=\"dead\"} 3",
         "errand_busy_workers 1",
@@ -532,7 +534,8 @@ async fn every_openapi_path_is_served() {
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let uri = path
             .replace("{name}", "default")
-            .replace("{action}", "quiet");
+            .replace("{action}", "quiet")
+            .replace("{jid}", "no-such-jid");
         if ops.get("get").is_some() {
             let uri = if uri.ends_with("/job") {
                 let slug = uri.trim_start_matches("/api/").trim_end_matches("/job");
@@ -1379,4 +1382,91 @@ async fn failed_sign_ins_are_rate_limited() {
     // Other routes without credentials are unaffected (they are not sign-ins).
     let r = send(&app, Request::get("/login").body(Body::empty()).unwrap()).await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// Cancel from the Busy page and the API: a running job is told (its process's next beat
+/// reads the mark), a queued one is removed, an unknown one is not found; the Busy page shows
+/// a running job's progress, escaped; without the CSRF token nothing is cancelled.
+#[tokio::test]
+async fn jobs_are_cancelled_and_progress_is_shown() {
+    let f = fixture().await;
+    let app = app(&f, WebConfig::default());
+    let s = session(&app).await;
+    // The running job reports progress (as a server's beat writes it).
+    let running = payload("Slow", "default", json!([1])).to_json();
+    let running_jid = Payload::parse(&running).unwrap().jid().to_string();
+    let work = [WorkEntry {
+        tid: "t1".into(),
+        json: json!({"queue": "default", "payload": running, "run_at": errand_core::now() as i64,
+                     "errand_progress": {"percent": 40, "message": XSS[0]}})
+        .to_string(),
+    }];
+    f.broker
+        .heartbeat(&Heartbeat {
+            identity: &f.identity,
+            info: "{}",
+            busy: 1,
+            concurrency: 10,
+            beat: errand_core::now(),
+            quiet: false,
+            rss_kb: 0,
+            work: &work,
+            processed: 0,
+            failed: 0,
+            cancelled: 0,
+            expired: 0,
+            ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    let busy = send(&app, Request::get("/busy").body(Body::empty()).unwrap()).await;
+    assert!(busy.body.contains("40% "), "{}", busy.body);
+    assert!(!busy.body.contains(XSS[0]), "the message is escaped");
+    assert!(
+        busy.body
+            .contains(&format!("name=\"jid\" value=\"{running_jid}\"")),
+        "a Cancel button for the running job"
+    );
+    let api = json_of(&app, "/api/busy").await;
+    assert_eq!(api["work"][0]["progress"]["percent"], 40, "{api}");
+
+    // Without the token: refused, nothing marked.
+    let r = post_form(&app, &s, "/jobs/cancel", &[("jid", &running_jid)], false).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        f.broker.cancelled(&[&running_jid]).await.unwrap(),
+        vec![false]
+    );
+
+    let r = post_form(&app, &s, "/jobs/cancel", &[("jid", &running_jid)], true).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let to = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    assert!(to.contains("done=cancel-running"), "{to}");
+    let shown = send(&app, Request::get(&to).body(Body::empty()).unwrap()).await;
+    assert!(shown.body.contains("Cancel sent"), "{}", shown.body);
+    assert_eq!(
+        f.broker.cancelled(&[&running_jid]).await.unwrap(),
+        vec![true]
+    );
+
+    let queued = f.broker.queue("default")[0].clone();
+    let queued_jid = Payload::parse(&queued).unwrap().jid().to_string();
+    let r = post_json(
+        &app,
+        &s,
+        &format!("/api/jobs/{queued_jid}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (body["cancelled"].as_str(), body["queue"].as_str()),
+        (Some("queued"), Some("default")),
+        "{body}"
+    );
+    assert_eq!(f.broker.queue_len("default"), 2);
+    let r = post_json(&app, &s, "/api/jobs/no-such-jid/cancel", json!({})).await;
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["cancelled"], "not_found", "{body}");
 }

@@ -8,7 +8,7 @@
 use errand_core::admin::{
     Admin, MoveToDead, MoveToQueue, Order, ProcessRecord, QueueSummary, SetEntry, SetName, SetRange,
 };
-use errand_core::broker::{Broker, BrokerResult, DeadLimits, Enqueue};
+use errand_core::broker::{Broker, BrokerResult, Cancelled, DeadLimits, Enqueue};
 use errand_core::{Payload, WireProfile, activejob};
 use serde::Serialize;
 use serde_json::Value;
@@ -50,6 +50,10 @@ pub struct Overview {
     pub dead: u64,
     /// Live processes.
     pub processes: u64,
+    /// Jobs cancelled while running (since the backend was new).
+    pub cancelled: u64,
+    /// Jobs dropped unrun past their deadline (since the backend was new).
+    pub expired: u64,
 }
 
 /// Reads the totals.
@@ -61,6 +65,8 @@ pub async fn overview(admin: &dyn Admin) -> BrokerResult<Overview> {
         time: errand_core::now(),
         processed: counters.processed,
         failed: counters.failed,
+        cancelled: counters.cancelled,
+        expired: counters.expired,
         busy: processes.iter().map(|p| p.busy).sum(),
         enqueued: queues.iter().map(|q| q.size).sum(),
         retries: admin.set_size(SetName::Retry).await?,
@@ -643,6 +649,40 @@ pub async fn apply_all(
     Ok(Applied { done, more })
 }
 
+/// What a cancel found, for people: `(code, sentence)`; the code is what the JSON API and
+/// `errand ops --json` say (`queued`, `scheduled`, `retrying`, `running`, `not_found`).
+pub fn cancel_outcome(c: &Cancelled) -> (&'static str, String) {
+    match c {
+        Cancelled::Queued(q) => ("queued", format!("removed from queue {q} before it ran")),
+        Cancelled::Scheduled => (
+            "scheduled",
+            "removed from the schedule before it ran".into(),
+        ),
+        Cancelled::Retrying => (
+            "retrying",
+            "removed from the retries; it will not run again".into(),
+        ),
+        Cancelled::Running(p) => (
+            "running",
+            format!("running on {p}: told to stop at the process's next heartbeat"),
+        ),
+        Cancelled::NotFound => (
+            "not_found",
+            "not waiting or running: it already finished (or is dead, or never existed)".into(),
+        ),
+    }
+}
+
+/// Cancels job `jid` (see [`crate::Client::cancel`]).
+///
+/// # Errors
+/// A backend failure, or a backend without cancellation.
+pub async fn cancel(backend: &dyn Broker, jid: &str) -> BrokerResult<Cancelled> {
+    backend
+        .cancel_job(jid.trim(), errand_core::broker::CANCEL_MARK_TTL)
+        .await
+}
+
 /// A running job as the Busy page shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkView {
@@ -656,6 +696,8 @@ pub struct WorkView {
     pub run_at: f64,
     /// The job.
     pub job: JobView,
+    /// What the job last reported with `cx.progress` (as of its process's last heartbeat).
+    pub progress: Option<crate::Progress>,
 }
 
 /// A process as the Busy page shows it.
@@ -740,6 +782,9 @@ fn process_view(r: ProcessRecord) -> (ProcessView, Vec<WorkView>) {
                     .and_then(WireProfile::decode)
                     .unwrap_or(r.beat),
                 job: JobView::new(&payload),
+                progress: w
+                    .get("errand_progress")
+                    .and_then(|p| serde_json::from_value(p.clone()).ok()),
             }
         })
         .collect();
