@@ -140,14 +140,15 @@ pub enum OpsCommand {
         desc: bool,
     },
     /// Retry now (retries, dead) or run now (scheduled), delete, or kill (to dead) jobs by KEY,
-    /// or --all of a set (matching the filters).
+    /// or --all of a set (matching the filters); or `cancel JID…`: cancel jobs by jid wherever
+    /// they are (a waiting job is removed, a running one told to stop).
     #[command(name = "job")]
     Act {
-        /// retry, delete or kill.
+        /// retry, delete, kill, or cancel.
         action: String,
-        /// retries, scheduled or dead.
+        /// retries, scheduled or dead (for cancel: the first JID).
         set: String,
-        /// Keys as `errand ops jobs` lists them (`<score>-<jid>`).
+        /// Keys as `errand ops jobs` lists them (`<score>-<jid>`); for cancel, more JIDs.
         keys: Vec<String>,
         /// Every job of the set (matching the filters) instead of KEYs.
         #[arg(long, conflicts_with = "keys")]

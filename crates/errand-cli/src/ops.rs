@@ -87,6 +87,8 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
                 ("scheduled", o.scheduled),
                 ("dead", o.dead),
                 ("processes", o.processes),
+                ("cancelled", o.cancelled),
+                ("expired", o.expired),
             ] {
                 println!("{label:<10} {v}");
             }
@@ -166,9 +168,13 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
             all,
             filter,
         } => {
+            if action == "cancel" {
+                return cancel(&*backend.broker(), set, keys, args.json).await;
+            }
             let set = set_name(&set)?;
-            let act = Action::parse(&action)
-                .with_context(|| format!("no action {action:?}: use retry, delete or kill"))?;
+            let act = Action::parse(&action).with_context(|| {
+                format!("no action {action:?}: use retry, delete, kill or cancel")
+            })?;
             let n = if all {
                 let a = api::apply_all(admin, actions, set, act, &filter.filter()).await?;
                 if a.more {
@@ -239,12 +245,53 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
                 &["IDENTITY", "QUEUES", "BUSY", "BEAT", "RSS", "STATUS"],
                 &rows,
             );
+            if !work.is_empty() {
+                println!();
+                let rows: Vec<Vec<String>> = work
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.job.jid.clone(),
+                            w.job.class.clone(),
+                            w.identity.clone(),
+                            ago(w.run_at),
+                            w.progress
+                                .as_ref()
+                                .map(|p| format!("{}% {}", p.percent, api::preview(&p.message, 50)))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(&["JID", "CLASS", "PROCESS", "STARTED", "PROGRESS"], &rows);
+            }
         }
         OpsCommand::Quiet { identity } => signal(admin, &identity, RemoteSignal::Quiet).await?,
         OpsCommand::Stop { identity } => signal(admin, &identity, RemoteSignal::Stop).await?,
         OpsCommand::Periodic { command } => {
             periodic(&*backend.broker(), command, args.json).await?
         }
+    }
+    Ok(())
+}
+
+/// `errand ops job cancel JID…`: each job cancelled wherever it is, and where that was.
+async fn cancel(
+    broker: &dyn errand::broker::Broker,
+    first: String,
+    more: Vec<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    for jid in std::iter::once(first).chain(more) {
+        let found = api::cancel(broker, &jid).await?;
+        let (code, text) = api::cancel_outcome(&found);
+        if !json {
+            println!("{jid}: {text}");
+        }
+        out.push(json!({"jid": jid, "cancelled": code, "message": text}));
+    }
+    if json {
+        print_json(&json!({ "cancelled": out }))?;
     }
     Ok(())
 }

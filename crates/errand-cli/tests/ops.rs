@@ -235,3 +235,81 @@ async fn ops_periodic_lists_pauses_resumes_and_runs_entries() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no periodic entry \"ghost\""));
 }
+
+/// `errand ops job cancel JID…`: a queued job is removed, an unknown one is not found (said
+/// in words and in JSON); `errand ops processes` shows a running job's progress.
+#[tokio::test]
+async fn ops_cancel_and_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cancel.sqlite");
+    let broker = SqliteBroker::open(&file).await.unwrap();
+    let queued = errand(&file, &["ops", "enqueue", "Mailer", "1"]);
+    let queued = queued.trim();
+    let running = errand(&file, &["ops", "enqueue", "Export", "2", "--queue", "slow"]);
+    let running = running.trim();
+    // A process runs the second one and reports its progress, as a server's beat writes it.
+    let fetched = broker
+        .fetch(FetchRequest {
+            identity: "host:1:abc",
+            queues: &["slow".to_string()],
+            max: 1,
+            wait: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    let work = [errand::broker::WorkEntry {
+        tid: "t1".into(),
+        json: serde_json::json!({"queue": "slow", "payload": fetched[0].raw, "run_at": errand_core::now(),
+                                 "errand_progress": {"percent": 64, "message": "rows 640 of 1000"}})
+        .to_string(),
+    }];
+    broker
+        .register("host:1:abc", &["slow".to_string()])
+        .await
+        .unwrap();
+    broker
+        .heartbeat(&errand::broker::Heartbeat {
+            identity: "host:1:abc",
+            info: r#"{"hostname":"host","pid":1,"queues":["slow"]}"#,
+            busy: 1,
+            concurrency: 5,
+            beat: errand_core::now(),
+            quiet: false,
+            rss_kb: 1024,
+            work: &work,
+            processed: 0,
+            failed: 0,
+            cancelled: 0,
+            expired: 0,
+            ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    let out = errand(&file, &["ops", "processes"]);
+    assert!(
+        out.contains(running) && out.contains("64% rows 640 of 1000"),
+        "{out}"
+    );
+
+    let out = errand(&file, &["ops", "job", "cancel", queued, "nope"]);
+    assert!(
+        out.contains(&format!(
+            "{queued}: removed from queue default before it ran"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("nope: not waiting or running"), "{out}");
+    let left = broker
+        .queue_page(QueueRange {
+            queue: "default",
+            offset: 0,
+            limit: 10,
+            order: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let out: serde_json::Value =
+        serde_json::from_str(&errand(&file, &["ops", "--json", "job", "cancel", running])).unwrap();
+    assert_eq!(out["cancelled"][0]["cancelled"], "running", "{out}");
+}
