@@ -1113,3 +1113,95 @@ async fn errand_schedules_periodic_jobs_ruby_runs() {
     assert_eq!(zcard(&mut conn, "retry"), 0, "nothing failed in Ruby");
     assert_eq!(zcard(&mut conn, "dead"), 0);
 }
+
+/// Reports progress, then waits for its cancellation and stops.
+#[derive(Serialize, Deserialize)]
+struct ProgressJob(u32);
+
+impl Job for ProgressJob {
+    const NAME: &'static str = "ProgressJob";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        cx.progress(50, "half way");
+        tokio::select! {
+            _ = cx.cancelled() => {
+                record(cx, &self)?;
+                Err(JobError::retry("cancelled"))
+            }
+            _ = tokio::time::sleep(Duration::from_secs(120)) => Ok(()),
+        }
+    }
+}
+
+/// Errand's job-control keys are its own and harmless to Ruby (issue 14): a job pushed with a
+/// deadline (`errand_expires_at`) runs in a Ruby Sidekiq process like any other, and Sidekiq's
+/// API reads an Errand process's running job with its progress (`errand_progress`) in the work
+/// entry; the job, cancelled from Errand, ends without a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_control_keys_are_harmless_to_ruby() {
+    errand_tests::init_tracing();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let b = broker(&url).await;
+    let client = Client::new(b.clone());
+    let rec = Recorder::default();
+    let _sidekiq = RubySidekiq::start(&url, &["default"]);
+    let jid = client
+        .push_with(
+            OkJob {
+                n: 1,
+                s: "deadline".into(),
+            },
+            Push::new().set(errand::EXPIRES_AT, errand_core::now() + 3600.0),
+        )
+        .await
+        .unwrap();
+    wait_until_sync("Ruby to run the job with a deadline", WAIT, || {
+        ruby_ran(&mut conn).iter().any(|r| r["jid"] == json!(jid))
+    });
+
+    let server = spawn(
+        builder(b, &rec)
+            .register::<ProgressJob>()
+            .queues(["errand-only"]),
+    );
+    let running = client
+        .push_with(ProgressJob(1), Push::new().queue("errand-only"))
+        .await
+        .unwrap();
+    let read_work = r#"
+        work = Sidekiq::Workers.new.to_a.map { |key, tid, h| {"key" => key, "work" => h} }
+        puts JSON.generate("work" => work, "busy" => Sidekiq::ProcessSet.new.to_a.map { |p| p["busy"] })
+    "#;
+    let mut seen = Value::Null;
+    wait_until_sync("Ruby to see the running job's progress", WAIT, || {
+        seen = ruby_json(&url, read_work);
+        seen["work"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|e| e["work"]["errand_progress"]["percent"] == json!(50))
+        })
+    });
+    let entry = seen["work"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["work"]["payload"]["jid"] == json!(running))
+        .unwrap_or_else(|| panic!("the running job in Ruby's view: {seen}"));
+    assert_eq!(entry["work"]["errand_progress"]["message"], "half way");
+    assert!(matches!(
+        client.cancel(&running).await.unwrap(),
+        errand::Cancelled::Running(_)
+    ));
+    wait_until_sync("the job to stop on its cancellation", WAIT, || {
+        rec.of("ProgressJob").len() == 1
+    });
+    server.shutdown().await;
+    assert_eq!(
+        zcard(&mut conn, "retry"),
+        0,
+        "a cancelled job is not retried"
+    );
+    assert_eq!(zcard(&mut conn, "dead"), 0);
+    let cancelled: Option<u64> = conn.get("errand:stat:cancelled").unwrap();
+    assert_eq!(cancelled, Some(1));
+}
