@@ -849,3 +849,39 @@ pub async fn cancel_removes_waiting_jobs_and_finds_running_ones(f: &impl Backend
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A kept result is read back as stored, replaced by a later put, and gone once it expires;
+/// a job without one has none.
+pub async fn results_are_kept_and_expire(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let keep = Duration::from_secs(3600);
+    assert_eq!(b.result_get("j1").await.unwrap(), None, "{n}");
+    b.result_put("j1", r#"{"rows":1}"#, keep).await.unwrap();
+    b.result_put("j2", "[1,2]", Duration::from_millis(1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.result_get("j1").await.unwrap().as_deref(),
+        Some(r#"{"rows":1}"#),
+        "{n}"
+    );
+    b.result_put("j1", r#"{"rows":2}"#, keep).await.unwrap();
+    assert_eq!(
+        b.result_get("j1").await.unwrap().as_deref(),
+        Some(r#"{"rows":2}"#),
+        "{n}: replaced"
+    );
+    assert_eq!(b.result_get("j2").await.unwrap().as_deref(), Some("[1,2]"));
+    inspect.let_time_pass(Duration::from_millis(1_100)).await;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while b.result_get("j2").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n}: the result never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.result_get("j1").await.unwrap().is_some(), "{n}: kept");
+}

@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             push_unique_takes_the_permit_and_stores_the_job_together,
             periodic_ticks_are_claimed_once,
             cancel_removes_waiting_jobs_and_finds_running_ones,
+            results_are_kept_and_expire,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,
@@ -95,6 +96,7 @@ macro_rules! conformance_tests {
             server_drain_runs_nested_and_due_jobs,
             server_cancels_waiting_and_running_jobs,
             server_drops_expired_jobs,
+            server_keeps_results,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -208,6 +208,27 @@ impl Job for Cancellable {
     }
 }
 
+/// Answers `2 × n` as its kept result; `n == 0` tries to set a result over the size limit.
+#[derive(Serialize, Deserialize)]
+struct Answer(u64);
+
+impl Job for Answer {
+    const NAME: &'static str = "Conformance::Answer";
+    fn options() -> JobOptions {
+        JobOptions::default()
+            .keep_result(Duration::from_secs(600))
+            .retry(0)
+    }
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        if self.0 == 0 {
+            cx.set_result(&"x".repeat(errand::MAX_RESULT_BYTES))?;
+        }
+        cx.set_result(&(self.0 * 2))?;
+        log(cx).push(format!("answer:{}", self.0));
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
@@ -286,6 +307,7 @@ impl Harness {
             .register::<OnceThenFail>()
             .register::<Spawner>()
             .register::<Cancellable>()
+            .register::<Answer>()
             .data(self.log.clone())
             .death_handler(move |p, _e| {
                 deaths
@@ -987,5 +1009,52 @@ pub async fn server_drops_expired_jobs(f: &impl BackendFactory) {
             expired: 1,
         },
         "{name}"
+    );
+}
+
+/// A job's result is kept when its options say so and read with `Client::result`/`wait`; a
+/// push that keeps none has none; a result over the size limit is a dead job naming it.
+pub async fn server_keeps_results(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let kept = h.client.push(Answer(21)).await.unwrap();
+    let unkept = h
+        .client
+        .push_with(Answer(5), Push::new().set(errand::KEEP_RESULT, 0))
+        .await
+        .unwrap();
+    let too_big = h.client.push(Answer(0)).await.unwrap();
+    assert_eq!(h.client.result::<u64>(&kept).await.unwrap(), None, "{name}");
+    let server = start(h.server());
+    assert_eq!(
+        h.client.wait::<u64>(&kept, STEP_TIMEOUT).await.unwrap(),
+        Some(42),
+        "{name}"
+    );
+    h.wait_log(name, "answer:5", 1).await;
+    h.wait_set_len(name, "dead", 1).await;
+    server.stop().await;
+    assert_eq!(
+        h.client.result::<u64>(&unkept).await.unwrap(),
+        None,
+        "{name}"
+    );
+    assert_eq!(
+        h.client.result::<u64>(&too_big).await.unwrap(),
+        None,
+        "{name}"
+    );
+    assert!(
+        h.client.result::<String>(&kept).await.is_err(),
+        "{name}: a result read as the wrong type is an error"
+    );
+    let dead = h.set_json("dead").await;
+    assert_eq!(dead[0].1["error_class"], "Errand::ResultTooLarge", "{name}");
+    assert!(
+        dead[0].1["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("over the limit of 262144 bytes")),
+        "{name}: {}",
+        dead[0].1
     );
 }

@@ -472,4 +472,24 @@ impl Coordination for RedisBroker {
             .map_err(|e| self.fail(e))?;
         Ok(marks.iter().map(Option::is_some).collect())
     }
+
+    async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.result(jid))
+            .arg(value)
+            .arg("PX")
+            .arg(keep.as_millis().max(1) as u64)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn result_get(&self, jid: &str) -> BrokerResult<Option<String>> {
+        redis::cmd("GET")
+            .arg(self.keys.result(jid))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))
+    }
 }

@@ -167,6 +167,11 @@ impl Keys {
         format!("{}errand:cancel:{jid}", self.prefix)
     }
 
+    /// A job's kept result (`errand:result:<jid>`, a string with a TTL).
+    pub fn result(&self, jid: &str) -> String {
+        format!("{}errand:result:{jid}", self.prefix)
+    }
+
     /// A once-only step's record.
     pub fn once(&self, key: &str) -> String {
         format!("{}errand:once:{key}", self.prefix)

@@ -481,4 +481,35 @@ impl Coordination for SqliteBroker {
         })
         .await
     }
+
+    async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
+        let (jid, value) = (jid.to_string(), value.to_string());
+        let until = now() + keep.as_secs_f64();
+        self.write(move |tx| {
+            // Expired results go in small batches, so no put pays for a big backlog.
+            tx.execute(
+                "DELETE FROM results WHERE jid IN
+                   (SELECT jid FROM results WHERE expires_at <= ?1 LIMIT 100)",
+                [now()],
+            )?;
+            tx.execute(
+                "INSERT INTO results(jid, value, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(jid) DO UPDATE SET value = excluded.value,
+                   expires_at = excluded.expires_at",
+                params![jid, value, until],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn result_get(&self, jid: &str) -> BrokerResult<Option<String>> {
+        let jid = jid.to_string();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT value FROM results WHERE jid = ?1 AND expires_at > ?2")?
+                .query_row(params![jid, now()], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
 }

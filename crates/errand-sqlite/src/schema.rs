@@ -119,6 +119,13 @@ CREATE TABLE IF NOT EXISTS cancels (
     jid        TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- Kept job results (JobOptions::keep_result), until they expire.
+CREATE TABLE IF NOT EXISTS results (
+    jid        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_by_expiry ON results(expires_at);
 "#;
 
 /// A stable 64-bit FNV-1a hash of a set member, so uniqueness checks use an index instead of

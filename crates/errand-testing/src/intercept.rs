@@ -199,6 +199,12 @@ impl<I: Intercept> Coordination for Intercepted<I> {
     async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
         self.inner.cancelled(jids).await
     }
+    async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
+        self.inner.result_put(jid, value, keep).await
+    }
+    async fn result_get(&self, jid: &str) -> BrokerResult<Option<String>> {
+        self.inner.result_get(jid).await
+    }
     async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
         self.inner.periodic_upsert(entries, now).await
     }

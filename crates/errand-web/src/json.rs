@@ -168,6 +168,19 @@ pub(crate) async fn cancel_job(
     }
 }
 
+/// `GET /api/jobs/{jid}/result`: the job's kept result (`null` when none is kept).
+pub(crate) async fn job_result(State(st): State<AppState>, Path(jid): Path<String>) -> Response {
+    match st.broker.result_get(&jid).await {
+        Ok(found) => {
+            let result = found
+                .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+                .unwrap_or(serde_json::Value::Null);
+            Json(json!({"jid": jid, "result": result})).into_response()
+        }
+        Err(e) => err(e),
+    }
+}
+
 /// `GET /api/queues`.
 pub(crate) async fn queues(State(st): State<AppState>) -> Response {
     match api::queues(&*st.admin).await {

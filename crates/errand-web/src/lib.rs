@@ -221,6 +221,7 @@ pub fn router(store: Arc<dyn Store>, config: WebConfig) -> Router {
         .route("/api/busy", get(json::busy))
         .route("/api/busy/{action}", post(json::busy_action))
         .route("/api/jobs/{jid}/cancel", post(json::cancel_job))
+        .route("/api/jobs/{jid}/result", get(json::job_result))
         .route("/api/queues", get(json::queues))
         .route("/api/queues/{name}", get(json::queue))
         .route("/api/queues/{name}/{action}", post(json::queue_action))

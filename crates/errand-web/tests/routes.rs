@@ -1469,4 +1469,14 @@ async fn jobs_are_cancelled_and_progress_is_shown() {
     let r = post_json(&app, &s, "/api/jobs/no-such-jid/cancel", json!({})).await;
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["cancelled"], "not_found", "{body}");
+
+    // A kept result, through the API.
+    let none = json_of(&app, &format!("/api/jobs/{queued_jid}/result")).await;
+    assert_eq!(none["result"], Value::Null, "{none}");
+    f.broker
+        .result_put(&queued_jid, r#"{"rows":7}"#, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let kept = json_of(&app, &format!("/api/jobs/{queued_jid}/result")).await;
+    assert_eq!(kept["result"]["rows"], 7, "{kept}");
 }

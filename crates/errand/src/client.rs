@@ -264,6 +264,47 @@ impl Client {
             .await?)
     }
 
+    /// The result job `jid` kept ([`JobOptions::keep_result`](crate::JobOptions::keep_result),
+    /// [`JobContext::set_result`](crate::JobContext::set_result)), decoded as `T`: `None` while
+    /// the job has not succeeded, when it set none, or after the result expired.
+    ///
+    /// # Errors
+    /// A backend failure, or a result that does not decode as `T` ([`Error::Result`]).
+    pub async fn result<T: serde::de::DeserializeOwned>(
+        &self,
+        jid: &str,
+    ) -> Result<Option<T>, Error> {
+        match self.broker.result_get(jid).await? {
+            Some(json) => Ok(Some(serde_json::from_str(&json).map_err(Error::Result)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` for job `jid`'s result ([`Client::result`]), asking every 10 ms at
+    /// first and then less often (up to every 500 ms). `None` when none came in time.
+    ///
+    /// # Errors
+    /// As [`Client::result`].
+    pub async fn wait<T: serde::de::DeserializeOwned>(
+        &self,
+        jid: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let Some(found) = self.result(jid).await? {
+                return Ok(Some(found));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
     /// Stores a built payload: on its queue now, or in the schedule set when `at` is in the
     /// future. Returns the job id.
     ///

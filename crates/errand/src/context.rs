@@ -69,7 +69,13 @@ pub(crate) struct Control {
     pub progress: std::sync::Mutex<Option<Progress>>,
     /// The job's id, once its payload parsed (what the heartbeat asks about).
     pub jid: std::sync::OnceLock<String>,
+    /// The result set with [`JobContext::set_result`], as JSON.
+    pub result: std::sync::Mutex<Option<String>>,
 }
+
+/// The largest result [`JobContext::set_result`] keeps, in bytes of JSON: results are for
+/// answers (a count, an id, a URL to a file), not for data.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
 
 /// The context of one job attempt.
 #[derive(Debug, Clone)]
@@ -146,6 +152,32 @@ impl JobContext {
                 message,
             });
         }
+    }
+
+    /// Sets this attempt's result: kept when the attempt succeeds, for as long as the job's
+    /// [`JobOptions::keep_result`](crate::JobOptions::keep_result) says (nothing is kept for a
+    /// job pushed without it), and read with [`crate::Client::result`] or
+    /// [`crate::Client::wait`]. A later call replaces the value.
+    ///
+    /// # Errors
+    /// A value that does not serialize, or whose JSON is over [`MAX_RESULT_BYTES`]: a
+    /// [`JobError::dead`] naming the size, since a retry would make the same result (store
+    /// large outputs elsewhere and return where they are).
+    pub fn set_result<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| JobError::dead(format!("the job's result does not serialize: {e}")))?;
+        if json.len() > MAX_RESULT_BYTES {
+            return Err(JobError::dead(format!(
+                "the job's result is {} bytes of JSON, over the limit of {MAX_RESULT_BYTES} \
+                 bytes: keep large outputs elsewhere and return where they are",
+                json.len()
+            ))
+            .with_class("Errand::ResultTooLarge"));
+        }
+        if let Ok(mut r) = self.control.result.lock() {
+            *r = Some(json);
+        }
+        Ok(())
     }
 
     /// The progress last reported with [`JobContext::progress`].

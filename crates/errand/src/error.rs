@@ -164,6 +164,9 @@ pub enum Error {
         /// The id of the job that holds the unique key.
         existing_jid: String,
     },
+    /// A kept result does not decode as the type asked for ([`crate::Client::result`]).
+    #[error("job result does not decode")]
+    Result(#[source] serde_json::Error),
 }
 
 impl Error {

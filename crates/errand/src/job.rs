@@ -90,7 +90,12 @@ pub struct JobOptions {
     pub(crate) unique_for: Option<Duration>,
     pub(crate) unique_until: UniqueUntil,
     pub(crate) expires_in: Option<Duration>,
+    pub(crate) keep_result: Option<Duration>,
 }
+
+/// The payload key of how long a job's result is kept ([`JobOptions::keep_result`]), in
+/// seconds. Errand's own key: Ruby Sidekiq ignores it.
+pub const KEEP_RESULT: &str = "errand_keep_result";
 
 /// The payload key of a job's deadline ([`JobOptions::expires_in`]): epoch seconds, after which
 /// a server drops the job unrun. Errand's own key: Ruby Sidekiq ignores it.
@@ -109,6 +114,7 @@ impl Default for JobOptions {
             unique_for: None,
             unique_until: UniqueUntil::Success,
             expires_in: None,
+            keep_result: None,
         }
     }
 }
@@ -191,6 +197,15 @@ impl JobOptions {
         self
     }
 
+    /// Keeps the result a successful attempt sets with
+    /// [`JobContext::set_result`](crate::JobContext::set_result) for `ttl`, for
+    /// [`Client::result`](crate::Client::result) and [`Client::wait`](crate::Client::wait) to
+    /// read (and the dashboard's `/api/jobs/{jid}/result`). Defaults to keeping none.
+    pub fn keep_result(mut self, ttl: Duration) -> Self {
+        self.keep_result = Some(ttl);
+        self
+    }
+
     /// When a unique job's lock is released. Defaults to [`UniqueUntil::Success`].
     pub fn unique_until(mut self, until: UniqueUntil) -> Self {
         self.unique_until = until;
@@ -219,6 +234,9 @@ impl JobOptions {
         }
         if !self.dead {
             p.set("dead", false);
+        }
+        if let Some(ttl) = self.keep_result {
+            p.set(KEEP_RESULT, ttl.as_secs_f64());
         }
         if let Some(period) = self.unique_for {
             p.set("unique_for", period.as_secs_f64());

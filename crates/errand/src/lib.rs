@@ -64,13 +64,15 @@ pub mod server;
 
 pub use async_trait::async_trait;
 pub use client::{Client, Push, RawJob};
-pub use context::{DEFAULT_ONCE_TTL, Data, JobContext, Progress};
+pub use context::{DEFAULT_ONCE_TTL, Data, JobContext, MAX_RESULT_BYTES, Progress};
 pub use errand_core::broker::{Cancelled, DeadLimits};
 pub use errand_core::{
     Clock, Payload, WireProfile, activejob, admin, backoff, broker, metrics, system_clock,
 };
 pub use error::{Error, JobError, JobErrorKind, JobResult};
-pub use job::{EXPIRES_AT, Job, JobOptions, Retry, UniqueUntil, decode_args, encode_args};
+pub use job::{
+    EXPIRES_AT, Job, JobOptions, KEEP_RESULT, Retry, UniqueUntil, decode_args, encode_args,
+};
 pub use locks::{Admission, Limiter, Mutex, MutexGuard, Permit};
 pub use periodic::{Missed, Periodic};
 pub use server::{Drained, Server, ServerBuilder, ServerHandle};

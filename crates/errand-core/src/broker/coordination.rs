@@ -24,8 +24,9 @@ pub struct Capabilities {
     pub rates: bool,
     /// The periodic entries' registry and tick claims (`periodic_*`).
     pub periodic: bool,
-    /// Cancelling jobs by jid (`cancel_job`, `cancelled`).
-    pub cancel: bool,
+    /// Job control: cancelling jobs by jid (`cancel_job`, `cancelled`) and kept results
+    /// (`result_put`, `result_get`).
+    pub control: bool,
 }
 
 impl Capabilities {
@@ -35,7 +36,7 @@ impl Capabilities {
         permits: true,
         rates: true,
         periodic: true,
-        cancel: true,
+        control: true,
     };
 
     /// None: a backend that implements only the queue and fleet topics.
@@ -44,7 +45,7 @@ impl Capabilities {
         permits: false,
         rates: false,
         periodic: false,
-        cancel: false,
+        control: false,
     };
 }
 
@@ -369,6 +370,18 @@ pub trait Coordination: Send + Sync + 'static {
     async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
         let _ = jids;
         unsupported("job cancellation")
+    }
+
+    /// Keeps job `jid`'s result (`value`, JSON text) for `keep`, replacing an earlier one.
+    async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
+        let _ = (jid, value, keep);
+        unsupported("job results")
+    }
+
+    /// Job `jid`'s kept result, if one was kept and has not expired.
+    async fn result_get(&self, jid: &str) -> BrokerResult<Option<String>> {
+        let _ = jid;
+        unsupported("job results")
     }
 }
 

@@ -367,4 +367,25 @@ impl Coordination for MemoryBroker {
             .map(|jid| state.cancels.get(*jid).is_some_and(|until| *until > now))
             .collect())
     }
+
+    async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        state.results.retain(|_, (_, until)| *until > now);
+        state.results.insert(
+            jid.to_string(),
+            (value.to_string(), now + keep.as_secs_f64()),
+        );
+        Ok(())
+    }
+
+    async fn result_get(&self, jid: &str) -> BrokerResult<Option<String>> {
+        let now = (self.clock)();
+        Ok(self
+            .state()
+            .results
+            .get(jid)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v.clone()))
+    }
 }

@@ -173,6 +173,8 @@ struct State {
     recoveries: HashMap<String, u32>,
     /// Cancelled jobs by jid, with when the mark expires (broker clock).
     cancels: HashMap<String, f64>,
+    /// Kept results by jid: the JSON and when it expires (broker clock).
+    results: HashMap<String, (String, f64)>,
     /// The last fencing token handed out by a fetch.
     lease_seq: u64,
     /// Paused queue names.

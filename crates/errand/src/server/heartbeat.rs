@@ -156,7 +156,7 @@ pub(crate) async fn beat(s: &Shared, broker: &dyn Broker) {
 ///
 /// [`Coordination::cancelled`]: errand_core::broker::Coordination::cancelled
 async fn deliver_cancels(s: &Shared, broker: &dyn Broker, limit: Duration) {
-    if !broker.capabilities().cancel {
+    if !broker.capabilities().control {
         return;
     }
     let running: Vec<(String, Arc<Control>)> = match s.running.lock() {

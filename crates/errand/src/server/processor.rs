@@ -4,7 +4,7 @@
 use super::retry;
 use super::state::{Running, Shared};
 use crate::context::Control;
-use crate::job::EXPIRES_AT;
+use crate::job::{EXPIRES_AT, KEEP_RESULT};
 use crate::middleware::Next;
 use crate::registry::Handler;
 use crate::{JobContext, JobError, JobErrorKind, JobResult};
@@ -109,6 +109,9 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
         }
     };
     let payload = cx.into_payload();
+    if result.is_ok() {
+        keep_result(s, &payload, &control).await;
+    }
     let Err(err) = result else {
         #[cfg(feature = "failpoints")]
         super::crash::crash_point("after_execute_before_ack");
@@ -159,6 +162,32 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
             s.failed.fetch_add(1, Ordering::Relaxed);
             retry::handle_failure(s, job, payload, handler.as_deref(), &err).await;
         }
+    }
+}
+
+/// Stores the result the attempt set, when the job asks for results to be kept; before the
+/// ack, so a job seen done has its result readable. Retried through a connection loss; given
+/// up (logged) only after that.
+async fn keep_result(s: &Shared, payload: &errand_core::Payload, control: &Control) {
+    let Some(keep) = payload
+        .get(KEEP_RESULT)
+        .and_then(serde_json::Value::as_f64)
+        .filter(|k| *k > 0.0)
+    else {
+        return;
+    };
+    let Some(value) = control.result.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    let keep = std::time::Duration::from_secs_f64(keep.min(1e9));
+    let broker = s.broker();
+    let jid = payload.jid();
+    if let Err(e) = crate::reconnect::retry("keeping a job result", 8, || {
+        broker.result_put(jid, &value, keep)
+    })
+    .await
+    {
+        tracing::error!(jid, error = %e, "the job's result could not be kept");
     }
 }
 
