@@ -1,7 +1,7 @@
 //! Cases for the coordination primitives ([`Coordination`](errand_core::broker::Coordination)):
 //! once-only records, permit sets with fencing tokens, rate limits.
 
-use errand_core::broker::{Cancelled, Heartbeat, ScheduledJob, Settle, WorkEntry};
+use errand_core::broker::{Cancelled, Heartbeat, ReplacePush, ScheduledJob, Settle, WorkEntry};
 use errand_core::broker::{
     Capabilities, OnceClaim, OnceCompletion, OnceRequest, PermitGrant, PermitRenewal,
     PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
@@ -884,4 +884,60 @@ pub async fn results_are_kept_and_expire(f: &impl BackendFactory) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(b.result_get("j1").await.unwrap().is_some(), "{n}: kept");
+}
+
+/// A replacing push removes the job last pushed under the same key while it waits (in its
+/// queue or the schedule set) and reports its jid; a job already fetched is not touched (it
+/// runs, and so does the new one); keys are independent.
+pub async fn push_replacing_keeps_the_last_waiting_job(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let later = errand_core::now() + 3600.0;
+    let jid = |i: u64| format!("q-{i:024}");
+    let push = |key: &'static str, i: u64, at: Option<f64>| {
+        let (payload, jid) = (job("q", i), jid(i));
+        async move {
+            b.push_replacing(ReplacePush {
+                key,
+                jid: &jid,
+                ttl: Duration::from_secs(3600),
+                queue: "q",
+                payload: &payload,
+                at,
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(push("k", 1, None).await, None, "{n}");
+    assert_eq!(push("k", 2, None).await, Some(jid(1)), "{n}");
+    assert_eq!(inspect.queue("q").await, vec![job("q", 2)], "{n}");
+    assert_eq!(push("k", 3, Some(later)).await, Some(jid(2)), "{n}");
+    assert!(inspect.queue("q").await.is_empty(), "{n}");
+    assert_eq!(push("k", 4, Some(later + 1.0)).await, Some(jid(3)), "{n}");
+    assert_eq!(
+        inspect.set("schedule").await,
+        vec![(later + 1.0, job("q", 4))],
+        "{n}"
+    );
+    assert_eq!(
+        push("other", 5, None).await,
+        None,
+        "{n}: keys are independent"
+    );
+    // A job already fetched runs; the next push under its key does not touch it.
+    let got = fetch(b, "p1", &["q"], 1, Duration::ZERO).await;
+    assert_eq!(raws(&got), vec![job("q", 5)], "{n}");
+    assert_eq!(
+        push("other", 6, None).await,
+        None,
+        "{n}: not waiting any more"
+    );
+    assert_eq!(inspect.queue("q").await, vec![job("q", 6)], "{n}");
+    assert_eq!(inspect.in_flight("p1", "q").await, vec![job("q", 5)], "{n}");
+    assert!(
+        inspect.known_queues().await.contains(&"q".to_string()),
+        "{n}"
+    );
 }

@@ -79,6 +79,7 @@ macro_rules! conformance_tests {
             periodic_ticks_are_claimed_once,
             cancel_removes_waiting_jobs_and_finds_running_ones,
             results_are_kept_and_expire,
+            push_replacing_keeps_the_last_waiting_job,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,
@@ -97,6 +98,7 @@ macro_rules! conformance_tests {
             server_cancels_waiting_and_running_jobs,
             server_drops_expired_jobs,
             server_keeps_results,
+            server_runs_a_debounced_burst_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

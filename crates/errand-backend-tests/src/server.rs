@@ -229,6 +229,24 @@ impl Job for Answer {
     }
 }
 
+/// Refreshes account `.0` (revision `.1`); debounced per account for 300 ms.
+#[derive(Serialize, Deserialize)]
+struct Refresh(String, u64);
+
+impl Job for Refresh {
+    const NAME: &'static str = "Conformance::Refresh";
+    fn options() -> JobOptions {
+        JobOptions::default().debounce(Duration::from_millis(300))
+    }
+    fn unique_key(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        log(cx).push(format!("refresh:{}:{}", self.0, self.1));
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
@@ -308,6 +326,7 @@ impl Harness {
             .register::<Spawner>()
             .register::<Cancellable>()
             .register::<Answer>()
+            .register::<Refresh>()
             .data(self.log.clone())
             .death_handler(move |p, _e| {
                 deaths
@@ -1057,4 +1076,42 @@ pub async fn server_keeps_results(f: &impl BackendFactory) {
         "{name}: {}",
         dead[0].1
     );
+}
+
+/// A burst of debounced pushes for one key runs once, with the last push's arguments; each push
+/// reports the one it replaced; another key is separate.
+pub async fn server_runs_a_debounced_burst_once(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let account = token("acct");
+    let mut last = None;
+    for rev in 1..=5 {
+        let pushed = h
+            .client
+            .push_debounced(Refresh(account.clone(), rev), Push::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            pushed.replaced, last,
+            "{name}: push {rev} replaced the one before"
+        );
+        last = Some(pushed.jid);
+    }
+    h.client
+        .push(Refresh(format!("{account}-other"), 1))
+        .await
+        .unwrap();
+    assert_eq!(h.inspect().set("schedule").await.len(), 2, "{name}");
+    let server = start(h.server());
+    h.wait_log(name, &format!("refresh:{account}:5"), 1).await;
+    h.wait_log(name, &format!("refresh:{account}-other:1"), 1)
+        .await;
+    server.stop().await;
+    assert_eq!(
+        h.log.count_prefix(&format!("refresh:{account}:")),
+        1,
+        "{name}: the burst ran once: {:?}",
+        h.log.all()
+    );
+    assert!(h.inspect().set("schedule").await.is_empty(), "{name}");
 }

@@ -144,6 +144,27 @@ impl Coordination for RedisBroker {
         })
     }
 
+    async fn push_replacing(
+        &self,
+        req: errand_core::broker::ReplacePush<'_>,
+    ) -> BrokerResult<Option<String>> {
+        let score = req.at.map(|at| at.to_string()).unwrap_or_default();
+        let replaced: String = scripts::REPLACE_PUSH
+            .key(self.keys.debounce(req.key))
+            .key(self.keys.set(SetName::Scheduled))
+            .key(self.keys.queue(req.queue))
+            .key(self.keys.queues())
+            .arg(req.jid)
+            .arg(req.ttl.as_millis().max(1) as u64)
+            .arg(req.payload)
+            .arg(req.queue)
+            .arg(score)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok((!replaced.is_empty()).then_some(replaced))
+    }
+
     async fn periodic_upsert(&self, entries: &[PeriodicEntry], now: f64) -> BrokerResult<()> {
         if entries.is_empty() {
             return Ok(());

@@ -167,6 +167,11 @@ impl Keys {
         format!("{}errand:cancel:{jid}", self.prefix)
     }
 
+    /// A debounce key's record: the job last pushed under it (`errand:debounce:<key>`).
+    pub fn debounce(&self, key: &str) -> String {
+        format!("{}errand:debounce:{key}", self.prefix)
+    }
+
     /// A job's kept result (`errand:result:<jid>`, a string with a TTL).
     pub fn result(&self, jid: &str) -> String {
         format!("{}errand:result:{jid}", self.prefix)

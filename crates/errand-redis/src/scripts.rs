@@ -23,6 +23,9 @@ pub static PERMIT: LazyLock<Script> =
 /// A unique job's permit and push, in one step.
 pub static UNIQUE_PUSH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/unique_push.lua")));
+/// A debounced push: the job stored and the waiting job of the same key removed, in one step.
+pub static REPLACE_PUSH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/replace_push.lua")));
 /// Periodic entries: claim a tick (and enqueue its job), pause, prune.
 pub static PERIODIC: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/periodic.lua")));

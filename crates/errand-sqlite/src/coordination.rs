@@ -482,6 +482,71 @@ impl Coordination for SqliteBroker {
         .await
     }
 
+    async fn push_replacing(
+        &self,
+        req: errand_core::broker::ReplacePush<'_>,
+    ) -> BrokerResult<Option<String>> {
+        let (key, jid, queue, payload) = (
+            req.key.to_string(),
+            req.jid.to_string(),
+            req.queue.to_string(),
+            req.payload.to_string(),
+        );
+        let (at, until) = (req.at, now() + req.ttl.as_secs_f64());
+        let replaced = self
+            .write(move |tx| {
+                let prev: Option<(String, i64, String)> = tx
+                    .query_row(
+                        "SELECT jid, job_id, payload FROM debounce_keys
+                         WHERE key = ?1 AND expires_at > ?2",
+                        params![key, now()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let mut replaced = None;
+                if let Some((prev_jid, id, prev_payload)) = prev {
+                    // Still waiting, and still that job (a row id is never reused while the
+                    // row lives, but the payload check costs nothing).
+                    let n = tx.execute(
+                        "DELETE FROM jobs WHERE id = ?1 AND state IN (?2, ?3) AND payload = ?4",
+                        params![id, state::QUEUED, state::SCHEDULE, prev_payload],
+                    )?;
+                    if n == 1 {
+                        replaced = Some(prev_jid);
+                    }
+                }
+                match at {
+                    Some(at) => add_member(tx, state::SCHEDULE, at, &payload)?,
+                    None => enqueue(
+                        tx,
+                        &[Enqueue {
+                            queue: queue.clone(),
+                            payload: payload.clone(),
+                        }],
+                    )?,
+                }
+                let id: i64 = tx.query_row("SELECT max(id) FROM jobs", [], |r| r.get(0))?;
+                tx.execute(
+                    "INSERT INTO debounce_keys(key, jid, job_id, payload, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(key) DO UPDATE SET jid = excluded.jid, job_id = excluded.job_id,
+                       payload = excluded.payload, expires_at = excluded.expires_at",
+                    params![key, jid, id, payload, until],
+                )?;
+                tx.execute(
+                    "DELETE FROM debounce_keys WHERE key IN
+                       (SELECT key FROM debounce_keys WHERE expires_at <= ?1 LIMIT 100)",
+                    [now()],
+                )?;
+                Ok(replaced)
+            })
+            .await?;
+        if at.is_none() {
+            self.notify_pushed();
+        }
+        Ok(replaced)
+    }
+
     async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
         let (jid, value) = (jid.to_string(), value.to_string());
         let until = now() + keep.as_secs_f64();

@@ -119,6 +119,14 @@ CREATE TABLE IF NOT EXISTS cancels (
     jid        TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- Debounce keys: the job row last pushed under each key (Coordination::push_replacing).
+CREATE TABLE IF NOT EXISTS debounce_keys (
+    key        TEXT PRIMARY KEY,
+    jid        TEXT NOT NULL,
+    job_id     INTEGER NOT NULL,
+    payload    TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 -- Kept job results (JobOptions::keep_result), until they expire.
 CREATE TABLE IF NOT EXISTS results (
     jid        TEXT PRIMARY KEY,

@@ -199,6 +199,12 @@ impl<I: Intercept> Coordination for Intercepted<I> {
     async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
         self.inner.cancelled(jids).await
     }
+    async fn push_replacing(
+        &self,
+        req: errand::broker::ReplacePush<'_>,
+    ) -> BrokerResult<Option<String>> {
+        self.inner.push_replacing(req).await
+    }
     async fn result_put(&self, jid: &str, value: &str, keep: Duration) -> BrokerResult<()> {
         self.inner.result_put(jid, value, keep).await
     }

@@ -256,3 +256,44 @@ async fn perform_runs_one_job_with_a_test_context() {
         "perform enqueues nothing"
     );
 }
+
+#[derive(Serialize, Deserialize)]
+struct Report(u64);
+
+impl Job for Report {
+    const NAME: &'static str = "Report";
+    fn options() -> JobOptions {
+        JobOptions::default()
+            .expires_in(Duration::from_secs(60))
+            .keep_result(Duration::from_secs(600))
+    }
+    async fn perform(self, _cx: &JobContext) -> JobResult {
+        Ok(())
+    }
+}
+
+/// A bulk push writes the same job-control keys as a single push: the deadline (push time plus
+/// `expires_in`) and how long the result is kept.
+#[tokio::test]
+async fn bulk_and_single_pushes_carry_the_same_control_keys() {
+    let broker = errand_testing::MemoryBroker::new();
+    let client = errand::Client::new(broker.clone());
+    let before = errand_core::now();
+    client.push(Report(0)).await.unwrap();
+    client.push_bulk((1..3).map(Report)).await.unwrap();
+    let queued = broker.queue("default");
+    assert_eq!(queued.len(), 3);
+    for raw in queued {
+        let p = errand::Payload::parse(&raw).unwrap();
+        let deadline = p.get(errand::EXPIRES_AT).and_then(|v| v.as_f64()).unwrap();
+        assert!(
+            deadline >= before + 60.0 && deadline < errand_core::now() + 60.5,
+            "{raw}"
+        );
+        assert_eq!(
+            p.get(errand::KEEP_RESULT).and_then(|v| v.as_f64()),
+            Some(600.0),
+            "{raw}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! [`Client`]: enqueue jobs now, later, in bulk, or by class name for other languages.
 
 use crate::{Error, Job, encode_args};
-use errand_core::broker::{Broker, Enqueue, ScheduledJob, UniquePush, UniquePushed};
+use errand_core::broker::{Broker, Enqueue, ReplacePush, ScheduledJob, UniquePush, UniquePushed};
 use errand_core::{Clock, Payload, PayloadError, WireProfile, activejob};
 use serde_json::Value;
 use std::sync::Arc;
@@ -24,6 +24,10 @@ struct NewPayload<'a> {
     tags: Option<&'a Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dead: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errand_keep_result: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errand_expires_at: Option<f64>,
     enqueued_at: &'a Value,
 }
 
@@ -43,6 +47,15 @@ impl std::fmt::Debug for Client {
             .field("max_payload", &self.max_payload)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`Client::push_debounced`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debounced {
+    /// The pushed job's id.
+    pub jid: String,
+    /// The waiting job it replaced (removed before it ran), if any.
+    pub replaced: Option<String>,
 }
 
 /// Per-push overrides: queue, time, and extra payload keys.
@@ -208,6 +221,13 @@ impl Client {
             let key = unique_key(J::NAME, queue, p.args(), job.unique_key());
             p.set("unique_key", key);
         }
+        if opts.debounce.is_some() {
+            let key = unique_key(J::NAME, queue, p.args(), job.unique_key());
+            p.set(
+                crate::job::DEBOUNCE_KEY,
+                key.replacen("unique:", "debounce:", 1),
+            );
+        }
         if let Some(period) = opts.expires_in {
             let due = push
                 .at
@@ -356,12 +376,80 @@ impl Client {
     /// # Errors
     /// As for [`Client::push`].
     pub async fn push_with<J: Job>(&self, job: J, push: Push) -> Result<String, Error> {
+        let opts = J::options();
+        if let Some(window) = opts.debounce {
+            return Ok(self.replace_waiting(job, push, window).await?.jid);
+        }
         let p = self.build(&job, &push)?;
         let at = self.run_at(&push);
-        match J::options().unique_for {
+        match opts.unique_for {
             Some(period) => self.push_unique(p, at, period).await,
             None => self.push_payload(p, at).await,
         }
+    }
+
+    /// Pushes a job whose options debounce it ([`JobOptions::debounce`](crate::JobOptions::debounce))
+    /// and says which waiting job it replaced, if any. A job without `debounce` is pushed as
+    /// by [`Client::push_with`] (nothing replaced).
+    ///
+    /// # Errors
+    /// As for [`Client::push`]; a job that is both `unique_for` and `debounce` is refused
+    /// ([`Error::Config`]): one keeps the first push, the other the last.
+    pub async fn push_debounced<J: Job>(&self, job: J, push: Push) -> Result<Debounced, Error> {
+        match J::options().debounce {
+            Some(window) => self.replace_waiting(job, push, window).await,
+            None => Ok(Debounced {
+                jid: self.push_with(job, push).await?,
+                replaced: None,
+            }),
+        }
+    }
+
+    /// Pushes `job` to run after `window` (or at the push's time), replacing the waiting job
+    /// of its debounce key, in one step.
+    async fn replace_waiting<J: Job>(
+        &self,
+        job: J,
+        push: Push,
+        window: Duration,
+    ) -> Result<Debounced, Error> {
+        if J::options().unique_for.is_some() {
+            return Err(Error::Config(format!(
+                "job {} is both unique_for (keep the first push) and debounce (keep the last): \
+                 choose one",
+                J::NAME
+            )));
+        }
+        let p = self.build(&job, &push)?;
+        let now = self.now();
+        let at = self
+            .run_at(&push)
+            .or_else(|| (!window.is_zero()).then(|| now + window.as_secs_f64()));
+        let key = p
+            .get(crate::job::DEBOUNCE_KEY)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let jid = p.jid().to_string();
+        let (queue, at, payload) = self.stored(p, at)?;
+        // The key outlives any wait in the schedule, plus a day in a queue's backlog.
+        let wait = at.map_or(0.0, |at| (at - now).max(0.0));
+        let ttl = Duration::from_secs_f64(wait) + Duration::from_secs(24 * 3600);
+        let replaced = self
+            .broker
+            .push_replacing(ReplacePush {
+                key: &key,
+                jid: &jid,
+                ttl,
+                queue: &queue,
+                payload: &payload,
+                at,
+            })
+            .await?;
+        if let Some(old) = &replaced {
+            tracing::debug!(jid, replaced = %old, key, "debounced: the waiting job was replaced");
+        }
+        Ok(Debounced { jid, replaced })
     }
 
     /// Takes the unique lock of payload `p` (its `unique_key`) for `period` (plus the delay
@@ -433,9 +521,9 @@ impl Client {
         if opts.queue.is_empty() {
             return Err(PayloadError::EmptyQueue.into());
         }
-        if opts.unique_for.is_some() {
-            // Unique jobs take their lock one by one; a duplicate is skipped and the job
-            // that holds its key is reported in its place.
+        if opts.unique_for.is_some() || opts.debounce.is_some() {
+            // Unique and debounced jobs take their key one by one; a duplicate is skipped and
+            // the job that holds its key is reported in its place.
             let mut jids = Vec::new();
             for job in jobs {
                 match self.push(job).await {
@@ -469,6 +557,8 @@ impl Client {
                 backtrace: opts.backtrace,
                 tags: (!opts.tags.is_empty()).then_some(&opts.tags),
                 dead: (!opts.dead).then_some(false),
+                errand_keep_result: opts.keep_result.map(|k| k.as_secs_f64()),
+                errand_expires_at: opts.expires_in.map(|d| now + d.as_secs_f64()),
                 enqueued_at: &stamp,
             };
             let payload = serde_json::to_string(&new)

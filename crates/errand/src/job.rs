@@ -91,7 +91,12 @@ pub struct JobOptions {
     pub(crate) unique_until: UniqueUntil,
     pub(crate) expires_in: Option<Duration>,
     pub(crate) keep_result: Option<Duration>,
+    pub(crate) debounce: Option<Duration>,
 }
+
+/// The payload key of a debounced job's key ([`JobOptions::debounce`]). Errand's own key: Ruby
+/// Sidekiq ignores it.
+pub const DEBOUNCE_KEY: &str = "errand_debounce_key";
 
 /// The payload key of how long a job's result is kept ([`JobOptions::keep_result`]), in
 /// seconds. Errand's own key: Ruby Sidekiq ignores it.
@@ -115,6 +120,7 @@ impl Default for JobOptions {
             unique_until: UniqueUntil::Success,
             expires_in: None,
             keep_result: None,
+            debounce: None,
         }
     }
 }
@@ -203,6 +209,20 @@ impl JobOptions {
     /// read (and the dashboard's `/api/jobs/{jid}/result`). Defaults to keeping none.
     pub fn keep_result(mut self, ttl: Duration) -> Self {
         self.keep_result = Some(ttl);
+        self
+    }
+
+    /// Debounces the job: each push runs after `window` (or at the push's own time, when it
+    /// sets one), and a later push with the same key — class, queue and arguments, or
+    /// [`Job::unique_key`] — replaces it while it still waits, so a burst of pushes runs once,
+    /// with the last push's arguments, `window` after the burst (BullMQ's debounce,
+    /// graphile-worker's `job_key` replace). `Duration::ZERO` replaces a job still waiting in
+    /// its queue without delaying the new one. A job already fetched is not touched: it runs,
+    /// and so does the new push. [`Client::push_debounced`](crate::Client::push_debounced)
+    /// reports the replaced jid. Not combined with [`JobOptions::unique_for`] (which keeps the
+    /// first push instead). Defaults to off.
+    pub fn debounce(mut self, window: Duration) -> Self {
+        self.debounce = Some(window);
         self
     }
 

@@ -63,7 +63,7 @@ mod registry;
 pub mod server;
 
 pub use async_trait::async_trait;
-pub use client::{Client, Push, RawJob};
+pub use client::{Client, Debounced, Push, RawJob};
 pub use context::{DEFAULT_ONCE_TTL, Data, JobContext, MAX_RESULT_BYTES, Progress};
 pub use errand_core::broker::{Cancelled, DeadLimits};
 pub use errand_core::{
@@ -71,7 +71,8 @@ pub use errand_core::{
 };
 pub use error::{Error, JobError, JobErrorKind, JobResult};
 pub use job::{
-    EXPIRES_AT, Job, JobOptions, KEEP_RESULT, Retry, UniqueUntil, decode_args, encode_args,
+    DEBOUNCE_KEY, EXPIRES_AT, Job, JobOptions, KEEP_RESULT, Retry, UniqueUntil, decode_args,
+    encode_args,
 };
 pub use locks::{Admission, Limiter, Mutex, MutexGuard, Permit};
 pub use periodic::{Missed, Periodic};

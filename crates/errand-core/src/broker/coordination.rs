@@ -193,6 +193,23 @@ pub enum UniquePushed {
     },
 }
 
+/// A job pushed in place of the waiting job of the same key ([`Coordination::push_replacing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplacePush<'a> {
+    /// The job's debounce key (`debounce:<class>:<key or digest>`).
+    pub key: &'a str,
+    /// The job's id.
+    pub jid: &'a str,
+    /// How long the key remembers this job (longer than it can wait).
+    pub ttl: Duration,
+    /// The job's queue (registered, and pushed onto when `at` is `None`).
+    pub queue: &'a str,
+    /// The job, as stored.
+    pub payload: &'a str,
+    /// When set, the job goes into the schedule set at this time (epoch seconds) instead.
+    pub at: Option<f64>,
+}
+
 /// Where [`Coordination::cancel_job`] found a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
@@ -370,6 +387,16 @@ pub trait Coordination: Send + Sync + 'static {
     async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {
         let _ = jids;
         unsupported("job cancellation")
+    }
+
+    /// Pushes `req.payload` and, in the same atomic step, removes the job last pushed under
+    /// `req.key` if it is still waiting (in its queue or the schedule set, byte for byte as
+    /// pushed): the last push wins (debouncing, BullMQ's debounce, graphile-worker's
+    /// `job_key` replace). Returns the removed job's jid; `None` when there was none or it had
+    /// already been fetched (it runs; so does this one).
+    async fn push_replacing(&self, req: ReplacePush<'_>) -> BrokerResult<Option<String>> {
+        let _ = req;
+        unsupported("replacing pushes")
     }
 
     /// Keeps job `jid`'s result (`value`, JSON text) for `keep`, replacing an earlier one.

@@ -26,8 +26,8 @@ mod queue;
 pub use crate::error::BrokerResult;
 pub use coordination::{
     CANCEL_MARK_TTL, Cancelled, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion,
-    OnceRequest, PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush,
-    UniquePushed, has_jid, work_has_jid,
+    OnceRequest, PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, ReplacePush,
+    UniquePush, UniquePushed, has_jid, work_has_jid,
 };
 pub use fleet::{
     Fleet, Heartbeat, RemoteSignal, RescuePolicy, WorkEntry, info_queues, poison_entry,

@@ -388,4 +388,54 @@ impl Coordination for MemoryBroker {
             .filter(|(_, until)| *until > now)
             .map(|(v, _)| v.clone()))
     }
+
+    async fn push_replacing(
+        &self,
+        req: errand_core::broker::ReplacePush<'_>,
+    ) -> BrokerResult<Option<String>> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        let mut replaced = None;
+        if let Some((jid, raw, scheduled, until)) = state.replacing.remove(req.key)
+            && until > now
+        {
+            let removed = if scheduled {
+                state.set_mut("schedule").remove(&raw)
+            } else {
+                state.queues.get_mut(req.queue).is_some_and(|list| {
+                    match list.iter().position(|r| *r == raw) {
+                        Some(at) => {
+                            list.remove(at);
+                            true
+                        }
+                        None => false,
+                    }
+                })
+            };
+            if removed {
+                replaced = Some(jid);
+            }
+        }
+        match req.at {
+            Some(at) => state.set_mut("schedule").add(at, req.payload),
+            None => {
+                state.known_queues.insert(req.queue.to_string());
+                state.lpush(req.queue, req.payload.to_string());
+            }
+        }
+        state.replacing.insert(
+            req.key.to_string(),
+            (
+                req.jid.to_string(),
+                req.payload.to_string(),
+                req.at.is_some(),
+                now + req.ttl.as_secs_f64(),
+            ),
+        );
+        drop(state);
+        if req.at.is_none() {
+            self.pushed.notify_waiters();
+        }
+        Ok(replaced)
+    }
 }

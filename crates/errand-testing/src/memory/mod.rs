@@ -173,6 +173,9 @@ struct State {
     recoveries: HashMap<String, u32>,
     /// Cancelled jobs by jid, with when the mark expires (broker clock).
     cancels: HashMap<String, f64>,
+    /// Debounce keys: the job last pushed under each (jid, payload, scheduled?) and when the
+    /// key expires (broker clock).
+    replacing: HashMap<String, (String, String, bool, f64)>,
     /// Kept results by jid: the JSON and when it expires (broker clock).
     results: HashMap<String, (String, f64)>,
     /// The last fencing token handed out by a fetch.
