@@ -424,7 +424,7 @@ impl Client {
         let now = self.now();
         let at = self
             .run_at(&push)
-            .or_else(|| (!window.is_zero()).then(|| now + window.as_secs_f64()));
+            .or_else(|| (!window.is_zero()).then_some(now + window.as_secs_f64()));
         let key = p
             .get(crate::job::DEBOUNCE_KEY)
             .and_then(Value::as_str)
