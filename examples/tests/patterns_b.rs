@@ -72,3 +72,20 @@ fn periodic() {
         "{out}"
     );
 }
+
+#[test]
+fn job_control() {
+    let out = run_example(env!("CARGO_BIN_EXE_job_control"));
+    assert_line(
+        &out,
+        "ok: export cancelled while running, invoice total 2149 read back, late notification \
+         dropped, 5 reindex pushes ran once (4 replaced)",
+    );
+    assert_line(&out, "reindexed product 42 at revision 5");
+    assert!(out.contains("cancel: Running("), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("export 7 stopped after ")),
+        "{out}"
+    );
+}
