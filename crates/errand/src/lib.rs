@@ -64,7 +64,9 @@ pub mod server;
 
 pub use async_trait::async_trait;
 pub use client::{Client, Debounced, Push, RawJob};
-pub use context::{DEFAULT_ONCE_TTL, Data, JobContext, MAX_RESULT_BYTES, Progress};
+pub use context::{
+    DEFAULT_ONCE_TTL, Data, JobContext, MAX_RESULT_BYTES, PROGRESS_MESSAGE_MAX, Progress,
+};
 pub use errand_core::broker::{Cancelled, DeadLimits};
 pub use errand_core::{
     Clock, Payload, WireProfile, activejob, admin, backoff, broker, metrics, system_clock,
