@@ -17,7 +17,7 @@ mod browser_support;
 use browser_support::*;
 use errand::broker::Fleet;
 use errand_core::admin::{SetName, SetRange};
-use errand_core::broker::RemoteSignal;
+use errand_core::broker::{Coordination, RemoteSignal};
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -466,6 +466,32 @@ async fn buttons_change_the_backend() {
     );
     assert_eq!(fx.beat().await, Some(RemoteSignal::Quiet));
     b.assert_clean("after quiet").await;
+
+    // Cancel a running job (its progress is on the row), through its confirm dialog.
+    b.goto(&fx.url("/busy")).await;
+    let jid = j.running[0].clone();
+    let row = format!("tr:has(input[name=jid][value=\"{jid}\"])");
+    assert!(
+        b.text(&format!("{row} td.progress"))
+            .await
+            .starts_with("60% card 3 of 5"),
+        "the running job's progress"
+    );
+    b.find(&format!("{row} form[action=\"/jobs/cancel\"] button"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.accept_confirm(&format!(
+        "Cancel job {jid}? A running job is told to stop at its process's next heartbeat."
+    ))
+    .await;
+    assert!(
+        b.text(".flash-ok").await.starts_with("Cancel sent"),
+        "the flash says the job is told"
+    );
+    assert_eq!(fx.broker.cancelled(&[&jid]).await.unwrap(), vec![true]);
+    b.assert_clean("after cancel").await;
 
     // Pause the periodic entry, then run it now.
     b.goto(&fx.url("/periodic")).await;

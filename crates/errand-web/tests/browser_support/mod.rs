@@ -298,13 +298,15 @@ impl Fixture {
         let work = vec![
             WorkEntry {
                 tid: "t1a".into(),
-                json: json!({"queue": Q_DEFAULT, "payload": run_a.to_json(), "run_at": now - 30.0})
-                    .to_string(),
+                json: json!({"queue": Q_DEFAULT, "payload": run_a.to_json(), "run_at": now - 30.0,
+                             "errand_progress": {"percent": 60, "message": "card 3 of 5"}})
+                .to_string(),
             },
             WorkEntry {
                 tid: "t2b".into(),
-                json: json!({"queue": Q_SCRIPT, "payload": run_b.to_json(), "run_at": now - 5.0})
-                    .to_string(),
+                json: json!({"queue": Q_SCRIPT, "payload": run_b.to_json(), "run_at": now - 5.0,
+                             "errand_progress": {"percent": 10, "message": xss_text()}})
+                .to_string(),
             },
         ];
         let signal = b
