@@ -32,6 +32,11 @@ mod fleet;
 mod queue;
 mod rows;
 mod schema;
+mod tx;
 
 pub use broker::SqliteBroker;
 pub use config::{Durability, SqliteConfig};
+/// The SQLite driver this backend is built on, for the application's own connection to the
+/// same file ([`push_in`], `errand::Client::push_tx`): the same version, so its transactions fit.
+pub use rusqlite;
+pub use tx::{push_in, push_scheduled_in};

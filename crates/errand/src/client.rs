@@ -487,6 +487,69 @@ impl Client {
         }
     }
 
+    /// Pushes `job` inside `tx`, the application's own transaction on a connection to the
+    /// SQLite backend's file (open it with `errand::sqlite::rusqlite`, the version the backend
+    /// uses): the job exists if and only if `tx` commits, together with the business rows
+    /// written in it — no dual write, no outbox. Servers see it once it commits (within their
+    /// 5 ms poll of the file). Returns the job id.
+    ///
+    /// ```rust,no_run
+    /// # use errand::{Client, Job, JobContext, JobResult};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendReceipt { order_id: i64 }
+    /// # impl Job for SendReceipt { const NAME: &'static str = "SendReceipt";
+    /// #   async fn perform(self, _: &JobContext) -> JobResult { Ok(()) } }
+    /// # fn demo(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut db = errand::sqlite::rusqlite::Connection::open("app.sqlite")?;
+    /// let tx = db.transaction()?;
+    /// tx.execute("INSERT INTO orders(id, total) VALUES (?1, ?2)", (7, 4500))?;
+    /// client.push_tx(&tx, SendReceipt { order_id: 7 })?;
+    /// tx.commit()?; // the order and its job, or neither
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`Client::push`]; a unique or debounced job is refused ([`Error::Config`]: those
+    /// take their key through the backend in one step of their own), and so is a file that
+    /// was never opened with `SqliteBroker::open`.
+    #[cfg(feature = "sqlite")]
+    pub fn push_tx<J: Job>(
+        &self,
+        tx: &errand_sqlite::rusqlite::Transaction<'_>,
+        job: J,
+    ) -> Result<String, Error> {
+        self.push_tx_with(tx, job, Push::new())
+    }
+
+    /// [`Client::push_tx`] with per-push overrides (queue, delay, time, extra keys).
+    ///
+    /// # Errors
+    /// As for [`Client::push_tx`].
+    #[cfg(feature = "sqlite")]
+    pub fn push_tx_with<J: Job>(
+        &self,
+        tx: &errand_sqlite::rusqlite::Transaction<'_>,
+        job: J,
+        push: Push,
+    ) -> Result<String, Error> {
+        let opts = J::options();
+        if opts.unique_for.is_some() || opts.debounce.is_some() {
+            return Err(Error::Config(format!(
+                "job {} is unique or debounced: push it with Client::push (its key is taken \
+                 through the backend, not inside an application transaction)",
+                J::NAME
+            )));
+        }
+        let p = self.build(&job, &push)?;
+        let at = self.run_at(&push);
+        let jid = p.jid().to_string();
+        let (queue, at, payload) = self.stored(p, at)?;
+        match at {
+            Some(at) => errand_sqlite::push_scheduled_in(tx, &[ScheduledJob { at, payload }])?,
+            None => errand_sqlite::push_in(tx, &[Enqueue { queue, payload }])?,
+        }
+        Ok(jid)
+    }
+
     /// Runs `job` after `delay` (Sidekiq's `perform_in`).
     ///
     /// # Errors

@@ -83,7 +83,7 @@ pub use server::{Drained, Server, ServerBuilder, ServerHandle};
 /// The embedded SQLite backend (feature `sqlite`): one file, nothing to install.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    pub use errand_sqlite::{Durability, SqliteBroker, SqliteConfig};
+    pub use errand_sqlite::{Durability, SqliteBroker, SqliteConfig, rusqlite};
 }
 
 /// The Redis backend (feature `redis`).
