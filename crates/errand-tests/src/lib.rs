@@ -953,3 +953,147 @@ impl RedisServer {
         false
     }
 }
+
+/// A PostgreSQL server of the test's own: a fresh cluster (`initdb`) in a temporary folder,
+/// started with `pg_ctl` on a free loopback port (its socket in the same folder), stopped
+/// (`immediate`) and deleted on drop. Never the machine's shared instance. Run as root, the
+/// server runs as the `postgres` user (PostgreSQL refuses root).
+pub struct PostgresServer {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// Where Debian's PostgreSQL keeps `initdb` and `pg_ctl` (the newest installed version).
+fn pg_bin(tool: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .last()
+        .map(|v| v.join("bin").join(tool))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL's {tool} is missing: install Debian's `postgresql` package \
+                 (scripts/test does)"
+            )
+        })
+}
+
+/// `cmd`, run as the `postgres` user when this process is root.
+fn as_postgres(tool: &str) -> Command {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(tool));
+        c
+    } else {
+        Command::new(pg_bin(tool))
+    }
+}
+
+impl PostgresServer {
+    /// Makes a cluster and starts it; waits until it accepts connections.
+    ///
+    /// # Panics
+    /// When PostgreSQL is not installed or does not start (its log is shown).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _ = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = as_postgres("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-N", "-E", "UTF8"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in 0..5 {
+            let port = free_port();
+            let status = as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                    dir.path().display()
+                ))
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .args(["-w", "-t", "30", "start"])
+                .stdout(Stdio::null())
+                .status()
+                .expect("run pg_ctl");
+            if status.success() {
+                return Self { dir, port };
+            }
+        }
+        panic!(
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A URL for database `db` (made with [`PostgresServer::create_db`]).
+    pub fn url_db(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates database `db` (one per test case, so cases do not share tables).
+    pub fn create_db(&self, db: &str) {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("CREATE DATABASE \"{db}\""),
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {db}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

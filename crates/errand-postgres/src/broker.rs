@@ -1,0 +1,186 @@
+//! [`PostgresBroker`]: a connection pool, the schema's name, and the listener that wakes
+//! waiting fetches when a job is pushed (LISTEN/NOTIFY), from this process or any other.
+
+use crate::config::PostgresConfig;
+use crate::schema::{migrate, quote_ident};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use errand_core::BrokerError;
+use errand_core::broker::BrokerResult;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// The PostgreSQL backend. Cheap to clone; clones share the pool and the listener.
+#[derive(Clone)]
+pub struct PostgresBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub pool: Pool,
+    /// The schema's quoted name, for SQL text.
+    pub s: String,
+    /// The NOTIFY channel pushes signal on.
+    pub channel: String,
+    /// Woken on every notification (and by this process's own pushes).
+    pub pushed: Notify,
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock()
+            && let Some(task) = l.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBroker")
+            .field("schema", &self.inner.s)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pool or driver failure as a [`BrokerError`]: a lost or refused connection, a server
+/// shutting down or a serialization conflict is worth retrying; anything else is a command
+/// error.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> BrokerError {
+    use tokio_postgres::error::SqlState;
+    let retry = e.is_closed()
+        || e.code().is_some_and(|c| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(c)
+        })
+        || e.code().is_none();
+    if retry {
+        BrokerError::Connection(Box::new(e))
+    } else {
+        BrokerError::Command(Box::new(e))
+    }
+}
+
+pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> BrokerError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        other => BrokerError::Connection(Box::new(other)),
+    }
+}
+
+impl PostgresBroker {
+    /// Connects to `url` (`postgres://user:password@host:port/db`) with default settings.
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable server, or a failed migration.
+    pub async fn connect(url: &str) -> BrokerResult<Self> {
+        Self::connect_with(PostgresConfig::new(url)).await
+    }
+
+    /// Connects with `config`: applies missing migrations (unless turned off), opens the pool
+    /// and starts the listener.
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable server, or a failed migration.
+    pub async fn connect_with(config: PostgresConfig) -> BrokerResult<Self> {
+        let pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| BrokerError::Config(format!("postgres url: {e}")))?;
+        if config.migrate {
+            let (mut client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
+            let driver = tokio::spawn(conn);
+            let applied = migrate(&mut client, &config.schema).await.map_err(pg_err)?;
+            drop(client);
+            let _ = driver.await;
+            if applied > 0 {
+                tracing::info!(applied, schema = %config.schema, "postgres migrations applied");
+            }
+        }
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .build()
+            .map_err(|e| BrokerError::Config(format!("postgres pool: {e}")))?;
+        let inner = Arc::new(Inner {
+            pool,
+            s: quote_ident(&config.schema),
+            channel: quote_ident(&format!("errand:{}", config.schema)),
+            pushed: Notify::new(),
+            listener: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(listen(pg, Arc::downgrade(&inner)));
+        if let Ok(mut l) = inner.listener.lock() {
+            *l = Some(task);
+        }
+        let broker = Self { inner };
+        // Fails here, not at the first push, when the server is unreachable.
+        let _ = broker.client().await?;
+        Ok(broker)
+    }
+
+    pub(crate) async fn client(&self) -> BrokerResult<deadpool_postgres::Object> {
+        self.inner.pool.get().await.map_err(pool_err)
+    }
+
+    /// Wakes this process's waiting fetches (the listener does the same for other processes'
+    /// pushes, after their commit).
+    pub(crate) fn notify_pushed(&self) {
+        self.inner.pushed.notify_waiters();
+    }
+}
+
+/// Holds a connection that LISTENs on the push channel and wakes waiting fetches on each
+/// notification; reconnects (with a pause) when the connection is lost, and wakes every fetch
+/// then too, so none waits on a notification that went with the old connection.
+async fn listen(pg: tokio_postgres::Config, inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(channel) = inner.upgrade().map(|i| i.channel.clone()) else {
+            return;
+        };
+        match pg.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (tx, mut rx) = futures::channel::mpsc::unbounded();
+                let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                let forward = tokio::spawn(stream.map(Ok).forward(tx));
+                if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+                    tracing::warn!(error = %e, "postgres LISTEN failed; retrying");
+                } else {
+                    while let Some(Ok(message)) = rx.next().await {
+                        let Some(inner) = inner.upgrade() else {
+                            return;
+                        };
+                        if let AsyncMessage::Notification(_) = message {
+                            inner.pushed.notify_waiters();
+                        }
+                    }
+                }
+                forward.abort();
+                tracing::warn!("postgres listener connection lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "postgres listener cannot connect; retrying"),
+        }
+        match inner.upgrade() {
+            Some(i) => i.pushed.notify_waiters(),
+            None => return,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,411 @@
+//! The hot path on PostgreSQL ([`JobQueue`]): waiting rows ordered by position, fetched with
+//! `FOR UPDATE SKIP LOCKED` in batches (concurrent fetchers never wait on each other), acks in
+//! groups (one transaction per batch), and idle fetches woken by LISTEN/NOTIFY.
+
+use crate::PostgresBroker;
+use crate::broker::pg_err;
+use crate::schema::state;
+use crate::schema::state::{IN_FLIGHT, QUEUED};
+use async_trait::async_trait;
+use errand_core::broker::{
+    BrokerResult, Completion, DeadLimits, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob,
+    Settle,
+};
+use errand_core::{Payload, WireProfile};
+use std::time::{Duration, Instant};
+use tokio_postgres::GenericClient;
+
+/// How many due jobs one promotion transaction moves.
+const PROMOTE_BATCH: i64 = 500;
+
+/// How long an idle fetch waits for a notification before it looks anyway: a safety net for
+/// a notification lost with a listener connection, not the way pushes are found.
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+
+/// `<id>|<owner>`: where a fetched job's row is, and whose it is.
+fn location(id: i64, owner: &str) -> String {
+    format!("{id}|{owner}")
+}
+
+fn parse_location(location: &str) -> Option<(i64, &str)> {
+    let (id, owner) = location.split_once('|')?;
+    Some((id.parse().ok()?, owner))
+}
+
+/// Adds `payload` to set `set` at `score`, replacing an equal member (sets hold each payload
+/// once, as Redis sorted sets do).
+pub(crate) async fn add_member(
+    c: &impl GenericClient,
+    s: &str,
+    set: i16,
+    score: f64,
+    payload: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "DELETE FROM {s}.jobs WHERE state = $1 AND state >= 2
+             AND member = hashtextextended($2, 0) AND payload = $2"
+        ),
+        &[&set, &payload],
+    )
+    .await?;
+    c.execute(
+        &format!(
+            "INSERT INTO {s}.jobs(state, score, member, payload)
+             VALUES ($1, $2, hashtextextended($3, 0), $3)"
+        ),
+        &[&set, &score, &payload],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Adds `payload` to the dead set at `now`, then trims the set by age and size.
+pub(crate) async fn bury(
+    c: &impl GenericClient,
+    s: &str,
+    payload: &str,
+    now: f64,
+    limits: &DeadLimits,
+) -> Result<(), tokio_postgres::Error> {
+    add_member(c, s, state::DEAD, now, payload).await?;
+    c.execute(
+        &format!("DELETE FROM {s}.jobs WHERE state = $1 AND score < $2"),
+        &[&state::DEAD, &(now - limits.max_age.as_secs_f64())],
+    )
+    .await?;
+    c.execute(
+        &format!(
+            "DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM {s}.jobs WHERE state = $1
+             ORDER BY score DESC, payload DESC OFFSET $2)"
+        ),
+        &[&state::DEAD, &(limits.max_jobs as i64)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Pushes `jobs` onto the newest end of their queues and registers the queue names, in two
+/// statements whatever their number (positions come from the sequence, in push order).
+pub(crate) async fn enqueue(
+    c: &impl GenericClient,
+    s: &str,
+    jobs: &[Enqueue],
+) -> Result<(), tokio_postgres::Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
+    c.execute(
+        &format!(
+            "INSERT INTO {s}.jobs(state, queue, seq, payload)
+             SELECT {QUEUED}, q, nextval('{s}.positions'), p
+             FROM (SELECT q, p FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(q, p, i)
+                   ORDER BY i) ordered"
+        ),
+        &[&queues, &payloads],
+    )
+    .await?;
+    let mut names = queues.clone();
+    names.sort_unstable();
+    names.dedup();
+    c.execute(
+        &format!("INSERT INTO {s}.queues(name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"),
+        &[&names],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Signals the push channel; delivered when the surrounding transaction commits.
+pub(crate) async fn notify(
+    c: &impl GenericClient,
+    channel: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!("NOTIFY {channel}")).await
+}
+
+impl PostgresBroker {
+    /// One fetch pass: up to `max` jobs, queue by queue in the order given, each batch one
+    /// statement (`FOR UPDATE SKIP LOCKED`: rows another fetch is taking are skipped, not
+    /// waited for). Each job gets a fencing token from the sequence.
+    async fn fetch_once(
+        &self,
+        identity: &str,
+        queues: &[String],
+        max: usize,
+    ) -> BrokerResult<Vec<Fetched>> {
+        let s = &self.inner.s;
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH picked AS (
+                   SELECT id FROM {s}.jobs WHERE state = {QUEUED} AND queue = $1
+                   ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 UPDATE {s}.jobs j SET state = {IN_FLIGHT}, owner = $3,
+                   token = nextval('{s}.positions'),
+                   score = extract(epoch FROM clock_timestamp())
+                 FROM picked WHERE j.id = picked.id
+                 RETURNING j.id, j.payload, j.token, j.seq"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let mut out = Vec::new();
+        for queue in queues {
+            let left = max - out.len();
+            if left == 0 {
+                break;
+            }
+            let rows = c
+                .query(&stmt, &[queue, &(left as i64), &identity])
+                .await
+                .map_err(pg_err)?;
+            let mut batch: Vec<(i64, Fetched)> = rows
+                .iter()
+                .map(|r| {
+                    let id: i64 = r.get(0);
+                    let token: i64 = r.get(2);
+                    (
+                        r.get::<_, i64>(3),
+                        Fetched {
+                            queue: queue.clone(),
+                            raw: r.get(1),
+                            location: location(id, identity),
+                            token: token as u64,
+                        },
+                    )
+                })
+                .collect();
+            batch.sort_by_key(|(seq, _)| *seq);
+            out.extend(batch.into_iter().map(|(_, f)| f));
+        }
+        Ok(out)
+    }
+
+    /// Whether any of `queues` has a job waiting (one index probe each).
+    async fn has_queued(&self, queues: &[String]) -> BrokerResult<bool> {
+        let s = &self.inner.s;
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {s}.jobs WHERE state = {QUEUED} AND queue = ANY($1))"
+                ),
+                &[&queues],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+}
+
+#[async_trait]
+impl JobQueue for PostgresBroker {
+    async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        enqueue(&*tx, &self.inner.s, jobs).await.map_err(pg_err)?;
+        notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        self.notify_pushed();
+        Ok(())
+    }
+
+    async fn push_scheduled(&self, jobs: &[ScheduledJob]) -> BrokerResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        for j in jobs {
+            add_member(&*tx, &self.inner.s, state::SCHEDULE, j.at, &j.payload)
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
+        if req.queues.is_empty() || req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + req.wait;
+        let mut looked = false;
+        loop {
+            // Listen before looking, so a push between the look and the wait is not missed.
+            let pushed = self.inner.pushed.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
+            if !looked || self.has_queued(req.queues).await? {
+                let jobs = self.fetch_once(req.identity, req.queues, req.max).await?;
+                if !jobs.is_empty() {
+                    return Ok(jobs);
+                }
+            }
+            looked = true;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = pushed => {}
+                _ = tokio::time::sleep(left.min(SAFETY_POLL)) => {}
+            }
+        }
+    }
+
+    /// One transaction for the whole batch.
+    async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
+        let s = &self.inner.s;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        // The row must still be this attempt's: same owner and same fencing token, so a stale
+        // attempt cannot complete a later fetch of the same job.
+        let delete = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {s}.jobs WHERE id = $1 AND state = {IN_FLIGHT} AND owner = $2 AND token = $3"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let mut held = Vec::with_capacity(batch.len());
+        for done in batch {
+            let job = done.job();
+            let Some((id, owner)) = parse_location(&job.location) else {
+                held.push(false);
+                continue;
+            };
+            let n = tx
+                .execute(&delete, &[&id, &owner, &(job.token as i64)])
+                .await
+                .map_err(pg_err)?;
+            if n == 0 {
+                held.push(false);
+                continue;
+            }
+            if let Completion::Settle(_, to) = done {
+                match to {
+                    Settle::Retry { payload, at } => {
+                        add_member(&*tx, s, state::RETRY, *at, payload).await
+                    }
+                    Settle::Scheduled { payload, at } => {
+                        add_member(&*tx, s, state::SCHEDULE, *at, payload).await
+                    }
+                    Settle::Dead {
+                        payload,
+                        now,
+                        limits,
+                    } => bury(&*tx, s, payload, *now, limits).await,
+                }
+                .map_err(pg_err)?;
+            }
+            held.push(true);
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(held)
+    }
+
+    async fn release(&self, job: &Fetched) -> BrokerResult<bool> {
+        let Some((id, owner)) = parse_location(&job.location) else {
+            return Ok(false);
+        };
+        let s = &self.inner.s;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {s}.jobs SET state = {QUEUED}, owner = NULL, score = 0,
+                       seq = (SELECT coalesce(min(seq), 1) - 1 FROM {s}.jobs
+                              WHERE state = {QUEUED} AND queue = $4)
+                     WHERE id = $1 AND state = {IN_FLIGHT} AND owner = $2 AND token = $3"
+                ),
+                &[&id, &owner, &(job.token as i64), &job.queue],
+            )
+            .await
+            .map_err(pg_err)?;
+        if n == 1 {
+            notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        if n == 1 {
+            self.notify_pushed();
+        }
+        Ok(n == 1)
+    }
+
+    /// The server's clock: every process of the fleet reads the same one.
+    async fn now(&self) -> BrokerResult<f64> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+
+    async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
+        let s = &self.inner.s;
+        let mut moved = 0;
+        for set in [state::RETRY, state::SCHEDULE] {
+            loop {
+                let mut c = self.client().await?;
+                let tx = c.transaction().await.map_err(pg_err)?;
+                let due = tx
+                    .query(
+                        &format!(
+                            "SELECT id, payload FROM {s}.jobs WHERE state = $1 AND score <= $2
+                             ORDER BY score, payload LIMIT $3 FOR UPDATE SKIP LOCKED"
+                        ),
+                        &[&set, &now, &PROMOTE_BATCH],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let n = due.len();
+                for row in &due {
+                    let (id, raw): (i64, String) = (row.get(0), row.get(1));
+                    let (queue, payload) = match Payload::parse(&raw) {
+                        Ok(mut p) => {
+                            p.stamp_enqueued(profile, now);
+                            (p.queue().to_string(), p.to_json())
+                        }
+                        // Unreadable entries go to `default` unchanged, where the worker files
+                        // them in the dead set with the reason.
+                        Err(_) => ("default".to_string(), raw),
+                    };
+                    tx.execute(
+                        &format!(
+                            "UPDATE {s}.jobs SET state = {QUEUED}, queue = $2,
+                               seq = nextval('{s}.positions'), score = 0, member = 0,
+                               payload = $3 WHERE id = $1"
+                        ),
+                        &[&id, &queue, &payload],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                    tx.execute(
+                        &format!("INSERT INTO {s}.queues(name) VALUES ($1) ON CONFLICT DO NOTHING"),
+                        &[&queue],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                }
+                if n > 0 {
+                    notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+                }
+                tx.commit().await.map_err(pg_err)?;
+                moved += n;
+                if (n as i64) < PROMOTE_BATCH {
+                    break;
+                }
+            }
+        }
+        if moved > 0 {
+            self.notify_pushed();
+        }
+        Ok(moved)
+    }
+}
