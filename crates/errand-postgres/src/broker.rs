@@ -64,7 +64,7 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> BrokerError {
             ]
             .contains(c)
         })
-        || e.code().is_none();
+        || std::error::Error::source(&e).is_some_and(|c| c.is::<std::io::Error>());
     if retry {
         BrokerError::Connection(Box::new(e))
     } else {

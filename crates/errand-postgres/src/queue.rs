@@ -23,7 +23,7 @@ const PROMOTE_BATCH: i64 = 500;
 const SAFETY_POLL: Duration = Duration::from_secs(5);
 
 /// `<id>|<owner>`: where a fetched job's row is, and whose it is.
-fn location(id: i64, owner: &str) -> String {
+pub(crate) fn location(id: i64, owner: &str) -> String {
     format!("{id}|{owner}")
 }
 
@@ -77,7 +77,7 @@ pub(crate) async fn bury(
     c.execute(
         &format!(
             "DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM {s}.jobs WHERE state = $1
-             ORDER BY score DESC, payload DESC OFFSET $2)"
+             ORDER BY score DESC, payload COLLATE \"C\" DESC OFFSET $2)"
         ),
         &[&state::DEAD, &(limits.max_jobs as i64)],
     )
@@ -358,7 +358,7 @@ impl JobQueue for PostgresBroker {
                     .query(
                         &format!(
                             "SELECT id, payload FROM {s}.jobs WHERE state = $1 AND score <= $2
-                             ORDER BY score, payload LIMIT $3 FOR UPDATE SKIP LOCKED"
+                             ORDER BY score, payload COLLATE \"C\" LIMIT $3 FOR UPDATE SKIP LOCKED"
                         ),
                         &[&set, &now, &PROMOTE_BATCH],
                     )

@@ -37,6 +37,81 @@ CREATE INDEX jobs_in_flight ON {s}.jobs (owner) WHERE state = 1;
 -- Queue positions and fencing tokens: strictly increasing, never reused.
 CREATE SEQUENCE {s}.positions;
 CREATE TABLE {s}.queues (name text PRIMARY KEY);
+-- The fleet: live processes (Sidekiq's process hash), their running jobs, remote signals.
+CREATE TABLE {s}.processes (
+    identity    text PRIMARY KEY,
+    info        text NOT NULL,
+    beat        double precision,              -- NULL until the first heartbeat
+    expires_at  double precision NOT NULL,     -- alive while in the future (server clock)
+    busy        integer NOT NULL DEFAULT 0,
+    concurrency integer NOT NULL DEFAULT 0,
+    quiet       boolean NOT NULL DEFAULT false,
+    rss_kb      bigint  NOT NULL DEFAULT 0
+);
+CREATE TABLE {s}.work (
+    identity text NOT NULL,
+    tid      text NOT NULL,
+    json     text NOT NULL,
+    PRIMARY KEY (identity, tid)
+);
+CREATE TABLE {s}.signals (
+    id       bigserial PRIMARY KEY,
+    identity text NOT NULL,
+    name     text NOT NULL
+);
+CREATE INDEX signals_by_identity ON {s}.signals (identity, id);
+-- Counters: processed/failed totals and per UTC day (`processed:2026-12-05`), cancelled,
+-- expired; and the fleet's promotion turn (`poll_until`, ms).
+CREATE TABLE {s}.stats (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE {s}.counters (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE {s}.paused_queues (name text PRIMARY KEY);
+-- Execution metrics per minute (minutes since the epoch, UTC) and class, kept 26 hours, and
+-- per class since the schema was new; `histogram` holds errand_core::metrics's buckets.
+CREATE TABLE {s}.metrics (
+    minute     bigint NOT NULL,
+    class      text   NOT NULL,
+    executions bigint NOT NULL,
+    failures   bigint NOT NULL,
+    total_ms   bigint NOT NULL,
+    histogram  bigint[] NOT NULL,
+    PRIMARY KEY (minute, class)
+);
+-- Coordination: leases (mutexes, unique locks, limits), fencing counters, once-only steps,
+-- periodic entries, rate limits and refusal counts, cancellation marks, kept results, debounce
+-- keys. Times are the server's clock in epoch seconds.
+CREATE TABLE {s}.leases (
+    key text NOT NULL, holder text NOT NULL, expires_at double precision NOT NULL,
+    PRIMARY KEY (key, holder)
+);
+CREATE TABLE {s}.fences (key text PRIMARY KEY, last bigint NOT NULL,
+                         expires_at double precision NOT NULL);
+CREATE INDEX fences_by_expiry ON {s}.fences (expires_at);
+CREATE TABLE {s}.once_steps (key text PRIMARY KEY, owner text NOT NULL, output text,
+                             expires_at double precision NOT NULL);
+CREATE INDEX once_steps_by_expiry ON {s}.once_steps (expires_at);
+CREATE TABLE {s}.periodic (
+    name text PRIMARY KEY, spec text NOT NULL, zone text NOT NULL, queue text NOT NULL,
+    template text NOT NULL, missed text NOT NULL, paused boolean NOT NULL DEFAULT false,
+    last_tick double precision NOT NULL, last_jid text, last_run double precision,
+    seen_at double precision NOT NULL
+);
+CREATE TABLE {s}.rate_buckets (key text PRIMARY KEY, slot bigint NOT NULL, count bigint NOT NULL);
+CREATE TABLE {s}.rate_uses (key text NOT NULL, at double precision NOT NULL);
+CREATE INDEX rate_uses_by_key ON {s}.rate_uses (key, at);
+CREATE TABLE {s}.limit_hits (name text PRIMARY KEY, hits bigint NOT NULL);
+CREATE TABLE {s}.cancels (jid text PRIMARY KEY, expires_at double precision NOT NULL);
+CREATE TABLE {s}.results (jid text PRIMARY KEY, value text NOT NULL,
+                          expires_at double precision NOT NULL);
+CREATE INDEX results_by_expiry ON {s}.results (expires_at);
+CREATE TABLE {s}.debounce_keys (key text PRIMARY KEY, jid text NOT NULL, job_id bigint NOT NULL,
+                                payload text NOT NULL, expires_at double precision NOT NULL);
+CREATE TABLE {s}.metrics_totals (
+    class      text   PRIMARY KEY,
+    executions bigint NOT NULL,
+    failures   bigint NOT NULL,
+    total_ms   bigint NOT NULL,
+    histogram  bigint[] NOT NULL
+);
 "#,
 )];
 
