@@ -1,6 +1,8 @@
-//! Opening the backend a command works on: an SQLite file (the default) or a Redis server.
+//! Opening the backend a command works on: an SQLite file (the default), a Redis server or a
+//! PostgreSQL database.
 
 use errand::broker::Broker;
+use errand::postgres::PostgresBroker;
 use errand::redis::{RedisBroker, RedisConfig};
 use errand_sqlite::{SqliteBroker, SqliteConfig};
 use std::path::Path;
@@ -13,18 +15,39 @@ pub(crate) enum Backend {
     Sqlite(SqliteBroker),
     /// A Redis server.
     Redis(Box<RedisBroker>),
+    /// A PostgreSQL database.
+    Postgres(PostgresBroker),
 }
 
 impl Backend {
-    /// Opens Redis at `redis` (under `namespace`, if given) when given, else the SQLite file at
-    /// `sqlite`. With `fresh`, starts from nothing: Errand's and Sidekiq's keys in the namespace
-    /// are deleted (other keys in the database stay), the SQLite file (and its WAL) replaced.
+    /// Opens Redis at `redis` (under `namespace`, if given) when given, else PostgreSQL at
+    /// `postgres` when given, else the SQLite file at `sqlite`. With `fresh`, starts from
+    /// nothing: Errand's and Sidekiq's keys in the namespace are deleted (other keys in the
+    /// database stay), Errand's PostgreSQL schema dropped and made again, the SQLite file (and
+    /// its WAL) replaced.
     pub(crate) async fn open(
         sqlite: &Path,
         redis: Option<&str>,
+        postgres: Option<&str>,
         namespace: Option<&str>,
         fresh: bool,
     ) -> anyhow::Result<Self> {
+        if let (None, Some(url)) = (redis, postgres) {
+            if fresh {
+                let (client, conn) = errand::postgres::tokio_postgres::connect(
+                    url,
+                    errand::postgres::tokio_postgres::NoTls,
+                )
+                .await?;
+                let driver = tokio::spawn(conn);
+                client
+                    .batch_execute("DROP SCHEMA IF EXISTS errand CASCADE")
+                    .await?;
+                drop(client);
+                let _ = driver.await;
+            }
+            return Ok(Backend::Postgres(PostgresBroker::connect(url).await?));
+        }
         if let Some(url) = redis {
             let mut config = RedisConfig::new(url);
             if let Some(ns) = namespace {
@@ -56,6 +79,7 @@ impl Backend {
         match self {
             Backend::Sqlite(b) => Arc::new(b.clone()),
             Backend::Redis(b) => Arc::new((**b).clone()),
+            Backend::Postgres(b) => Arc::new(b.clone()),
         }
     }
 
@@ -64,6 +88,7 @@ impl Backend {
         match self {
             Backend::Sqlite(b) => Arc::new(b.clone()),
             Backend::Redis(b) => Arc::new((**b).clone()),
+            Backend::Postgres(b) => Arc::new(b.clone()),
         }
     }
 
@@ -72,6 +97,7 @@ impl Backend {
         match self {
             Backend::Sqlite(b) => Arc::new(b.clone()),
             Backend::Redis(b) => Arc::new((**b).clone()),
+            Backend::Postgres(b) => Arc::new(b.clone()),
         }
     }
 }

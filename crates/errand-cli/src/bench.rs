@@ -280,9 +280,10 @@ fn worker_command(args: &BenchArgs) -> anyhow::Result<tokio::process::Command> {
     let exe = std::env::current_exe().context("locating the errand binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("bench").arg("--worker");
-    match &args.redis {
-        Some(url) => cmd.arg("--redis").arg(url),
-        None => cmd.arg("--sqlite").arg(&args.sqlite),
+    match (&args.redis, &args.postgres) {
+        (Some(url), _) => cmd.arg("--redis").arg(url),
+        (None, Some(url)) => cmd.arg("--postgres").arg(url),
+        (None, None) => cmd.arg("--sqlite").arg(&args.sqlite),
     };
     if let Some(ns) = &args.namespace {
         cmd.arg("--namespace").arg(ns);
@@ -516,6 +517,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let backend = Backend::open(
         &args.sqlite,
         args.redis.as_deref(),
+        args.postgres.as_deref(),
         args.namespace.as_deref(),
         true,
     )
@@ -526,6 +528,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "redis",
             format!("redis at {}", args.redis.as_deref().unwrap_or_default()),
         ),
+        Backend::Postgres(_) => ("postgres", "postgres database".to_string()),
     };
     let broker = backend.broker();
     let client = Client::from_arc(broker.clone());
@@ -697,6 +700,7 @@ async fn worker(args: BenchArgs) -> anyhow::Result<()> {
     let backend = Backend::open(
         &args.sqlite,
         args.redis.as_deref(),
+        args.postgres.as_deref(),
         args.namespace.as_deref(),
         false,
     )

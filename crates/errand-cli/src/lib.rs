@@ -59,6 +59,15 @@ pub struct OpsArgs {
     /// The Redis server at this URL instead.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+    /// The PostgreSQL database at this URL instead (`postgres://user:password@host/db`).
+    #[arg(
+        long,
+        global = true,
+        env = "ERRAND_POSTGRES_URL",
+        hide_env_values = true,
+        conflicts_with = "redis"
+    )]
+    pub postgres: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
     #[arg(
@@ -216,11 +225,19 @@ pub enum PeriodicCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebArgs {
     /// The SQLite file to show. The default backend.
-    #[arg(long, default_value = "errand.sqlite", conflicts_with = "redis")]
+    #[arg(long, default_value = "errand.sqlite", conflicts_with_all = ["redis", "postgres"])]
     pub sqlite: PathBuf,
     /// Show the Redis server at this URL instead (Sidekiq's data included).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+    /// Show the PostgreSQL database at this URL instead (`postgres://user:password@host/db`).
+    #[arg(
+        long,
+        env = "ERRAND_POSTGRES_URL",
+        hide_env_values = true,
+        conflicts_with = "redis"
+    )]
+    pub postgres: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
     #[arg(
@@ -270,12 +287,16 @@ pub struct WebArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// The SQLite file to use (replaced at start). The default backend.
-    #[arg(long, default_value = "errand-demo.sqlite", conflicts_with = "redis")]
+    #[arg(long, default_value = "errand-demo.sqlite", conflicts_with_all = ["redis", "postgres"])]
     pub sqlite: PathBuf,
     /// Use the Redis server at this URL instead of SQLite. Errand's and Sidekiq's keys in its
     /// namespace are deleted first; other keys stay.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Use the PostgreSQL database at this URL instead of SQLite. Errand's schema (`errand`)
+    /// is dropped and made again first; nothing else in the database changes.
+    #[arg(long, conflicts_with = "redis")]
+    pub postgres: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
     #[arg(
@@ -310,12 +331,16 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// The SQLite file to use (replaced at start). The default backend.
-    #[arg(long, default_value = "errand-bench.sqlite", conflicts_with = "redis")]
+    #[arg(long, default_value = "errand-bench.sqlite", conflicts_with_all = ["redis", "postgres"])]
     pub sqlite: PathBuf,
     /// Use the Redis server at this URL instead of SQLite. Errand's and Sidekiq's keys in its
     /// namespace are deleted first; other keys stay.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Use the PostgreSQL database at this URL instead of SQLite. Errand's schema (`errand`)
+    /// is dropped and made again first; nothing else in the database changes.
+    #[arg(long, conflicts_with = "redis")]
+    pub postgres: Option<String>,
     /// Keys under this namespace (`myapp` gives `myapp:queue:default`), as redis-namespace and
     /// `RedisConfig::namespace` write them.
     #[arg(

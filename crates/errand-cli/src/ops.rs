@@ -65,6 +65,7 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
     let backend = Backend::open(
         &args.sqlite,
         args.redis.as_deref(),
+        args.postgres.as_deref(),
         args.namespace.as_deref(),
         false,
     )

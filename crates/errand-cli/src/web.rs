@@ -79,6 +79,7 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
     let backend = Backend::open(
         &args.sqlite,
         args.redis.as_deref(),
+        args.postgres.as_deref(),
         args.namespace.as_deref(),
         false,
     )
@@ -94,9 +95,10 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
-    let what = match &args.redis {
-        Some(_) => "Redis".to_string(),
-        None => args.sqlite.display().to_string(),
+    let what = match (&args.redis, &args.postgres) {
+        (Some(_), _) => "Redis".to_string(),
+        (None, Some(_)) => "PostgreSQL".to_string(),
+        (None, None) => args.sqlite.display().to_string(),
     };
     println!("Errand dashboard for {what} on http://{addr}{base}/");
     axum::serve(

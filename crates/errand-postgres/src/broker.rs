@@ -136,6 +136,34 @@ impl PostgresBroker {
         Ok(broker)
     }
 
+    /// Pushes `jobs` inside `tx`, the application's own transaction on this broker's database
+    /// (`errand::Client::push_pg_tx` builds the payloads and calls this): they exist if and only
+    /// if `tx` commits, and the NOTIFY that wakes idle workers is delivered at that commit.
+    ///
+    /// # Errors
+    /// A failed write (the transaction is then to be rolled back, as after any failed
+    /// statement).
+    pub async fn push_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        jobs: &[errand_core::broker::Enqueue],
+        scheduled: &[errand_core::broker::ScheduledJob],
+    ) -> BrokerResult<()> {
+        let s = &self.inner.s;
+        crate::queue::enqueue(tx, s, jobs).await.map_err(pg_err)?;
+        for j in scheduled {
+            crate::queue::add_member(tx, s, crate::schema::state::SCHEDULE, j.at, &j.payload)
+                .await
+                .map_err(pg_err)?;
+        }
+        if !jobs.is_empty() {
+            crate::queue::notify(tx, &self.inner.channel)
+                .await
+                .map_err(pg_err)?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn client(&self) -> BrokerResult<deadpool_postgres::Object> {
         self.inner.pool.get().await.map_err(pool_err)
     }

@@ -31,3 +31,6 @@ mod schema;
 pub use broker::PostgresBroker;
 pub use config::PostgresConfig;
 pub use schema::migrations_sql;
+/// The driver this backend is built on, for the application's own transactions
+/// (`errand::Client::push_pg_tx`): the same version, so its transactions fit.
+pub use tokio_postgres;

@@ -550,6 +550,68 @@ impl Client {
         Ok(jid)
     }
 
+    /// Pushes `job` inside `tx`, the application's own transaction on the database of `pg`
+    /// (open it with `errand::postgres::tokio_postgres`, the version the backend uses): the job
+    /// exists if and only if `tx` commits, together with the business rows written in it. Idle
+    /// workers are woken by the NOTIFY delivered at the commit. Returns the job id.
+    ///
+    /// ```rust,no_run
+    /// # use errand::{Client, Job, JobContext, JobResult};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendReceipt { order_id: i64 }
+    /// # impl Job for SendReceipt { const NAME: &'static str = "SendReceipt";
+    /// #   async fn perform(self, _: &JobContext) -> JobResult { Ok(()) } }
+    /// # async fn demo(client: &Client, pg: &errand::postgres::PostgresBroker,
+    /// #   db: &mut errand::postgres::tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tx = db.transaction().await?;
+    /// tx.execute("INSERT INTO orders(id, total) VALUES ($1, $2)", &[&7_i64, &4500_i64]).await?;
+    /// client.push_pg_tx(pg, &tx, SendReceipt { order_id: 7 }).await?;
+    /// tx.commit().await?; // the order and its job, or neither
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`Client::push`]; a unique or debounced job is refused ([`Error::Config`]).
+    #[cfg(feature = "postgres")]
+    pub async fn push_pg_tx<J: Job>(
+        &self,
+        pg: &errand_postgres::PostgresBroker,
+        tx: &errand_postgres::tokio_postgres::Transaction<'_>,
+        job: J,
+    ) -> Result<String, Error> {
+        self.push_pg_tx_with(pg, tx, job, Push::new()).await
+    }
+
+    /// [`Client::push_pg_tx`] with per-push overrides (queue, delay, time, extra keys).
+    ///
+    /// # Errors
+    /// As for [`Client::push_pg_tx`].
+    #[cfg(feature = "postgres")]
+    pub async fn push_pg_tx_with<J: Job>(
+        &self,
+        pg: &errand_postgres::PostgresBroker,
+        tx: &errand_postgres::tokio_postgres::Transaction<'_>,
+        job: J,
+        push: Push,
+    ) -> Result<String, Error> {
+        let opts = J::options();
+        if opts.unique_for.is_some() || opts.debounce.is_some() {
+            return Err(Error::Config(format!(
+                "job {} is unique or debounced: push it with Client::push (its key is taken \
+                 through the backend, not inside an application transaction)",
+                J::NAME
+            )));
+        }
+        let p = self.build(&job, &push)?;
+        let at = self.run_at(&push);
+        let jid = p.jid().to_string();
+        let (queue, at, payload) = self.stored(p, at)?;
+        match at {
+            Some(at) => pg.push_in(tx, &[], &[ScheduledJob { at, payload }]).await?,
+            None => pg.push_in(tx, &[Enqueue { queue, payload }], &[]).await?,
+        }
+        Ok(jid)
+    }
+
     /// Runs `job` after `delay` (Sidekiq's `perform_in`).
     ///
     /// # Errors

@@ -86,6 +86,12 @@ pub mod sqlite {
     pub use errand_sqlite::{Durability, SqliteBroker, SqliteConfig, rusqlite};
 }
 
+/// The PostgreSQL backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use errand_postgres::{PostgresBroker, PostgresConfig, migrations_sql, tokio_postgres};
+}
+
 /// The Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub mod redis {

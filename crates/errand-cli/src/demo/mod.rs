@@ -52,13 +52,15 @@ async fn open(
     let backend = Backend::open(
         &args.sqlite,
         args.redis.as_deref(),
+        args.postgres.as_deref(),
         args.namespace.as_deref(),
         true,
     )
     .await?;
-    let label = match &args.redis {
-        Some(url) => format!("redis at {url}"),
-        None => format!("sqlite file {}", args.sqlite.display()),
+    let label = match (&args.redis, &args.postgres) {
+        (Some(url), _) => format!("redis at {url}"),
+        (None, Some(_)) => "postgres database".to_string(),
+        (None, None) => format!("sqlite file {}", args.sqlite.display()),
     };
     Ok((backend.broker(), backend.store(), label))
 }
