@@ -617,3 +617,94 @@ async fn a_killed_workers_jobs_are_requeued_within_ttl_and_scan() {
     );
     eprintln!("orphan recovery: 10 jobs back {took:?} after SIGKILL (TTL 3 s, scan 1 s)");
 }
+
+/// The same crash test on PostgreSQL (a server the test starts): two worker processes, 20,000
+/// jobs, one SIGKILLed at a quarter; every job runs, duplicates bounded by what the victim held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sigkill_mid_run_loses_no_job() {
+    use errand::postgres::{PostgresBroker, tokio_postgres};
+    const JOBS: u64 = 20_000;
+    let server = errand_tests::PostgresServer::start();
+    let url = server.url();
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let (ledger, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    ledger
+        .batch_execute("CREATE TABLE public.ledger (n bigint PRIMARY KEY, runs bigint NOT NULL)")
+        .await
+        .unwrap();
+    Client::new(broker.clone())
+        .push_bulk((0..JOBS).map(Ledger))
+        .await
+        .unwrap();
+    let counts = || async {
+        let row = ledger
+            .query_one(
+                "SELECT count(*), coalesce(sum(runs), 0)::bigint FROM public.ledger",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+    };
+
+    let mut victim = worker(&url, 20, 25_000);
+    let mut survivor = worker(&url, 20, 25_000);
+    let pid = victim.id().to_string();
+    let mut victim_id = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while victim_id.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the victim never beat"
+        );
+        victim.assert_running();
+        survivor.assert_running();
+        victim_id = broker
+            .processes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.identity)
+            .find(|i| i.split(':').nth(1) == Some(pid.as_str()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim_id = victim_id.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while counts().await.0 < JOBS / 4 {
+        assert!(std::time::Instant::now() < deadline, "a quarter never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.kill().expect("SIGKILL");
+    victim.wait().unwrap();
+    let in_flight = broker
+        .held(&victim_id, &["default".to_string()])
+        .await
+        .unwrap()
+        .len() as u64;
+    assert!(
+        in_flight <= 20,
+        "never more in flight than the concurrency: {in_flight}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while counts().await.0 < JOBS {
+        assert!(std::time::Instant::now() < deadline, "not every job ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (distinct, runs) = counts().await;
+    assert_eq!(distinct, JOBS, "every job ran at least once");
+    let duplicates = runs - JOBS;
+    eprintln!(
+        "postgres crash test: {in_flight} in flight at the kill, {duplicates} duplicate runs"
+    );
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates > {in_flight} in flight at the kill"
+    );
+    let queued: u64 = broker.queues().await.unwrap().iter().map(|q| q.size).sum();
+    assert_eq!(queued, 0);
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+}

@@ -257,7 +257,11 @@ async fn postgres_a_job_exists_if_and_only_if_its_transaction_commits() {
         "not visible before the commit"
     );
     tx.commit().await.unwrap();
-    assert_eq!(pg_counts(&observer, 2).await, (1, 2), "the order and both its jobs");
+    assert_eq!(
+        pg_counts(&observer, 2).await,
+        (1, 2),
+        "the order and both its jobs"
+    );
 
     let tx = db.transaction().await.unwrap();
     let err = client

@@ -1,6 +1,7 @@
 //! A worker process for the crash and shutdown tests, so they can SIGKILL or SIGTERM a real
 //! process. Usage: `errand-test-worker <backend> <concurrency> <shutdown-timeout-ms>
-//! [<ledger-redis-url>]`, where the backend is a Redis URL or `sqlite:<path>`.
+//! [<ledger-redis-url>]`, where the backend is a Redis URL, `sqlite:<path>` or a
+//! `postgres://` URL.
 //!
 //! Jobs: `Noop(n)` does nothing; `Ledger(n)` counts one execution of `n` in the ledger;
 //! `Sleepy(ms)` sleeps, then counts `ms`; `OnceEffect(n)` has a once-only effect and waits to
@@ -29,6 +30,16 @@ use std::time::Duration;
 enum LedgerStore {
     Redis(ConnectionManager),
     Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    /// The table `public.ledger(n, runs)` of the job database.
+    Postgres(Arc<errand::postgres::tokio_postgres::Client>),
+}
+
+/// Connects to the PostgreSQL ledger (the table is made by the test before the workers start).
+async fn postgres_ledger(url: &str) -> anyhow::Result<errand::postgres::tokio_postgres::Client> {
+    use errand::postgres::tokio_postgres;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 /// Opens the SQLite ledger next to the job file (shared by every worker process).
@@ -358,6 +369,17 @@ async fn read(cx: &JobContext, n: u64) -> Result<u64, JobError> {
             .map_err(JobError::retry)??;
             Ok(runs as u64)
         }
+        LedgerStore::Postgres(client) => {
+            let runs: i64 = client
+                .query_one(
+                    "SELECT coalesce(max(runs), 0) FROM public.ledger WHERE n = $1",
+                    &[&(n as i64)],
+                )
+                .await
+                .map_err(JobError::retry)?
+                .get(0);
+            Ok(runs as u64)
+        }
     }
 }
 
@@ -391,6 +413,18 @@ async fn bump(cx: &JobContext, n: u64) -> Result<u64, JobError> {
             .map_err(JobError::retry)??;
             Ok(runs as u64)
         }
+        LedgerStore::Postgres(client) => {
+            let runs: i64 = client
+                .query_one(
+                    "INSERT INTO public.ledger AS l (n, runs) VALUES ($1, 1)
+                     ON CONFLICT (n) DO UPDATE SET runs = l.runs + 1 RETURNING runs",
+                    &[&(n as i64)],
+                )
+                .await
+                .map_err(JobError::retry)?
+                .get(0);
+            Ok(runs as u64)
+        }
     }
 }
 
@@ -412,6 +446,10 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => (
             Arc::new(SqliteBroker::open(path).await?),
             LedgerStore::Sqlite(Arc::new(Mutex::new(sqlite_ledger(path)?))),
+        ),
+        None if url.starts_with("postgres://") => (
+            Arc::new(errand::postgres::PostgresBroker::connect(&url).await?),
+            LedgerStore::Postgres(Arc::new(postgres_ledger(&url).await?)),
         ),
         None => (
             Arc::new(RedisBroker::connect(&url).await?),
