@@ -22,8 +22,10 @@ pub(crate) struct Inner {
     pub pool: Pool,
     /// The schema's quoted name, for SQL text.
     pub s: String,
-    /// The NOTIFY channel pushes signal on.
+    /// The NOTIFY channel pushes signal on, quoted (for `NOTIFY`/`LISTEN`).
     pub channel: String,
+    /// The same channel's name unquoted (for `pg_notify`).
+    pub channel_name: String,
     /// Woken on every notification (and by this process's own pushes).
     pub pushed: Notify,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -123,6 +125,7 @@ impl PostgresBroker {
             pool,
             s: quote_ident(&config.schema),
             channel: quote_ident(&format!("errand:{}", config.schema)),
+            channel_name: format!("errand:{}", config.schema),
             pushed: Notify::new(),
             listener: std::sync::Mutex::new(None),
         });

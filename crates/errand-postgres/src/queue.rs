@@ -202,15 +202,34 @@ impl PostgresBroker {
 
 #[async_trait]
 impl JobQueue for PostgresBroker {
+    /// One statement, so one round trip and one commit: the rows, the queue names and the
+    /// notification together (a statement is atomic; the NOTIFY is delivered at its commit).
     async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg_err)?;
-        enqueue(&*tx, &self.inner.s, jobs).await.map_err(pg_err)?;
-        notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
+        let s = &self.inner.s;
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH added AS (
+                   INSERT INTO {s}.jobs(state, queue, seq, payload)
+                   SELECT {QUEUED}, q, nextval('{s}.positions'), p
+                   FROM (SELECT q, p FROM unnest($1::text[], $2::text[])
+                         WITH ORDINALITY AS t(q, p, i) ORDER BY i) ordered
+                   RETURNING 1),
+                 named AS (
+                   INSERT INTO {s}.queues(name) SELECT DISTINCT unnest($1::text[])
+                   ON CONFLICT DO NOTHING RETURNING 1)
+                 SELECT pg_notify($3, ''), (SELECT count(*) FROM added), (SELECT count(*) FROM named)"
+            ))
+            .await
+            .map_err(pg_err)?;
+        c.query_one(&stmt, &[&queues, &payloads, &self.inner.channel_name])
+            .await
+            .map_err(pg_err)?;
         self.notify_pushed();
         Ok(())
     }
@@ -234,27 +253,28 @@ impl JobQueue for PostgresBroker {
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + req.wait;
-        let mut looked = false;
+        // Look at once, and after each notification; after a quiet safety poll, a cheap
+        // existence probe first.
+        let mut woken = true;
         loop {
             // Listen before looking, so a push between the look and the wait is not missed.
             let pushed = self.inner.pushed.notified();
             tokio::pin!(pushed);
             pushed.as_mut().enable();
-            if !looked || self.has_queued(req.queues).await? {
+            if woken || self.has_queued(req.queues).await? {
                 let jobs = self.fetch_once(req.identity, req.queues, req.max).await?;
                 if !jobs.is_empty() {
                     return Ok(jobs);
                 }
             }
-            looked = true;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(Vec::new());
             }
-            tokio::select! {
-                _ = pushed => {}
-                _ = tokio::time::sleep(left.min(SAFETY_POLL)) => {}
-            }
+            woken = tokio::select! {
+                _ = pushed => true,
+                _ = tokio::time::sleep(left.min(SAFETY_POLL)) => false,
+            };
         }
     }
 
