@@ -84,9 +84,13 @@ async fn a_job_exists_if_and_only_if_its_transaction_commits() {
     tx.execute("INSERT INTO orders(id, total) VALUES (1, 4500)", [])
         .unwrap();
     client.push_tx(&tx, SendReceipt { order_id: 1 }).unwrap();
+    let jids = client
+        .push_bulk_tx(&tx, (10..13).map(|order_id| SendReceipt { order_id }))
+        .unwrap();
+    assert_eq!(jids.len(), 3);
     tx.rollback().unwrap();
     assert_eq!(order(&path, 1), None);
-    assert_eq!(jobs_in(&path), 0, "the job went with the rollback");
+    assert_eq!(jobs_in(&path), 0, "the jobs went with the rollback");
 
     // Committed: both; a scheduled push in the same transaction too.
     let tx = db.transaction().unwrap();
@@ -100,10 +104,13 @@ async fn a_job_exists_if_and_only_if_its_transaction_commits() {
             Push::new().delay(Duration::from_millis(300)),
         )
         .unwrap();
+    client
+        .push_bulk_tx(&tx, (4..7).map(|order_id| SendReceipt { order_id }))
+        .unwrap();
     assert_eq!(jobs_in(&path), 0, "not visible before the commit");
     tx.commit().unwrap();
     assert_eq!(order(&path, 2), Some(990));
-    assert_eq!(jobs_in(&path), 2);
+    assert_eq!(jobs_in(&path), 5);
     assert_eq!(jid.len(), 24);
 
     // Unique jobs take their key through the backend: refused here, with the reason.
@@ -123,16 +130,20 @@ async fn a_job_exists_if_and_only_if_its_transaction_commits() {
     let handle = server.handle();
     let running = tokio::spawn(server.run());
     wait_until(
-        "both committed jobs to run",
+        "the five committed jobs to run",
         Duration::from_secs(20),
-        || async { sent.0.lock().unwrap().len() == 2 },
+        || async { sent.0.lock().unwrap().len() == 5 },
     )
     .await;
     handle.stop();
     running.await.unwrap().unwrap();
     let mut ran = sent.0.lock().unwrap().clone();
     ran.sort();
-    assert_eq!(ran, vec![2, 3], "the rolled-back order's receipt never ran");
+    assert_eq!(
+        ran,
+        vec![2, 3, 4, 5, 6],
+        "the rolled-back transaction's receipts never ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +238,10 @@ async fn postgres_a_job_exists_if_and_only_if_its_transaction_commits() {
         .push_pg_tx(&pg, &tx, SendReceipt { order_id: 1 })
         .await
         .unwrap();
+    client
+        .push_bulk_pg_tx(&pg, &tx, (10..13).map(|order_id| SendReceipt { order_id }))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(
         pg_counts(&observer, 1).await,
@@ -251,6 +266,11 @@ async fn postgres_a_job_exists_if_and_only_if_its_transaction_commits() {
         )
         .await
         .unwrap();
+    let jids = client
+        .push_bulk_pg_tx(&pg, &tx, (4..7).map(|order_id| SendReceipt { order_id }))
+        .await
+        .unwrap();
+    assert_eq!(jids.len(), 3);
     assert_eq!(
         pg_counts(&observer, 2).await,
         (0, 0),
@@ -259,8 +279,8 @@ async fn postgres_a_job_exists_if_and_only_if_its_transaction_commits() {
     tx.commit().await.unwrap();
     assert_eq!(
         pg_counts(&observer, 2).await,
-        (1, 2),
-        "the order and both its jobs"
+        (1, 5),
+        "the order and its five jobs"
     );
 
     let tx = db.transaction().await.unwrap();
@@ -283,16 +303,20 @@ async fn postgres_a_job_exists_if_and_only_if_its_transaction_commits() {
     let handle = server.handle();
     let running = tokio::spawn(server.run());
     wait_until(
-        "both committed jobs to run",
+        "the five committed jobs to run",
         Duration::from_secs(20),
-        || async { sent.0.lock().unwrap().len() == 2 },
+        || async { sent.0.lock().unwrap().len() == 5 },
     )
     .await;
     handle.stop();
     running.await.unwrap().unwrap();
     let mut ran = sent.0.lock().unwrap().clone();
     ran.sort();
-    assert_eq!(ran, vec![2, 3], "the rolled-back order's receipt never ran");
+    assert_eq!(
+        ran,
+        vec![2, 3, 4, 5, 6],
+        "the rolled-back transaction's receipts never ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -531,6 +531,42 @@ impl Client {
         job: J,
         push: Push,
     ) -> Result<String, Error> {
+        let mut jobs = TxJobs::default();
+        let jid = self.for_tx(&job, &push, &mut jobs)?;
+        jobs.write_sqlite(tx)?;
+        Ok(jid)
+    }
+
+    /// [`Client::push_bulk`] inside `tx` (see [`Client::push_tx`]): every job exists if and
+    /// only if `tx` commits. Returns the job ids in order.
+    ///
+    /// # Errors
+    /// As for [`Client::push_tx`]; nothing is written when any job is refused.
+    #[cfg(feature = "sqlite")]
+    pub fn push_bulk_tx<J, I>(
+        &self,
+        tx: &errand_sqlite::rusqlite::Transaction<'_>,
+        jobs: I,
+    ) -> Result<Vec<String>, Error>
+    where
+        J: Job,
+        I: IntoIterator<Item = J>,
+    {
+        let mut out = TxJobs::default();
+        let push = Push::new();
+        let jids = jobs
+            .into_iter()
+            .map(|job| self.for_tx(&job, &push, &mut out))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.write_sqlite(tx)?;
+        Ok(jids)
+    }
+
+    /// Builds `job` for an application transaction into `into`; returns its id. Unique and
+    /// debounced jobs are refused: their key is taken through the backend in one step of its
+    /// own, which an application transaction cannot join.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    fn for_tx<J: Job>(&self, job: &J, push: &Push, into: &mut TxJobs) -> Result<String, Error> {
         let opts = J::options();
         if opts.unique_for.is_some() || opts.debounce.is_some() {
             return Err(Error::Config(format!(
@@ -539,13 +575,13 @@ impl Client {
                 J::NAME
             )));
         }
-        let p = self.build(&job, &push)?;
-        let at = self.run_at(&push);
+        let p = self.build(job, push)?;
+        let at = self.run_at(push);
         let jid = p.jid().to_string();
         let (queue, at, payload) = self.stored(p, at)?;
         match at {
-            Some(at) => errand_sqlite::push_scheduled_in(tx, &[ScheduledJob { at, payload }])?,
-            None => errand_sqlite::push_in(tx, &[Enqueue { queue, payload }])?,
+            Some(at) => into.later.push(ScheduledJob { at, payload }),
+            None => into.now.push(Enqueue { queue, payload }),
         }
         Ok(jid)
     }
@@ -593,23 +629,37 @@ impl Client {
         job: J,
         push: Push,
     ) -> Result<String, Error> {
-        let opts = J::options();
-        if opts.unique_for.is_some() || opts.debounce.is_some() {
-            return Err(Error::Config(format!(
-                "job {} is unique or debounced: push it with Client::push (its key is taken \
-                 through the backend, not inside an application transaction)",
-                J::NAME
-            )));
-        }
-        let p = self.build(&job, &push)?;
-        let at = self.run_at(&push);
-        let jid = p.jid().to_string();
-        let (queue, at, payload) = self.stored(p, at)?;
-        match at {
-            Some(at) => pg.push_in(tx, &[], &[ScheduledJob { at, payload }]).await?,
-            None => pg.push_in(tx, &[Enqueue { queue, payload }], &[]).await?,
-        }
+        let mut jobs = TxJobs::default();
+        let jid = self.for_tx(&job, &push, &mut jobs)?;
+        pg.push_in(tx, &jobs.now, &jobs.later).await?;
         Ok(jid)
+    }
+
+    /// [`Client::push_bulk`] inside `tx` (see [`Client::push_pg_tx`]): every job exists if
+    /// and only if `tx` commits; the rows go in with one statement whatever their number.
+    /// Returns the job ids in order.
+    ///
+    /// # Errors
+    /// As for [`Client::push_pg_tx`]; nothing is written when any job is refused.
+    #[cfg(feature = "postgres")]
+    pub async fn push_bulk_pg_tx<J, I>(
+        &self,
+        pg: &errand_postgres::PostgresBroker,
+        tx: &errand_postgres::tokio_postgres::Transaction<'_>,
+        jobs: I,
+    ) -> Result<Vec<String>, Error>
+    where
+        J: Job,
+        I: IntoIterator<Item = J>,
+    {
+        let mut out = TxJobs::default();
+        let push = Push::new();
+        let jids = jobs
+            .into_iter()
+            .map(|job| self.for_tx(&job, &push, &mut out))
+            .collect::<Result<Vec<_>, _>>()?;
+        pg.push_in(tx, &out.now, &out.later).await?;
+        Ok(jids)
     }
 
     /// Runs `job` after `delay` (Sidekiq's `perform_in`).
@@ -749,4 +799,25 @@ pub(crate) fn unique_key(
         hex.push_str(&format!("{b:02x}"));
     }
     format!("unique:{class}:{hex}")
+}
+
+/// Jobs built for an application transaction: to run now, and to run later.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Default)]
+struct TxJobs {
+    now: Vec<Enqueue>,
+    later: Vec<ScheduledJob>,
+}
+
+#[cfg(feature = "sqlite")]
+impl TxJobs {
+    fn write_sqlite(&self, tx: &errand_sqlite::rusqlite::Transaction<'_>) -> Result<(), Error> {
+        if !self.now.is_empty() {
+            errand_sqlite::push_in(tx, &self.now)?;
+        }
+        if !self.later.is_empty() {
+            errand_sqlite::push_scheduled_in(tx, &self.later)?;
+        }
+        Ok(())
+    }
 }
