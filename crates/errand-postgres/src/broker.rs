@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub channel_name: String,
     /// Woken on every notification (and by this process's own pushes).
     pub pushed: Notify,
+    /// How long finished rows are kept, in seconds (None: deleted by the ack).
+    pub keep_finished: Option<f64>,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -127,6 +129,7 @@ impl PostgresBroker {
             channel: quote_ident(&format!("errand:{}", config.schema)),
             channel_name: format!("errand:{}", config.schema),
             pushed: Notify::new(),
+            keep_finished: config.keep_finished.map(|d| d.as_secs_f64()),
             listener: std::sync::Mutex::new(None),
         });
         let task = tokio::spawn(listen(pg, Arc::downgrade(&inner)));

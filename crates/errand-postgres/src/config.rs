@@ -7,6 +7,7 @@ pub struct PostgresConfig {
     pub(crate) schema: String,
     pub(crate) pool_size: usize,
     pub(crate) migrate: bool,
+    pub(crate) keep_finished: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -15,6 +16,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("migrate", &self.migrate)
+            .field("keep_finished", &self.keep_finished)
             .finish_non_exhaustive()
     }
 }
@@ -27,6 +29,7 @@ impl PostgresConfig {
             schema: "errand".into(),
             pool_size: 16,
             migrate: true,
+            keep_finished: None,
         }
     }
 
@@ -46,6 +49,15 @@ impl PostgresConfig {
     /// migrations themselves apply [`crate::migrations_sql`] and turn this off.
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
+        self
+    }
+
+    /// Keeps each successfully finished job's row for `keep` (state `finished`, its finish
+    /// time in `score`) instead of deleting it at the ack, for inspection and audits in SQL;
+    /// the process holding the fleet's promotion turn deletes the expired ones in batches of
+    /// 1,000. Defaults to off: a finished job's row is deleted by its ack.
+    pub fn keep_finished(mut self, keep: std::time::Duration) -> Self {
+        self.keep_finished = Some(keep);
         self
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::PostgresBroker;
 use crate::broker::pg_err;
+use crate::fleet::NOW;
 use crate::schema::state;
-use crate::schema::state::{IN_FLIGHT, QUEUED};
+use crate::schema::state::{FINISHED, IN_FLIGHT, QUEUED};
 use async_trait::async_trait;
 use errand_core::broker::{
     BrokerResult, Completion, DeadLimits, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob,
@@ -17,6 +18,11 @@ use tokio_postgres::GenericClient;
 
 /// How many due jobs one promotion transaction moves.
 const PROMOTE_BATCH: i64 = 500;
+
+/// How many expired finished rows one pruning statement deletes, and at most how many such
+/// statements one promotion turn runs.
+const PRUNE_BATCH: i64 = 1_000;
+const PRUNE_BATCHES: usize = 50;
 
 /// How long an idle fetch waits for a notification before it looks anyway: a safety net for
 /// a notification lost with a listener connection, not the way pushes are found.
@@ -183,6 +189,85 @@ impl PostgresBroker {
         Ok(out)
     }
 
+    /// Ends every job of `acks` (all [`Completion::Ack`]) in one statement: each row only if
+    /// it is still this attempt's (same owner and fencing token), deleted, or marked finished
+    /// when finished rows are kept. Returns, in order, whether each was still held.
+    async fn ack_all(&self, acks: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
+        let s = &self.inner.s;
+        let mut ids = Vec::with_capacity(acks.len());
+        let mut owners = Vec::with_capacity(acks.len());
+        let mut tokens = Vec::with_capacity(acks.len());
+        for done in acks {
+            let job = done.job();
+            // An unreadable location matches no row (id 0 is never used).
+            let (id, owner) = parse_location(&job.location).unwrap_or((0, ""));
+            ids.push(id);
+            owners.push(owner);
+            tokens.push(job.token as i64);
+        }
+        let matched = format!(
+            "j.id = a.id AND j.state = {IN_FLIGHT} AND j.owner = a.owner AND j.token = a.token"
+        );
+        let sql = match self.inner.keep_finished {
+            None => format!(
+                "DELETE FROM {s}.jobs j
+                 USING unnest($1::bigint[], $2::text[], $3::bigint[]) AS a(id, owner, token)
+                 WHERE {matched} RETURNING j.id, j.token"
+            ),
+            Some(_) => format!(
+                "UPDATE {s}.jobs j SET state = {FINISHED}, score = {NOW}, owner = NULL
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS a(id, owner, token)
+                 WHERE {matched} RETURNING j.id, j.token"
+            ),
+        };
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(pg_err)?;
+        let rows = c
+            .query(&stmt, &[&ids, &owners, &tokens])
+            .await
+            .map_err(pg_err)?;
+        let mut ended: std::collections::HashSet<(i64, i64)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // An attempt is its row and its token (a stale attempt of the same row in the same
+        // batch has another); `remove` keeps a repeated entry from counting twice.
+        Ok(ids
+            .iter()
+            .zip(&tokens)
+            .map(|(id, token)| ended.remove(&(*id, *token)))
+            .collect())
+    }
+
+    /// Deletes finished rows that finished before `before`, oldest first, in batches of
+    /// [`PRUNE_BATCH`] (each its own short statement: no long lock, no huge transaction), at
+    /// most [`PRUNE_BATCHES`] per call; run by the process holding the promotion turn.
+    /// Returns how many rows went.
+    pub(crate) async fn prune_finished(&self, before: f64) -> BrokerResult<u64> {
+        let s = &self.inner.s;
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM {s}.jobs
+                   WHERE state = {FINISHED} AND score < $1 ORDER BY score LIMIT $2)"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let mut pruned = 0;
+        for _ in 0..PRUNE_BATCHES {
+            let n = c
+                .execute(&stmt, &[&before, &PRUNE_BATCH])
+                .await
+                .map_err(pg_err)?;
+            pruned += n;
+            if (n as i64) < PRUNE_BATCH {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned finished jobs");
+        }
+        Ok(pruned)
+    }
+
     /// Whether any of `queues` has a job waiting (one index probe each).
     async fn has_queued(&self, queues: &[String]) -> BrokerResult<bool> {
         let s = &self.inner.s;
@@ -278,8 +363,12 @@ impl JobQueue for PostgresBroker {
         }
     }
 
-    /// One transaction for the whole batch.
+    /// A batch of acks only (the common case) is one statement, so one round trip and one
+    /// commit whatever its size; a batch with settles is one transaction.
     async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
+        if batch.iter().all(|c| matches!(c, Completion::Ack(_))) {
+            return self.ack_all(batch).await;
+        }
         let s = &self.inner.s;
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
@@ -291,6 +380,18 @@ impl JobQueue for PostgresBroker {
             ))
             .await
             .map_err(pg_err)?;
+        // With finished rows kept, a success marks the row instead (same ownership check).
+        let finish = match self.inner.keep_finished {
+            Some(_) => Some(
+                tx.prepare_cached(&format!(
+                    "UPDATE {s}.jobs SET state = {FINISHED}, score = {NOW}, owner = NULL
+                     WHERE id = $1 AND state = {IN_FLIGHT} AND owner = $2 AND token = $3"
+                ))
+                .await
+                .map_err(pg_err)?,
+            ),
+            None => None,
+        };
         let mut held = Vec::with_capacity(batch.len());
         for done in batch {
             let job = done.job();
@@ -298,8 +399,12 @@ impl JobQueue for PostgresBroker {
                 held.push(false);
                 continue;
             };
+            let stmt = match (done, &finish) {
+                (Completion::Ack(_), Some(finish)) => finish,
+                _ => &delete,
+            };
             let n = tx
-                .execute(&delete, &[&id, &owner, &(job.token as i64)])
+                .execute(stmt, &[&id, &owner, &(job.token as i64)])
                 .await
                 .map_err(pg_err)?;
             if n == 0 {
@@ -425,6 +530,9 @@ impl JobQueue for PostgresBroker {
         }
         if moved > 0 {
             self.notify_pushed();
+        }
+        if let Some(keep) = self.inner.keep_finished {
+            self.prune_finished(now - keep).await?;
         }
         Ok(moved)
     }

@@ -9,12 +9,16 @@ pub(crate) mod state {
     pub const SCHEDULE: i16 = 2;
     pub const RETRY: i16 = 3;
     pub const DEAD: i16 = 4;
+    /// Finished and kept ([`crate::PostgresConfig::keep_finished`]); below every other state,
+    /// so the partial indexes of the others (`state = 0`, `state >= 2`) never hold these rows.
+    pub const FINISHED: i16 = -1;
 }
 
 /// `(version, SQL)`, applied in order, each once, recorded in `{s}.migrations`.
-pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 -- Every job in every state is one row, so each transition is an UPDATE (or DELETE) of one row
 -- in one transaction.
 CREATE TABLE {s}.jobs (
@@ -113,7 +117,15 @@ CREATE TABLE {s}.metrics_totals (
     histogram  bigint[] NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Finished rows kept for a while (PostgresConfig::keep_finished), pruned oldest first.
+CREATE INDEX jobs_finished ON {s}.jobs (score) WHERE state = -1;
+"#,
+    ),
+];
 
 /// The SQL of every migration for schema `schema`, in order, for teams that apply migrations
 /// with their own tools (then connect with `migrate(false)`).

@@ -69,7 +69,6 @@ async fn push_fetch_complete_release_and_promote() {
         !b.complete_many(&[Completion::Ack(&got[0])]).await.unwrap()[0],
         "acked once"
     );
-
     // Released: back at the front of its queue.
     let third = fetch(&b, "p1", 1, Duration::ZERO).await;
     assert_eq!(third[0].raw, job(3));
@@ -95,6 +94,19 @@ async fn push_fetch_complete_release_and_promote() {
         let v: serde_json::Value = serde_json::from_str(&f.raw).unwrap();
         assert!(v["enqueued_at"].is_number(), "{v}");
     }
+
+    // A batch of acks only is one statement, answered entry by entry: a stale attempt beside
+    // the real one of the same row gets false, the real one true.
+    b.push(&[enqueue(6)]).await.unwrap();
+    let sixth = fetch(&b, "p1", 1, Duration::ZERO).await;
+    let mut stale = sixth[0].clone();
+    stale.token -= 1;
+    assert_eq!(
+        b.complete_many(&[Completion::Ack(&stale), Completion::Ack(&sixth[0])])
+            .await
+            .unwrap(),
+        vec![false, true]
+    );
 
     // The server's clock.
     let now = b.now().await.unwrap();
@@ -196,5 +208,99 @@ async fn migrations_apply_once_and_print_for_manual_runs() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1, "applied once");
+    assert_eq!(versions, 2, "each applied once");
+}
+
+/// With `keep_finished`, a success leaves its row (state `finished`, never fetched again), a
+/// failure goes to its set as before, and the promotion turn deletes the expired rows in
+/// batches, leaving the young ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_rows_are_kept_then_pruned_in_batches() {
+    const JOBS: u64 = 2_500;
+    let pg = PostgresServer::start();
+    let b = PostgresBroker::connect_with(
+        PostgresConfig::new(pg.url()).keep_finished(Duration::from_secs(3_600)),
+    )
+    .await
+    .unwrap();
+    let (sql, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let count = |state: i16| {
+        let sql = &sql;
+        async move {
+            sql.query_one(
+                "SELECT count(*) FROM errand.jobs WHERE state = $1",
+                &[&state],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    b.push(&(0..JOBS).map(enqueue).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let got = fetch(&b, "p", JOBS as usize, Duration::ZERO).await;
+    assert_eq!(got.len() as u64, JOBS);
+    let mut stale = got[0].clone();
+    stale.token += 1_000_000;
+    let mut batch = vec![Completion::Ack(&stale)];
+    let retry = Settle::Retry {
+        payload: job(99_999),
+        at: 1e12,
+    };
+    batch.push(Completion::Settle(&got[0], &retry));
+    batch.extend(got[1..].iter().map(Completion::Ack));
+    let done = b.complete_many(&batch).await.unwrap();
+    assert!(!done[0], "a stale attempt finishes nothing");
+    assert!(done[1..].iter().all(|d| *d));
+    assert_eq!(count(-1).await, JOBS as i64 - 1, "every success kept");
+    assert_eq!(count(3).await, 1, "the failure is in the retry set");
+    assert_eq!(count(1).await, 0, "nothing left in flight");
+    assert!(
+        fetch(&b, "p", 10, Duration::ZERO).await.is_empty(),
+        "finished rows are never fetched"
+    );
+    assert!(
+        !b.complete_many(&[Completion::Ack(&got[1])]).await.unwrap()[0],
+        "finished once"
+    );
+
+    // Young rows stay; an hour later all go, in batches of 1,000.
+    let now = b.now().await.unwrap();
+    b.promote_due(now, WireProfile::V7).await.unwrap();
+    assert_eq!(count(-1).await, JOBS as i64 - 1);
+    b.push(&[enqueue(JOBS)]).await.unwrap();
+    let young = fetch(&b, "p", 1, Duration::ZERO).await;
+    assert!(
+        b.complete_many(&[Completion::Ack(&young[0])])
+            .await
+            .unwrap()[0]
+    );
+    let finished: f64 = sql
+        .query_one(
+            "SELECT score FROM errand.jobs WHERE state = -1 ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (finished - b.now().await.unwrap()).abs() < 5.0,
+        "finish time is the server's"
+    );
+    // Pruning compares with `now - keep`: pretend the others finished 2 h ago.
+    sql.execute(
+        "UPDATE errand.jobs SET score = score - 7200 WHERE state = -1 AND score < $1",
+        &[&finished],
+    )
+    .await
+    .unwrap();
+    b.promote_due(b.now().await.unwrap(), WireProfile::V7)
+        .await
+        .unwrap();
+    assert_eq!(count(-1).await, 1, "only the young row is left");
+    assert_eq!(count(3).await, 1, "the retry set is untouched");
 }
