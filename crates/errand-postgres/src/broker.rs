@@ -8,6 +8,7 @@ use errand_core::BrokerError;
 use errand_core::broker::BrokerResult;
 use futures::StreamExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -20,6 +21,9 @@ pub struct PostgresBroker {
 
 pub(crate) struct Inner {
     pub pool: Pool,
+    /// Connections whose commits do not wait for the WAL flush, for fetches and acks (see
+    /// [`PostgresConfig::durable_fetch`]); None when every step is to wait.
+    pub relaxed: Option<Pool>,
     /// The schema's quoted name, for SQL text.
     pub s: String,
     /// The NOTIFY channel pushes signal on, quoted (for `NOTIFY`/`LISTEN`).
@@ -28,9 +32,19 @@ pub(crate) struct Inner {
     pub channel_name: String,
     /// Woken on every notification (and by this process's own pushes).
     pub pushed: Notify,
+    /// A push committed and other processes are still to be told (`PostgresBroker::wake_fleet`).
+    pub wake_wanted: AtomicBool,
+    /// A task is sending the fleet's wake-ups.
+    pub waking: AtomicBool,
     /// How long finished rows are kept, in seconds (None: deleted by the ack).
     pub keep_finished: Option<f64>,
+    /// Started by the first fetch: a process that only pushes (a web server) holds no
+    /// listening connection and is sent no notifications.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listen_config: tokio_postgres::Config,
+    /// This broker's mark on its own wake-ups, which its listener skips (its own fetches
+    /// were woken directly).
+    wake_mark: String,
 }
 
 impl Drop for Inner {
@@ -123,19 +137,47 @@ impl PostgresBroker {
             .max_size(config.pool_size)
             .build()
             .map_err(|e| BrokerError::Config(format!("postgres pool: {e}")))?;
+        let relaxed = if config.durable_fetch {
+            None
+        } else {
+            let mut relaxed = pg.clone();
+            let options = match pg.get_options() {
+                Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=off"),
+                _ => "-c synchronous_commit=off".to_string(),
+            };
+            relaxed.options(&options);
+            let manager = Manager::from_config(
+                relaxed,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Some(
+                Pool::builder(manager)
+                    .max_size(config.pool_size.clamp(1, 4))
+                    .build()
+                    .map_err(|e| BrokerError::Config(format!("postgres pool: {e}")))?,
+            )
+        };
         let inner = Arc::new(Inner {
             pool,
+            relaxed,
             s: quote_ident(&config.schema),
             channel: quote_ident(&format!("errand:{}", config.schema)),
             channel_name: format!("errand:{}", config.schema),
             pushed: Notify::new(),
+            wake_wanted: AtomicBool::new(false),
+            waking: AtomicBool::new(false),
             keep_finished: config.keep_finished.map(|d| d.as_secs_f64()),
             listener: std::sync::Mutex::new(None),
+            listen_config: pg.clone(),
+            wake_mark: {
+                static BROKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = BROKERS.fetch_add(1, Ordering::Relaxed);
+                format!("{}:{n}", std::process::id())
+            },
         });
-        let task = tokio::spawn(listen(pg, Arc::downgrade(&inner)));
-        if let Ok(mut l) = inner.listener.lock() {
-            *l = Some(task);
-        }
         let broker = Self { inner };
         // Fails here, not at the first push, when the server is unreachable.
         let _ = broker.client().await?;
@@ -174,10 +216,79 @@ impl PostgresBroker {
         self.inner.pool.get().await.map_err(pool_err)
     }
 
+    /// A connection for fetches and acks: one whose commits do not wait for the WAL flush,
+    /// unless [`PostgresConfig::durable_fetch`] is on.
+    pub(crate) async fn fetch_client(&self) -> BrokerResult<deadpool_postgres::Object> {
+        match &self.inner.relaxed {
+            Some(pool) => pool.get().await.map_err(pool_err),
+            None => self.client().await,
+        }
+    }
+
     /// Wakes this process's waiting fetches (the listener does the same for other processes'
     /// pushes, after their commit).
     pub(crate) fn notify_pushed(&self) {
         self.inner.pushed.notify_waiters();
+    }
+
+    /// Tells the fleet's idle fetches that jobs were pushed: `NOTIFY` on a connection of its
+    /// own, after the push committed, not inside the push. A `NOTIFY` inside a transaction
+    /// holds a lock that every notifying commit in the database queues for, until its WAL
+    /// flush is done; in the push it made pushes wait on each other and put a 25–45 ms p99 on
+    /// job latency at 1,000 jobs/s (5–8 ms without). Wake-ups coalesce: while one is being
+    /// sent, later pushes only raise a flag, and one more `NOTIFY` covers them all. Should
+    /// this process die between a commit and its wake-up, idle workers find the job at their
+    /// next safety poll (5 s).
+    pub(crate) fn wake_fleet(&self) {
+        let inner = &self.inner;
+        inner.wake_wanted.store(true, Ordering::SeqCst);
+        if inner.waking.swap(true, Ordering::SeqCst) {
+            return; // the running sender sees the flag
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let inner = &broker.inner;
+            loop {
+                if inner.wake_wanted.swap(false, Ordering::SeqCst) {
+                    if let Err(e) = broker.send_wake().await {
+                        tracing::debug!(error = %e, "push wake-up not sent; idle workers poll");
+                    }
+                    continue;
+                }
+                inner.waking.store(false, Ordering::SeqCst);
+                // A push between the look and the store found the sender still running.
+                if !inner.wake_wanted.load(Ordering::SeqCst)
+                    || inner.waking.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Starts the listener unless it runs (fetches call this first).
+    pub(crate) fn listen(&self) {
+        let Ok(mut l) = self.inner.listener.lock() else {
+            return;
+        };
+        if l.is_none() {
+            *l = Some(tokio::spawn(listen(
+                self.inner.listen_config.clone(),
+                Arc::downgrade(&self.inner),
+            )));
+        }
+    }
+
+    async fn send_wake(&self) -> BrokerResult<()> {
+        let c = self.fetch_client().await?;
+        let stmt = c
+            .prepare_cached("SELECT pg_notify($1, $2)")
+            .await
+            .map_err(pg_err)?;
+        c.execute(&stmt, &[&self.inner.channel_name, &self.inner.wake_mark])
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 }
 
@@ -197,11 +308,18 @@ async fn listen(pg: tokio_postgres::Config, inner: std::sync::Weak<Inner>) {
                 if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
                     tracing::warn!(error = %e, "postgres LISTEN failed; retrying");
                 } else {
+                    // A push that committed before the LISTEN took effect sent its wake-up
+                    // to nobody: every fetch looks again now.
+                    if let Some(i) = inner.upgrade() {
+                        i.pushed.notify_waiters();
+                    }
                     while let Some(Ok(message)) = rx.next().await {
                         let Some(inner) = inner.upgrade() else {
                             return;
                         };
-                        if let AsyncMessage::Notification(_) = message {
+                        if let AsyncMessage::Notification(n) = message
+                            && n.payload() != inner.wake_mark
+                        {
                             inner.pushed.notify_waiters();
                         }
                     }

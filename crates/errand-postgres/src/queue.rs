@@ -287,8 +287,9 @@ impl PostgresBroker {
 
 #[async_trait]
 impl JobQueue for PostgresBroker {
-    /// One statement, so one round trip and one commit: the rows, the queue names and the
-    /// notification together (a statement is atomic; the NOTIFY is delivered at its commit).
+    /// One statement, so one round trip and one commit: the rows and the queue names
+    /// together; the fleet's idle fetches are woken after the commit
+    /// (`wake_fleet`).
     async fn push(&self, jobs: &[Enqueue]) -> BrokerResult<()> {
         if jobs.is_empty() {
             return Ok(());
@@ -308,14 +309,15 @@ impl JobQueue for PostgresBroker {
                  named AS (
                    INSERT INTO {s}.queues(name) SELECT DISTINCT unnest($1::text[])
                    ON CONFLICT DO NOTHING RETURNING 1)
-                 SELECT pg_notify($3, ''), (SELECT count(*) FROM added), (SELECT count(*) FROM named)"
+                 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM named)"
             ))
             .await
             .map_err(pg_err)?;
-        c.query_one(&stmt, &[&queues, &payloads, &self.inner.channel_name])
+        c.query_one(&stmt, &[&queues, &payloads])
             .await
             .map_err(pg_err)?;
         self.notify_pushed();
+        self.wake_fleet();
         Ok(())
     }
 
@@ -337,6 +339,7 @@ impl JobQueue for PostgresBroker {
         if req.queues.is_empty() || req.max == 0 {
             return Ok(Vec::new());
         }
+        self.listen();
         let deadline = Instant::now() + req.wait;
         // Look at once, and after each notification; after a quiet safety poll, a cheap
         // existence probe first.

@@ -174,6 +174,21 @@ async fn an_idle_fetch_wakes_on_another_brokers_push() {
         after_push < Duration::from_secs(2) && waited < Duration::from_secs(4),
         "woken {after_push:?} after the push"
     );
+    // Only the broker that fetched listens: one that only pushes (a web process) holds no
+    // listening connection.
+    let (sql, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let listening: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 1, "only the fetching broker listens");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
