@@ -519,7 +519,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.redis.as_deref(),
         args.postgres.as_deref(),
         args.namespace.as_deref(),
-        true,
+        !args.keep,
     )
     .await?;
     let (kind, label) = match &backend {

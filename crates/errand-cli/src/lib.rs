@@ -377,6 +377,10 @@ pub struct BenchArgs {
     /// stderr).
     #[arg(long)]
     pub json: bool,
+    /// Run on the backend as it is instead of emptying it first (the bench's queue must be
+    /// empty): to watch a database across runs, as scripts/bench-pg-bloat does.
+    #[arg(long)]
+    pub keep: bool,
     /// Internal: run as one of the bench's worker processes.
     #[arg(long, hide = true)]
     pub worker: bool,
