@@ -32,6 +32,9 @@ pub(crate) struct Inner {
     pub channel_name: String,
     /// Woken on every notification (and by this process's own pushes).
     pub pushed: Notify,
+    /// Per queue: the highest position this broker has fetched, and when a fetch last
+    /// started from the front (`queue::fetch_once`).
+    pub fetch_hints: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
     /// A push committed and other processes are still to be told (`PostgresBroker::wake_fleet`).
     pub wake_wanted: AtomicBool,
     /// A task is sending the fleet's wake-ups.
@@ -167,6 +170,7 @@ impl PostgresBroker {
             channel: quote_ident(&format!("errand:{}", config.schema)),
             channel_name: format!("errand:{}", config.schema),
             pushed: Notify::new(),
+            fetch_hints: std::sync::Mutex::default(),
             wake_wanted: AtomicBool::new(false),
             waking: AtomicBool::new(false),
             keep_finished: config.keep_finished.map(|d| d.as_secs_f64()),
@@ -205,7 +209,8 @@ impl PostgresBroker {
                 .map_err(pg_err)?;
         }
         if !jobs.is_empty() {
-            crate::queue::notify(tx, &self.inner.channel)
+            // A plain wake-up (no payload): new rows are past every fetch hint.
+            tx.batch_execute(&format!("NOTIFY {}", self.inner.channel))
                 .await
                 .map_err(pg_err)?;
         }
@@ -225,10 +230,18 @@ impl PostgresBroker {
         }
     }
 
-    /// Wakes this process's waiting fetches (the listener does the same for other processes'
-    /// pushes, after their commit).
+    /// Wakes this process's waiting fetches after jobs were put at the front of a queue (or
+    /// moved by an operator), dropping the fetch hints so those jobs come next; the listener
+    /// does the same for other processes' notifications.
     pub(crate) fn notify_pushed(&self) {
+        self.drop_fetch_hints();
         self.inner.pushed.notify_waiters();
+    }
+
+    fn drop_fetch_hints(&self) {
+        if let Ok(mut hints) = self.inner.fetch_hints.lock() {
+            hints.clear();
+        }
     }
 
     /// Tells the fleet's idle fetches that jobs were pushed: `NOTIFY` on a connection of its
@@ -320,6 +333,11 @@ async fn listen(pg: tokio_postgres::Config, inner: std::sync::Weak<Inner>) {
                         if let AsyncMessage::Notification(n) = message
                             && n.payload() != inner.wake_mark
                         {
+                            if n.payload() == crate::queue::FRONT
+                                && let Ok(mut hints) = inner.fetch_hints.lock()
+                            {
+                                hints.clear();
+                            }
                             inner.pushed.notify_waiters();
                         }
                     }

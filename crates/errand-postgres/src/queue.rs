@@ -24,6 +24,10 @@ const PROMOTE_BATCH: i64 = 500;
 const PRUNE_BATCH: i64 = 1_000;
 const PRUNE_BATCHES: usize = 50;
 
+/// How often a fetch starts from the front of its queue rather than past its hint (see
+/// `fetch_once`).
+pub(crate) const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+
 /// How long an idle fetch waits for a notification before it looks anyway: a safety net for
 /// a notification lost with a listener connection, not the way pushes are found.
 const SAFETY_POLL: Duration = Duration::from_secs(5);
@@ -124,18 +128,33 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
-/// Signals the push channel; delivered when the surrounding transaction commits.
+/// The notification payload that says jobs were put at the front of a queue (below the
+/// fetch hints): listeners drop their hints.
+pub(crate) const FRONT: &str = "front";
+
+/// Signals the push channel that jobs were put back at the front of their queues (or moved
+/// there by an operator); delivered when the surrounding transaction commits. Listeners drop
+/// their fetch hints, so those jobs are fetched next.
 pub(crate) async fn notify(
     c: &impl GenericClient,
     channel: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    c.batch_execute(&format!("NOTIFY {channel}")).await
+    c.batch_execute(&format!("NOTIFY {channel}, '{FRONT}'"))
+        .await
 }
 
 impl PostgresBroker {
     /// One fetch pass: up to `max` jobs, queue by queue in the order given, each batch one
     /// statement (`FOR UPDATE SKIP LOCKED`: rows another fetch is taking are skipped, not
     /// waited for). Each job gets a fencing token from the sequence.
+    ///
+    /// A fetch starts past the last position this broker took from the queue (its hint), so
+    /// it does not walk the index entries of the rows already taken: until vacuum removes
+    /// them, those lie at the front of `jobs_waiting`, and with a million-job backlog walking
+    /// them halved the drain rate. Jobs put back at the front (a release, a recovery) sit
+    /// below the hint; a fetch that comes back short looks from the front for the rest, and
+    /// at least every [`FULL_SCAN_EVERY`] a fetch starts from the front anyway, so such a job
+    /// waits at most that long behind a deep queue.
     async fn fetch_once(
         &self,
         identity: &str,
@@ -143,18 +162,22 @@ impl PostgresBroker {
         max: usize,
     ) -> BrokerResult<Vec<Fetched>> {
         let s = &self.inner.s;
-        let c = self.client().await?;
-        let stmt = c
-            .prepare_cached(&format!(
+        let c = self.fetch_client().await?;
+        let take = |after: &str| {
+            format!(
                 "WITH picked AS (
-                   SELECT id FROM {s}.jobs WHERE state = {QUEUED} AND queue = $1
+                   SELECT id FROM {s}.jobs WHERE state = {QUEUED} AND queue = $1{after}
                    ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
                  UPDATE {s}.jobs j SET state = {IN_FLIGHT}, owner = $3,
                    token = nextval('{s}.positions'),
                    score = extract(epoch FROM clock_timestamp())
                  FROM picked WHERE j.id = picked.id
                  RETURNING j.id, j.payload, j.token, j.seq"
-            ))
+            )
+        };
+        let from_front = c.prepare_cached(&take("")).await.map_err(pg_err)?;
+        let past_hint = c
+            .prepare_cached(&take(" AND seq > $4"))
             .await
             .map_err(pg_err)?;
         let mut out = Vec::new();
@@ -163,10 +186,32 @@ impl PostgresBroker {
             if left == 0 {
                 break;
             }
-            let rows = c
-                .query(&stmt, &[queue, &(left as i64), &identity])
-                .await
-                .map_err(pg_err)?;
+            let hint = self
+                .inner
+                .fetch_hints
+                .lock()
+                .ok()
+                .and_then(|h| h.get(queue).copied())
+                .filter(|(_, front)| front.elapsed() < FULL_SCAN_EVERY);
+            let mut rows = match hint {
+                Some((after, _)) => c
+                    .query(&past_hint, &[queue, &(left as i64), &identity, &after])
+                    .await
+                    .map_err(pg_err)?,
+                None => Vec::new(),
+            };
+            let mut front = None;
+            if rows.len() < left {
+                let more = c
+                    .query(
+                        &from_front,
+                        &[queue, &((left - rows.len()) as i64), &identity],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                rows.extend(more);
+                front = Some(Instant::now());
+            }
             let mut batch: Vec<(i64, Fetched)> = rows
                 .iter()
                 .map(|r| {
@@ -184,6 +229,17 @@ impl PostgresBroker {
                 })
                 .collect();
             batch.sort_by_key(|(seq, _)| *seq);
+            if let Ok(mut hints) = self.inner.fetch_hints.lock() {
+                let last = batch.last().map(|(seq, _)| *seq);
+                let old = hints.get(queue).copied();
+                let after = last
+                    .into_iter()
+                    .chain(old.map(|(a, _)| a))
+                    .max()
+                    .unwrap_or(i64::MIN);
+                let front = front.or(old.map(|(_, f)| f)).unwrap_or_else(Instant::now);
+                hints.insert(queue.clone(), (after, front));
+            }
             out.extend(batch.into_iter().map(|(_, f)| f));
         }
         Ok(out)
@@ -220,7 +276,7 @@ impl PostgresBroker {
                  WHERE {matched} RETURNING j.id, j.token"
             ),
         };
-        let c = self.client().await?;
+        let c = self.fetch_client().await?;
         let stmt = c.prepare_cached(&sql).await.map_err(pg_err)?;
         let rows = c
             .query(&stmt, &[&ids, &owners, &tokens])
@@ -316,7 +372,8 @@ impl JobQueue for PostgresBroker {
         c.query_one(&stmt, &[&queues, &payloads])
             .await
             .map_err(pg_err)?;
-        self.notify_pushed();
+        // New rows are past every hint: wake without dropping them.
+        self.inner.pushed.notify_waiters();
         self.wake_fleet();
         Ok(())
     }

@@ -319,3 +319,39 @@ async fn finished_rows_are_kept_then_pruned_in_batches() {
     assert_eq!(count(-1).await, 1, "only the young row is left");
     assert_eq!(count(3).await, 1, "the retry set is untouched");
 }
+
+/// A fetch starts past the last position its broker took (its hint); a job another process
+/// puts back at the front still comes within the hint's full-scan bound (1 s), and with the
+/// `front` notification at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_put_back_by_another_process_is_fetched_within_a_second() {
+    let pg = PostgresServer::start();
+    let a = PostgresBroker::connect(&pg.url()).await.unwrap();
+    let b = PostgresBroker::connect(&pg.url()).await.unwrap();
+    a.push(&(0..300).map(enqueue).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let first = fetch(&a, "a", 2, Duration::ZERO).await;
+    assert_eq!(first[1].raw, job(1));
+    let other = fetch(&b, "b", 1, Duration::ZERO).await;
+    assert_eq!(other[0].raw, job(2));
+    assert!(b.release(&other[0]).await.unwrap());
+    let released = Instant::now();
+    let mut skipped = 0;
+    loop {
+        let got = fetch(&a, "a", 1, Duration::ZERO).await;
+        if got[0].raw == job(2) {
+            break;
+        }
+        skipped += 1;
+        assert!(
+            released.elapsed() < Duration::from_millis(1_500),
+            "the released job not fetched within the bound ({skipped} later jobs first)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "released job fetched {:?} after its release, {skipped} later jobs first",
+        released.elapsed()
+    );
+}
