@@ -209,8 +209,8 @@ impl PostgresBroker {
                 .map_err(pg_err)?;
         }
         if !jobs.is_empty() {
-            // A plain wake-up (no payload): new rows are past every fetch hint.
-            tx.batch_execute(&format!("NOTIFY {}", self.inner.channel))
+            // New rows are past every fetch hint: a wake-up that keeps them.
+            crate::queue::notify_back(tx, &self.inner.channel)
                 .await
                 .map_err(pg_err)?;
         }
@@ -235,6 +235,12 @@ impl PostgresBroker {
     /// does the same for other processes' notifications.
     pub(crate) fn notify_pushed(&self) {
         self.drop_fetch_hints();
+        self.inner.pushed.notify_waiters();
+    }
+
+    /// Wakes this process's waiting fetches after jobs were added at the back of a queue:
+    /// the fetch hints stay, as the new rows are past them.
+    pub(crate) fn wake_local(&self) {
         self.inner.pushed.notify_waiters();
     }
 

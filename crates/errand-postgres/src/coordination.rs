@@ -6,7 +6,7 @@
 use crate::PostgresBroker;
 use crate::broker::pg_err;
 use crate::fleet::NOW;
-use crate::queue::{add_member, enqueue, notify};
+use crate::queue::{add_member, enqueue, notify_back};
 use crate::schema::state;
 use crate::schema::state::{QUEUED, RETRY, SCHEDULE};
 use async_trait::async_trait;
@@ -251,11 +251,13 @@ impl Coordination for PostgresBroker {
         }
         .map_err(pg_err)?;
         if req.at.is_none() {
-            notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+            notify_back(&*tx, &self.inner.channel)
+                .await
+                .map_err(pg_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
         if req.at.is_none() {
-            self.notify_pushed();
+            self.wake_local();
         }
         Ok(UniquePushed::Pushed)
     }
@@ -418,11 +420,13 @@ impl Coordination for PostgresBroker {
             )
             .await
             .map_err(pg_err)?;
-            notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+            notify_back(&*tx, &self.inner.channel)
+                .await
+                .map_err(pg_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
         if won {
-            self.notify_pushed();
+            self.wake_local();
         }
         Ok(won)
     }
@@ -686,7 +690,9 @@ impl Coordination for PostgresBroker {
                 )
                 .await
                 .map_err(pg_err)?;
-                notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+                notify_back(&*tx, &self.inner.channel)
+                    .await
+                    .map_err(pg_err)?;
                 tx.query_one(
                     &format!(
                         "SELECT max(id) FROM {s}.jobs WHERE state = {QUEUED} AND queue = $1
@@ -718,7 +724,7 @@ impl Coordination for PostgresBroker {
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         if req.at.is_none() {
-            self.notify_pushed();
+            self.wake_local();
         }
         Ok(replaced)
     }

@@ -128,6 +128,16 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
+/// Signals the push channel that jobs were added at the back of their queues (a promotion, a
+/// unique or debounced push, a periodic tick); delivered when the surrounding transaction
+/// commits. Fetch hints stay: the new rows are past them.
+pub(crate) async fn notify_back(
+    c: &impl GenericClient,
+    channel: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!("NOTIFY {channel}")).await
+}
+
 /// The notification payload that says jobs were put at the front of a queue (below the
 /// fetch hints): listeners drop their hints.
 pub(crate) const FRONT: &str = "front";
@@ -372,8 +382,7 @@ impl JobQueue for PostgresBroker {
         c.query_one(&stmt, &[&queues, &payloads])
             .await
             .map_err(pg_err)?;
-        // New rows are past every hint: wake without dropping them.
-        self.inner.pushed.notify_waiters();
+        self.wake_local();
         self.wake_fleet();
         Ok(())
     }
@@ -579,7 +588,9 @@ impl JobQueue for PostgresBroker {
                     .map_err(pg_err)?;
                 }
                 if n > 0 {
-                    notify(&*tx, &self.inner.channel).await.map_err(pg_err)?;
+                    notify_back(&*tx, &self.inner.channel)
+                        .await
+                        .map_err(pg_err)?;
                 }
                 tx.commit().await.map_err(pg_err)?;
                 moved += n;
@@ -589,7 +600,7 @@ impl JobQueue for PostgresBroker {
             }
         }
         if moved > 0 {
-            self.notify_pushed();
+            self.wake_local();
         }
         if let Some(keep) = self.inner.keep_finished {
             self.prune_finished(now - keep).await?;
