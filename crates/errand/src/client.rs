@@ -552,14 +552,26 @@ impl Client {
         J: Job,
         I: IntoIterator<Item = J>,
     {
+        let (jids, out) = self.all_for_tx(jobs)?;
+        out.write_sqlite(tx)?;
+        Ok(jids)
+    }
+
+    /// Builds every job of `jobs` for an application transaction ([`Client::for_tx`]):
+    /// their ids in order, and the jobs to write.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    fn all_for_tx<J, I>(&self, jobs: I) -> Result<(Vec<String>, TxJobs), Error>
+    where
+        J: Job,
+        I: IntoIterator<Item = J>,
+    {
         let mut out = TxJobs::default();
         let push = Push::new();
         let jids = jobs
             .into_iter()
             .map(|job| self.for_tx(&job, &push, &mut out))
             .collect::<Result<Vec<_>, _>>()?;
-        out.write_sqlite(tx)?;
-        Ok(jids)
+        Ok((jids, out))
     }
 
     /// Builds `job` for an application transaction into `into`; returns its id. Unique and
@@ -652,12 +664,7 @@ impl Client {
         J: Job,
         I: IntoIterator<Item = J>,
     {
-        let mut out = TxJobs::default();
-        let push = Push::new();
-        let jids = jobs
-            .into_iter()
-            .map(|job| self.for_tx(&job, &push, &mut out))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (jids, out) = self.all_for_tx(jobs)?;
         pg.push_in(tx, &out.now, &out.later).await?;
         Ok(jids)
     }
