@@ -33,6 +33,24 @@ async fn server_now(c: &impl GenericClient) -> Result<f64, tokio_postgres::Error
     crate::fleet::now(c).await
 }
 
+impl PostgresBroker {
+    /// Adds one job at the back of `queue` inside `tx` and wakes the fleet's idle fetches at
+    /// its commit (unique, debounced and periodic pushes).
+    async fn enqueue_one(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        queue: &str,
+        payload: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let job = Enqueue {
+            queue: queue.to_string(),
+            payload: payload.to_string(),
+        };
+        enqueue(tx, &self.inner.s, &[job]).await?;
+        notify_back(tx, &self.inner.channel).await
+    }
+}
+
 #[async_trait]
 impl Coordination for PostgresBroker {
     fn capabilities(&self) -> Capabilities {
@@ -237,24 +255,9 @@ impl Coordination for PostgresBroker {
         .map_err(pg_err)?;
         match req.at {
             Some(when) => add_member(&*tx, s, SCHEDULE, when, req.payload).await,
-            None => {
-                enqueue(
-                    &*tx,
-                    s,
-                    &[Enqueue {
-                        queue: req.queue.to_string(),
-                        payload: req.payload.to_string(),
-                    }],
-                )
-                .await
-            }
+            None => self.enqueue_one(&tx, req.queue, req.payload).await,
         }
         .map_err(pg_err)?;
-        if req.at.is_none() {
-            notify_back(&*tx, &self.inner.channel)
-                .await
-                .map_err(pg_err)?;
-        }
         tx.commit().await.map_err(pg_err)?;
         if req.at.is_none() {
             self.wake_local();
@@ -410,17 +413,7 @@ impl Coordination for PostgresBroker {
             .map_err(pg_err)?
             == 1;
         if won {
-            enqueue(
-                &*tx,
-                s,
-                &[Enqueue {
-                    queue: claim.queue.to_string(),
-                    payload: claim.payload.to_string(),
-                }],
-            )
-            .await
-            .map_err(pg_err)?;
-            notify_back(&*tx, &self.inner.channel)
+            self.enqueue_one(&tx, claim.queue, claim.payload)
                 .await
                 .map_err(pg_err)?;
         }
@@ -680,17 +673,7 @@ impl Coordination for PostgresBroker {
                 .get(0)
             }
             None => {
-                enqueue(
-                    &*tx,
-                    s,
-                    &[Enqueue {
-                        queue: req.queue.to_string(),
-                        payload: req.payload.to_string(),
-                    }],
-                )
-                .await
-                .map_err(pg_err)?;
-                notify_back(&*tx, &self.inner.channel)
+                self.enqueue_one(&tx, req.queue, req.payload)
                     .await
                     .map_err(pg_err)?;
                 tx.query_one(
