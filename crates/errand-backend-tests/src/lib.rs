@@ -24,6 +24,7 @@
 //! When backend semantics change, change the suite first.
 
 mod admin;
+mod batch;
 mod coordination;
 mod fleet;
 mod inspect;
@@ -31,6 +32,7 @@ mod queue;
 mod server;
 mod support;
 pub use admin::*;
+pub use batch::*;
 pub use coordination::*;
 pub use fleet::*;
 pub use inspect::Inspect;
@@ -80,6 +82,16 @@ macro_rules! conformance_tests {
             cancel_removes_waiting_jobs_and_finds_running_ones,
             results_are_kept_and_expire,
             push_replacing_keeps_the_last_waiting_job,
+            batch_counts_members_and_fires_callbacks_once,
+            batch_death_fires_once_and_success_follows_a_dead_job_that_succeeds,
+            batch_completes_only_once_sealed,
+            batch_add_is_refused_once_complete,
+            nested_batch_completes_after_its_child,
+            concurrent_last_records_fire_callbacks_once,
+            workflow_steps_wait_for_their_parents,
+            workflow_failure_policies_cancel_steps,
+            batches_are_listed_and_paged,
+            completed_batches_expire,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

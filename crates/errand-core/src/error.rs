@@ -52,6 +52,9 @@ pub enum BrokerError {
     /// [`crate::broker::Coordination::capabilities`]).
     #[error("this backend does not support {0}")]
     Unsupported(&'static str),
+    /// A batch cannot take new members: it does not exist (or expired), or it has completed.
+    #[error("batch {0} does not exist or has completed")]
+    BatchClosed(String),
 }
 
 /// Result of a backend operation.

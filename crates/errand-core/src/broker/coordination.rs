@@ -6,7 +6,9 @@
 //! [`BrokerError::Unsupported`](crate::BrokerError::Unsupported), and [`Coordination::capabilities`]
 //! says what is there, so callers can refuse early with a clear message.
 
+use super::batch::{BatchFired, BatchRecord, BatchStatus, MemberState, NewBatch};
 use super::periodic::{PeriodicEntry, PeriodicRecord, TickClaim};
+use super::queue::{Enqueue, ScheduledJob};
 use crate::BrokerError;
 use crate::error::BrokerResult;
 use async_trait::async_trait;
@@ -27,6 +29,8 @@ pub struct Capabilities {
     /// Job control: cancelling jobs by jid (`cancel_job`, `cancelled`) and kept results
     /// (`result_put`, `result_get`).
     pub control: bool,
+    /// Batches and workflow steps (`batch_*`).
+    pub batches: bool,
 }
 
 impl Capabilities {
@@ -37,6 +41,7 @@ impl Capabilities {
         rates: true,
         periodic: true,
         control: true,
+        batches: true,
     };
 
     /// None: a backend that implements only the queue and fleet topics.
@@ -46,6 +51,7 @@ impl Capabilities {
         rates: false,
         periodic: false,
         control: false,
+        batches: false,
     };
 }
 
@@ -409,6 +415,70 @@ pub trait Coordination: Send + Sync + 'static {
     async fn result_get(&self, jid: &str) -> BrokerResult<Option<String>> {
         let _ = jid;
         unsupported("job results")
+    }
+
+    /// Creates batch `batch` with [`BUILDING`](super::BUILDING) and its waiting steps as
+    /// pending members, and (in the same step) adds `child:<bid>` to its parent's pending
+    /// members. Fails with [`BrokerError::BatchClosed`](crate::BrokerError::BatchClosed) when the parent does not
+    /// exist or has completed. Creating a batch that exists already changes nothing.
+    async fn batch_create(&self, batch: &NewBatch<'_>) -> BrokerResult<()> {
+        let _ = batch;
+        unsupported("batches")
+    }
+
+    /// Adds jobs to batch `bid` and stores them, in one atomic step: `jids[i]` is the jid of
+    /// the i-th job of `now` followed by `later`. The jobs become pending members before any
+    /// of them can run, so a member can never finish before it counts. Fails with
+    /// [`BrokerError::BatchClosed`](crate::BrokerError::BatchClosed) (nothing stored) when the batch does not
+    /// exist or has completed.
+    async fn batch_add(
+        &self,
+        bid: &str,
+        jids: &[&str],
+        now: &[Enqueue],
+        later: &[ScheduledJob],
+    ) -> BrokerResult<()> {
+        let _ = (bid, jids, now, later);
+        unsupported("batches")
+    }
+
+    /// Records one member's outcome and, in the same atomic step, everything it causes: the
+    /// callbacks it enqueues, the workflow steps it pushes or cancels, and the same for the
+    /// ancestors it completes (see [`crate::broker::batch`]). A member that is not pending is
+    /// left alone, so a repeated record changes nothing. A batch that is gone (expired) is
+    /// ignored.
+    async fn batch_record(&self, record: BatchRecord<'_>) -> BrokerResult<BatchFired> {
+        let _ = record;
+        unsupported("batches")
+    }
+
+    /// Batch `bid`'s state, if it exists.
+    async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
+        let _ = bid;
+        unsupported("batches")
+    }
+
+    /// Batches, newest first: `limit` of them from `offset`, and how many there are.
+    async fn batch_list(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<(Vec<BatchStatus>, usize)> {
+        let _ = (offset, limit);
+        unsupported("batches")
+    }
+
+    /// Batch `bid`'s members in `state`, sorted, `limit` from `offset` ([`BUILDING`](super::BUILDING)
+    /// is not listed).
+    async fn batch_members(
+        &self,
+        bid: &str,
+        state: MemberState,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<Vec<String>> {
+        let _ = (bid, state, offset, limit);
+        unsupported("batches")
     }
 }
 

@@ -18,12 +18,17 @@
 //! `docs/backends.md` walks through adding a backend. These traits are ours to reshape before
 //! 1.0.
 
+pub mod batch;
 mod coordination;
 mod fleet;
 mod periodic;
 mod queue;
 
 pub use crate::error::BrokerResult;
+pub use batch::{
+    BUILDING, BatchCallback, BatchEvent, BatchFired, BatchOutcome, BatchRecord, BatchStatus,
+    FailurePolicy, JobHead, MemberState, NewBatch, WaitingStep, child_member,
+};
 pub use coordination::{
     CANCEL_MARK_TTL, Cancelled, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion,
     OnceRequest, PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, ReplacePush,
