@@ -6,6 +6,9 @@ use crate::scripts;
 use async_trait::async_trait;
 use errand_core::admin::SetName;
 use errand_core::broker::{
+    BatchFired, BatchRecord, BatchStatus, Enqueue, MemberState, NewBatch, ScheduledJob,
+};
+use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest,
     PeriodicEntry, PeriodicRecord, PermitGrant, PermitRenewal, PermitRequest, RateKind,
     RateRequest, TickClaim, UniquePush, UniquePushed,
@@ -512,5 +515,45 @@ impl Coordination for RedisBroker {
             .query_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))
+    }
+
+    async fn batch_create(&self, batch: &NewBatch<'_>) -> BrokerResult<()> {
+        self.create_batch(batch).await
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        jids: &[&str],
+        now: &[Enqueue],
+        later: &[ScheduledJob],
+    ) -> BrokerResult<()> {
+        self.add_to_batch(bid, jids, now, later).await
+    }
+
+    async fn batch_record(&self, record: BatchRecord<'_>) -> BrokerResult<BatchFired> {
+        self.record_in_batch(record).await
+    }
+
+    async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
+        self.batch_state(bid).await
+    }
+
+    async fn batch_list(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<(Vec<BatchStatus>, usize)> {
+        self.list_batches(offset, limit).await
+    }
+
+    async fn batch_members(
+        &self,
+        bid: &str,
+        state: MemberState,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<Vec<String>> {
+        self.members_of(bid, state, offset, limit).await
     }
 }

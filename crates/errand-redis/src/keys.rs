@@ -172,6 +172,17 @@ impl Keys {
         format!("{}errand:debounce:{key}", self.prefix)
     }
 
+    /// The prefix of every batch's keys (`errand:batch:`; add the bid, and a suffix for its
+    /// member sets).
+    pub fn batch_prefix(&self) -> String {
+        self.key("errand:batch:")
+    }
+
+    /// The index of batches (`errand:batches`, a sorted set of bids by creation time).
+    pub fn batches(&self) -> String {
+        self.key("errand:batches")
+    }
+
     /// A job's kept result (`errand:result:<jid>`, a string with a TTL).
     pub fn result(&self, jid: &str) -> String {
         format!("{}errand:result:{jid}", self.prefix)

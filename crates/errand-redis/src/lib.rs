@@ -22,6 +22,7 @@
 //! metrics in Errand's `errand:metrics:<minute>` and `errand:metrics:total` hashes.
 
 mod admin;
+mod batch;
 mod broker;
 mod config;
 mod coordination;

@@ -41,3 +41,6 @@ pub static SET_TO_QUEUE: LazyLock<Script> =
 /// "kill").
 pub static SET_TO_DEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/set_to_dead.lua")));
+/// Batches: create, add members (and push them), record an outcome with all it causes.
+pub static BATCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/batch.lua")));

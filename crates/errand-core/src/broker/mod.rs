@@ -26,8 +26,9 @@ mod queue;
 
 pub use crate::error::BrokerResult;
 pub use batch::{
-    BUILDING, BatchCallback, BatchEvent, BatchFired, BatchOutcome, BatchRecord, BatchStatus,
-    FailurePolicy, JobHead, MemberState, NewBatch, WaitingStep, child_member,
+    BATCH_KEEP, BATCH_MAX_AGE, BUILDING, BatchCallback, BatchEvent, BatchFired, BatchOutcome,
+    BatchRecord, BatchStatus, FailurePolicy, JobHead, MemberState, NewBatch, WaitingStep,
+    child_member,
 };
 pub use coordination::{
     CANCEL_MARK_TTL, Cancelled, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion,

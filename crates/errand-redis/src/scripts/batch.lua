@@ -1,0 +1,267 @@
+-- Batches (the model in errand_core::broker::batch): create, add, record. One script, so a
+-- record and everything it causes (callbacks pushed, workflow steps pushed or cancelled, the
+-- parent's record when the batch completes) is one atomic step.
+--
+-- Keys of batch B under prefix P (ARGV[2], e.g. `errand:batch:`):
+--   P..B            hash: parent, desc, created_at, keep (ms), policy, workflow, total,
+--                   complete_at, success_at, death_at, cb:<event> (callback head), cbq:<event>
+--                   (its queue), callbacks (event names, comma-separated)
+--   P..B..':pending'   set: members not succeeded nor dead (with `building`, waiting steps)
+--   P..B..':failed'    set: pending members that failed
+--   P..B..':dead'      set: dead members
+--   P..B..':cancelled' set: cancelled workflow steps
+--   P..B..':waiting'   hash: waiting step jid -> parents still to succeed
+--   P..B..':steps'     hash: 'h:'..jid -> the step's head, 'q:'..jid -> its queue
+--   P..B..':next'      hash: jid -> JSON array of the waiting steps that need it
+-- ARGV[1] the operation, ARGV[2] P, ARGV[3] the queue key prefix, ARGV[4] the queue names set,
+-- ARGV[5] the batch index (zset by created_at), ARGV[6] the schedule set; then per operation:
+--   create: bid, parent or '', desc, keep ms, max age ms, policy, workflow or '', n callbacks,
+--           (event, queue, head) * n, m steps, (jid, queue, head, parents JSON) * m.
+--           Returns 1 (created), 0 (it existed) or -1 (the parent is gone or complete).
+--   add:    bid, n now, (jid, queue, payload) * n, m later, (jid, score, payload) * m.
+--           Returns 1, or -1 (the batch is gone or complete; nothing stored).
+--   record: bid, member, outcome (succeeded | failed | died), enqueued_at.
+--           Returns {released, cancelled, bid1, event1, bid2, event2, ...}.
+local op, P, QP, QS, INDEX, SCHEDULE = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local SUFFIXES = {':pending', ':failed', ':dead', ':cancelled', ':waiting', ':steps', ':next'}
+
+local function k(bid, suffix)
+  return P .. bid .. (suffix or '')
+end
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+
+local function expire_all(bid, ms)
+  redis.call('PEXPIRE', k(bid), ms)
+  for _, s in ipairs(SUFFIXES) do
+    redis.call('PEXPIRE', k(bid, s), ms)
+  end
+end
+
+-- Gives every key of the batch the meta hash's TTL (sets created after the batch get it too).
+local function touch(bid)
+  local ttl = redis.call('PTTL', k(bid))
+  if ttl > 0 then
+    for _, s in ipairs(SUFFIXES) do
+      redis.call('PEXPIRE', k(bid, s), ttl)
+    end
+  end
+end
+
+local function push(queue, payload)
+  redis.call('SADD', QS, queue)
+  redis.call('LPUSH', QP .. queue, payload)
+end
+
+local function open(bid)
+  return redis.call('EXISTS', k(bid)) == 1 and redis.call('HEXISTS', k(bid), 'complete_at') == 0
+end
+
+if op == 'create' then
+  local bid, parent = ARGV[7], ARGV[8]
+  if redis.call('EXISTS', k(bid)) == 1 then
+    return 0
+  end
+  if parent ~= '' then
+    if not open(parent) then
+      return -1
+    end
+    if redis.call('SADD', k(parent, ':pending'), 'child:' .. bid) == 1 then
+      redis.call('HINCRBY', k(parent), 'total', 1)
+    end
+    touch(parent)
+  end
+  local meta = k(bid)
+  redis.call('HSET', meta, 'parent', parent, 'desc', ARGV[9], 'created_at', tostring(now()),
+    'keep', ARGV[10], 'policy', ARGV[12], 'workflow', ARGV[13], 'total', 0)
+  local i = 14
+  local ncb = tonumber(ARGV[i])
+  local events = {}
+  for j = 1, ncb do
+    local event = ARGV[i + 1]
+    redis.call('HSET', meta, 'cb:' .. event, ARGV[i + 3], 'cbq:' .. event, ARGV[i + 2])
+    events[#events + 1] = event
+    i = i + 3
+  end
+  redis.call('HSET', meta, 'callbacks', table.concat(events, ','))
+  redis.call('SADD', k(bid, ':pending'), 'building')
+  i = i + 1
+  local nsteps = tonumber(ARGV[i])
+  for j = 1, nsteps do
+    local jid, queue, head = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local parents = cjson.decode(ARGV[i + 4])
+    redis.call('SADD', k(bid, ':pending'), jid)
+    redis.call('HSET', k(bid, ':waiting'), jid, #parents)
+    redis.call('HSET', k(bid, ':steps'), 'h:' .. jid, head, 'q:' .. jid, queue)
+    for _, p in ipairs(parents) do
+      local next = redis.call('HGET', k(bid, ':next'), p)
+      local list = next and cjson.decode(next) or {}
+      list[#list + 1] = jid
+      redis.call('HSET', k(bid, ':next'), p, cjson.encode(list))
+    end
+    i = i + 4
+  end
+  redis.call('HSET', meta, 'total', nsteps)
+  redis.call('ZADD', INDEX, redis.call('HGET', meta, 'created_at'), bid)
+  expire_all(bid, ARGV[11])
+  return 1
+end
+
+if op == 'add' then
+  local bid = ARGV[7]
+  if not open(bid) then
+    return -1
+  end
+  local i = 8
+  local n = tonumber(ARGV[i])
+  local added = 0
+  for j = 1, n do
+    added = added + redis.call('SADD', k(bid, ':pending'), ARGV[i + 1])
+    push(ARGV[i + 2], ARGV[i + 3])
+    i = i + 3
+  end
+  i = i + 1
+  local m = tonumber(ARGV[i])
+  for j = 1, m do
+    added = added + redis.call('SADD', k(bid, ':pending'), ARGV[i + 1])
+    redis.call('ZADD', SCHEDULE, ARGV[i + 2], ARGV[i + 3])
+    i = i + 3
+  end
+  redis.call('HINCRBY', k(bid), 'total', added)
+  touch(bid)
+  return 1
+end
+
+-- record
+local AT = ARGV[10]
+local out = {0, 0}
+
+local function fire(bid, event)
+  local head = redis.call('HGET', k(bid), 'cb:' .. event)
+  if head then
+    push(redis.call('HGET', k(bid), 'cbq:' .. event), head .. ',"enqueued_at":' .. AT .. '}')
+    out[#out + 1] = bid
+    out[#out + 1] = event
+  end
+end
+
+-- The waiting steps that needed `member` and nothing else still are pushed.
+local function release(bid, member)
+  local next = redis.call('HGET', k(bid, ':next'), member)
+  if not next then
+    return
+  end
+  for _, step in ipairs(cjson.decode(next)) do
+    if redis.call('HEXISTS', k(bid, ':waiting'), step) == 1 then
+      if redis.call('HINCRBY', k(bid, ':waiting'), step, -1) <= 0 then
+        redis.call('HDEL', k(bid, ':waiting'), step)
+        local steps = redis.call('HMGET', k(bid, ':steps'), 'h:' .. step, 'q:' .. step)
+        push(steps[2], steps[1] .. ',"enqueued_at":' .. AT .. '}')
+        out[1] = out[1] + 1
+      end
+    end
+  end
+end
+
+local function cancel_step(bid, step)
+  redis.call('HDEL', k(bid, ':waiting'), step)
+  redis.call('SREM', k(bid, ':pending'), step)
+  redis.call('SADD', k(bid, ':cancelled'), step)
+  out[2] = out[2] + 1
+end
+
+-- Cancels waiting steps after `member` died: all of them, or those that need it.
+local function cancel(bid, member)
+  if redis.call('HLEN', k(bid, ':waiting')) == 0 then
+    return
+  end
+  if redis.call('HGET', k(bid), 'policy') == 'cancel_all' then
+    for _, step in ipairs(redis.call('HKEYS', k(bid, ':waiting'))) do
+      cancel_step(bid, step)
+    end
+    return
+  end
+  local todo = {member}
+  while #todo > 0 do
+    local next = redis.call('HGET', k(bid, ':next'), table.remove(todo))
+    if next then
+      for _, step in ipairs(cjson.decode(next)) do
+        if redis.call('HEXISTS', k(bid, ':waiting'), step) == 1 then
+          cancel_step(bid, step)
+          todo[#todo + 1] = step
+        end
+      end
+    end
+  end
+end
+
+local record
+
+-- After a change: complete and success, each the first time, and the parent's record.
+local function settle(bid)
+  local meta = k(bid)
+  if redis.call('SCARD', k(bid, ':pending')) > 0 then
+    return
+  end
+  local t = tostring(now())
+  local completed = redis.call('HSETNX', meta, 'complete_at', t) == 1
+  local succeeded = false
+  if redis.call('SCARD', k(bid, ':dead')) + redis.call('SCARD', k(bid, ':cancelled')) == 0 then
+    succeeded = redis.call('HSETNX', meta, 'success_at', t) == 1
+  end
+  if completed then
+    fire(bid, 'complete')
+    expire_all(bid, redis.call('HGET', meta, 'keep'))
+  end
+  if succeeded then
+    fire(bid, 'success')
+  end
+  local parent = redis.call('HGET', meta, 'parent')
+  if parent and parent ~= '' then
+    if succeeded then
+      record(parent, 'child:' .. bid, 'succeeded')
+    elseif completed then
+      record(parent, 'child:' .. bid, 'died')
+    end
+  end
+end
+
+record = function(bid, member, outcome)
+  if redis.call('EXISTS', k(bid)) == 0 then
+    return
+  end
+  local pending = k(bid, ':pending')
+  if outcome == 'succeeded' then
+    local was_pending = redis.call('SREM', pending, member) == 1
+    redis.call('SREM', k(bid, ':failed'), member)
+    local was_dead = redis.call('SREM', k(bid, ':dead'), member) == 1
+    if not was_pending and not was_dead then
+      return
+    end
+    release(bid, member)
+  elseif outcome == 'failed' then
+    if redis.call('SISMEMBER', pending, member) == 1 then
+      redis.call('SADD', k(bid, ':failed'), member)
+      touch(bid)
+    end
+    return
+  else
+    if redis.call('SREM', pending, member) == 0 then
+      return
+    end
+    redis.call('SREM', k(bid, ':failed'), member)
+    redis.call('SADD', k(bid, ':dead'), member)
+    if redis.call('HSETNX', k(bid), 'death_at', tostring(now())) == 1 then
+      fire(bid, 'death')
+    end
+    cancel(bid, member)
+  end
+  touch(bid)
+  settle(bid)
+end
+
+record(ARGV[7], ARGV[8], ARGV[9])
+return out
