@@ -111,6 +111,8 @@ macro_rules! conformance_tests {
             server_drops_expired_jobs,
             server_keeps_results,
             server_runs_a_debounced_burst_once,
+            server_runs_a_batch_and_its_callbacks_once,
+            server_runs_a_diamond_workflow,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

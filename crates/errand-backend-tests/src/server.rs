@@ -247,6 +247,84 @@ impl Job for Refresh {
     }
 }
 
+/// A job of a batch: `"fail-once"` fails its first attempt, `"die"` dies at once, `"grow"` adds
+/// `Member("grown")` to its own batch; logs `member:<tag>`.
+#[derive(Serialize, Deserialize)]
+struct Member(String);
+
+impl Job for Member {
+    const NAME: &'static str = "Conformance::Member";
+    fn options() -> JobOptions {
+        JobOptions::default().retry(3)
+    }
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let l = log(cx);
+        let entry = format!("member:{}", self.0);
+        l.push(entry.clone());
+        match self.0.as_str() {
+            "fail-once" if l.count(&entry) == 1 => Err(JobError::retry("first attempt fails")),
+            "die" => Err(JobError::dead("dies")),
+            "grow" => {
+                let batch = cx.batch().ok_or_else(|| JobError::dead("no batch"))?;
+                batch.push(Member("grown".into())).await?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A batch callback: logs `callback:<tag>:<event>:<pending>:<dead>` from the batch's status.
+#[derive(Serialize, Deserialize)]
+struct Callback(String);
+
+impl Job for Callback {
+    const NAME: &'static str = "Conformance::Callback";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let (bid, event) = cx
+            .batch_callback()
+            .ok_or_else(|| JobError::dead("not a callback"))?;
+        let s = cx
+            .client()
+            .batch_status(&bid)
+            .await?
+            .ok_or_else(|| JobError::dead("batch gone"))?;
+        log(cx).push(format!(
+            "callback:{}:{}:{}:{}",
+            self.0,
+            event.as_str(),
+            s.pending,
+            s.dead
+        ));
+        Ok(())
+    }
+}
+
+/// A workflow step: adds its parents' outputs (by name) to its own number, keeps the sum as
+/// its result, and logs `step:<name>:<sum>`; `Step("x", 0)` dies.
+#[derive(Serialize, Deserialize)]
+struct Step(String, Vec<String>, u64);
+
+impl Job for Step {
+    const NAME: &'static str = "Conformance::Step";
+    fn options() -> JobOptions {
+        JobOptions::default().retry(0)
+    }
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        if self.2 == 0 {
+            return Err(JobError::dead("this step fails"));
+        }
+        let mut sum = self.2;
+        for parent in &self.1 {
+            let out: Option<u64> = cx.parent_output(parent).await?;
+            sum += out.ok_or_else(|| JobError::dead(format!("no output from {parent}")))?;
+        }
+        cx.set_result(&sum)?;
+        log(cx).push(format!("step:{}:{sum}", cx.step().unwrap_or("?")));
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
@@ -327,6 +405,10 @@ impl Harness {
             .register::<Cancellable>()
             .register::<Answer>()
             .register::<Refresh>()
+            .register::<Member>()
+            .register::<Callback>()
+            .register::<Step>()
+            .queues(["default", "callbacks"])
             .data(self.log.clone())
             .death_handler(move |p, _e| {
                 deaths
@@ -1114,4 +1196,151 @@ pub async fn server_runs_a_debounced_burst_once(f: &impl BackendFactory) {
         h.log.all()
     );
     assert!(h.inspect().set("schedule").await.is_empty(), "{name}");
+}
+
+/// A batch run by a real server: a job that fails once and then succeeds counts once, a job
+/// of the batch adds one to it while it runs, and `complete` and `success` each run once,
+/// after the last job (their status reads 0 pending); a second batch with a job that dies
+/// runs `death` and `complete` once each, and not `success`.
+pub async fn server_runs_a_batch_and_its_callbacks_once(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let tag = token("batch");
+    let batch = errand::Batch::new(&h.client)
+        .description("conformance")
+        .on_complete(Callback(tag.clone()))
+        .on_success(Callback(tag.clone()))
+        .on_death(Callback(tag.clone()))
+        .open()
+        .await
+        .unwrap();
+    batch
+        .push_bulk(["ok", "fail-once", "grow"].map(|t| Member(t.into())))
+        .await
+        .unwrap();
+    let bid = batch.seal().await.unwrap();
+    let sad_tag = token("sad");
+    let sad = errand::Batch::new(&h.client)
+        .on_complete(Callback(sad_tag.clone()))
+        .on_success(Callback(sad_tag.clone()))
+        .on_death(Callback(sad_tag.clone()))
+        .open()
+        .await
+        .unwrap();
+    sad.push_bulk(["die", "ok"].map(|t| Member(t.into())))
+        .await
+        .unwrap();
+    let sad_bid = sad.seal().await.unwrap();
+    let server = start(h.server());
+    h.wait_log(name, &format!("callback:{tag}:success:0:0"), 1)
+        .await;
+    h.wait_log(name, &format!("callback:{sad_tag}:complete:0:1"), 1)
+        .await;
+    h.wait_log(name, &format!("callback:{sad_tag}:death"), 0)
+        .await;
+    server.stop().await;
+    let status = h.client.batch_status(&bid).await.unwrap().unwrap();
+    assert_eq!(
+        (status.total, status.pending, status.failed, status.dead),
+        (4, 0, 0, 0),
+        "{name}: three jobs and the grown one"
+    );
+    assert!(status.success_at.is_some(), "{name}");
+    assert_eq!(h.log.count("member:grown"), 1, "{name}");
+    assert_eq!(h.log.count("member:fail-once"), 2, "{name}");
+    let callbacks = |t: &str| {
+        let mut c: Vec<String> = h
+            .log
+            .all()
+            .into_iter()
+            .filter(|e| e.starts_with(&format!("callback:{t}:")))
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(
+        callbacks(&tag),
+        vec![
+            format!("callback:{tag}:complete:0:0"),
+            format!("callback:{tag}:success:0:0")
+        ],
+        "{name}: each once"
+    );
+    let sad_calls = callbacks(&sad_tag);
+    assert_eq!(sad_calls.len(), 2, "{name}: {sad_calls:?}");
+    assert_eq!(
+        sad_calls[0],
+        format!("callback:{sad_tag}:complete:0:1"),
+        "{name}"
+    );
+    assert!(
+        sad_calls[1].starts_with(&format!("callback:{sad_tag}:death:")),
+        "{name}"
+    );
+    let sad_status = h.client.batch_status(&sad_bid).await.unwrap().unwrap();
+    assert_eq!((sad_status.pending, sad_status.dead), (0, 1), "{name}");
+    assert!(sad_status.success_at.is_none(), "{name}");
+    h.wait_set_len(name, "dead", 1).await;
+}
+
+/// A diamond workflow (a → b, c → d) run by a real server: d reads the outputs of b and c
+/// (which read a's), and the workflow succeeds; with c failing, b finishes under
+/// `CancelDependents` while d is cancelled, and the workflow completes without success.
+pub async fn server_runs_a_diamond_workflow(f: &impl BackendFactory) {
+    let h = Harness::new(f).await;
+    let name = f.name();
+    let server = start(h.server());
+    let step = |n: &str, after: &[&str], v: u64| {
+        Step(n.into(), after.iter().map(|a| a.to_string()).collect(), v)
+    };
+    let tag = token("wf");
+    let run = errand::Workflow::new()
+        .description("diamond")
+        .add("a", step("a", &[], 1))
+        .add_after("b", step("b", &["a"], 10), ["a"])
+        .add_after("c", step("c", &["a"], 100), ["a"])
+        .add_after("d", step("d", &["b", "c"], 1000), ["b", "c"])
+        .on_success(Callback(tag.clone()))
+        .start(&h.client)
+        .await
+        .unwrap();
+    assert_eq!(run.steps.len(), 4, "{name}");
+    // a = 1, b = 11, c = 101, d = 1000 + 11 + 101
+    h.wait_log(name, "step:d:1112", 1).await;
+    h.wait_log(name, &format!("callback:{tag}:success:0:0"), 1)
+        .await;
+    let failing = token("wf-fail");
+    let run = errand::Workflow::new()
+        .add("a", step("a", &[], 1))
+        .add_after("b", step("b", &["a"], 10), ["a"])
+        .add_after("c", step("c", &["a"], 0), ["a"])
+        .add_after("d", step("d", &["b", "c"], 1000), ["b", "c"])
+        .on_failure(errand::FailurePolicy::CancelDependents)
+        .on_complete(Callback(failing.clone()))
+        .start(&h.client)
+        .await
+        .unwrap();
+    h.wait_log(name, &format!("callback:{failing}:complete:0:1"), 1)
+        .await;
+    server.stop().await;
+    let s = h.client.batch_status(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.total, s.pending, s.dead, s.cancelled),
+        (4, 0, 1, 1),
+        "{name}"
+    );
+    assert!(s.success_at.is_none(), "{name}");
+    assert_eq!(
+        h.log.count("step:d:1112"),
+        1,
+        "{name}: d ran once, in the first run only"
+    );
+    assert_eq!(h.log.count("step:b:11"), 2, "{name}: b ran in both");
+    assert!(
+        s.workflow
+            .as_deref()
+            .is_some_and(|w| w.contains("\"name\":\"d\"")),
+        "{name}: {:?}",
+        s.workflow
+    );
 }

@@ -172,7 +172,7 @@ impl Client {
     }
 
     /// When `push` says the job should run (`None`: now).
-    fn run_at(&self, push: &Push) -> Option<f64> {
+    pub(crate) fn run_at(&self, push: &Push) -> Option<f64> {
         push.at
             .or_else(|| push.delay.map(|d| self.now() + d.as_secs_f64()))
     }
@@ -325,6 +325,18 @@ impl Client {
         }
     }
 
+    /// Batch `bid`'s state ([`crate::batch`]): its counts, times and callbacks; `None` when it
+    /// does not exist or expired.
+    ///
+    /// # Errors
+    /// A backend failure, or a backend without batches.
+    pub async fn batch_status(
+        &self,
+        bid: &str,
+    ) -> Result<Option<errand_core::broker::BatchStatus>, Error> {
+        Ok(self.broker.batch_status(bid).await?)
+    }
+
     /// Stores a built payload: on its queue now, or in the schedule set when `at` is in the
     /// future. Returns the job id.
     ///
@@ -347,7 +359,7 @@ impl Client {
     /// What a push of `p` stores: its queue, its time when that is still ahead (the schedule
     /// set), and the payload as written (stamped `enqueued_at` when it goes straight to the
     /// queue), checked against the size limit.
-    fn stored(
+    pub(crate) fn stored(
         &self,
         mut p: Payload,
         at: Option<f64>,

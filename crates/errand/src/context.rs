@@ -282,6 +282,50 @@ impl JobContext {
         &self.client
     }
 
+    /// The batch this job belongs to, to add jobs to it while it runs (the batch cannot
+    /// complete before this job has finished). `None` for a job outside any batch.
+    pub fn batch(&self) -> Option<crate::BatchHandle> {
+        crate::batch::bid_of(&self.payload).map(|bid| crate::BatchHandle::new(&self.client, bid))
+    }
+
+    /// For a batch callback: the batch it runs for and its event (read the batch's state with
+    /// [`Client::batch_status`]). `None` for any other job.
+    pub fn batch_callback(&self) -> Option<(String, errand_core::broker::BatchEvent)> {
+        let cb = self.payload.get(crate::batch::CALLBACK)?;
+        let bid = cb.get("bid")?.as_str()?.to_string();
+        let event = errand_core::broker::BatchEvent::parse(cb.get("event")?.as_str()?)?;
+        Some((bid, event))
+    }
+
+    /// For a workflow step: its name. `None` for any other job.
+    pub fn step(&self) -> Option<&str> {
+        self.payload.get(crate::batch::STEP)?.get("step")?.as_str()
+    }
+
+    /// The result that step `parent` of this workflow step kept with
+    /// [`JobContext::set_result`], decoded as `T`. `None` when that step set none (or the
+    /// result expired: [`Workflow::keep_results`](crate::Workflow::keep_results)).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) when `parent` is not a step this one comes
+    /// after; a backend failure; a result that does not decode as `T`.
+    pub async fn parent_output<T: DeserializeOwned>(
+        &self,
+        parent: &str,
+    ) -> Result<Option<T>, crate::Error> {
+        let jid = self
+            .payload
+            .get(crate::batch::STEP)
+            .and_then(|s| s.get("parents")?.get(parent)?.as_str())
+            .ok_or_else(|| {
+                crate::Error::Config(format!(
+                    "`{parent}` is not a step that {} comes after",
+                    self.step().unwrap_or("this job")
+                ))
+            })?;
+        self.client.result(jid).await
+    }
+
     /// Cancelled when the server's shutdown deadline passes; long jobs can stop early and
     /// return an error so they are retried.
     pub fn shutdown_token(&self) -> &CancellationToken {

@@ -51,6 +51,7 @@
 //! - `sqlite` (default): the embedded SQLite backend, re-exported as [`sqlite`].
 
 pub mod api;
+pub mod batch;
 mod client;
 mod context;
 mod error;
@@ -63,10 +64,12 @@ mod registry;
 pub mod server;
 
 pub use async_trait::async_trait;
+pub use batch::{Batch, BatchHandle, FailurePolicy, Workflow, WorkflowRun};
 pub use client::{Client, Debounced, Push, RawJob};
 pub use context::{
     DEFAULT_ONCE_TTL, Data, JobContext, MAX_RESULT_BYTES, PROGRESS_MESSAGE_MAX, Progress,
 };
+pub use errand_core::broker::{BatchEvent, BatchStatus};
 pub use errand_core::broker::{Cancelled, DeadLimits};
 pub use errand_core::{
     Clock, Payload, WireProfile, activejob, admin, backoff, broker, metrics, system_clock,

@@ -9,7 +9,8 @@
 //! (with or without a mutex); `UniqueSleepy(ms)` is unique for 5 s; `Abort(n)` aborts the
 //! process (a poison pill); `Sum(numbers)` takes big arguments; `Fenced(n, ms)` writes to a fenced store; `StartedAt(n)` records its start by Redis's
 //! clock; `Flaky(n)` fails its first run; `Charge(n)` applies an effect once by its
-//! idempotency key. `ERRAND_TEST_CLOCK_SKEW_S` skews the worker's clock,
+//! idempotency key; `BatchDone(code)` is a batch callback that counts its runs; `Gated(n)`
+//! waits for the ledger's gate entry; `Paced(n)` sleeps 5 ms and counts `n`. `ERRAND_TEST_QUEUES` lists the queues to work. `ERRAND_TEST_CLOCK_SKEW_S` skews the worker's clock,
 //! `ERRAND_TEST_RETRY_DELAY_MS` replaces the retry backoff, `ERRAND_TEST_MAX_RECOVERIES` the
 //! poison-pill threshold, and `FAILPOINTS` arms the crash
 //! points of `errand`'s `failpoints` feature (`after_fetch=20*off->return`: the 21st pass exits
@@ -428,6 +429,65 @@ async fn bump(cx: &JobContext, n: u64) -> Result<u64, JobError> {
     }
 }
 
+/// A batch callback (the batch crash tests): counts its run at `CALLBACK + code`, and at
+/// `CALLBACK_EARLY + code` when its batch still had pending or dead jobs when it ran.
+#[derive(Serialize, Deserialize)]
+struct BatchDone(u64);
+
+/// Ledger offsets of [`BatchDone`]'s counters.
+const CALLBACK: u64 = 6_000_000;
+const CALLBACK_EARLY: u64 = 7_000_000;
+
+impl Job for BatchDone {
+    const NAME: &'static str = "BatchDone";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let (bid, _) = cx
+            .batch_callback()
+            .ok_or_else(|| JobError::dead("not a batch callback"))?;
+        let status = cx
+            .client()
+            .batch_status(&bid)
+            .await?
+            .ok_or_else(|| JobError::dead("the batch is gone"))?;
+        if status.pending > 0 || status.dead > 0 {
+            bump(cx, CALLBACK_EARLY + self.0).await?;
+        }
+        bump(cx, CALLBACK + self.0).await?;
+        Ok(())
+    }
+}
+
+/// Sleeps 5 ms, then counts `n`: a job slow enough that a test's kills land while a batch of
+/// them runs.
+#[derive(Serialize, Deserialize)]
+struct Paced(u64);
+
+impl Job for Paced {
+    const NAME: &'static str = "Paced";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        count(cx, self.0).await
+    }
+}
+
+/// Waits until the ledger's entry `GATE` is set (polling every 2 ms), then counts `n`: many
+/// of them finish at one instant when the test sets the gate.
+#[derive(Serialize, Deserialize)]
+struct Gated(u64);
+
+/// The ledger entry [`Gated`] jobs wait for.
+const GATE: u64 = 8_000_000;
+
+impl Job for Gated {
+    const NAME: &'static str = "Gated";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        while read(cx, GATE).await? == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        count(cx, self.0).await
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     errand_tests::init_tracing();
@@ -486,8 +546,15 @@ async fn main() -> anyhow::Result<()> {
             .periodic_entry(errand::Periodic::new("tick", spec, Tick))
             .periodic_leader_ttl(Duration::from_secs(2));
     }
+    // The queues to work (comma-separated; `default` when unset).
+    if let Ok(queues) = std::env::var("ERRAND_TEST_QUEUES") {
+        builder = builder.queues(queues.split(',').map(str::to_string));
+    }
     builder
         .register::<Tick>()
+        .register::<BatchDone>()
+        .register::<Gated>()
+        .register::<Paced>()
         .register::<Ledger>()
         .register::<Sleepy>()
         .register::<Noop>()

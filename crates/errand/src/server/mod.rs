@@ -7,6 +7,7 @@
 //! stats; `state` holds what they share. Each part imports `state`, none imports the
 //! launcher.
 
+mod batch;
 mod completer;
 #[cfg(feature = "failpoints")]
 mod crash;

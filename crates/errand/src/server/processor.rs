@@ -1,14 +1,14 @@
 //! Runs one fetched job: parse, resolve its class, run the middleware chain and the job under
 //! its timeout with panics caught, then ack or hand the failure to `retry`.
 
-use super::retry;
 use super::state::{Running, Shared};
+use super::{batch, retry};
 use crate::context::Control;
 use crate::job::{EXPIRES_AT, KEEP_RESULT};
 use crate::middleware::Next;
 use crate::registry::Handler;
 use crate::{JobContext, JobError, JobErrorKind, JobResult};
-use errand_core::broker::{Fetched, Settle};
+use errand_core::broker::{BatchOutcome, Fetched, Settle};
 use errand_core::{Payload, activejob};
 use futures::FutureExt;
 use std::borrow::Cow;
@@ -73,6 +73,9 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
             late_by_s = s.now() - deadline,
             "expired: dropped without running"
         );
+        if !batch::record(s, &payload, BatchOutcome::Died).await {
+            return;
+        }
         s.completer.finish(job, None, "ack").await;
         retry::release_unique(s, &payload).await;
         return;
@@ -115,6 +118,9 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
     let Err(err) = result else {
         #[cfg(feature = "failpoints")]
         super::crash::crash_point("after_execute_before_ack");
+        if !batch::record(s, &payload, BatchOutcome::Succeeded).await {
+            return;
+        }
         s.completer.finish(job, None, "ack").await;
         retry::release_unique(s, &payload).await;
         return;
@@ -128,6 +134,9 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
             error = err.message(),
             "cancelled"
         );
+        if !batch::record(s, &payload, BatchOutcome::Died).await {
+            return;
+        }
         s.completer.finish(job, None, "ack").await;
         retry::release_unique(s, &payload).await;
         return;
@@ -155,6 +164,9 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
                 reason = err.message(),
                 "discarded"
             );
+            if !batch::record(s, &payload, BatchOutcome::Succeeded).await {
+                return;
+            }
             s.completer.finish(job, None, "ack").await;
             retry::release_unique(s, &payload).await;
         }

@@ -5,7 +5,7 @@
 use super::state::Shared;
 use crate::JobError;
 use crate::registry::Handler;
-use errand_core::broker::{Fetched, Settle};
+use errand_core::broker::{BatchOutcome, Fetched, Settle};
 use errand_core::{Failure, Payload, RetrySetting, backoff};
 use serde_json::Value;
 use std::panic::AssertUnwindSafe;
@@ -63,6 +63,9 @@ pub(crate) async fn handle_failure(
     if setting == RetrySetting::Disabled {
         tracing::warn!(jid = payload.jid(), class = payload.display_class(), error = %err, "failed with retry disabled; dropped");
         run_death_handlers(s, &payload, err);
+        if !super::batch::record(s, &payload, BatchOutcome::Died).await {
+            return;
+        }
         s.completer.finish(job, None, "ack").await;
         release_unique(s, &payload).await;
         return;
@@ -109,6 +112,9 @@ pub(crate) async fn handle_failure(
             delay_s = delay,
             "retry scheduled"
         );
+        if !super::batch::record(s, &payload, BatchOutcome::Failed).await {
+            return;
+        }
         s.completer.finish(job, Some(to), "retry").await;
         return;
     }
@@ -117,6 +123,9 @@ pub(crate) async fn handle_failure(
             .is_err()
     {
         tracing::error!(jid = payload.jid(), "retries_exhausted hook panicked");
+    }
+    if !super::batch::record(s, &payload, BatchOutcome::Died).await {
+        return;
     }
     if payload.get("dead") == Some(&Value::Bool(false)) {
         s.completer.finish(job, None, "ack").await;
