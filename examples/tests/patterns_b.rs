@@ -89,3 +89,33 @@ fn job_control() {
         "{out}"
     );
 }
+
+#[test]
+fn batch_import() {
+    let out = run_example(env!("CARGO_BIN_EXE_batch_import"));
+    assert_line(
+        &out,
+        "ok: 499 of 500 rows imported, 1 dead (row 250: invalid email), rows 17 and 333 \
+         retried once; the report ran once after the last row and the alert once; no success",
+    );
+    assert_line(&out, "complete callback: 501 jobs, 0 pending, 1 dead");
+}
+
+#[test]
+fn workflow_report() {
+    let out = run_example(env!("CARGO_BIN_EXE_workflow_report"));
+    assert_line(
+        &out,
+        "ok: night 1 report EUR 19600 after its four steps; night 2 rates died, convert and \
+         report cancelled, archive ran",
+    );
+    assert_line(
+        &out,
+        "nightly report 2026-12-05: complete (orders=succeeded rates=dead convert=cancelled \
+         report=cancelled archive=succeeded)",
+    );
+    assert!(
+        out.contains("refused: invalid configuration: workflow: steps form a cycle"),
+        "{out}"
+    );
+}

@@ -191,6 +191,21 @@ pub enum OpsCommand {
         /// The identity, or `all`.
         identity: String,
     },
+    /// Batches and workflows, newest first: counts and state.
+    Batches {
+        /// At most this many (1..=100).
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=100))]
+        limit: u64,
+        /// Skip this many.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// One batch or workflow: its counts, times, callbacks, its members by state and, for a
+    /// workflow, each step's state.
+    Batch {
+        /// The batch id.
+        bid: String,
+    },
     /// Periodic entries: list them, pause or resume one, or run one now.
     Periodic {
         /// What to do.

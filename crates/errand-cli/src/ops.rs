@@ -271,6 +271,123 @@ pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
         OpsCommand::Periodic { command } => {
             periodic(&*backend.broker(), command, args.json).await?
         }
+        OpsCommand::Batches { limit, offset } => {
+            batches(
+                &*backend.broker(),
+                offset as usize,
+                limit as usize,
+                args.json,
+            )
+            .await?
+        }
+        OpsCommand::Batch { bid } => batch(&*backend.broker(), &bid, args.json).await?,
+    }
+    Ok(())
+}
+
+/// `errand ops batches`.
+async fn batches(
+    broker: &dyn errand::broker::Broker,
+    offset: usize,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (list, total) = broker.batch_list(offset, limit).await?;
+    if json {
+        return print_json(&json!({ "total": total, "batches": list }));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|b| {
+            vec![
+                b.bid.clone(),
+                if b.workflow.is_some() {
+                    "workflow"
+                } else {
+                    "batch"
+                }
+                .into(),
+                b.description.clone(),
+                ago(b.created_at),
+                b.total.to_string(),
+                b.pending.to_string(),
+                b.failed.to_string(),
+                b.dead.to_string(),
+                b.cancelled.to_string(),
+                b.state().into(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "BID",
+            "KIND",
+            "DESCRIPTION",
+            "CREATED",
+            "TOTAL",
+            "PENDING",
+            "FAILED",
+            "DEAD",
+            "CANCELLED",
+            "STATE",
+        ],
+        &rows,
+    );
+    println!("{} of {total}", list.len());
+    Ok(())
+}
+
+/// `errand ops batch BID`.
+async fn batch(broker: &dyn errand::broker::Broker, bid: &str, json: bool) -> anyhow::Result<()> {
+    let Some(detail) = api::batch_detail(broker, bid).await? else {
+        bail!("no batch {bid:?} (it never existed, or expired; see `errand ops batches`)");
+    };
+    if json {
+        return print_json(&serde_json::to_value(&detail)?);
+    }
+    let status = &detail.batch;
+    let when = |t: Option<f64>| t.map_or("-".to_string(), ago);
+    println!("batch       {}", status.bid);
+    if !status.description.is_empty() {
+        println!("description {}", status.description);
+    }
+    if let Some(parent) = &status.parent {
+        println!("parent      {parent}");
+    }
+    println!("state       {}", status.state());
+    println!(
+        "jobs        {} total, {} pending, {} failed, {} dead, {} cancelled, {} waiting",
+        status.total, status.pending, status.failed, status.dead, status.cancelled, status.waiting
+    );
+    println!("created     {}", ago(status.created_at));
+    println!("completed   {}", when(status.complete_at));
+    println!("succeeded   {}", when(status.success_at));
+    println!("first death {}", when(status.death_at));
+    println!("callbacks   {}", status.callbacks.join(", "));
+    match &detail.steps {
+        Some(steps) => {
+            let rows: Vec<Vec<String>> = steps
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.state.to_string(),
+                        s.class.clone(),
+                        s.after.join(", "),
+                        s.jid.clone(),
+                    ]
+                })
+                .collect();
+            println!();
+            table(&["STEP", "STATE", "CLASS", "AFTER", "JID"], &rows);
+        }
+        None => {
+            for (state, list) in &detail.members {
+                if !list.is_empty() {
+                    println!("{state:<11} {}", list.join(" "));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -313,3 +313,102 @@ async fn ops_cancel_and_progress() {
         serde_json::from_str(&errand(&file, &["ops", "--json", "job", "cancel", running])).unwrap();
     assert_eq!(out["cancelled"][0]["cancelled"], "running", "{out}");
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Import(u64);
+
+impl errand::Job for Import {
+    const NAME: &'static str = "Import";
+    async fn perform(self, _: &errand::JobContext) -> errand::JobResult {
+        Ok(())
+    }
+}
+
+/// `errand ops batches` and `errand ops batch BID`: a batch's counts and members, a workflow's
+/// steps with their states, and a clear error for an unknown batch.
+#[tokio::test]
+async fn ops_batches_list_and_show_batches_and_workflows() {
+    use errand::broker::Coordination;
+    use errand::broker::{BatchOutcome, BatchRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batches.sqlite");
+    let broker = SqliteBroker::open(&file).await.unwrap();
+    let client = errand::Client::new(broker.clone());
+    let batch = errand::Batch::new(&client)
+        .description("nightly import")
+        .on_success(Import(0))
+        .open()
+        .await
+        .unwrap();
+    let jids = batch.push_bulk((1..=3).map(Import)).await.unwrap();
+    let bid = batch.seal().await.unwrap();
+    broker
+        .batch_record(BatchRecord {
+            bid: &bid,
+            member: &jids[0],
+            outcome: BatchOutcome::Died,
+            enqueued_at: "1700000000.0",
+        })
+        .await
+        .unwrap();
+    let run = errand::Workflow::new()
+        .description("report")
+        .add("fetch", Import(10))
+        .add_after("report", Import(11), ["fetch"])
+        .start(&client)
+        .await
+        .unwrap();
+
+    let list = errand(&file, &["ops", "batches"]);
+    let row = list.lines().find(|l| l.starts_with(&bid)).expect(&list);
+    assert!(
+        row.contains("batch") && row.contains("nightly import") && row.contains("running"),
+        "{row}"
+    );
+    let wf = list.lines().find(|l| l.starts_with(&run.id)).expect(&list);
+    assert!(wf.contains("workflow") && wf.contains("report"), "{wf}");
+    assert!(list.contains("2 of 2"), "{list}");
+
+    let shown = errand(&file, &["ops", "batch", &bid]);
+    assert!(
+        shown.contains("3 total, 2 pending, 0 failed, 1 dead"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("dead        {}", jids[0])),
+        "{shown}"
+    );
+    assert!(shown.contains("callbacks   success"), "{shown}");
+    let steps = errand(&file, &["ops", "batch", &run.id]);
+    let fetch = steps
+        .lines()
+        .find(|l| l.starts_with("fetch"))
+        .expect(&steps);
+    let report = steps
+        .lines()
+        .find(|l| l.starts_with("report"))
+        .expect(&steps);
+    assert!(
+        fetch.contains("enqueued") && fetch.contains("Import"),
+        "{fetch}"
+    );
+    assert!(
+        report.contains("waiting") && report.contains("fetch"),
+        "{report}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&errand(&file, &["ops", "--json", "batch", &run.id])).unwrap();
+    assert_eq!(json["steps"][1]["state"], "waiting", "{json}");
+    assert_eq!(json["batch"]["total"], 2, "{json}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .args(["ops", "batch", "nope", "--sqlite", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no batch \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

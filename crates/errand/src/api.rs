@@ -1075,3 +1075,118 @@ mod tests {
         assert_eq!(v.args, vec![serde_json::json!(7)]);
     }
 }
+
+/// Most members of one state [`batch_detail`] reads.
+pub const MAX_BATCH_MEMBERS: usize = 1_000;
+
+/// A batch as the dashboard's batch page and `errand ops batch` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchDetail {
+    /// Its state and counts.
+    pub batch: errand_core::broker::BatchStatus,
+    /// Its members by state (`pending`, `failed`, `waiting`, `dead`, `cancelled`), sorted, at
+    /// most [`MAX_BATCH_MEMBERS`] of each.
+    pub members: std::collections::BTreeMap<&'static str, Vec<String>>,
+    /// For a workflow: each step with its state, in the order they were added.
+    pub steps: Option<Vec<StepView>>,
+}
+
+/// A workflow step as dashboards show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepView {
+    /// The step's name.
+    pub name: String,
+    /// Its job's id.
+    pub jid: String,
+    /// Its job's class.
+    pub class: String,
+    /// Its queue.
+    pub queue: String,
+    /// The steps it comes after.
+    pub after: Vec<String>,
+    /// `waiting` (for the steps it comes after), `enqueued` (queued or running), `retrying`,
+    /// `succeeded`, `dead` or `cancelled`.
+    pub state: &'static str,
+}
+
+/// Batch `bid` with its members and, for a workflow, its steps' states; `None` when it does not
+/// exist (or expired).
+///
+/// # Errors
+/// A backend failure, or a backend without batches.
+pub async fn batch_detail(backend: &dyn Broker, bid: &str) -> BrokerResult<Option<BatchDetail>> {
+    use errand_core::broker::MemberState;
+    let Some(batch) = backend.batch_status(bid).await? else {
+        return Ok(None);
+    };
+    let mut members = std::collections::BTreeMap::new();
+    for state in MemberState::ALL {
+        let list = backend
+            .batch_members(bid, state, 0, MAX_BATCH_MEMBERS)
+            .await?;
+        members.insert(state.as_str(), list);
+    }
+    let steps = batch
+        .workflow
+        .as_deref()
+        .map(|w| workflow_steps(w, &members));
+    Ok(Some(BatchDetail {
+        batch,
+        members,
+        steps,
+    }))
+}
+
+/// Each step of workflow definition `definition` with its state, read from the member lists.
+fn workflow_steps(
+    definition: &str,
+    members: &std::collections::BTreeMap<&'static str, Vec<String>>,
+) -> Vec<StepView> {
+    let is_in = |state: &str, jid: &str| {
+        members
+            .get(state)
+            .is_some_and(|l| l.binary_search_by(|m| m.as_str().cmp(jid)).is_ok())
+    };
+    let def: Value = serde_json::from_str(definition).unwrap_or(Value::Null);
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    def.get("steps")
+        .and_then(Value::as_array)
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    let jid = text(s, "jid");
+                    let state = if is_in("waiting", &jid) {
+                        "waiting"
+                    } else if is_in("cancelled", &jid) {
+                        "cancelled"
+                    } else if is_in("dead", &jid) {
+                        "dead"
+                    } else if is_in("failed", &jid) {
+                        "retrying"
+                    } else if is_in("pending", &jid) {
+                        "enqueued"
+                    } else {
+                        "succeeded"
+                    };
+                    StepView {
+                        name: text(s, "name"),
+                        class: text(s, "class"),
+                        queue: text(s, "queue"),
+                        after: s
+                            .get("after")
+                            .and_then(Value::as_array)
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|n| n.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        jid,
+                        state,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

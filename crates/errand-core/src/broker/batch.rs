@@ -270,6 +270,31 @@ pub struct BatchStatus {
     pub policy: String,
 }
 
+impl BatchStatus {
+    /// Its state in a word: `building` (still being filled), `running`, `complete` (done, with
+    /// dead or cancelled members) or `succeeded`.
+    pub fn state(&self) -> &'static str {
+        match (self.building, self.complete_at, self.success_at) {
+            (_, _, Some(_)) => "succeeded",
+            (_, Some(_), None) => "complete",
+            (true, None, None) => "building",
+            (false, None, None) => "running",
+        }
+    }
+
+    /// How many of its members are done (succeeded, dead or cancelled), and that as a whole
+    /// percentage of the total (100 for an empty batch).
+    pub fn done(&self) -> (u64, u64) {
+        let done = self.total.saturating_sub(self.pending);
+        let percent = if self.total == 0 {
+            100
+        } else {
+            done * 100 / self.total
+        };
+        (done, percent)
+    }
+}
+
 /// Which members of a batch to list
 /// ([`Coordination::batch_members`](super::Coordination::batch_members)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
