@@ -2,14 +2,20 @@
 //! server's clock. Read-then-write steps on one key (a permit set, a rate limit, a debounce
 //! key) first take a transaction-scoped advisory lock on that key, so they are atomic under
 //! READ COMMITTED as a Lua script is on Redis; different keys never wait on each other.
+//! Batches lock their batch's row instead (see `crate::batch`).
 
 use crate::PostgresBroker;
+use crate::batch;
 use crate::broker::pg_err;
 use crate::fleet::NOW;
 use crate::queue::{add_member, enqueue, notify_back};
 use crate::schema::state;
 use crate::schema::state::{QUEUED, RETRY, SCHEDULE};
 use async_trait::async_trait;
+use errand_core::BrokerError;
+use errand_core::broker::{
+    BatchFired, BatchRecord, BatchStatus, MemberState, NewBatch, ScheduledJob,
+};
 use errand_core::broker::{
     BrokerResult, Cancelled, Capabilities, Coordination, Enqueue, FENCE_GRACE, OnceClaim,
     OnceCompletion, OnceRequest, PeriodicEntry, PeriodicRecord, PermitGrant, PermitRenewal,
@@ -751,5 +757,86 @@ impl Coordination for PostgresBroker {
             .await
             .map_err(pg_err)?
             .map(|r| r.get(0)))
+    }
+
+    async fn batch_create(&self, new: &NewBatch<'_>) -> BrokerResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        if !batch::create(&tx, &self.inner.s, new)
+            .await
+            .map_err(pg_err)?
+        {
+            let parent = new.parent.unwrap_or_default().to_string();
+            return Err(BrokerError::BatchClosed(parent));
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        jids: &[&str],
+        now: &[Enqueue],
+        later: &[ScheduledJob],
+    ) -> BrokerResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        if !batch::add(&tx, &self.inner.s, bid, jids, now, later)
+            .await
+            .map_err(pg_err)?
+        {
+            return Err(BrokerError::BatchClosed(bid.to_string()));
+        }
+        tx.commit().await.map_err(pg_err)?;
+        if !now.is_empty() {
+            // At the back of their queues: the fetch hints stay.
+            self.wake_local();
+            self.wake_fleet();
+        }
+        Ok(())
+    }
+
+    async fn batch_record(&self, record: BatchRecord<'_>) -> BrokerResult<BatchFired> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let fired = batch::record(&tx, &self.inner.s, &record)
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        if fired.released > 0 || !fired.callbacks.is_empty() {
+            // At the back of their queues: the fetch hints stay.
+            self.wake_local();
+            self.wake_fleet();
+        }
+        Ok(fired)
+    }
+
+    async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
+        let c = self.client().await?;
+        batch::get(&**c, &self.inner.s, bid).await.map_err(pg_err)
+    }
+
+    async fn batch_list(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<(Vec<BatchStatus>, usize)> {
+        let c = self.client().await?;
+        batch::list(&**c, &self.inner.s, offset, limit)
+            .await
+            .map_err(pg_err)
+    }
+
+    async fn batch_members(
+        &self,
+        bid: &str,
+        state: MemberState,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<Vec<String>> {
+        let c = self.client().await?;
+        batch::members(&**c, &self.inner.s, bid, state, offset, limit)
+            .await
+            .map_err(pg_err)
     }
 }

@@ -21,6 +21,7 @@
 //!   READ COMMITTED, as a Lua script is on Redis.
 
 mod admin;
+mod batch;
 mod broker;
 mod config;
 mod coordination;

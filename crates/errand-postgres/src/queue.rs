@@ -3,6 +3,7 @@
 //! groups (one transaction per batch), and idle fetches woken by LISTEN/NOTIFY.
 
 use crate::PostgresBroker;
+use crate::batch;
 use crate::broker::pg_err;
 use crate::fleet::NOW;
 use crate::schema::state;
@@ -334,6 +335,25 @@ impl PostgresBroker {
         Ok(pruned)
     }
 
+    /// Deletes expired batches with their members and edges, [`batch::PRUNE_BATCH`] per
+    /// statement, at most [`batch::PRUNE_ROUNDS`] statements per call (on the server's clock,
+    /// as batches are); run by the process holding the promotion turn. Returns how many went.
+    pub(crate) async fn prune_batches(&self) -> BrokerResult<u64> {
+        let c = self.client().await?;
+        let mut pruned = 0;
+        for _ in 0..batch::PRUNE_ROUNDS {
+            let n = batch::prune(&c, &self.inner.s).await.map_err(pg_err)?;
+            pruned += n;
+            if (n as i64) < batch::PRUNE_BATCH {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned expired batches");
+        }
+        Ok(pruned)
+    }
+
     /// Whether any of `queues` has a job waiting (one index probe each).
     async fn has_queued(&self, queues: &[String]) -> BrokerResult<bool> {
         let s = &self.inner.s;
@@ -605,6 +625,7 @@ impl JobQueue for PostgresBroker {
         if let Some(keep) = self.inner.keep_finished {
             self.prune_finished(now - keep).await?;
         }
+        self.prune_batches().await?;
         Ok(moved)
     }
 }

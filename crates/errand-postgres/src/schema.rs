@@ -14,6 +14,17 @@ pub(crate) mod state {
     pub const FINISHED: i16 = -1;
 }
 
+/// Batch member states, as stored in `batch_members.state` (the states of
+/// [`errand_core::broker::batch`]; a succeeded member has no row). Failed and waiting members
+/// are pending too.
+pub(crate) mod member {
+    pub const PENDING: i16 = 0;
+    pub const FAILED: i16 = 1;
+    pub const DEAD: i16 = 2;
+    pub const CANCELLED: i16 = 3;
+    pub const WAITING: i16 = 4;
+}
+
 /// `(version, SQL)`, applied in order, each once, recorded in `{s}.migrations`.
 pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (
@@ -123,6 +134,61 @@ CREATE TABLE {s}.metrics_totals (
         r#"
 -- Finished rows kept for a while (PostgresConfig::keep_finished), pruned oldest first.
 CREATE INDEX jobs_finished ON {s}.jobs (score) WHERE state = -1;
+"#,
+    ),
+    (
+        3,
+        r#"
+-- Batches (Coordination::batch_*): one row per batch with its member counts, kept up to date
+-- by each record (never counted over the members). `callbacks` is a JSON array of
+-- {"event", "queue", "head"}; the *_at columns say which events happened. `expires_at` is set
+-- when the batch completes (complete_at + keep_secs); one that never completes goes
+-- BATCH_MAX_AGE after created_at. An expired batch reads as absent until pruned.
+CREATE TABLE {s}.batches (
+    bid         text COLLATE "C" PRIMARY KEY,
+    parent      text,
+    description text    NOT NULL,
+    created_at  double precision NOT NULL,
+    keep_secs   double precision NOT NULL,
+    policy      text    NOT NULL,
+    workflow    text,
+    callbacks   text    NOT NULL,
+    total       bigint  NOT NULL DEFAULT 0,
+    pending     bigint  NOT NULL DEFAULT 0,
+    failed      bigint  NOT NULL DEFAULT 0,
+    dead        bigint  NOT NULL DEFAULT 0,
+    cancelled   bigint  NOT NULL DEFAULT 0,
+    waiting     bigint  NOT NULL DEFAULT 0,
+    building    boolean NOT NULL DEFAULT true,
+    complete_at double precision,
+    success_at  double precision,
+    death_at    double precision,
+    expires_at  double precision
+);
+CREATE INDEX batches_by_created ON {s}.batches (created_at, bid);
+CREATE INDEX batches_by_expiry ON {s}.batches (expires_at);
+CREATE INDEX batches_open ON {s}.batches (created_at) WHERE expires_at IS NULL;
+-- Members that have not succeeded (see schema::member); a succeeded member's row is deleted,
+-- so a repeated record finds nothing to do. A waiting workflow step keeps its job (queue, and
+-- head: the payload without `enqueued_at` and its closing brace) and how many of its parents
+-- have not succeeded yet.
+CREATE TABLE {s}.batch_members (
+    bid          text COLLATE "C" NOT NULL,
+    member       text COLLATE "C" NOT NULL,
+    state        smallint NOT NULL,
+    queue        text,
+    head         text,
+    parents_left integer  NOT NULL DEFAULT 0,
+    PRIMARY KEY (bid, member)
+);
+CREATE INDEX batch_members_by_state ON {s}.batch_members (bid, state, member);
+-- Workflow dependencies: step child_jid waits for member parent_jid of the same batch.
+CREATE TABLE {s}.batch_edges (
+    bid        text COLLATE "C" NOT NULL,
+    parent_jid text COLLATE "C" NOT NULL,
+    child_jid  text COLLATE "C" NOT NULL,
+    PRIMARY KEY (bid, parent_jid, child_jid)
+);
 "#,
     ),
 ];

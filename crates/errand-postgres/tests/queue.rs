@@ -223,7 +223,7 @@ async fn migrations_apply_once_and_print_for_manual_runs() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 2, "each applied once");
+    assert_eq!(versions, 3, "each applied once");
 }
 
 /// With `keep_finished`, a success leaves its row (state `finished`, never fetched again), a

@@ -1,11 +1,16 @@
 //! Coordination primitives on SQLite ([`Coordination`]): once-only records (`once_steps`),
 //! permit sets (`leases`, `fences`), rate counters (`rate_buckets`, `rate_uses`) and refusal
-//! counts (`limit_hits`), each one transaction on this machine's clock.
+//! counts (`limit_hits`), and batches (`batches`, `batch_members`, `batch_edges`: see
+//! `crate::batch`), each one transaction on this machine's clock.
 
 use crate::SqliteBroker;
+use crate::batch;
 use crate::rows::{add_member, enqueue, now};
 use crate::schema::state;
 use async_trait::async_trait;
+use errand_core::BrokerError;
+use errand_core::broker::ScheduledJob;
+use errand_core::broker::{BatchFired, BatchRecord, BatchStatus, MemberState, NewBatch};
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, OnceClaim, OnceCompletion, OnceRequest, PermitGrant,
     PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
@@ -576,5 +581,83 @@ impl Coordination for SqliteBroker {
                 .optional()
         })
         .await
+    }
+
+    async fn batch_create(&self, new: &NewBatch<'_>) -> BrokerResult<()> {
+        let creation = batch::Creation::new(new);
+        let closed = new.parent.unwrap_or_default().to_string();
+        let created = self
+            .write(move |tx| batch::create(tx, &creation, now()))
+            .await?;
+        if created {
+            Ok(())
+        } else {
+            Err(BrokerError::BatchClosed(closed))
+        }
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        jids: &[&str],
+        now_jobs: &[Enqueue],
+        later: &[ScheduledJob],
+    ) -> BrokerResult<()> {
+        let id = bid.to_string();
+        let jids: Vec<String> = jids.iter().map(|j| j.to_string()).collect();
+        let (jobs, later) = (now_jobs.to_vec(), later.to_vec());
+        let pushed = !jobs.is_empty();
+        let added = self
+            .write(move |tx| batch::add(tx, &id, &jids, &jobs, &later, now()))
+            .await?;
+        if !added {
+            return Err(BrokerError::BatchClosed(bid.to_string()));
+        }
+        if pushed {
+            self.notify_pushed();
+        }
+        Ok(())
+    }
+
+    async fn batch_record(&self, record: BatchRecord<'_>) -> BrokerResult<BatchFired> {
+        let record = batch::Record {
+            bid: record.bid.to_string(),
+            member: record.member.to_string(),
+            outcome: record.outcome,
+            enqueued_at: record.enqueued_at.to_string(),
+        };
+        let fired = self
+            .write(move |tx| batch::record(tx, &record, now()))
+            .await?;
+        if fired.released > 0 || !fired.callbacks.is_empty() {
+            self.notify_pushed();
+        }
+        Ok(fired)
+    }
+
+    async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
+        let bid = bid.to_string();
+        self.with(move |conn| batch::get(conn, &bid, now())).await
+    }
+
+    async fn batch_list(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<(Vec<BatchStatus>, usize)> {
+        self.with(move |conn| batch::list(conn, offset, limit, now()))
+            .await
+    }
+
+    async fn batch_members(
+        &self,
+        bid: &str,
+        state: MemberState,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<Vec<String>> {
+        let bid = bid.to_string();
+        self.with(move |conn| batch::members(conn, &bid, state, offset, limit, now()))
+            .await
     }
 }

@@ -24,6 +24,7 @@
 //! Moving to Redis later is a configuration change: the job code and server are the same.
 
 mod admin;
+mod batch;
 mod broker;
 mod config;
 mod coordination;

@@ -3,6 +3,7 @@
 //! waiting fetches wake on this process's pushes and poll the file for other processes'.
 
 use crate::SqliteBroker;
+use crate::batch;
 use crate::rows::{add_member, bury, enqueue, location, next_seq, now, parse_location};
 use crate::schema::state;
 use async_trait::async_trait;
@@ -274,6 +275,27 @@ impl JobQueue for SqliteBroker {
         if moved > 0 {
             self.inner.pushed.notify_waiters();
         }
+        self.prune_batches().await?;
         Ok(moved)
+    }
+}
+
+impl SqliteBroker {
+    /// Deletes expired batches with their members and edges, [`batch::PRUNE_BATCH`] per
+    /// transaction, at most [`batch::PRUNE_ROUNDS`] transactions per promotion turn (measured
+    /// on this machine's clock, as batches are). Returns how many went.
+    async fn prune_batches(&self) -> BrokerResult<usize> {
+        let mut pruned = 0;
+        for _ in 0..batch::PRUNE_ROUNDS {
+            let n = self.write(|tx| batch::prune(tx, now())).await?;
+            pruned += n;
+            if (n as i64) < batch::PRUNE_BATCH {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned expired batches");
+        }
+        Ok(pruned)
     }
 }

@@ -10,6 +10,17 @@ pub(crate) mod state {
     pub const DEAD: i64 = 4;
 }
 
+/// Batch member states, as stored in `batch_members.state` (the states of
+/// [`errand_core::broker::batch`]; a succeeded member has no row). Failed and waiting members
+/// are pending too.
+pub(crate) mod member {
+    pub const PENDING: i64 = 0;
+    pub const FAILED: i64 = 1;
+    pub const DEAD: i64 = 2;
+    pub const CANCELLED: i64 = 3;
+    pub const WAITING: i64 = 4;
+}
+
 /// Creates what is missing; safe to run from every process at every start.
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -134,6 +145,56 @@ CREATE TABLE IF NOT EXISTS results (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_by_expiry ON results(expires_at);
+-- Batches (Coordination::batch_*): one row per batch with its member counts, kept up to date
+-- by each record (never counted over the members). `callbacks` is a JSON array of
+-- {"event", "queue", "head"}; the *_at columns say which events happened. `expires_at` is set
+-- when the batch completes (complete_at + keep_secs); one that never completes goes
+-- BATCH_MAX_AGE after created_at. An expired batch reads as absent until pruned.
+CREATE TABLE IF NOT EXISTS batches (
+    bid         TEXT PRIMARY KEY,
+    parent      TEXT,
+    description TEXT    NOT NULL,
+    created_at  REAL    NOT NULL,
+    keep_secs   REAL    NOT NULL,
+    policy      TEXT    NOT NULL,
+    workflow    TEXT,
+    callbacks   TEXT    NOT NULL,
+    total       INTEGER NOT NULL DEFAULT 0,
+    pending     INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    dead        INTEGER NOT NULL DEFAULT 0,
+    cancelled   INTEGER NOT NULL DEFAULT 0,
+    waiting     INTEGER NOT NULL DEFAULT 0,
+    building    INTEGER NOT NULL DEFAULT 1,
+    complete_at REAL,
+    success_at  REAL,
+    death_at    REAL,
+    expires_at  REAL
+);
+CREATE INDEX IF NOT EXISTS batches_by_created ON batches(created_at, bid);
+CREATE INDEX IF NOT EXISTS batches_by_expiry ON batches(expires_at);
+CREATE INDEX IF NOT EXISTS batches_open ON batches(created_at) WHERE expires_at IS NULL;
+-- Members that have not succeeded (see schema::member); a succeeded member's row is deleted,
+-- so a repeated record finds nothing to do. A waiting workflow step keeps its job (queue, and
+-- head: the payload without `enqueued_at` and its closing brace) and how many of its parents
+-- have not succeeded yet.
+CREATE TABLE IF NOT EXISTS batch_members (
+    bid          TEXT    NOT NULL,
+    member       TEXT    NOT NULL,
+    state        INTEGER NOT NULL,
+    queue        TEXT,
+    head         TEXT,
+    parents_left INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bid, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_members_by_state ON batch_members(bid, state, member);
+-- Workflow dependencies: step child_jid waits for member parent_jid of the same batch.
+CREATE TABLE IF NOT EXISTS batch_edges (
+    bid        TEXT NOT NULL,
+    parent_jid TEXT NOT NULL,
+    child_jid  TEXT NOT NULL,
+    PRIMARY KEY (bid, parent_jid, child_jid)
+) WITHOUT ROWID;
 "#;
 
 /// A stable 64-bit FNV-1a hash of a set member, so uniqueness checks use an index instead of
