@@ -8,10 +8,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use errand::api::{self, Action, Entry, Window};
+use errand::api::{self, Action, BatchDetail, Entry, Window};
 use errand_core::BrokerError;
 use errand_core::admin::{Order, QueueRange, SetName};
-use errand_core::broker::RemoteSignal;
+use errand_core::broker::{BatchStatus, MemberState, RemoteSignal};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -450,4 +450,104 @@ pub(crate) async fn periodic_action(
         Ok(None) => not_found("no such action"),
         Err(e) => err(e),
     }
+}
+
+/// A batch's status as JSON, with its `state` and the `percent` of its members done.
+fn batch_json(s: &BatchStatus) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("state".into(), json!(s.state()));
+        o.insert("percent".into(), json!(s.done().1));
+    }
+    v
+}
+
+/// How many of a batch's members are in `state`.
+pub(crate) fn member_count(s: &BatchStatus, state: MemberState) -> u64 {
+    match state {
+        MemberState::Pending => s.pending,
+        MemberState::Failed => s.failed,
+        MemberState::Waiting => s.waiting,
+        MemberState::Dead => s.dead,
+        MemberState::Cancelled => s.cancelled,
+    }
+}
+
+/// Members `offset..offset + limit` of batch `d` in `state`: from the lists `d` holds when they
+/// are whole or reach that far, else from the backend.
+pub(crate) async fn member_page(
+    st: &AppState,
+    d: &BatchDetail,
+    state: MemberState,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<String>, BrokerError> {
+    let held = d
+        .members
+        .get(state.as_str())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if held.len() < api::MAX_BATCH_MEMBERS || offset + limit <= held.len() {
+        return Ok(held.iter().skip(offset).take(limit).cloned().collect());
+    }
+    st.broker
+        .batch_members(&d.batch.bid, state, offset, limit)
+        .await
+}
+
+fn unsupported(what: &str) -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        Json(json!({"error": "unsupported", "message": format!("this backend does not keep {what}")})),
+    )
+        .into_response()
+}
+
+/// `GET /api/batches?page&per_page`: batches, newest first.
+pub(crate) async fn batches(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    if !st.broker.capabilities().batches {
+        return unsupported("batches");
+    }
+    let per_page = q.per_page();
+    let page = q.page();
+    let offset = ((page - 1) * per_page).min(api::MAX_OFFSET);
+    let (list, total) = or_err!(st.broker.batch_list(offset, per_page).await);
+    Json(json!({
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "batches": list.iter().map(batch_json).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// `GET /api/batches/{bid}?page&per_page`: a batch's status, its members per state (each list
+/// paged alike) and, for a workflow, its steps with their states ([`api::batch_detail`]).
+pub(crate) async fn batch(
+    State(st): State<AppState>,
+    Path(bid): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if !st.broker.capabilities().batches {
+        return unsupported("batches");
+    }
+    let Some(detail) = or_err!(api::batch_detail(&*st.broker, &bid).await) else {
+        return not_found("no such batch (it never existed, or it completed and expired)");
+    };
+    let per_page = q.per_page();
+    let page = q.page();
+    let offset = ((page - 1) * per_page).min(api::MAX_OFFSET);
+    let mut members = serde_json::Map::new();
+    for state in MemberState::ALL {
+        let list = or_err!(member_page(&st, &detail, state, offset, per_page).await);
+        members.insert(state.as_str().into(), json!(list));
+    }
+    Json(json!({
+        "batch": batch_json(&detail.batch),
+        "page": page,
+        "per_page": per_page,
+        "members": members,
+        "steps": detail.steps,
+    }))
+    .into_response()
 }

@@ -1,12 +1,14 @@
 //! Errand's dashboard: an axum [`Router`] an application mounts in its own server (or serves
 //! alone with `errand web`), with pages for the totals and live rates, busy processes and
-//! running jobs, queues, retries, scheduled and dead jobs with their actions, and per-class
-//! metrics; a JSON API behind every page (described in `openapi.json`, served at
-//! `/api/openapi.json`); and Prometheus `/metrics`.
+//! running jobs, queues, retries, scheduled and dead jobs with their actions, batches and
+//! workflows with their members and steps, and per-class metrics; a JSON API behind every
+//! page (described in `openapi.json`, served at `/api/openapi.json`); and Prometheus
+//! `/metrics`.
 //!
-//! It works on every backend through the admin side only ([`errand_core::admin::Admin`]), so
-//! what it shows and does is the same on Redis and on SQLite, and on Redis it shows Ruby
-//! Sidekiq's processes and jobs like Errand's own.
+//! It works on every backend through the admin side ([`errand_core::admin::Admin`]; periodic
+//! entries and batches through the backend's coordination side), so what it shows and does is
+//! the same on Redis and on SQLite, and on Redis it shows Ruby Sidekiq's processes and jobs
+//! like Errand's own.
 //!
 //! # Example
 //! ```no_run
@@ -154,7 +156,7 @@ impl WebConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub admin: Arc<dyn Admin>,
-    /// The same backend's runtime side (periodic entries).
+    /// The same backend's runtime side (periodic entries, batches).
     pub broker: Arc<dyn Broker>,
     /// Permits for live-update streams ([`WebConfig::max_streams`]).
     pub streams: Arc<tokio::sync::Semaphore>,
@@ -209,6 +211,10 @@ pub fn router(store: Arc<dyn Store>, config: WebConfig) -> Router {
         .route("/job-metrics", get(pages::metrics))
         .route("/periodic", get(pages::periodic))
         .route("/periodic/{name}/{action}", post(pages::periodic_action))
+        .route("/batches", get(pages::batches))
+        .route("/batches/{bid}", get(pages::batch))
+        .route("/api/batches", get(json::batches))
+        .route("/api/batches/{bid}", get(json::batch))
         .route("/api/periodic", get(json::periodic))
         .route("/api/periodic/{name}/{action}", post(json::periodic_action))
         .route("/login", get(pages::login_form).post(pages::login))

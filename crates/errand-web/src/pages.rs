@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use errand::api::{self, Action, Entry, JobView, Overview, SetPage, Window};
 use errand_core::BrokerError;
 use errand_core::admin::{Order, QueueRange, SetName};
-use errand_core::broker::RemoteSignal;
+use errand_core::broker::{BatchStatus, MemberState, RemoteSignal};
 use maud::{DOCTYPE, Markup, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -225,13 +225,14 @@ fn opt_time(epoch: Option<f64>, now: f64) -> Markup {
     }
 }
 
-const NAV: [(&str, &str); 8] = [
+const NAV: [(&str, &str); 9] = [
     ("dashboard", "Dashboard"),
     ("busy", "Busy"),
     ("queues", "Queues"),
     ("retries", "Retries"),
     ("scheduled", "Scheduled"),
     ("dead", "Dead"),
+    ("batches", "Batches"),
     ("periodic", "Periodic"),
     ("job-metrics", "Metrics"),
 ];
@@ -828,6 +829,311 @@ pub(crate) async fn periodic_action(
     }
 }
 
+/// The link to batch `bid`'s page.
+fn batch_url(c: &Ctx<'_>, bid: &str) -> String {
+    c.url(&format!("/batches/{}", enc(bid)))
+}
+
+/// A batch's state as a badge (see [`BatchStatus::state`]).
+fn batch_badge(s: &BatchStatus) -> Markup {
+    let state = s.state();
+    let (class, title) = match state {
+        "succeeded" => ("badge badge-ok", "Every member succeeded"),
+        "complete" => (
+            "badge badge-warn",
+            "Every member finished, and some are dead or cancelled",
+        ),
+        "building" => (
+            "badge badge-muted",
+            "Still being filled: it cannot complete yet",
+        ),
+        _ => (
+            "badge badge-info",
+            "Members are waiting, running or retrying",
+        ),
+    };
+    html! { span class=(class) title=(title) { (state) } }
+}
+
+/// How much of a batch is done (succeeded, dead or cancelled), as a percentage and a bar.
+fn batch_progress(s: &BatchStatus) -> Markup {
+    let (done, percent) = s.done();
+    html! {
+        div.small { (percent) "% " span.muted { (num(done)) " of " (num(s.total)) " done" } }
+        div.bar.share data-value=(percent) data-max="100" { div.bar-fill {} }
+    }
+}
+
+/// A batch member: a child batch links to its page, a dead or retrying job to its set filtered
+/// by its jid; other jobs are waiting, running or gone, and show as text.
+fn member_link(c: &Ctx<'_>, member: &str, state: &str) -> Markup {
+    if let Some(child) = member.strip_prefix("child:") {
+        return html! { "batch " a.mono href=(batch_url(c, child)) { (v(child)) } };
+    }
+    let set = match state {
+        "dead" => Some("dead"),
+        "failed" | "retrying" => Some("retries"),
+        _ => None,
+    };
+    match set {
+        Some(slug) => html! {
+            a.mono href=(c.url(&format!("/{slug}?q={}", enc(member)))) title="Look the job up" { (v(member)) }
+        },
+        None => html! { span.mono { (v(member)) } },
+    }
+}
+
+/// A workflow step's state as a badge.
+fn step_badge(state: &str) -> Markup {
+    let class = match state {
+        "succeeded" => "badge badge-ok",
+        "dead" => "badge badge-danger",
+        "retrying" => "badge badge-warn",
+        "enqueued" => "badge badge-info",
+        _ => "badge badge-muted",
+    };
+    let title = match state {
+        "waiting" => "Waits for the steps it comes after",
+        "enqueued" => "Queued or running",
+        "retrying" => "Failed, and will be retried",
+        "dead" => "In the dead set",
+        "cancelled" => "Will never run: a step it needs died",
+        _ => "Succeeded",
+    };
+    html! { span class=(class) title=(title) { (state) } }
+}
+
+fn member_title(state: MemberState) -> (&'static str, &'static str) {
+    match state {
+        MemberState::Pending => (
+            "Pending",
+            "not yet succeeded nor dead: waiting, running or retrying (failed and waiting members included)",
+        ),
+        MemberState::Failed => ("Failed", "failed at least once, and will be retried"),
+        MemberState::Waiting => ("Waiting", "workflow steps not pushed yet"),
+        MemberState::Dead => ("Dead", "in the dead set"),
+        MemberState::Cancelled => (
+            "Cancelled",
+            "workflow steps that will never run: a step they need died",
+        ),
+    }
+}
+
+fn no_batches() -> Markup {
+    html! {
+        div.page-head { h1 { "Batches" } }
+        section.panel { div.empty { "This backend does not keep batches." } }
+    }
+}
+
+/// `GET /batches`: batches, newest first, paged.
+pub(crate) async fn batches(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = or_fail!(ctx(&st, &sec).await);
+    if !st.broker.capabilities().batches {
+        return page(&c, "Batches", "batches", &q, no_batches());
+    }
+    let per_page = q.per_page();
+    let page_no = q.page();
+    let offset = ((page_no - 1) * per_page).min(api::MAX_OFFSET);
+    let (list, total) = or_fail!(st.broker.batch_list(offset, per_page).await);
+    let body = html! {
+        div.page-head {
+            h1 { "Batches" }
+            p.subtitle { (plural(total as u64, "batch", "batches")) ", newest first; a batch is kept for a while after it completes" }
+        }
+        section.panel {
+            @if list.is_empty() {
+                div.empty {
+                    @if total == 0 { "No batches: they appear when a batch or a workflow is created." }
+                    @else { "No batches on this page." }
+                }
+            } @else {
+                div.table-wrap { table.table {
+                    thead { tr {
+                        th { "Batch" } th { "Created" } th.num { "Total" } th.num { "Pending" } th.num { "Failed" }
+                        th.num { "Dead" } th.num { "Cancelled" } th { "Done" } th { "State" }
+                    } }
+                    tbody {
+                        @for s in &list {
+                            tr {
+                                td {
+                                    a.mono href=(batch_url(&c, &s.bid)) { (v(&s.bid)) }
+                                    @if s.workflow.is_some() { " " span.badge.badge-info.workflow-mark title="A workflow: steps that wait for others" { "workflow" } }
+                                    @if !s.description.is_empty() { div.small { (v(&s.description)) } }
+                                    @if let Some(p) = &s.parent { div.muted.small { "in batch " a.mono href=(batch_url(&c, p)) { (v(p)) } } }
+                                }
+                                td { (time(s.created_at, c.now)) }
+                                td.num { (num(s.total)) }
+                                td.num { (num(s.pending)) }
+                                td.num { (num(s.failed)) }
+                                td.num { (num(s.dead)) }
+                                td.num { (num(s.cancelled)) }
+                                td.progress { (batch_progress(s)) }
+                                td { (batch_badge(s)) }
+                            }
+                        }
+                    }
+                } }
+            }
+            (pager(&c, "/batches", &q, page_no, per_page, total as u64))
+        }
+    };
+    page(&c, "Batches", "batches", &q, body)
+}
+
+/// `GET /batches/{bid}`: a batch's status, its workflow's steps, and its members by state
+/// (each list paged on its own: `state` says which list `page` is for).
+pub(crate) async fn batch(
+    State(st): State<AppState>,
+    Sec(sec): Sec,
+    Path(bid): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let c = or_fail!(ctx(&st, &sec).await);
+    let list = c.url("/batches");
+    let supported = st.broker.capabilities().batches;
+    let detail = if supported {
+        or_fail!(api::batch_detail(&*st.broker, &bid).await)
+    } else {
+        None
+    };
+    let Some(detail) = detail else {
+        let body = html! {
+            div.page-head { h1 { "Batch not found" } }
+            div.empty {
+                @if supported { "This batch does not exist (or it completed and has expired). " }
+                @else { "This backend does not keep batches. " }
+                a href=(list) { "Back to Batches" }
+            }
+        };
+        let mut resp = page(&c, "Batch not found", "batches", &q, body);
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return resp;
+    };
+    let s = &detail.batch;
+    let wf = detail.steps.as_ref();
+    let step_names: std::collections::HashMap<&str, &str> = wf
+        .into_iter()
+        .flatten()
+        .map(|step| (step.jid.as_str(), step.name.as_str()))
+        .collect();
+    let per_page = q.per_page();
+    let selected = q.member_state();
+    let mut sections = Vec::new();
+    for state in MemberState::ALL {
+        let count = crate::json::member_count(s, state);
+        if count == 0 {
+            continue;
+        }
+        let page_no = if selected == Some(state) { q.page() } else { 1 };
+        let offset = ((page_no - 1) * per_page).min(api::MAX_OFFSET);
+        let members =
+            or_fail!(crate::json::member_page(&st, &detail, state, offset, per_page).await);
+        sections.push((state, count, page_no, offset, members));
+    }
+    let base = format!("/batches/{}", enc(&bid));
+    let body = html! {
+        div.page-head {
+            h1 { "Batch " span.mono { (v(&s.bid)) } }
+            p.subtitle {
+                a href=(list) { "‹ Batches" } " · " (batch_badge(s))
+                @if s.workflow.is_some() { " " span.badge.badge-info.workflow-mark { "workflow" } }
+                @if !s.description.is_empty() { " · " (v(&s.description)) }
+            }
+        }
+        section.panel {
+            dl.kv {
+                dt { "Description" } dd { @if s.description.is_empty() { span.muted { "—" } } @else { (v(&s.description)) } }
+                dt { "State" } dd { (batch_badge(s)) @if s.building { " " span.muted.small { "(still being filled)" } } }
+                dt { "Done" } dd.progress { (batch_progress(s)) }
+                dt { "Total" } dd { (num(s.total)) }
+                dt { "Pending" } dd { (num(s.pending)) }
+                dt { "Failed" } dd { (num(s.failed)) }
+                dt { "Waiting" } dd { (num(s.waiting)) }
+                dt { "Dead" } dd { (num(s.dead)) }
+                dt { "Cancelled" } dd { (num(s.cancelled)) }
+                dt { "Created" } dd { (time(s.created_at, c.now)) " " span.muted.small { (exact(s.created_at)) } }
+                dt { "Completed" } dd { (opt_time(s.complete_at, c.now)) }
+                dt { "Succeeded" } dd { (opt_time(s.success_at, c.now)) }
+                dt { "First death" } dd { (opt_time(s.death_at, c.now)) }
+                dt { "Parent batch" } dd {
+                    @if let Some(p) = &s.parent { a.mono href=(batch_url(&c, p)) { (v(p)) } } @else { span.muted { "—" } }
+                }
+                dt { "Callbacks" } dd {
+                    @if s.callbacks.is_empty() { span.muted { "none" } } @else { (v(&s.callbacks.join(", "))) }
+                }
+                @if wf.is_some() { dt { "Failure policy" } dd.mono { (v(&s.policy)) } }
+            }
+        }
+        @if let Some(steps) = wf {
+            section.panel {
+                div.panel-head { h2 { "Steps" } div.panel-tools { span.muted { "each step's state, from the member lists" } } }
+                @if steps.is_empty() {
+                    div.empty { "No steps could be read from the workflow's definition." }
+                    pre.code { (v(s.workflow.as_deref().unwrap_or_default())) }
+                } @else {
+                    div.table-wrap { table.table.steps {
+                        thead { tr { th { "Step" } th { "Job" } th { "State" } th { "Waits for" } } }
+                        tbody {
+                            @for step in steps {
+                                tr data-step=(step.name) {
+                                    td { (v(&step.name)) }
+                                    td {
+                                        @if !step.class.is_empty() {
+                                            div { (v(&step.class)) @if !step.queue.is_empty() { " " span.muted { "on " (v(&step.queue)) } } }
+                                        }
+                                        div.small { (member_link(&c, &step.jid, step.state)) }
+                                    }
+                                    td.step-state { (step_badge(step.state)) }
+                                    td {
+                                        @if step.after.is_empty() { span.muted { "—" } }
+                                        @else { (v(&step.after.join(", "))) }
+                                    }
+                                }
+                            }
+                        }
+                    } }
+                }
+            }
+        }
+        @if sections.is_empty() {
+            section.panel {
+                div.panel-head { h2 { "Members" } }
+                div.empty { "No member is pending, dead or cancelled: every member succeeded." }
+            }
+        }
+        @for (state, count, page_no, offset, members) in &sections {
+            @let (title, about) = member_title(*state);
+            @let pq = ListQuery { state: Some(state.as_str().to_string()), per_page: q.per_page.clone(), ..Default::default() };
+            section.panel id=(format!("members-{}", state.as_str())) {
+                div.panel-head { h2 { (title) " " span.muted { "(" (num(*count)) ")" } } div.panel-tools { span.muted { (about) } } }
+                @if members.is_empty() {
+                    div.empty { "No members on this page." }
+                } @else {
+                    div.table-wrap { table.table {
+                        thead { tr { th.num { "#" } th { "Member" } @if wf.is_some() { th { "Step" } } } }
+                        tbody {
+                            @for (i, m) in members.iter().enumerate() {
+                                tr {
+                                    td.num.muted { (num((offset + i + 1) as u64)) }
+                                    td { (member_link(&c, m, state.as_str())) }
+                                    @if wf.is_some() { td { (v(step_names.get(m.as_str()).copied().unwrap_or(""))) } }
+                                }
+                            }
+                        }
+                    } }
+                }
+                (pager(&c, &base, &pq, *page_no, per_page, *count))
+            }
+        }
+    };
+    page(&c, &format!("Batch {bid}"), "batches", &q, body)
+}
+
 fn pager(
     c: &Ctx<'_>,
     path: &str,
@@ -846,6 +1152,7 @@ fn pager(
             ("queue", q.queue.as_deref()),
             ("error", q.error.as_deref()),
             ("q", q.q.as_deref()),
+            ("state", q.state.as_deref()),
         ] {
             if let Some(v) = v.filter(|v| !v.is_empty()) {
                 parts.push(format!("{k}={}", enc(v)));

@@ -7,6 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use errand::api::{Filter, MAX_PER_PAGE};
 use errand_core::admin::Order;
+use errand_core::broker::MemberState;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -33,6 +34,9 @@ pub struct ListQuery {
     pub q: Option<String>,
     /// A set entry's key (detail pages).
     pub key: Option<String>,
+    /// Which member list of a batch `page` applies to (`pending`, `failed`, `waiting`, `dead`,
+    /// `cancelled`).
+    pub state: Option<String>,
     /// History length in days.
     pub days: Option<String>,
     /// Metrics window (`hour`, `day`).
@@ -90,6 +94,11 @@ impl ListQuery {
     pub fn interval(&self) -> u64 {
         clamp_num(self.interval.as_deref(), 2, 2, 60)
     }
+
+    /// The batch member list `page` applies to (none when absent or unknown).
+    pub fn member_state(&self) -> Option<MemberState> {
+        self.state.as_deref().and_then(MemberState::parse)
+    }
 }
 
 /// Fuzzing support (RELIABILITY-PLAN B10; `fuzz/fuzz_targets/web_query.rs` and the corpus
@@ -140,6 +149,7 @@ pub fn params_check(query: &[u8]) {
     let _ = (
         q.order(Order::Asc),
         Window::parse(q.window.as_deref()).minutes(),
+        q.member_state(),
     );
     let f = q.filter();
     for field in [&f.class, &f.queue, &f.error, &f.text]

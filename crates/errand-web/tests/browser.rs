@@ -24,7 +24,7 @@ use std::time::Instant;
 /// Every page worth a look, as (screenshot name, path).
 async fn pages(fx: &Fixture) -> Vec<(&'static str, String)> {
     let j = &fx.jobs;
-    vec![
+    let mut pages = vec![
         ("dashboard", "/".to_string()),
         ("busy", "/busy".into()),
         ("queues", "/queues".into()),
@@ -56,7 +56,13 @@ async fn pages(fx: &Fixture) -> Vec<(&'static str, String)> {
         ),
         ("periodic", "/periodic".into()),
         ("job-metrics", "/job-metrics".into()),
-    ]
+        ("batches", "/batches".into()),
+    ];
+    // The fixture has a batch only on a backend that keeps batches.
+    if fx.broker.capabilities().batches {
+        pages.push(("batch", format!("/batches/{BATCH}")));
+    }
+    pages
 }
 
 /// The page's whole visible text.
@@ -273,6 +279,38 @@ async fn every_page_shows_the_known_figures_and_runs_nothing_from_job_data() {
         .collect();
     assert_eq!(rows, Value::Array(want), "metrics rows");
     b.assert_clean("metrics").await;
+
+    // Batches: the list, and the workflow's page with its steps' states.
+    b.goto(&fx.url("/batches")).await;
+    b.assert_clean("batches").await;
+    if fx.broker.capabilities().batches {
+        let list = body_text(&b).await;
+        assert!(list.contains("1 batch,"), "{list}");
+        assert!(
+            list.contains(&crate::shown(XSS_SCRIPT)),
+            "the description, as text"
+        );
+        b.goto(&fx.url(&format!("/batches/{BATCH}"))).await;
+        let states = b
+            .js(
+                "return Array.from(document.querySelectorAll('table.steps tbody tr')).map((tr) => \
+                 [tr.dataset.step, tr.querySelector('.step-state').innerText.trim()])",
+                vec![],
+            )
+            .await;
+        assert_eq!(
+            states,
+            json!([
+                ["extract", "succeeded"],
+                ["load", "waiting"],
+                ["report", "waiting"]
+            ]),
+            "workflow steps"
+        );
+        b.assert_clean("batch").await;
+    } else {
+        assert!(body_text(&b).await.contains("does not keep batches"));
+    }
 
     // The checks can see a violation: an inline script injected now is refused by the CSP,
     // does not run, and is reported in the console the checks read.

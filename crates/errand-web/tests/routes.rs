@@ -8,6 +8,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use errand_core::admin::{Admin, SetName};
 use errand_core::broker::JobQueue;
+use errand_core::broker::{
+    BUILDING, BatchCallback, BatchEvent, BatchOutcome, BatchRecord, FailurePolicy, JobHead,
+    NewBatch, WaitingStep,
+};
 use errand_core::broker::{Coordination, Fleet};
 use errand_core::broker::{
     DeadLimits, Enqueue, FetchRequest, Heartbeat, RemoteSignal, ScheduledJob, Settle, WorkEntry,
@@ -384,6 +388,7 @@ async fn every_page_renders_the_fixture_with_job_data_inert() {
         "/dead".into(),
         "/job-metrics".into(),
         "/job-metrics?window=day".into(),
+        "/batches".into(),
         // Reflected parameters (CVE-2024-32887 and CVE-2023-1892 style payloads).
         format!("/retries?class={}&q={}", enc(XSS[0]), enc(XSS[1])),
         format!("/dead?error={}&sort={}", enc(XSS[1]), enc(XSS[0])),
@@ -529,13 +534,18 @@ async fn every_openapi_path_is_served() {
     let app = app(&f, WebConfig::default());
     let doc = json_of(&app, "/api/openapi.json").await;
     let key = keys(&app, "dead").await[0].clone();
+    f.broker
+        .batch_create(&new_batch("openapi-batch", "", &[]))
+        .await
+        .unwrap();
     let mut gets = 0;
     let mut posts = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let uri = path
             .replace("{name}", "default")
             .replace("{action}", "quiet")
-            .replace("{jid}", "no-such-jid");
+            .replace("{jid}", "no-such-jid")
+            .replace("{bid}", "openapi-batch");
         if ops.get("get").is_some() {
             let uri = if uri.ends_with("/job") {
                 let slug = uri.trim_start_matches("/api/").trim_end_matches("/job");
@@ -1479,4 +1489,441 @@ async fn jobs_are_cancelled_and_progress_is_shown() {
         .unwrap();
     let kept = json_of(&app, &format!("/api/jobs/{queued_jid}/result")).await;
     assert_eq!(kept["result"]["rows"], 7, "{kept}");
+}
+
+/// A batch to create in these tests: `description`, a `complete` callback, the given waiting
+/// steps (a workflow when there are any).
+fn new_batch<'a>(bid: &'a str, description: &'a str, waiting: &'a [WaitingStep]) -> NewBatch<'a> {
+    NewBatch {
+        bid,
+        parent: None,
+        description,
+        callbacks: &[],
+        keep: Duration::from_secs(3600),
+        waiting,
+        policy: FailurePolicy::CancelAll,
+        workflow: None,
+    }
+}
+
+/// Adds jobs of `class` with arguments `args` to batch `bid` (pushed onto `queue`); their jids.
+async fn add_jobs(b: &MemoryBroker, bid: &str, queue: &str, args: &[Value]) -> Vec<String> {
+    let jobs: Vec<Payload> = args
+        .iter()
+        .map(|a| payload("BatchJob", queue, json!([a])))
+        .collect();
+    let jids: Vec<String> = jobs.iter().map(|p| p.jid().to_string()).collect();
+    let refs: Vec<&str> = jids.iter().map(String::as_str).collect();
+    let now: Vec<Enqueue> = jobs
+        .iter()
+        .map(|p| Enqueue {
+            queue: queue.into(),
+            payload: p.to_json(),
+        })
+        .collect();
+    b.batch_add(bid, &refs, &now, &[]).await.unwrap();
+    jids
+}
+
+async fn record(b: &MemoryBroker, bid: &str, member: &str, outcome: BatchOutcome) {
+    b.batch_record(BatchRecord {
+        bid,
+        member,
+        outcome,
+        enqueued_at: "1700000000.0",
+    })
+    .await
+    .unwrap();
+}
+
+/// The text of the first element `selector` matches in `html`.
+fn text_of(html: &str, selector: &str) -> Option<String> {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse(selector).unwrap();
+    doc.select(&sel)
+        .next()
+        .map(|e| e.text().collect::<String>().trim().to_string())
+}
+
+/// The Batches page lists batches newest first with their counts, progress and state (their
+/// descriptions inert); a batch's page shows its status, its parent and its members by state,
+/// each list paged on its own, dead and failed jobs linked to their sets; the API gives the
+/// same; a batch that does not exist is a 404; links follow the mount point.
+#[tokio::test]
+async fn the_batches_pages_show_counts_members_and_children() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let app = app(&f, WebConfig::default());
+    let empty = get(&app, "/batches").await;
+    assert_inert("/batches", &empty);
+    assert!(empty.body.contains("No batches"), "{}", empty.body);
+    assert!(
+        text_of(&empty.body, "a.nav-link.active[href=\"/batches\"]").as_deref() == Some("Batches"),
+        "Batches is in the nav, and active"
+    );
+
+    b.batch_create(&NewBatch {
+        callbacks: &[BatchCallback {
+            event: BatchEvent::Complete,
+            job: JobHead::new("cb", r#"{"class":"Done","args":[]}"#).unwrap(),
+        }],
+        ..new_batch("imports", XSS[0], &[])
+    })
+    .await
+    .unwrap();
+    let jids = add_jobs(b, "imports", "batch-q", &[json!(1), json!(2), json!(3)]).await;
+    b.batch_create(&NewBatch {
+        parent: Some("imports"),
+        ..new_batch("imports-child", XSS[1], &[])
+    })
+    .await
+    .unwrap();
+    record(b, "imports", BUILDING, BatchOutcome::Succeeded).await;
+    record(b, "imports", &jids[0], BatchOutcome::Succeeded).await;
+    record(b, "imports", &jids[1], BatchOutcome::Failed).await;
+    record(b, "imports", &jids[2], BatchOutcome::Died).await;
+    // imports: 4 members (3 jobs and the child); 1 succeeded, 1 dead, 2 pending (1 failed).
+
+    let list = get(&app, "/batches").await;
+    assert_inert("/batches", &list);
+    assert!(list.body.contains("2 batches"), "{}", list.body);
+    assert!(list.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    let row = |bid: &str| format!("tr:has(> td > a[href=\"/batches/{bid}\"])");
+    let cells: Vec<String> = {
+        let doc = scraper::Html::parse_document(&list.body);
+        let sel = scraper::Selector::parse(&format!("{} > td", row("imports"))).unwrap();
+        doc.select(&sel)
+            .map(|e| {
+                e.text()
+                    .collect::<String>()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    // Batch, created, total, pending, failed, dead, cancelled, done, state.
+    assert_eq!(cells[2..7], ["4", "2", "1", "1", "0"], "{cells:?}");
+    assert!(cells[7].starts_with("50% 2 of 4 done"), "{cells:?}");
+    assert_eq!(cells[8], "running");
+    assert!(
+        text_of(&list.body, &format!("{} .workflow-mark", row("imports"))).is_none(),
+        "no workflow marker on a plain batch"
+    );
+    assert!(
+        text_of(
+            &list.body,
+            &format!("{} td:last-child", row("imports-child"))
+        )
+        .is_some_and(|s| s == "building"),
+        "the child is still being filled"
+    );
+    // Newest first, paged.
+    let api = json_of(&app, "/api/batches?per_page=1").await;
+    assert_eq!(
+        (api["total"].as_u64(), api["page"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(api["batches"].as_array().unwrap().len(), 1);
+    assert_eq!(api["batches"][0]["bid"], "imports-child", "{api}");
+    let api = json_of(&app, "/api/batches?per_page=1&page=2").await;
+    let imports = &api["batches"][0];
+    assert_eq!(imports["bid"], "imports");
+    assert_eq!(
+        (
+            imports["total"].as_u64(),
+            imports["pending"].as_u64(),
+            imports["failed"].as_u64(),
+            imports["dead"].as_u64()
+        ),
+        (Some(4), Some(2), Some(1), Some(1)),
+        "{imports}"
+    );
+    assert_eq!(imports["state"], "running");
+    assert_eq!(imports["percent"], 50);
+    assert_eq!(imports["description"], XSS[0]);
+    assert!(imports["death_at"].as_f64().is_some());
+    let paged = get(&app, "/batches?per_page=1").await;
+    assert!(
+        paged
+            .body
+            .contains("href=\"/batches?page=2&amp;per_page=1\""),
+        "{}",
+        paged.body
+    );
+
+    // The batch's page.
+    let page = get(&app, "/batches/imports").await;
+    assert_inert("/batches/imports", &page);
+    let kv = |label: &str| {
+        let doc = scraper::Html::parse_document(&page.body);
+        let dt = scraper::Selector::parse("dl.kv > dt").unwrap();
+        doc.select(&dt)
+            .find(|e| e.text().collect::<String>() == label)
+            .and_then(|e| e.next_siblings().find_map(scraper::ElementRef::wrap))
+            .map(|e| e.text().collect::<String>().trim().to_string())
+            .unwrap_or_else(|| panic!("{label} missing"))
+    };
+    for (label, want) in [
+        ("Total", "4"),
+        ("Pending", "2"),
+        ("Failed", "1"),
+        ("Waiting", "0"),
+        ("Dead", "1"),
+        ("Cancelled", "0"),
+        ("Callbacks", "complete"),
+        ("Completed", "—"),
+        ("Parent batch", "—"),
+    ] {
+        assert_eq!(kv(label), want, "{label}");
+    }
+    assert!(kv("State").starts_with("running"));
+    assert!(kv("Done").starts_with("50%"));
+    assert!(kv("First death").contains("just now"));
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    let dead_link = format!("a[href=\"/dead?q={}\"]", jids[2]);
+    assert_eq!(
+        text_of(&page.body, &format!("#members-dead {dead_link}")).as_deref(),
+        Some(jids[2].as_str()),
+        "a dead member links to the Dead set, filtered by its jid"
+    );
+    let failed_link = format!("#members-failed a[href=\"/retries?q={}\"]", jids[1]);
+    assert!(text_of(&page.body, &failed_link).is_some(), "{}", page.body);
+    assert!(
+        text_of(
+            &page.body,
+            "#members-pending a[href=\"/batches/imports-child\"]"
+        )
+        .is_some(),
+        "the child batch links to its page"
+    );
+    assert!(
+        text_of(&page.body, "#members-waiting").is_none(),
+        "empty states are left out"
+    );
+    // Each member list pages on its own.
+    let mut pending = vec!["child:imports-child".to_string(), jids[1].clone()];
+    pending.sort();
+    let second = get(&app, "/batches/imports?state=pending&page=2&per_page=1").await;
+    assert_inert("/batches/imports?state=pending&page=2", &second);
+    let shown = text_of(&second.body, "#members-pending tbody td:nth-child(2)").unwrap();
+    assert!(
+        shown.ends_with(pending[1].trim_start_matches("child:")),
+        "{shown}"
+    );
+    assert!(
+        second
+            .body
+            .contains("href=\"/batches/imports?page=1&amp;per_page=1&amp;state=pending\""),
+        "{}",
+        second.body
+    );
+    // The child's page links to its parent.
+    let child = get(&app, "/batches/imports-child").await;
+    assert_inert("/batches/imports-child", &child);
+    assert!(
+        text_of(&child.body, "dl.kv a[href=\"/batches/imports\"]").as_deref() == Some("imports")
+    );
+
+    let api = json_of(&app, "/api/batches/imports").await;
+    assert_eq!(api["batch"]["bid"], "imports");
+    assert_eq!(api["batch"]["parent"], Value::Null);
+    assert_eq!(api["batch"]["callbacks"], json!(["complete"]));
+    assert_eq!(api["members"]["pending"], json!(pending));
+    assert_eq!(api["members"]["failed"], json!([jids[1]]));
+    assert_eq!(api["members"]["dead"], json!([jids[2]]));
+    assert_eq!(api["members"]["waiting"], json!([]));
+    assert_eq!(api["members"]["cancelled"], json!([]));
+    assert_eq!(api["steps"], Value::Null, "not a workflow");
+    let api = json_of(&app, "/api/batches/imports?per_page=1&page=2").await;
+    assert_eq!(api["members"]["pending"], json!([pending[1]]));
+    assert_eq!(api["members"]["dead"], json!([]));
+
+    // Not there: a 404 page and a 404 answer.
+    let missing = get(&app, &format!("/batches/{}", enc(XSS[0]))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("Batch not found"));
+    let r = send(
+        &app,
+        Request::get("/api/batches/nope")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"], "not_found");
+
+    // Under a mount point, the links follow it.
+    let nested = Router::new().nest(
+        "/errand",
+        errand_web::router(
+            Arc::new(b.clone()),
+            WebConfig::default().base_path("/errand"),
+        ),
+    );
+    let r = get(&nested, "/errand/batches").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("href=\"/errand/batches/imports\""));
+    let r = get(&nested, "/errand/batches/imports").await;
+    assert!(
+        r.body
+            .contains(&format!("href=\"/errand/dead?q={}\"", jids[2]))
+    );
+}
+
+/// A workflow's page shows each step with the state its members' lists give it (succeeded,
+/// retrying, dead, cancelled, waiting, enqueued) and what it waits for; the list marks
+/// it as a workflow; the API gives the steps too.
+#[tokio::test]
+async fn a_workflow_page_shows_each_steps_state() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let app = app(&f, WebConfig::default());
+    let step = |name: &str, after: &[&str]| WaitingStep {
+        jid: format!("jid-{name}"),
+        job: JobHead::new(
+            "wf",
+            &format!(r#"{{"class":"Step","args":["{name}"],"jid":"jid-{name}","queue":"wf"}}"#),
+        )
+        .unwrap(),
+        after: after.iter().map(|a| format!("jid-{a}")).collect(),
+    };
+    // fetch → (parse, notify); parse → store; (store, notify) → report; audit on its own.
+    let waiting = [
+        step("parse", &["fetch"]),
+        step("notify", &["fetch"]),
+        step("store", &["parse"]),
+        step("report", &["store", "notify"]),
+    ];
+    let steps = [
+        ("fetch", vec![]),
+        ("parse", vec!["fetch"]),
+        ("notify", vec!["fetch"]),
+        ("store", vec!["parse"]),
+        ("report", vec!["store", "notify"]),
+        ("audit", vec![]),
+    ];
+    let definition = json!({
+        "policy": "cancel_dependents",
+        "steps": steps
+            .iter()
+            .map(|(name, after)| {
+                // As errand's Workflow writes it: the class and queue of each step's job.
+                let class = if *name == "report" { XSS[0] } else { "Step" };
+                json!({"name": name, "jid": format!("jid-{name}"), "class": class, "queue": "wf", "after": after})
+            })
+            .collect::<Vec<_>>(),
+    })
+    .to_string();
+    b.batch_create(&NewBatch {
+        policy: FailurePolicy::CancelDependents,
+        workflow: Some(&definition),
+        ..new_batch("wf1", XSS[1], &waiting)
+    })
+    .await
+    .unwrap();
+    for root in ["fetch", "audit"] {
+        let jid = format!("jid-{root}");
+        let job = json!({"class": "Step", "args": [root], "jid": jid, "queue": "wf"}).to_string();
+        b.batch_add(
+            "wf1",
+            &[&jid],
+            &[Enqueue {
+                queue: "wf".into(),
+                payload: job,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    record(b, "wf1", BUILDING, BatchOutcome::Succeeded).await;
+    record(b, "wf1", "jid-fetch", BatchOutcome::Succeeded).await; // pushes parse and notify
+    record(b, "wf1", "jid-parse", BatchOutcome::Failed).await;
+    record(b, "wf1", "jid-notify", BatchOutcome::Died).await; // cancels report
+    let want = [
+        ("fetch", "succeeded", "—"),
+        ("parse", "retrying", "fetch"),
+        ("notify", "dead", "fetch"),
+        ("store", "waiting", "parse"),
+        ("report", "cancelled", "store, notify"),
+        ("audit", "enqueued", "—"),
+    ];
+
+    let list = get(&app, "/batches").await;
+    assert_inert("/batches", &list);
+    assert_eq!(
+        text_of(
+            &list.body,
+            "tr:has(> td > a[href=\"/batches/wf1\"]) .workflow-mark"
+        )
+        .as_deref(),
+        Some("workflow")
+    );
+    let page = get(&app, "/batches/wf1").await;
+    assert_inert("/batches/wf1", &page);
+    for (name, state, after) in want {
+        let row = format!("table.steps tr[data-step=\"{name}\"]");
+        assert_eq!(
+            text_of(&page.body, &format!("{row} td.step-state")).as_deref(),
+            Some(state),
+            "{name}"
+        );
+        assert_eq!(
+            text_of(&page.body, &format!("{row} td:last-child")).as_deref(),
+            Some(after),
+            "{name}"
+        );
+    }
+    assert!(
+        text_of(
+            &page.body,
+            "table.steps tr[data-step=\"notify\"] a[href=\"/dead?q=jid-notify\"]"
+        )
+        .is_some()
+    );
+    assert_eq!(
+        text_of(
+            &page.body,
+            "table.steps tr[data-step=\"report\"] td:nth-child(2) div"
+        )
+        .as_deref(),
+        Some("<script>alert(1)</script> on wf"),
+        "the step's class and queue, as text"
+    );
+    assert!(page.body.contains("cancel_dependents"));
+    assert!(text_of(&page.body, "#members-cancelled").is_some_and(|t| t.contains("jid-report")));
+    assert!(text_of(&page.body, "#members-waiting").is_some_and(|t| t.contains("store")));
+
+    let api = json_of(&app, "/api/batches/wf1").await;
+    let got: Vec<(String, String)> = api["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().into(),
+                s["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = want
+        .iter()
+        .map(|(n, s, _)| (n.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(api["steps"][4]["after"], json!(["store", "notify"]));
+    assert_eq!(api["steps"][4]["jid"], "jid-report");
+    assert_eq!(api["steps"][4]["class"], XSS[0]);
+    assert_eq!(api["steps"][4]["queue"], "wf");
+    assert_eq!(
+        (
+            api["batch"]["waiting"].as_u64(),
+            api["batch"]["cancelled"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(api["batch"]["policy"], "cancel_dependents");
+    assert_eq!(api["members"]["cancelled"], json!(["jid-report"]));
 }

@@ -1,8 +1,13 @@
 //! The coordination primitives of [`MemoryBroker`] ([`Coordination`]), on its clock.
 
-use super::{MemoryBroker, OnceRecord};
+use super::{BatchState, MemoryBroker, OnceRecord, State};
 use async_trait::async_trait;
+use errand_core::BrokerError;
 use errand_core::admin::SetName;
+use errand_core::broker::{
+    BUILDING, BatchEvent, BatchFired, BatchOutcome, BatchRecord, BatchStatus, Enqueue,
+    FailurePolicy, JobHead, MemberState, NewBatch, ScheduledJob, child_member,
+};
 use errand_core::broker::{
     BrokerResult, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion, OnceRequest,
     PermitGrant, PermitRenewal, PermitRequest, RateKind, RateRequest, UniquePush, UniquePushed,
@@ -437,5 +442,343 @@ impl Coordination for MemoryBroker {
             self.pushed.notify_waiters();
         }
         Ok(replaced)
+    }
+
+    async fn batch_create(&self, batch: &NewBatch<'_>) -> BrokerResult<()> {
+        let now = (self.clock)();
+        let mut state = self.state();
+        state.batches.retain(|_, b| b.alive(now));
+        if state.batches.contains_key(batch.bid) {
+            return Ok(());
+        }
+        if let Some(parent) = batch.parent {
+            match state.batches.get_mut(parent) {
+                Some(p) if p.complete_at.is_none() => {
+                    let child = child_member(batch.bid);
+                    p.members.insert(child.clone());
+                    p.pending.insert(child);
+                }
+                _ => return Err(BrokerError::BatchClosed(parent.to_string())),
+            }
+        }
+        state.batch_seq += 1;
+        let seq = state.batch_seq;
+        let mut pending: std::collections::BTreeSet<String> =
+            batch.waiting.iter().map(|w| w.jid.clone()).collect();
+        let members = pending.clone();
+        pending.insert(BUILDING.to_string());
+        state.batches.insert(
+            batch.bid.to_string(),
+            BatchState {
+                parent: batch.parent.map(str::to_string),
+                description: batch.description.to_string(),
+                created_at: now,
+                seq,
+                callbacks: batch.callbacks.to_vec(),
+                keep: batch.keep.as_secs_f64(),
+                policy: batch.policy,
+                workflow: batch.workflow.map(str::to_string),
+                members,
+                pending,
+                failed: Default::default(),
+                dead: Default::default(),
+                cancelled: Default::default(),
+                waiting: batch
+                    .waiting
+                    .iter()
+                    .map(|w| (w.jid.clone(), w.clone()))
+                    .collect(),
+                complete_at: None,
+                success_at: None,
+                death_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        jids: &[&str],
+        now: &[Enqueue],
+        later: &[ScheduledJob],
+    ) -> BrokerResult<()> {
+        let at = (self.clock)();
+        {
+            let mut state = self.state();
+            state.batches.retain(|_, b| b.alive(at));
+            match state.batches.get_mut(bid) {
+                Some(b) if b.complete_at.is_none() => {
+                    for jid in jids {
+                        b.members.insert(jid.to_string());
+                        b.pending.insert(jid.to_string());
+                    }
+                }
+                _ => return Err(BrokerError::BatchClosed(bid.to_string())),
+            }
+            for job in now {
+                state.known_queues.insert(job.queue.clone());
+                state.lpush(&job.queue, job.payload.clone());
+            }
+            let schedule = state.set_mut("schedule");
+            for job in later {
+                schedule.add(job.at, &job.payload);
+            }
+        }
+        if !now.is_empty() {
+            self.pushed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn batch_record(&self, record: BatchRecord<'_>) -> BrokerResult<BatchFired> {
+        let now = (self.clock)();
+        let mut fired = BatchFired::default();
+        let pushed = {
+            let mut state = self.state();
+            state.batches.retain(|_, b| b.alive(now));
+            state.record_member(
+                now,
+                record.bid,
+                record.member,
+                record.outcome,
+                record.enqueued_at,
+                &mut fired,
+            )
+        };
+        if pushed {
+            self.pushed.notify_waiters();
+        }
+        Ok(fired)
+    }
+
+    async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
+        let now = (self.clock)();
+        let state = self.state();
+        Ok(state
+            .batches
+            .get(bid)
+            .filter(|b| b.alive(now))
+            .map(|b| b.status(bid)))
+    }
+
+    async fn batch_list(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<(Vec<BatchStatus>, usize)> {
+        let now = (self.clock)();
+        let state = self.state();
+        let mut live: Vec<(&String, &BatchState)> =
+            state.batches.iter().filter(|(_, b)| b.alive(now)).collect();
+        live.sort_by(|a, b| {
+            b.1.created_at
+                .total_cmp(&a.1.created_at)
+                .then(b.1.seq.cmp(&a.1.seq))
+        });
+        let total = live.len();
+        let page = live
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(bid, b)| b.status(bid))
+            .collect();
+        Ok((page, total))
+    }
+
+    async fn batch_members(
+        &self,
+        bid: &str,
+        state: MemberState,
+        offset: usize,
+        limit: usize,
+    ) -> BrokerResult<Vec<String>> {
+        let now = (self.clock)();
+        let s = self.state();
+        let Some(b) = s.batches.get(bid).filter(|b| b.alive(now)) else {
+            return Ok(Vec::new());
+        };
+        let members: Box<dyn Iterator<Item = &String>> = match state {
+            MemberState::Pending => Box::new(b.pending.iter()),
+            MemberState::Failed => Box::new(b.failed.iter()),
+            MemberState::Dead => Box::new(b.dead.iter()),
+            MemberState::Cancelled => Box::new(b.cancelled.iter()),
+            MemberState::Waiting => Box::new(b.waiting.keys()),
+        };
+        Ok(members
+            .filter(|m| *m != BUILDING)
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+impl BatchState {
+    fn status(&self, bid: &str) -> BatchStatus {
+        let building = self.pending.contains(BUILDING);
+        BatchStatus {
+            bid: bid.to_string(),
+            parent: self.parent.clone(),
+            description: self.description.clone(),
+            created_at: self.created_at,
+            total: self.members.len() as u64,
+            pending: (self.pending.len() - usize::from(building)) as u64,
+            failed: self.failed.len() as u64,
+            dead: self.dead.len() as u64,
+            cancelled: self.cancelled.len() as u64,
+            waiting: self.waiting.len() as u64,
+            building,
+            complete_at: self.complete_at,
+            success_at: self.success_at,
+            death_at: self.death_at,
+            callbacks: self
+                .callbacks
+                .iter()
+                .map(|c| c.event.as_str().to_string())
+                .collect(),
+            workflow: self.workflow.clone(),
+            policy: self.policy.as_str().to_string(),
+        }
+    }
+
+    /// Whether `member` has succeeded: it was never added or has left every state.
+    fn succeeded(&self, member: &str) -> bool {
+        !self.pending.contains(member)
+            && !self.dead.contains(member)
+            && !self.cancelled.contains(member)
+    }
+
+    /// Queues `event`'s callback, if the batch has one.
+    fn fire(&self, bid: &str, event: BatchEvent, jobs: &mut Vec<JobHead>, fired: &mut BatchFired) {
+        if let Some(cb) = self.callbacks.iter().find(|c| c.event == event) {
+            jobs.push(cb.job.clone());
+            fired.callbacks.push((bid.to_string(), event));
+        }
+    }
+}
+
+impl State {
+    /// Records `member`'s `outcome` in batch `bid` with everything it causes (callbacks,
+    /// released and cancelled steps, then the same for the parent it completes), pushing the
+    /// jobs closed with `enqueued_at`. True when it pushed a job.
+    fn record_member(
+        &mut self,
+        now: f64,
+        bid: &str,
+        member: &str,
+        outcome: BatchOutcome,
+        enqueued_at: &str,
+        fired: &mut BatchFired,
+    ) -> bool {
+        let Some(b) = self.batches.get_mut(bid) else {
+            return false;
+        };
+        let mut jobs: Vec<JobHead> = Vec::new();
+        match outcome {
+            BatchOutcome::Succeeded => {
+                let was_pending = b.pending.remove(member);
+                let was_dead = b.dead.remove(member);
+                b.failed.remove(member);
+                b.waiting.remove(member);
+                if !was_pending && !was_dead {
+                    return false;
+                }
+                let ready: Vec<String> = b
+                    .waiting
+                    .values()
+                    .filter(|s| s.after.iter().any(|a| a == member))
+                    .filter(|s| s.after.iter().all(|a| b.succeeded(a)))
+                    .map(|s| s.jid.clone())
+                    .collect();
+                for jid in ready {
+                    if let Some(step) = b.waiting.remove(&jid) {
+                        jobs.push(step.job);
+                        fired.released += 1;
+                    }
+                }
+            }
+            BatchOutcome::Failed => {
+                if b.pending.contains(member) && !b.waiting.contains_key(member) {
+                    b.failed.insert(member.to_string());
+                }
+                return false;
+            }
+            BatchOutcome::Died => {
+                if !b.pending.remove(member) {
+                    return false;
+                }
+                b.failed.remove(member);
+                b.waiting.remove(member);
+                b.dead.insert(member.to_string());
+                if b.death_at.is_none() {
+                    b.death_at = Some(now);
+                    b.fire(bid, BatchEvent::Death, &mut jobs, fired);
+                }
+                let doomed: Vec<String> = match b.policy {
+                    FailurePolicy::CancelAll => b.waiting.keys().cloned().collect(),
+                    FailurePolicy::CancelDependents => {
+                        // The waiting steps that need `member`, directly or through others.
+                        let mut gone = std::collections::BTreeSet::from([member.to_string()]);
+                        loop {
+                            let more: Vec<String> = b
+                                .waiting
+                                .values()
+                                .filter(|s| !gone.contains(&s.jid))
+                                .filter(|s| s.after.iter().any(|a| gone.contains(a)))
+                                .map(|s| s.jid.clone())
+                                .collect();
+                            if more.is_empty() {
+                                break;
+                            }
+                            gone.extend(more);
+                        }
+                        gone.remove(member);
+                        gone.into_iter().collect()
+                    }
+                };
+                for jid in doomed {
+                    b.waiting.remove(&jid);
+                    b.pending.remove(&jid);
+                    b.failed.remove(&jid);
+                    b.cancelled.insert(jid);
+                    fired.cancelled += 1;
+                }
+            }
+        }
+        let mut completed = false;
+        let mut succeeded = false;
+        if b.pending.is_empty() {
+            if b.complete_at.is_none() {
+                b.complete_at = Some(now);
+                b.fire(bid, BatchEvent::Complete, &mut jobs, fired);
+                completed = true;
+            }
+            if b.dead.is_empty() && b.cancelled.is_empty() && b.success_at.is_none() {
+                b.success_at = Some(now);
+                b.fire(bid, BatchEvent::Success, &mut jobs, fired);
+                succeeded = true;
+            }
+        }
+        let parent = b.parent.clone();
+        let pushed = !jobs.is_empty();
+        for job in jobs {
+            self.known_queues.insert(job.queue.clone());
+            self.lpush(&job.queue, job.close(enqueued_at));
+        }
+        let up = if succeeded {
+            Some(BatchOutcome::Succeeded)
+        } else if completed {
+            Some(BatchOutcome::Died)
+        } else {
+            None
+        };
+        match (parent, up) {
+            (Some(parent), Some(up)) => {
+                let child = child_member(bid);
+                self.record_member(now, &parent, &child, up, enqueued_at, fired) || pushed
+            }
+            _ => pushed,
+        }
     }
 }

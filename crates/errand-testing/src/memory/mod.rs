@@ -186,6 +186,49 @@ struct State {
     metrics: BTreeMap<(i64, String), errand_core::metrics::ClassMetrics>,
     /// All-time execution metrics per class.
     metrics_totals: BTreeMap<String, errand_core::metrics::ClassMetrics>,
+    /// Batches by bid (expired ones are dropped as they are next looked at).
+    batches: HashMap<String, BatchState>,
+    /// The last batch creation number: orders batches created at the same instant.
+    batch_seq: u64,
+}
+
+/// A batch and its members (the model of [`errand_core::broker::batch`]).
+#[derive(Debug)]
+struct BatchState {
+    parent: Option<String>,
+    description: String,
+    /// Broker-clock creation time, and the creation number after it.
+    created_at: f64,
+    seq: u64,
+    callbacks: Vec<errand_core::broker::BatchCallback>,
+    /// How long it is kept after it completes.
+    keep: f64,
+    policy: errand_core::broker::FailurePolicy,
+    workflow: Option<String>,
+    /// Every member ever added (not `building`): `total` is its size.
+    members: BTreeSet<String>,
+    /// Not succeeded nor dead (with `building` while it is filled; a superset of `failed`
+    /// and of `waiting`'s keys).
+    pending: BTreeSet<String>,
+    failed: BTreeSet<String>,
+    dead: BTreeSet<String>,
+    cancelled: BTreeSet<String>,
+    /// Workflow steps not pushed yet, by jid.
+    waiting: BTreeMap<String, errand_core::broker::WaitingStep>,
+    complete_at: Option<f64>,
+    success_at: Option<f64>,
+    death_at: Option<f64>,
+}
+
+impl BatchState {
+    /// Whether it is still kept at `now`: `keep` after it completed, or
+    /// [`BATCH_MAX_AGE`](errand_core::broker::batch::BATCH_MAX_AGE) after its creation while it has not.
+    fn alive(&self, now: f64) -> bool {
+        match self.complete_at {
+            Some(at) => at + self.keep > now,
+            None => self.created_at + errand_core::broker::batch::BATCH_MAX_AGE.as_secs_f64() > now,
+        }
+    }
 }
 
 /// A once-only step's record: a claim until `output` is set, then the completed step.

@@ -91,6 +91,9 @@ pub const HOSTNAME: &str = "web-e2e-host";
 pub const PID: u64 = 4242;
 /// The fixture's periodic entry.
 pub const PERIODIC: &str = "nightly-report";
+/// The fixture's workflow batch (on a backend that keeps batches): steps `extract` (done, so
+/// not a member), `load` after it and `report` after `load`, both waiting.
+pub const BATCH: &str = "wf-nightly";
 pub const IDENTITY: &str = "web-e2e-host:4242:0a1b2c3d";
 pub const CONCURRENCY: usize = 10;
 
@@ -345,6 +348,47 @@ impl Fixture {
         )
         .await
         .expect("periodic entry");
+        // A workflow batch whose steps wait (nothing is pushed, so the queues stay as known),
+        // its description full of payloads; only on a backend that keeps batches.
+        if errand_core::broker::Coordination::capabilities(b).batches {
+            let step = |name: &str, after: &str| errand_core::broker::WaitingStep {
+                jid: format!("{BATCH}-{name}"),
+                job: errand_core::broker::JobHead::new(
+                    Q_DEFAULT,
+                    &json!({"class": "Reports::Step", "args": [name], "queue": Q_DEFAULT,
+                            "jid": format!("{BATCH}-{name}"), "retry": true})
+                    .to_string(),
+                )
+                .expect("a job head"),
+                after: vec![format!("{BATCH}-{after}")],
+            };
+            let waiting = [step("load", "extract"), step("report", "load")];
+            let definition = json!({
+                "policy": "cancel_all",
+                "steps": [
+                    {"name": "extract", "jid": format!("{BATCH}-extract"), "after": []},
+                    {"name": "load", "jid": format!("{BATCH}-load"), "after": ["extract"]},
+                    {"name": "report", "jid": format!("{BATCH}-report"), "after": ["load"]},
+                ],
+            })
+            .to_string();
+            let description = format!("{XSS_SCRIPT} {XSS_IMG} {XSS_RLO}");
+            errand_core::broker::Coordination::batch_create(
+                b,
+                &errand_core::broker::NewBatch {
+                    bid: BATCH,
+                    parent: None,
+                    description: &description,
+                    callbacks: &[],
+                    keep: Duration::from_secs(3600),
+                    waiting: &waiting,
+                    policy: errand_core::broker::FailurePolicy::CancelAll,
+                    workflow: Some(&definition),
+                },
+            )
+            .await
+            .expect("batch");
+        }
 
         let admin: Arc<dyn Admin> = broker.clone();
         let app = errand_web::router(broker.clone(), errand_web::WebConfig::default());
