@@ -172,13 +172,15 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    let db = app.0.lock().unwrap();
-    let imported: i64 = db.query_row("SELECT count(*) FROM customers", [], |r| r.get(0))?;
-    let imported = imported as u64;
-    let reports: Vec<(String, i64, i64, i64)> = db
-        .prepare("SELECT event, total, pending, dead FROM reports ORDER BY event")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
+    let (imported, reports) = {
+        let db = app.0.lock().unwrap();
+        let imported: i64 = db.query_row("SELECT count(*) FROM customers", [], |r| r.get(0))?;
+        let reports: Vec<(String, i64, i64, i64)> = db
+            .prepare("SELECT event, total, pending, dead FROM reports ORDER BY event")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        (imported as u64, reports)
+    };
     for (event, total, pending, dead) in &reports {
         println!("{event} callback: {total} jobs, {pending} pending, {dead} dead");
     }

@@ -1205,3 +1205,38 @@ async fn job_control_keys_are_harmless_to_ruby() {
     let cancelled: Option<u64> = conn.get("errand:stat:cancelled").unwrap();
     assert_eq!(cancelled, Some(1));
 }
+
+/// A batch's jobs carry Sidekiq Pro's `bid` key: a Ruby Sidekiq without Pro runs an Errand
+/// batch's job like any other (the key kept in its payload), and the batch, never told, stays
+/// pending; a Ruby job with a Pro batch id Errand does not know runs in Errand and is acked (the
+/// record finds no batch and is ignored: `errand_failures_seen_and_retried_by_ruby` retries one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_ids_are_harmless_to_ruby() {
+    errand_tests::init_tracing();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = redis.conn();
+    let b = broker(&url).await;
+    let client = Client::new(b.clone());
+    let _sidekiq = RubySidekiq::start(&url, &["default"]);
+    let batch = errand::Batch::new(&client).open().await.unwrap();
+    let jid = batch
+        .push(OkJob {
+            n: 7,
+            s: "in a batch".into(),
+        })
+        .await
+        .unwrap();
+    let bid = batch.seal().await.unwrap();
+    wait_until_sync("Ruby to run the batch's job", WAIT, || {
+        ruby_ran(&mut conn).iter().any(|r| r["jid"] == json!(jid))
+    });
+    let status = client.batch_status(&bid).await.unwrap().unwrap();
+    assert_eq!(
+        (status.total, status.pending),
+        (1, 1),
+        "Ruby does not record"
+    );
+    assert_eq!(zcard(&mut conn, "retry"), 0);
+    assert_eq!(zcard(&mut conn, "dead"), 0);
+}

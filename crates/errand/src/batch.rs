@@ -628,7 +628,7 @@ impl Workflow {
             } else {
                 waiting.push(WaitingStep {
                     jid: jid.clone(),
-                    job: head(&p.queue().to_string(), &p)?,
+                    job: head(p.queue(), &p)?,
                     after: after.into_iter().map(str::to_string).collect(),
                 });
             }
@@ -684,7 +684,6 @@ mod tests {
     #[derive(Serialize, Deserialize)]
     struct Noop;
 
-    #[async_trait::async_trait]
     impl Job for Noop {
         const NAME: &'static str = "Noop";
         async fn perform(self, _: &JobContext) -> JobResult {

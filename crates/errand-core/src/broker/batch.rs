@@ -286,11 +286,7 @@ impl BatchStatus {
     /// percentage of the total (100 for an empty batch).
     pub fn done(&self) -> (u64, u64) {
         let done = self.total.saturating_sub(self.pending);
-        let percent = if self.total == 0 {
-            100
-        } else {
-            done * 100 / self.total
-        };
+        let percent = (done * 100).checked_div(self.total).unwrap_or(100);
         (done, percent)
     }
 }
