@@ -297,3 +297,61 @@ async fn bulk_and_single_pushes_carry_the_same_control_keys() {
         );
     }
 }
+
+/// A batch's callback, recording the batch's event and counts.
+#[derive(Serialize, Deserialize)]
+struct Summary;
+
+impl Job for Summary {
+    const NAME: &'static str = "Summary";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let (bid, event) = cx.batch_callback().expect("a callback");
+        let s = cx.client().batch_status(&bid).await?.expect("the batch");
+        seen(cx).add(format!(
+            "{}:{}/{} pending",
+            event.as_str(),
+            s.pending,
+            s.total
+        ));
+        Ok(())
+    }
+}
+
+/// Batches and workflows run under `drain` as on a server: the jobs, then the callbacks on
+/// their own queue, each once.
+#[tokio::test]
+async fn drain_runs_a_batch_and_its_callbacks() {
+    let seen = Seen::default();
+    let shared = seen.clone();
+    let jobs = TestJobs::with_server(move |b| {
+        b.register::<SignUp>()
+            .register::<WelcomeMail>()
+            .register::<Summary>()
+            .data(shared.clone())
+    });
+    let batch = errand::Batch::new(&jobs.client())
+        .on_complete(Summary)
+        .on_success(Summary)
+        .open()
+        .await
+        .unwrap();
+    batch
+        .push_bulk((1..=3).map(|user_id| WelcomeMail { user_id }))
+        .await
+        .unwrap();
+    batch.seal().await.unwrap();
+    let drained = jobs.drain().await;
+    assert_eq!(drained.performed, 5, "three jobs, two callbacks");
+    let mut all = seen.all();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            "complete:0/3 pending",
+            "mail:1",
+            "mail:2",
+            "mail:3",
+            "success:0/3 pending"
+        ]
+    );
+}
