@@ -1,7 +1,8 @@
 //! `errand bench`: a load test in the spirit of Sidekiq's own.
 //!
 //! Four figures, one phase each, on a fresh SQLite file or a Redis namespace emptied first:
-//! 1. enqueue: `--jobs N` no-op jobs pushed with `Client::push_bulk`, `--batch` per call, then
+//! 1. enqueue: `--jobs N` no-op jobs pushed with `Client::push_bulk` (into one Errand batch
+//!    with `--in-batch`), `--batch` per call, then
 //!    `--single` more pushed one at a time, each awaited (Sidekiq's `perform_async` loop);
 //! 2. drain: a server of `--concurrency C` (in this process, or `--processes P` worker
 //!    processes) runs them all; the CPU time of the worker side is measured over this phase;
@@ -548,15 +549,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 1. Enqueue.
     let started = Instant::now();
+    let batch = match args.in_batch {
+        true => Some(
+            errand::Batch::new(&client)
+                .description("errand bench")
+                .open()
+                .await?,
+        ),
+        false => None,
+    };
     let mut pushed = 0;
     while pushed < args.jobs {
         let end = (pushed + args.batch).min(args.jobs);
-        client
-            .push_bulk((pushed..end).map(|n| Noop(n, false)))
-            .await?;
+        let jobs = (pushed..end).map(|n| Noop(n, false));
+        match &batch {
+            Some(b) => drop(b.push_bulk(jobs).await?),
+            None => drop(client.push_bulk(jobs).await?),
+        }
         pushed = end;
         progress.show("enqueue", pushed, args.jobs, started, false);
     }
+    let bid = match batch {
+        Some(b) => Some(b.seal().await?),
+        None => None,
+    };
     let enqueue_s = started.elapsed().as_secs_f64();
     progress.end("enqueue", pushed, args.jobs, started);
 
@@ -582,6 +598,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     wait_for(&tally, drained, 0, &mut progress, "drain", started).await?;
     let drain_s = started.elapsed().as_secs_f64();
     let drain_cpu_s = workers.cpu_since_start().await?;
+    // The jobs count themselves as they run; the last record follows within moments.
+    let mut batch_status = None;
+    if let Some(bid) = &bid {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = client
+                .batch_status(bid)
+                .await?
+                .context("the bench's batch is gone")?;
+            if s.success_at.is_some() || Instant::now() > deadline {
+                batch_status = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    if let Some(s) = &batch_status {
+        anyhow::ensure!(
+            s.pending == 0 && s.success_at.is_some() && s.total == args.jobs,
+            "the bench's batch did not succeed with every job: {s:?}"
+        );
+    }
 
     // 3. Latency at a steady rate, on the now idle server.
     let latency_jobs = (args.rate * args.seconds).round() as u64;
@@ -645,6 +683,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "drain_s": drain_s,
             "drain_cpu_s": figures.drain_cpu_s,
             "bench_peak_rss_mb": peak_rss_mb(),
+            "in_batch": args.in_batch,
         });
         println!("{out}");
         return Ok(());
@@ -659,6 +698,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.single
     );
     println!("  drain     {drain_rate:>10.0} jobs/s   {drained} jobs in {drain_s:.2} s");
+    if let Some(s) = &batch_status {
+        println!(
+            "  batch     {} jobs recorded in batch {}: succeeded, 0 pending",
+            s.total, s.bid
+        );
+    }
     if lat.is_empty() {
         println!("  latency   (skipped: --rate or --seconds is 0)");
     } else {

@@ -371,6 +371,10 @@ pub struct BenchArgs {
     /// Jobs per `push_bulk` call while enqueueing.
     #[arg(long, default_value_t = 10_000)]
     pub batch: u64,
+    /// Push the `--jobs` into one Errand batch (`errand::Batch`), so the drain also records
+    /// every job's outcome in it; the figures then show what a batch costs per job.
+    #[arg(long)]
+    pub in_batch: bool,
     /// Jobs then pushed one at a time (`Client::push`, awaited one by one) to measure single
     /// enqueue; they are drained with the rest.
     #[arg(long, default_value_t = 10_000)]

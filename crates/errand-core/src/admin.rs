@@ -262,6 +262,13 @@ pub trait Admin: Send + Sync + 'static {
     /// `<score>-<jid>`; the caller picks the one with the jid).
     async fn set_at_score(&self, set: SetName, score: f64) -> BrokerResult<Vec<SetEntry>>;
 
+    /// The same backend's coordination side, when it has one: the admin actions that take a
+    /// job of a batch out of its way (a delete, a kill) record it there as dead, so its batch
+    /// still completes. `None` by default.
+    fn coordination(&self) -> Option<&dyn crate::broker::Coordination> {
+        None
+    }
+
     /// Removes `member` from `set`. False when it was not there.
     async fn set_remove(&self, set: SetName, member: &str) -> BrokerResult<bool>;
 

@@ -99,6 +99,10 @@ impl PostgresBroker {
 
 #[async_trait]
 impl Admin for PostgresBroker {
+    fn coordination(&self) -> Option<&dyn errand_core::broker::Coordination> {
+        Some(self)
+    }
+
     async fn counters(&self) -> BrokerResult<Counters> {
         self.counters_named("").await
     }

@@ -88,6 +88,10 @@ impl RedisBroker {
 
 #[async_trait]
 impl Admin for RedisBroker {
+    fn coordination(&self) -> Option<&dyn errand_core::broker::Coordination> {
+        Some(self)
+    }
+
     async fn counters(&self) -> BrokerResult<Counters> {
         let k = self.keys();
         type Four = (

@@ -181,6 +181,10 @@ fn file_size(db: &std::path::Path, suffix: &str) -> u64 {
 
 #[async_trait]
 impl Admin for SqliteBroker {
+    fn coordination(&self) -> Option<&dyn errand_core::broker::Coordination> {
+        Some(self)
+    }
+
     async fn counters(&self) -> BrokerResult<Counters> {
         self.with(|c| read_counters(c, "")).await
     }

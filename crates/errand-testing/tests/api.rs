@@ -280,3 +280,81 @@ async fn an_all_action_is_bounded_and_says_more_remain() {
     );
     assert!(b.set("schedule").is_empty());
 }
+
+/// A job of a batch deleted from the retries or killed by a person will not run: it is dead to
+/// its batch, which then completes instead of waiting for it forever.
+#[tokio::test]
+async fn deleting_or_killing_a_batch_job_counts_it_dead_in_its_batch() {
+    use errand::broker::{
+        BUILDING, BatchOutcome, BatchRecord, Coordination, FailurePolicy, NewBatch,
+    };
+    let b = MemoryBroker::new();
+    b.batch_create(&NewBatch {
+        bid: "b1",
+        parent: None,
+        description: "",
+        callbacks: &[],
+        keep: Duration::from_secs(3600),
+        waiting: &[],
+        policy: FailurePolicy::CancelAll,
+        workflow: None,
+    })
+    .await
+    .unwrap();
+    let job = |jid: &str| {
+        json!({"class": "Import", "args": [], "jid": jid, "queue": "mail", "bid": "b1",
+               "retry_count": 0, "error_message": "x"})
+        .to_string()
+    };
+    let (a, c) = (job("a"), job("c"));
+    b.batch_add(
+        "b1",
+        &["a", "b", "c"],
+        &[],
+        &[
+            ScheduledJob {
+                at: 9e9,
+                payload: a.clone(),
+            },
+            ScheduledJob {
+                at: 9e9,
+                payload: job("b"),
+            },
+            ScheduledJob {
+                at: 9e9,
+                payload: c.clone(),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    let record = |member: &'static str| BatchRecord {
+        bid: "b1",
+        member,
+        outcome: BatchOutcome::Succeeded,
+        enqueued_at: "1.0",
+    };
+    b.batch_record(record(BUILDING)).await.unwrap();
+    assert!(
+        api::apply(&b, cfg(), SetName::Scheduled, &a, Action::Delete)
+            .await
+            .unwrap()
+    );
+    assert!(
+        api::apply(&b, cfg(), SetName::Scheduled, &c, Action::Kill)
+            .await
+            .unwrap()
+    );
+    let s = b.batch_status("b1").await.unwrap().unwrap();
+    assert_eq!((s.pending, s.dead), (1, 2));
+    b.batch_record(record("b")).await.unwrap();
+    let s = b.batch_status("b1").await.unwrap().unwrap();
+    assert!(s.complete_at.is_some(), "{s:?}");
+    // Deleting the killed entry from the dead set afterwards changes nothing in the batch.
+    assert!(
+        api::apply(&b, cfg(), SetName::Dead, &c, Action::Delete)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.batch_status("b1").await.unwrap().unwrap().dead, 2);
+}

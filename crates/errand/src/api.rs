@@ -487,8 +487,8 @@ pub async fn apply(
     raw: &str,
     action: Action,
 ) -> BrokerResult<bool> {
-    match action {
-        Action::Delete => admin.set_remove(set, raw).await,
+    let done = match action {
+        Action::Delete => admin.set_remove(set, raw).await?,
         Action::Retry => {
             let Ok(mut p) = Payload::parse(raw) else {
                 // An unreadable entry cannot run; it stays for a person to read or delete.
@@ -499,14 +499,14 @@ pub async fn apply(
             }
             p.stamp_enqueued(cfg.profile, errand_core::now());
             let queue = p.queue().to_string();
-            admin
+            return admin
                 .set_to_queue(MoveToQueue {
                     set,
                     member: raw,
                     queue: &queue,
                     payload: &p.to_json(),
                 })
-                .await
+                .await;
         }
         Action::Kill => {
             if set == SetName::Dead {
@@ -521,9 +521,39 @@ pub async fn apply(
                     now,
                     limits: cfg.dead_limits,
                 })
-                .await
+                .await?
         }
+    };
+    // A job of a batch that will not run now (deleted from the retries or the schedule, or
+    // killed) is dead to its batch, which would otherwise wait for it forever.
+    if done && set != SetName::Dead {
+        record_removed(admin, cfg.profile, raw).await?;
     }
+    Ok(done)
+}
+
+/// Records the job `raw`, taken out of the way by a person, as dead in its batch (if it is in
+/// one and the backend has batches).
+async fn record_removed(admin: &dyn Admin, profile: WireProfile, raw: &str) -> BrokerResult<()> {
+    let Some(coordination) = admin.coordination().filter(|c| c.capabilities().batches) else {
+        return Ok(());
+    };
+    let Ok(p) = Payload::parse(raw) else {
+        return Ok(());
+    };
+    let Some(bid) = crate::batch::bid_of(&p) else {
+        return Ok(());
+    };
+    let enqueued_at = profile.encode(errand_core::now()).to_string();
+    coordination
+        .batch_record(errand_core::broker::BatchRecord {
+            bid,
+            member: p.jid(),
+            outcome: errand_core::broker::BatchOutcome::Died,
+            enqueued_at: &enqueued_at,
+        })
+        .await?;
+    Ok(())
 }
 
 /// Sidekiq's rule for a manual retry: the failure that follows counts again, so one is taken

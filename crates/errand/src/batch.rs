@@ -91,12 +91,15 @@ fn callback_head(
     p.set(CALLBACK, json!({"bid": bid, "event": event.as_str()}));
     Ok(BatchCallback {
         event,
-        job: head(&queue, &p)?,
+        job: head(client, &queue, &p)?,
     })
 }
 
-fn head(queue: &str, p: &Payload) -> Result<JobHead, Error> {
-    JobHead::new(queue, &p.to_json()).ok_or(Error::Payload(PayloadError::NotAnObject))
+/// `p` as a head for the backend to push later, checked against the client's size limit (no
+/// push checks it then).
+fn head(client: &Client, queue: &str, p: &Payload) -> Result<JobHead, Error> {
+    let json = client.check_size(p.to_json())?;
+    JobHead::new(queue, &json).ok_or(Error::Payload(PayloadError::NotAnObject))
 }
 
 /// A batch being defined: its description, callbacks and parent. [`Batch::open`] creates it.
@@ -294,6 +297,13 @@ impl BatchHandle {
                 J::NAME
             )));
         }
+        if let Some(jid) = push.jid_override()
+            && (jid == BUILDING || jid.starts_with("child:"))
+        {
+            return Err(Error::Config(format!(
+                "jid {jid:?} is reserved in batches (`building`, `child:…`)"
+            )));
+        }
         let push = push.set(BID, self.bid.as_str());
         let at = self.client.run_at(&push);
         let (mut now, mut later, mut jids) = (Vec::new(), Vec::new(), Vec::new());
@@ -474,18 +484,21 @@ impl Workflow {
 
     /// Enqueues `job` once every step has succeeded or is dead or cancelled.
     pub fn on_complete<J: Job>(mut self, job: J) -> Self {
+        self.callbacks.retain(|(e, _)| *e != BatchEvent::Complete);
         self.callbacks.push((BatchEvent::Complete, builder(job)));
         self
     }
 
     /// Enqueues `job` once every step has succeeded.
     pub fn on_success<J: Job>(mut self, job: J) -> Self {
+        self.callbacks.retain(|(e, _)| *e != BatchEvent::Success);
         self.callbacks.push((BatchEvent::Success, builder(job)));
         self
     }
 
     /// Enqueues `job` when the first step dies.
     pub fn on_death<J: Job>(mut self, job: J) -> Self {
+        self.callbacks.retain(|(e, _)| *e != BatchEvent::Death);
         self.callbacks.push((BatchEvent::Death, builder(job)));
         self
     }
@@ -628,7 +641,7 @@ impl Workflow {
             } else {
                 waiting.push(WaitingStep {
                     jid: jid.clone(),
-                    job: head(p.queue(), &p)?,
+                    job: head(client, p.queue(), &p)?,
                     after: after.into_iter().map(str::to_string).collect(),
                 });
             }

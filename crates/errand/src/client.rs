@@ -69,6 +69,11 @@ pub struct Push {
 }
 
 impl Push {
+    /// The jid this push sets, if it sets one.
+    pub(crate) fn jid_override(&self) -> Option<&str> {
+        self.jid.as_deref()
+    }
+
     /// No overrides.
     pub fn new() -> Self {
         Self::default()
@@ -251,7 +256,7 @@ impl Client {
         Ok(p)
     }
 
-    fn check_size(&self, json: String) -> Result<String, Error> {
+    pub(crate) fn check_size(&self, json: String) -> Result<String, Error> {
         if json.len() > self.max_payload {
             return Err(PayloadError::TooLarge {
                 size: json.len(),

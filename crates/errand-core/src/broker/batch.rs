@@ -34,7 +34,7 @@
 //! same outcome twice (a rerun after a crash between the record and the ack) changes nothing.
 //!
 //! Callbacks are stored at creation as payloads without their `enqueued_at`
-//! ([`BatchCallback::head`]); the backend closes each with the record's
+//! ([`JobHead`]); the backend closes each with the record's
 //! [`BatchRecord::enqueued_at`] when it pushes it.
 
 use std::time::Duration;

@@ -105,7 +105,10 @@ if op == 'create' then
     i = i + 4
   end
   redis.call('HSET', meta, 'total', nsteps)
-  redis.call('ZADD', INDEX, redis.call('HGET', meta, 'created_at'), bid)
+  local created = redis.call('HGET', meta, 'created_at')
+  redis.call('ZADD', INDEX, created, bid)
+  -- Batches that never completed are gone after the longest age: so are their index entries.
+  redis.call('ZREMRANGEBYSCORE', INDEX, '-inf', '(' .. tostring(tonumber(created) - ARGV[11] / 1000))
   expire_all(bid, ARGV[11])
   return 1
 end

@@ -27,6 +27,10 @@ fn page<T: Clone>(
 
 #[async_trait]
 impl Admin for MemoryBroker {
+    fn coordination(&self) -> Option<&dyn errand_core::broker::Coordination> {
+        Some(self)
+    }
+
     async fn counters(&self) -> BrokerResult<Counters> {
         let s = self.stats();
         Ok(s)

@@ -14,8 +14,13 @@ pub(crate) async fn record(s: &Shared, payload: &Payload, outcome: BatchOutcome)
     let Some(bid) = crate::batch::bid_of(payload) else {
         return true;
     };
-    let enqueued_at = s.config().profile.encode(s.now()).to_string();
     let broker = s.broker();
+    // A `bid` from elsewhere (Sidekiq Pro's batches) on a backend without batches: nothing to
+    // record, and no reason to hold the job.
+    if !broker.capabilities().batches {
+        return true;
+    }
+    let enqueued_at = s.config().profile.encode(s.now()).to_string();
     let jid = payload.jid();
     let written = crate::reconnect::retry("recording a batch outcome", 12, || {
         broker.batch_record(BatchRecord {
