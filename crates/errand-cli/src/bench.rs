@@ -10,6 +10,9 @@
 //!    job records now − its `enqueued_at` when it starts;
 //! 4. peak RSS of the worker process(es).
 //!
+//! On Redis, Redis's own CPU seconds and its commands per job (`INFO cpu`, `INFO commandstats`)
+//! are read around the drain as well: what limits how many jobs one Redis carries.
+//!
 //! Worker processes are this binary re-run as `errand bench --worker`, speaking one JSON object
 //! per line on stdout (`ready`, `progress`, `report`, `final`) and reading commands on stdin
 //! (`go`, `report`; end of input stops it).
@@ -593,11 +596,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let drained = args.jobs + args.single;
 
-    // 2. Drain.
+    // 2. Drain. On Redis, what Redis spends is read around it too.
+    let mut redis_conn = match (&backend, args.redis.as_deref()) {
+        (Backend::Redis(_), Some(url)) => {
+            Some(redis::Client::open(url)?.get_connection_manager().await?)
+        }
+        _ => None,
+    };
+    let redis_before = match &mut redis_conn {
+        Some(c) => Some(RedisCost::read(c).await?),
+        None => None,
+    };
     let (mut workers, started) = Workers::start(&args, &broker, &tally).await?;
     wait_for(&tally, drained, 0, &mut progress, "drain", started).await?;
     let drain_s = started.elapsed().as_secs_f64();
     let drain_cpu_s = workers.cpu_since_start().await?;
+    let redis_cost = match (&mut redis_conn, &redis_before) {
+        (Some(c), Some(before)) => Some(RedisCost::read(c).await?.since(before)),
+        _ => None,
+    };
     // The jobs count themselves as they run; the last record follows within moments.
     let mut batch_status = None;
     if let Some(bid) = &bid {
@@ -684,6 +701,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "drain_cpu_s": figures.drain_cpu_s,
             "bench_peak_rss_mb": peak_rss_mb(),
             "in_batch": args.in_batch,
+            "redis_cpu_s_per_100k": redis_cost.as_ref().map(|c| c.cpu_s * 100_000.0 / drained as f64),
+            "redis_commands_per_job": redis_cost.as_ref().map(|c| c.calls.values().sum::<u64>() as f64 / drained as f64),
+            "redis_calls_per_job": redis_cost.as_ref().map(|c| c.calls.iter().map(|(k, v)| (k.clone(), *v as f64 / drained as f64)).collect::<std::collections::BTreeMap<_, _>>()),
         });
         println!("{out}");
         return Ok(());
@@ -721,6 +741,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "  cpu       {cpu_per_100k:>10.2} s per 100,000 jobs ({:.2} s used by {cpu_note})",
         figures.drain_cpu_s
     );
+    if let Some(c) = &redis_cost {
+        let total: u64 = c.calls.values().sum();
+        let mut top: Vec<(&String, &u64)> = c.calls.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<String> = top
+            .iter()
+            .take(6)
+            .map(|(k, v)| format!("{k} {:.2}", **v as f64 / drained as f64))
+            .collect();
+        println!(
+            "  redis     {:>10.2} s CPU per 100,000 jobs, {:.2} commands per job ({})",
+            c.cpu_s * 100_000.0 / drained as f64,
+            total as f64 / drained as f64,
+            top.join(", ")
+        );
+    }
     println!(
         "  peak rss  {:>10.1} MB{}",
         figures.peak_rss_mb,
@@ -731,6 +767,56 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// What Redis itself spent: its CPU seconds (`used_cpu_sys` + `used_cpu_user`) and the calls of
+/// each command (`INFO commandstats`), read before and after a phase.
+#[derive(Debug, Default, Clone)]
+struct RedisCost {
+    cpu_s: f64,
+    calls: std::collections::BTreeMap<String, u64>,
+}
+
+impl RedisCost {
+    async fn read(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<Self> {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .arg("commandstats")
+            .query_async(conn)
+            .await?;
+        let mut cost = RedisCost::default();
+        for line in info.lines() {
+            if let Some(v) = line
+                .strip_prefix("used_cpu_sys:")
+                .or_else(|| line.strip_prefix("used_cpu_user:"))
+            {
+                cost.cpu_s += v.trim().parse::<f64>().unwrap_or(0.0);
+            } else if let Some(rest) = line.strip_prefix("cmdstat_") {
+                // cmdstat_lrem:calls=5,usec=…
+                let (name, fields) = rest.split_once(':').unwrap_or((rest, ""));
+                let calls = fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("calls="))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                cost.calls.insert(name.to_string(), calls);
+            }
+        }
+        Ok(cost)
+    }
+
+    /// What was spent between `before` and `self`.
+    fn since(&self, before: &RedisCost) -> RedisCost {
+        RedisCost {
+            cpu_s: self.cpu_s - before.cpu_s,
+            calls: self
+                .calls
+                .iter()
+                .map(|(k, v)| (k.clone(), v - before.calls.get(k).copied().unwrap_or(0)))
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+        }
+    }
 }
 
 /// Prints one protocol line to the parent.

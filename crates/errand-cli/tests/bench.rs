@@ -70,4 +70,21 @@ fn bench_on_redis_with_worker_processes() {
     let redis = errand_tests::RedisServer::start();
     let v = bench(&["--redis", &redis.url(), "--processes", "2"]);
     assert_figures(&v, "redis", 2);
+    // What Redis spent on the drain: CPU, and at least the fetch script and one ack per job.
+    figure(&v, "redis_cpu_s_per_100k");
+    let per_job = figure(&v, "redis_commands_per_job");
+    assert!(per_job >= 1.0, "at least one ack per job: {v}");
+    assert!(
+        v["redis_calls_per_job"]["lrem"].as_f64().unwrap_or(0.0) >= 1.0,
+        "one LREM ack per job: {v}"
+    );
+}
+
+#[test]
+fn bench_in_a_batch_records_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.sqlite");
+    let v = bench(&["--sqlite", file.to_str().unwrap(), "--in-batch"]);
+    assert_figures(&v, "sqlite", 0);
+    assert_eq!(v["in_batch"], true, "{v}");
 }
