@@ -705,3 +705,87 @@ pub async fn completed_batches_expire(f: &impl BackendFactory) {
     assert_eq!(total, 1, "{n}");
     assert_eq!(list[0].bid, "open", "{n}: an open batch is kept");
 }
+
+/// Records that no attempt can make are ignored, the same on every backend: `failed` or `died`
+/// for `building` (only a success seals), any record for a workflow step not pushed yet or for
+/// a cancelled one, and any record for a jid that was never a member. Adding a jid that is
+/// already a member (pending, dead, cancelled or waiting) does not count it again, although its
+/// job is stored.
+pub async fn batch_ignores_records_no_attempt_can_make(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let cbs = callbacks(&[BatchEvent::Complete, BatchEvent::Death]);
+    let waiting = [step_job("b", &["a"]), step_job("c", &["b"])];
+    let mut wf = new_batch("wf", &cbs);
+    wf.waiting = &waiting;
+    b.batch_create(&wf).await.unwrap();
+    add_root(b, "wf", "a").await;
+    add_root(b, "wf", "x").await;
+    let none = BatchFired::default();
+    for outcome in [BatchOutcome::Failed, BatchOutcome::Died] {
+        assert_eq!(
+            record(b, "wf", BUILDING, outcome).await,
+            none,
+            "{n}: {outcome:?}"
+        );
+    }
+    for outcome in [
+        BatchOutcome::Succeeded,
+        BatchOutcome::Failed,
+        BatchOutcome::Died,
+    ] {
+        assert_eq!(
+            record(b, "wf", &wjid("b"), outcome).await,
+            none,
+            "{n}: waiting b, {outcome:?}"
+        );
+        assert_eq!(
+            record(b, "wf", "stranger", outcome).await,
+            none,
+            "{n}: {outcome:?}"
+        );
+    }
+    let s = b.batch_status("wf").await.unwrap().unwrap();
+    assert_eq!(
+        (s.total, s.pending, s.failed, s.dead, s.waiting, s.building),
+        (4, 4, 0, 0, 2, true),
+        "{n}: nothing changed"
+    );
+    assert_eq!(inspect.queue("w").await.len(), 2, "{n}: only the roots");
+    // a dies: CancelAll cancels b and c.
+    record(b, "wf", BUILDING, BatchOutcome::Succeeded).await;
+    let died = record(b, "wf", &wjid("a"), BatchOutcome::Died).await;
+    assert_eq!(died.cancelled, 2, "{n}");
+    for outcome in [
+        BatchOutcome::Succeeded,
+        BatchOutcome::Failed,
+        BatchOutcome::Died,
+    ] {
+        assert_eq!(
+            record(b, "wf", &wjid("c"), outcome).await,
+            none,
+            "{n}: cancelled c, {outcome:?}"
+        );
+    }
+    // Adding members again (dead a, cancelled c, pending x) counts nothing new.
+    add_root(b, "wf", "a").await;
+    add_root(b, "wf", "x").await;
+    let again = [wjid("c")];
+    let again: Vec<&str> = again.iter().map(String::as_str).collect();
+    b.batch_add("wf", &again, &[enqueue("w", job("w", b'c' as u64))], &[])
+        .await
+        .unwrap();
+    let s = b.batch_status("wf").await.unwrap().unwrap();
+    assert_eq!(
+        (s.total, s.pending, s.dead, s.cancelled),
+        (4, 1, 1, 2),
+        "{n}: re-adding counts nothing"
+    );
+    let done = record(b, "wf", &wjid("x"), BatchOutcome::Succeeded).await;
+    assert_eq!(
+        done.callbacks,
+        fired(&[("wf", BatchEvent::Complete)]),
+        "{n}"
+    );
+}

@@ -92,6 +92,7 @@ macro_rules! conformance_tests {
             workflow_failure_policies_cancel_steps,
             batches_are_listed_and_paged,
             completed_batches_expire,
+            batch_ignores_records_no_attempt_can_make,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

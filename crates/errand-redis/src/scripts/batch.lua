@@ -113,6 +113,15 @@ if op == 'create' then
   return 1
 end
 
+-- A new member is pending; one already pending, dead or cancelled is not counted again.
+local function add_member(bid, jid)
+  if redis.call('SISMEMBER', k(bid, ':dead'), jid) == 1
+      or redis.call('SISMEMBER', k(bid, ':cancelled'), jid) == 1 then
+    return 0
+  end
+  return redis.call('SADD', k(bid, ':pending'), jid)
+end
+
 if op == 'add' then
   local bid = ARGV[7]
   if not open(bid) then
@@ -122,14 +131,14 @@ if op == 'add' then
   local n = tonumber(ARGV[i])
   local added = 0
   for j = 1, n do
-    added = added + redis.call('SADD', k(bid, ':pending'), ARGV[i + 1])
+    added = added + add_member(bid, ARGV[i + 1])
     push(ARGV[i + 2], ARGV[i + 3])
     i = i + 3
   end
   i = i + 1
   local m = tonumber(ARGV[i])
   for j = 1, m do
-    added = added + redis.call('SADD', k(bid, ':pending'), ARGV[i + 1])
+    added = added + add_member(bid, ARGV[i + 1])
     redis.call('ZADD', SCHEDULE, ARGV[i + 2], ARGV[i + 3])
     i = i + 3
   end
@@ -234,6 +243,11 @@ end
 
 record = function(bid, member, outcome)
   if redis.call('EXISTS', k(bid)) == 0 then
+    return
+  end
+  -- No attempt ends a step not pushed yet, and only a success seals a batch.
+  if (member == 'building' and outcome ~= 'succeeded')
+      or redis.call('HEXISTS', k(bid, ':waiting'), member) == 1 then
     return
   end
   local pending = k(bid, ':pending')

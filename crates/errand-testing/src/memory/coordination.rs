@@ -510,6 +510,10 @@ impl Coordination for MemoryBroker {
             match state.batches.get_mut(bid) {
                 Some(b) if b.complete_at.is_none() => {
                     for jid in jids {
+                        // A member already dead or cancelled is not counted again.
+                        if b.dead.contains(*jid) || b.cancelled.contains(*jid) {
+                            continue;
+                        }
                         b.members.insert(jid.to_string());
                         b.pending.insert(jid.to_string());
                     }
@@ -674,6 +678,12 @@ impl State {
         let Some(b) = self.batches.get_mut(bid) else {
             return false;
         };
+        // No attempt ends a step not pushed yet, and only a success seals a batch.
+        if b.waiting.contains_key(member)
+            || (member == BUILDING && outcome != BatchOutcome::Succeeded)
+        {
+            return false;
+        }
         let mut jobs: Vec<JobHead> = Vec::new();
         match outcome {
             BatchOutcome::Succeeded => {
