@@ -51,6 +51,18 @@ local function touch(bid)
   end
 end
 
+-- Adds `member` to the batch's set `suffix`; a set this creates gets the meta hash's TTL (the
+-- hot path touches one key, not every key of the batch).
+local function join(bid, suffix, member)
+  if redis.call('SADD', k(bid, suffix), member) == 1
+      and redis.call('SCARD', k(bid, suffix)) == 1 then
+    local ttl = redis.call('PTTL', k(bid))
+    if ttl > 0 then
+      redis.call('PEXPIRE', k(bid, suffix), ttl)
+    end
+  end
+end
+
 local function push(queue, payload)
   redis.call('SADD', QS, queue)
   redis.call('LPUSH', QP .. queue, payload)
@@ -181,7 +193,7 @@ end
 local function cancel_step(bid, step)
   redis.call('HDEL', k(bid, ':waiting'), step)
   redis.call('SREM', k(bid, ':pending'), step)
-  redis.call('SADD', k(bid, ':cancelled'), step)
+  join(bid, ':cancelled', step)
   out[2] = out[2] + 1
 end
 
@@ -252,17 +264,15 @@ record = function(bid, member, outcome)
   end
   local pending = k(bid, ':pending')
   if outcome == 'succeeded' then
-    local was_pending = redis.call('SREM', pending, member) == 1
-    redis.call('SREM', k(bid, ':failed'), member)
-    local was_dead = redis.call('SREM', k(bid, ':dead'), member) == 1
-    if not was_pending and not was_dead then
+    if redis.call('SREM', pending, member) == 1 then
+      redis.call('SREM', k(bid, ':failed'), member)
+    elseif redis.call('SREM', k(bid, ':dead'), member) == 0 then
       return
     end
     release(bid, member)
   elseif outcome == 'failed' then
     if redis.call('SISMEMBER', pending, member) == 1 then
-      redis.call('SADD', k(bid, ':failed'), member)
-      touch(bid)
+      join(bid, ':failed', member)
     end
     return
   else
@@ -270,13 +280,12 @@ record = function(bid, member, outcome)
       return
     end
     redis.call('SREM', k(bid, ':failed'), member)
-    redis.call('SADD', k(bid, ':dead'), member)
+    join(bid, ':dead', member)
     if redis.call('HSETNX', k(bid), 'death_at', tostring(now())) == 1 then
       fire(bid, 'death')
     end
     cancel(bid, member)
   end
-  touch(bid)
   settle(bid)
 end
 
