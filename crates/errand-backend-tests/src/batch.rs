@@ -789,3 +789,62 @@ pub async fn batch_ignores_records_no_attempt_can_make(f: &impl BackendFactory) 
         "{n}"
     );
 }
+
+/// A waiting job of a batch cancelled by jid (from its queue, the schedule or the retries) will
+/// not run: it is dead to its batch, which then completes instead of waiting for it.
+pub async fn cancelling_a_waiting_batch_job_counts_it_dead(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let cbs = callbacks(&[BatchEvent::Complete, BatchEvent::Death]);
+    b.batch_create(&new_batch("b1", &cbs)).await.unwrap();
+    let with_bid = |i: u64| {
+        let mut v: serde_json::Value = serde_json::from_str(&job("q", i)).unwrap();
+        v["bid"] = "b1".into();
+        v.to_string()
+    };
+    let later = ScheduledJob {
+        at: errand_core::now() + 3600.0,
+        payload: with_bid(2),
+    };
+    b.batch_add(
+        "b1",
+        &[&jid("q", 1), &jid("q", 2)],
+        &[enqueue("q", with_bid(1))],
+        &[later],
+    )
+    .await
+    .unwrap();
+    record(b, "b1", BUILDING, BatchOutcome::Succeeded).await;
+    assert!(
+        matches!(
+            b.cancel_job(&jid("q", 1), Duration::from_secs(60))
+                .await
+                .unwrap(),
+            errand_core::broker::Cancelled::Queued(_)
+        ),
+        "{n}"
+    );
+    let s = b.batch_status("b1").await.unwrap().unwrap();
+    assert_eq!((s.pending, s.dead), (1, 1), "{n}");
+    assert!(s.death_at.is_some(), "{n}");
+    assert_eq!(
+        b.cancel_job(&jid("q", 2), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        errand_core::broker::Cancelled::Scheduled,
+        "{n}"
+    );
+    let s = b.batch_status("b1").await.unwrap().unwrap();
+    assert_eq!((s.pending, s.dead), (0, 2), "{n}");
+    assert!(
+        s.complete_at.is_some(),
+        "{n}: completes without the cancelled jobs"
+    );
+    assert_eq!(
+        inspect.queue("callbacks").await.len(),
+        2,
+        "{n}: death and complete"
+    );
+    assert!(inspect.queue("q").await.is_empty(), "{n}");
+}

@@ -93,6 +93,7 @@ macro_rules! conformance_tests {
             batches_are_listed_and_paged,
             completed_batches_expire,
             batch_ignores_records_no_attempt_can_make,
+            cancelling_a_waiting_batch_job_counts_it_dead,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

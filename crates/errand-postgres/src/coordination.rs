@@ -584,6 +584,8 @@ impl Coordination for PostgresBroker {
                 .await
                 .map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)?;
+            // A waiting job of a batch will not run: it is dead to its batch.
+            errand_core::broker::record_removed(self, &payload).await?;
             return Ok(match st {
                 state::SCHEDULE => Cancelled::Scheduled,
                 state::RETRY => Cancelled::Retrying,

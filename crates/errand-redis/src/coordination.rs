@@ -420,6 +420,7 @@ impl Coordination for RedisBroker {
                             .await
                             .map_err(|e| self.fail(e))?;
                         if n > 0 {
+                            errand_core::broker::record_removed(self, member).await?;
                             return Ok(found);
                         }
                     }
@@ -458,6 +459,7 @@ impl Coordination for RedisBroker {
                         .await
                         .map_err(|e| self.fail(e))?;
                     if n > 0 {
+                        errand_core::broker::record_removed(self, raw).await?;
                         return Ok(Cancelled::Queued(queue));
                     }
                 }

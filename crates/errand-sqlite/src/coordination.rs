@@ -419,59 +419,66 @@ impl Coordination for SqliteBroker {
     async fn cancel_job(&self, jid: &str, keep: Duration) -> BrokerResult<Cancelled> {
         let jid = jid.to_string();
         let until = now() + keep.as_secs_f64();
-        self.write(move |tx| {
-            let at = now();
-            tx.execute("DELETE FROM cancels WHERE expires_at <= ?1", [at])?;
-            tx.execute(
-                "INSERT INTO cancels(jid, expires_at) VALUES (?1, ?2)
+        let (found, removed) = self
+            .write(move |tx| {
+                let at = now();
+                tx.execute("DELETE FROM cancels WHERE expires_at <= ?1", [at])?;
+                tx.execute(
+                    "INSERT INTO cancels(jid, expires_at) VALUES (?1, ?2)
                  ON CONFLICT(jid) DO UPDATE SET expires_at = excluded.expires_at",
-                params![jid, until],
-            )?;
-            // One transaction: where the job is now, nothing moves meanwhile. `instr` narrows
-            // the rows read before each candidate's jid is checked for real.
-            let found: Option<(i64, i64, String)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, state, queue, payload FROM jobs
+                    params![jid, until],
+                )?;
+                // One transaction: where the job is now, nothing moves meanwhile. `instr` narrows
+                // the rows read before each candidate's jid is checked for real.
+                let found: Option<(i64, i64, String, String)> = {
+                    let mut stmt = tx.prepare(
+                        "SELECT id, state, queue, payload FROM jobs
                      WHERE state IN (?1, ?2, ?3) AND instr(payload, ?4) > 0",
+                    )?;
+                    let rows = stmt.query_map(
+                        params![state::QUEUED, state::SCHEDULE, state::RETRY, jid],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+                    )?;
+                    let mut found = None;
+                    for row in rows {
+                        let (id, st, queue, payload) = row?;
+                        if has_jid(&payload, &jid) {
+                            found = Some((id, st, queue, payload));
+                            break;
+                        }
+                    }
+                    found
+                };
+                if let Some((id, st, queue, payload)) = found {
+                    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+                    let where_ = match st {
+                        state::SCHEDULE => Cancelled::Scheduled,
+                        state::RETRY => Cancelled::Retrying,
+                        _ => Cancelled::Queued(queue),
+                    };
+                    return Ok((where_, Some(payload)));
+                }
+                let mut stmt = tx.prepare(
+                    "SELECT w.identity, w.json FROM work w JOIN processes p USING (identity)
+                 WHERE p.expires_at > ?1 AND instr(w.json, ?2) > 0",
                 )?;
-                let rows = stmt.query_map(
-                    params![state::QUEUED, state::SCHEDULE, state::RETRY, jid],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
-                )?;
-                let mut found = None;
+                let rows = stmt.query_map(params![at, jid], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
                 for row in rows {
-                    let (id, st, queue, payload) = row?;
-                    if has_jid(&payload, &jid) {
-                        found = Some((id, st, queue));
-                        break;
+                    let (identity, json) = row?;
+                    if work_has_jid(&json, &jid) {
+                        return Ok((Cancelled::Running(identity), None));
                     }
                 }
-                found
-            };
-            if let Some((id, st, queue)) = found {
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
-                return Ok(match st {
-                    state::SCHEDULE => Cancelled::Scheduled,
-                    state::RETRY => Cancelled::Retrying,
-                    _ => Cancelled::Queued(queue),
-                });
-            }
-            let mut stmt = tx.prepare(
-                "SELECT w.identity, w.json FROM work w JOIN processes p USING (identity)
-                 WHERE p.expires_at > ?1 AND instr(w.json, ?2) > 0",
-            )?;
-            let rows = stmt.query_map(params![at, jid], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            for row in rows {
-                let (identity, json) = row?;
-                if work_has_jid(&json, &jid) {
-                    return Ok(Cancelled::Running(identity));
-                }
-            }
-            Ok(Cancelled::NotFound)
-        })
-        .await
+                Ok((Cancelled::NotFound, None))
+            })
+            .await?;
+        // After the commit: a waiting job of a batch will not run, so it is dead to its batch.
+        if let Some(raw) = removed {
+            errand_core::broker::record_removed(self, &raw).await?;
+        }
+        Ok(found)
     }
 
     async fn cancelled(&self, jids: &[&str]) -> BrokerResult<Vec<bool>> {

@@ -527,33 +527,18 @@ pub async fn apply(
     // A job of a batch that will not run now (deleted from the retries or the schedule, or
     // killed) is dead to its batch, which would otherwise wait for it forever.
     if done && set != SetName::Dead {
-        record_removed(admin, cfg.profile, raw).await?;
+        record_removed(admin, raw).await?;
     }
     Ok(done)
 }
 
 /// Records the job `raw`, taken out of the way by a person, as dead in its batch (if it is in
 /// one and the backend has batches).
-async fn record_removed(admin: &dyn Admin, profile: WireProfile, raw: &str) -> BrokerResult<()> {
-    let Some(coordination) = admin.coordination().filter(|c| c.capabilities().batches) else {
-        return Ok(());
-    };
-    let Ok(p) = Payload::parse(raw) else {
-        return Ok(());
-    };
-    let Some(bid) = crate::batch::bid_of(&p) else {
-        return Ok(());
-    };
-    let enqueued_at = profile.encode(errand_core::now()).to_string();
-    coordination
-        .batch_record(errand_core::broker::BatchRecord {
-            bid,
-            member: p.jid(),
-            outcome: errand_core::broker::BatchOutcome::Died,
-            enqueued_at: &enqueued_at,
-        })
-        .await?;
-    Ok(())
+async fn record_removed(admin: &dyn Admin, raw: &str) -> BrokerResult<()> {
+    match admin.coordination() {
+        Some(c) => errand_core::broker::record_removed(c, raw).await,
+        None => Ok(()),
+    }
 }
 
 /// Sidekiq's rule for a manual retry: the failure that follows counts again, so one is taken

@@ -58,7 +58,7 @@ use std::time::Duration;
 pub use errand_core::broker::FailurePolicy;
 
 /// The payload key of a job's batch id (Sidekiq Pro's name).
-pub const BID: &str = "bid";
+pub const BID: &str = errand_core::broker::BID_KEY;
 /// The payload key that marks a batch callback: `{"bid": "...", "event": "complete"}`.
 pub const CALLBACK: &str = "errand_callback";
 /// The payload key of a workflow step: `{"step": "parse", "parents": {"fetch": "<jid>"}}`.

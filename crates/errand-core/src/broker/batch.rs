@@ -43,6 +43,46 @@ use std::time::Duration;
 /// batch is sealed.
 pub const BUILDING: &str = "building";
 
+/// The payload key of a job's batch id (Sidekiq Pro's name).
+pub const BID_KEY: &str = "bid";
+
+/// The batch job `raw` belongs to: its `bid`, when it parses and has a non-empty one.
+pub fn batch_of(raw: &str) -> Option<(String, String)> {
+    let p = crate::Payload::parse(raw).ok()?;
+    let bid = p
+        .get(BID_KEY)?
+        .as_str()
+        .filter(|b| !b.is_empty())?
+        .to_string();
+    Some((bid, p.jid().to_string()))
+}
+
+/// Records job `raw`, taken out of the way unrun by a person (cancelled while it waited,
+/// deleted from the retries or the schedule, killed), as dead in its batch, so the batch does
+/// not wait for it forever. Does nothing for a job outside any batch or on a backend without
+/// batches. A callback this fires is stamped in Sidekiq 6/7's float seconds (read by every
+/// version).
+pub async fn record_removed<C: super::Coordination + ?Sized>(
+    c: &C,
+    raw: &str,
+) -> crate::BrokerResult<()> {
+    if !c.capabilities().batches {
+        return Ok(());
+    }
+    let Some((bid, jid)) = batch_of(raw) else {
+        return Ok(());
+    };
+    let enqueued_at = crate::WireProfile::V7.encode(crate::now()).to_string();
+    c.batch_record(BatchRecord {
+        bid: &bid,
+        member: &jid,
+        outcome: BatchOutcome::Died,
+        enqueued_at: &enqueued_at,
+    })
+    .await?;
+    Ok(())
+}
+
 /// The member name of child batch `bid` in its parent.
 pub fn child_member(bid: &str) -> String {
     format!("child:{bid}")

@@ -26,9 +26,9 @@ mod queue;
 
 pub use crate::error::BrokerResult;
 pub use batch::{
-    BATCH_KEEP, BATCH_MAX_AGE, BUILDING, BatchCallback, BatchEvent, BatchFired, BatchOutcome,
-    BatchRecord, BatchStatus, FailurePolicy, JobHead, MemberState, NewBatch, WaitingStep,
-    child_member,
+    BATCH_KEEP, BATCH_MAX_AGE, BID_KEY, BUILDING, BatchCallback, BatchEvent, BatchFired,
+    BatchOutcome, BatchRecord, BatchStatus, FailurePolicy, JobHead, MemberState, NewBatch,
+    WaitingStep, batch_of, child_member, record_removed,
 };
 pub use coordination::{
     CANCEL_MARK_TTL, Cancelled, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion,

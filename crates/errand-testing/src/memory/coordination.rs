@@ -327,32 +327,44 @@ impl Coordination for MemoryBroker {
 
     async fn cancel_job(&self, jid: &str, keep: Duration) -> BrokerResult<Cancelled> {
         let now = (self.clock)();
-        let mut state = self.state();
-        state.cancels.retain(|_, until| *until > now);
-        state
-            .cancels
-            .insert(jid.to_string(), now + keep.as_secs_f64());
-        for (set, found) in [
-            (SetName::Scheduled, Cancelled::Scheduled),
-            (SetName::Retry, Cancelled::Retrying),
-        ] {
-            if let Some(zset) = state.sets.get_mut(set.key()) {
-                let member = zset
-                    .entries()
-                    .into_iter()
-                    .find(|(_, raw)| has_jid(raw, jid));
-                if let Some((_, raw)) = member {
-                    zset.remove(&raw);
-                    return Ok(found);
+        // Where it waited, and the job removed; the lock is let go before its batch is told.
+        let removed: Option<(Cancelled, String)> = {
+            let mut state = self.state();
+            state.cancels.retain(|_, until| *until > now);
+            state
+                .cancels
+                .insert(jid.to_string(), now + keep.as_secs_f64());
+            let mut removed = None;
+            for (set, found) in [
+                (SetName::Scheduled, Cancelled::Scheduled),
+                (SetName::Retry, Cancelled::Retrying),
+            ] {
+                if let Some(zset) = state.sets.get_mut(set.key()) {
+                    let member = zset
+                        .entries()
+                        .into_iter()
+                        .find(|(_, raw)| has_jid(raw, jid));
+                    if let Some((_, raw)) = member {
+                        zset.remove(&raw);
+                        removed = Some((found, raw));
+                        break;
+                    }
                 }
             }
-        }
-        for (name, list) in &mut state.queues {
-            if let Some(at) = list.iter().position(|raw| has_jid(raw, jid)) {
-                list.remove(at);
-                return Ok(Cancelled::Queued(name.clone()));
+            if removed.is_none() {
+                removed = state.queues.iter_mut().find_map(|(name, list)| {
+                    let at = list.iter().position(|raw| has_jid(raw, jid))?;
+                    list.remove(at)
+                        .map(|raw| (Cancelled::Queued(name.clone()), raw))
+                });
             }
+            removed
+        };
+        if let Some((found, raw)) = removed {
+            errand_core::broker::record_removed(self, &raw).await?;
+            return Ok(found);
         }
+        let state = self.state();
         let running = state
             .beats
             .iter()
