@@ -674,8 +674,17 @@ impl Workflow {
             now.push(Enqueue { queue, payload });
         }
         let order: Vec<&str> = order.iter().map(String::as_str).collect();
-        client.broker().batch_add(&bid, &order, &now, &[]).await?;
-        record_member(client, &bid, BUILDING, BatchOutcome::Succeeded).await?;
+        // With waiting steps (pending members from the creation on) the workflow is sealed
+        // before its roots are pushed: it cannot complete in between, and once a root runs
+        // the workflow is whole, so a crash between two of these steps never leaves running
+        // steps in a workflow that cannot complete. Without any, it is a plain batch.
+        if waiting.is_empty() {
+            client.broker().batch_add(&bid, &order, &now, &[]).await?;
+            record_member(client, &bid, BUILDING, BatchOutcome::Succeeded).await?;
+        } else {
+            record_member(client, &bid, BUILDING, BatchOutcome::Succeeded).await?;
+            client.broker().batch_add(&bid, &order, &now, &[]).await?;
+        }
         Ok(WorkflowRun {
             id: bid,
             steps: jids,
