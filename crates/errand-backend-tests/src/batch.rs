@@ -848,3 +848,43 @@ pub async fn cancelling_a_waiting_batch_job_counts_it_dead(f: &impl BackendFacto
     );
     assert!(inspect.queue("q").await.is_empty(), "{n}");
 }
+
+/// Many records in one call apply in order, each as alone: a repeated one changes nothing, and
+/// the one that completes the batch reports its callbacks.
+pub async fn batch_records_in_one_call_apply_in_order(f: &impl BackendFactory) {
+    let TestBackend { broker, inspect } = f.new_backend().await;
+    let b = &*broker;
+    let n = f.name();
+    let cbs = callbacks(&[BatchEvent::Complete, BatchEvent::Success]);
+    b.batch_create(&new_batch("b1", &cbs)).await.unwrap();
+    add(b, "b1", "q", &[1, 2]).await;
+    let (j1, j2) = (jid("q", 1), jid("q", 2));
+    let records = [
+        (BUILDING, BatchOutcome::Succeeded),
+        (j1.as_str(), BatchOutcome::Succeeded),
+        (j1.as_str(), BatchOutcome::Succeeded),
+        (j2.as_str(), BatchOutcome::Failed),
+        (j2.as_str(), BatchOutcome::Succeeded),
+    ]
+    .map(|(member, outcome)| BatchRecord {
+        bid: "b1",
+        member,
+        outcome,
+        enqueued_at: AT,
+    });
+    let out = b.batch_record_many(&records).await.unwrap();
+    let none = BatchFired::default();
+    assert_eq!(out.len(), 5, "{n}");
+    assert_eq!(
+        &out[..4],
+        &[none.clone(), none.clone(), none.clone(), none],
+        "{n}"
+    );
+    assert_eq!(
+        out[4].callbacks,
+        fired(&[("b1", BatchEvent::Complete), ("b1", BatchEvent::Success)]),
+        "{n}"
+    );
+    assert_eq!(inspect.queue("callbacks").await.len(), 2, "{n}");
+    assert!(b.batch_record_many(&[]).await.unwrap().is_empty(), "{n}");
+}

@@ -94,6 +94,7 @@ macro_rules! conformance_tests {
             completed_batches_expire,
             batch_ignores_records_no_attempt_can_make,
             cancelling_a_waiting_batch_job_counts_it_dead,
+            batch_records_in_one_call_apply_in_order,
             coordination_capabilities_are_all_there,
             rate_limits_count_and_refuse,
             rate_window_frees_as_uses_age,

@@ -1,6 +1,6 @@
 //! Errand's PostgreSQL backend. [`PostgresBroker`] implements the whole contract — the hot
 //! path, the fleet duties, every coordination primitive and the admin side — and passes the
-//! shared conformance suites (68 broker cases and 21 admin cases) on a server the tests
+//! shared conformance suites (69 broker cases and 21 admin cases) on a server the tests
 //! start. Still to come (issue 15): `errand`'s re-export and the CLI's `--postgres`,
 //! transactional enqueue on a `tokio_postgres::Transaction`, the crash tests, and the
 //! benchmark against graphile-worker and pg-boss.

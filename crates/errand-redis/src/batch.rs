@@ -94,39 +94,39 @@ impl RedisBroker {
         Ok(())
     }
 
-    pub(crate) async fn record_in_batch(&self, r: BatchRecord<'_>) -> BrokerResult<BatchFired> {
-        let outcome = match r.outcome {
-            BatchOutcome::Succeeded => "succeeded",
-            BatchOutcome::Failed => "failed",
-            BatchOutcome::Died => "died",
-        };
-        let mut inv = self.batch_script("record");
-        inv.arg(r.bid).arg(r.member).arg(outcome).arg(r.enqueued_at);
-        let out: Vec<redis::Value> = inv
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        let text = |v: &redis::Value| -> String {
-            redis::from_redis_value::<String>(v.clone()).unwrap_or_default()
-        };
-        let int = |v: Option<&redis::Value>| -> usize {
-            v.and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-                .unwrap_or(0)
-                .max(0) as usize
-        };
-        let mut fired = BatchFired {
-            released: int(out.first()),
-            cancelled: int(out.get(1)),
-            callbacks: Vec::new(),
-        };
-        for pair in out.get(2..).unwrap_or_default().chunks(2) {
-            if let [bid, event] = pair
-                && let Some(event) = BatchEvent::parse(&text(event))
-            {
-                fired.callbacks.push((text(bid), event));
+    pub(crate) async fn record_in_batch(
+        &self,
+        records: &[BatchRecord<'_>],
+    ) -> BrokerResult<Vec<BatchFired>> {
+        let mut all = Vec::with_capacity(records.len());
+        // One script run per group of records sharing an `enqueued_at` (a server's batch
+        // shares one), at most 1,000 records a run.
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .take(1_000)
+                .take_while(|r| r.enqueued_at == first.enqueued_at)
+                .count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let mut inv = self.batch_script("record");
+            inv.arg(first.enqueued_at);
+            for r in group {
+                let outcome = match r.outcome {
+                    BatchOutcome::Succeeded => "succeeded",
+                    BatchOutcome::Failed => "failed",
+                    BatchOutcome::Died => "died",
+                };
+                inv.arg(r.bid).arg(r.member).arg(outcome);
             }
+            let out: Vec<Vec<redis::Value>> = inv
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            all.extend(out.iter().map(|one| fired(one)));
         }
-        Ok(fired)
+        Ok(all)
     }
 
     pub(crate) async fn batch_state(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
@@ -262,4 +262,29 @@ impl RedisBroker {
         members.sort();
         Ok(members.into_iter().skip(offset).take(limit).collect())
     }
+}
+
+/// One record's answer from `batch.lua`: released, cancelled, then (bid, event) pairs.
+fn fired(out: &[redis::Value]) -> BatchFired {
+    let text = |v: &redis::Value| -> String {
+        redis::from_redis_value::<String>(v.clone()).unwrap_or_default()
+    };
+    let int = |v: Option<&redis::Value>| -> usize {
+        v.and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+            .unwrap_or(0)
+            .max(0) as usize
+    };
+    let mut fired = BatchFired {
+        released: int(out.first()),
+        cancelled: int(out.get(1)),
+        callbacks: Vec::new(),
+    };
+    for pair in out.get(2..).unwrap_or_default().chunks(2) {
+        if let [bid, event] = pair
+            && let Some(event) = BatchEvent::parse(&text(event))
+        {
+            fired.callbacks.push((text(bid), event));
+        }
+    }
+    fired
 }

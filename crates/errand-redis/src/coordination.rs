@@ -534,7 +534,18 @@ impl Coordination for RedisBroker {
     }
 
     async fn batch_record(&self, record: BatchRecord<'_>) -> BrokerResult<BatchFired> {
-        self.record_in_batch(record).await
+        Ok(self
+            .record_in_batch(&[record])
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    async fn batch_record_many(
+        &self,
+        records: &[BatchRecord<'_>],
+    ) -> BrokerResult<Vec<BatchFired>> {
+        self.record_in_batch(records).await
     }
 
     async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {

@@ -452,6 +452,20 @@ pub trait Coordination: Send + Sync + 'static {
         unsupported("batches")
     }
 
+    /// Records many outcomes, in order, each as [`Coordination::batch_record`] would (each one
+    /// atomic step; a backend may apply them all in one). Returns what each caused, in order.
+    /// Servers record the outcomes of many attempts this way, in one round trip.
+    async fn batch_record_many(
+        &self,
+        records: &[BatchRecord<'_>],
+    ) -> BrokerResult<Vec<BatchFired>> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(self.batch_record(*r).await?);
+        }
+        Ok(out)
+    }
+
     /// Batch `bid`'s state, if it exists.
     async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
         let _ = bid;

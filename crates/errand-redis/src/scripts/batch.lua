@@ -20,8 +20,9 @@
 --           Returns 1 (created), 0 (it existed) or -1 (the parent is gone or complete).
 --   add:    bid, n now, (jid, queue, payload) * n, m later, (jid, score, payload) * m.
 --           Returns 1, or -1 (the batch is gone or complete; nothing stored).
---   record: bid, member, outcome (succeeded | failed | died), enqueued_at.
---           Returns {released, cancelled, bid1, event1, bid2, event2, ...}.
+--   record: enqueued_at, then (bid, member, outcome: succeeded | failed | died) * n, applied
+--           in order. Returns one {released, cancelled, bid1, event1, bid2, event2, ...} per
+--           record.
 local op, P, QP, QS, INDEX, SCHEDULE = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local SUFFIXES = {':pending', ':failed', ':dead', ':cancelled', ':waiting', ':steps', ':next'}
 
@@ -160,8 +161,8 @@ if op == 'add' then
 end
 
 -- record
-local AT = ARGV[10]
-local out = {0, 0}
+local AT = ARGV[7]
+local out
 
 local function fire(bid, event)
   local head = redis.call('HGET', k(bid), 'cb:' .. event)
@@ -289,5 +290,10 @@ record = function(bid, member, outcome)
   settle(bid)
 end
 
-record(ARGV[7], ARGV[8], ARGV[9])
-return out
+local all = {}
+for i = 8, #ARGV, 3 do
+  out = {0, 0}
+  record(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  all[#all + 1] = out
+end
+return all

@@ -118,9 +118,11 @@ impl Server {
         let identity = errand_core::id::new_identity();
         let info = info_json(&identity, &parts.config, (parts.clock)());
         let completer = Completer::new(parts.broker.clone(), identity.clone());
+        let recorder = super::batch::Recorder::new(parts.broker.clone());
         Self {
             shared: Arc::new(Shared {
                 completer,
+                recorder,
                 clock_offset_us: AtomicI64::new(0),
                 parts,
                 identity,

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub metrics: Mutex<HashMap<String, ClassMetrics>>,
     /// Writes every finished attempt's outcome to the backend, in batches.
     pub completer: Completer,
+    /// Groups the batch records of attempts (written before their completions).
+    pub recorder: super::batch::Recorder,
     /// The backend's clock minus this server's, in microseconds ([`Shared::sync_clock`]).
     pub clock_offset_us: AtomicI64,
 }
