@@ -163,6 +163,33 @@ end
 -- record
 local AT = ARGV[7]
 local out
+-- What one run learns about a batch once and keeps up to date itself (a run is atomic, and
+-- records neither create nor delete a batch, nor add steps): whether it exists, whether it is
+-- a workflow, how many members are pending, whether any member has failed.
+local memo = {}
+local function facts(bid)
+  local f = memo[bid]
+  if not f then
+    f = {exists = redis.call('EXISTS', k(bid)) == 1}
+    if f.exists then
+      f.workflow = redis.call('EXISTS', k(bid, ':next')) == 1
+      f.pending = redis.call('SCARD', k(bid, ':pending'))
+      f.failed = redis.call('EXISTS', k(bid, ':failed')) == 1
+    end
+    memo[bid] = f
+  end
+  return f
+end
+
+-- Removes `member` from pending, keeping the count. True when it was there.
+local function unpend(bid, member)
+  if redis.call('SREM', k(bid, ':pending'), member) == 1 then
+    local f = facts(bid)
+    f.pending = f.pending - 1
+    return true
+  end
+  return false
+end
 
 local function fire(bid, event)
   local head = redis.call('HGET', k(bid), 'cb:' .. event)
@@ -175,6 +202,9 @@ end
 
 -- The waiting steps that needed `member` and nothing else still are pushed.
 local function release(bid, member)
+  if not facts(bid).workflow then
+    return
+  end
   local next = redis.call('HGET', k(bid, ':next'), member)
   if not next then
     return
@@ -193,14 +223,14 @@ end
 
 local function cancel_step(bid, step)
   redis.call('HDEL', k(bid, ':waiting'), step)
-  redis.call('SREM', k(bid, ':pending'), step)
+  unpend(bid, step)
   join(bid, ':cancelled', step)
   out[2] = out[2] + 1
 end
 
 -- Cancels waiting steps after `member` died: all of them, or those that need it.
 local function cancel(bid, member)
-  if redis.call('HLEN', k(bid, ':waiting')) == 0 then
+  if not facts(bid).workflow or redis.call('HLEN', k(bid, ':waiting')) == 0 then
     return
   end
   if redis.call('HGET', k(bid), 'policy') == 'cancel_all' then
@@ -228,7 +258,7 @@ local record
 -- After a change: complete and success, each the first time, and the parent's record.
 local function settle(bid)
   local meta = k(bid)
-  if redis.call('SCARD', k(bid, ':pending')) > 0 then
+  if facts(bid).pending > 0 then
     return
   end
   local t = tostring(now())
@@ -255,32 +285,37 @@ local function settle(bid)
 end
 
 record = function(bid, member, outcome)
-  if redis.call('EXISTS', k(bid)) == 0 then
+  local f = facts(bid)
+  if not f.exists then
     return
   end
   -- No attempt ends a step not pushed yet, and only a success seals a batch.
   if (member == 'building' and outcome ~= 'succeeded')
-      or redis.call('HEXISTS', k(bid, ':waiting'), member) == 1 then
+      or (f.workflow and redis.call('HEXISTS', k(bid, ':waiting'), member) == 1) then
     return
   end
-  local pending = k(bid, ':pending')
   if outcome == 'succeeded' then
-    if redis.call('SREM', pending, member) == 1 then
-      redis.call('SREM', k(bid, ':failed'), member)
+    if unpend(bid, member) then
+      if f.failed then
+        redis.call('SREM', k(bid, ':failed'), member)
+      end
     elseif redis.call('SREM', k(bid, ':dead'), member) == 0 then
       return
     end
     release(bid, member)
   elseif outcome == 'failed' then
-    if redis.call('SISMEMBER', pending, member) == 1 then
+    if redis.call('SISMEMBER', k(bid, ':pending'), member) == 1 then
       join(bid, ':failed', member)
+      f.failed = true
     end
     return
   else
-    if redis.call('SREM', pending, member) == 0 then
+    if not unpend(bid, member) then
       return
     end
-    redis.call('SREM', k(bid, ':failed'), member)
+    if f.failed then
+      redis.call('SREM', k(bid, ':failed'), member)
+    end
     join(bid, ':dead', member)
     if redis.call('HSETNX', k(bid), 'death_at', tostring(now())) == 1 then
       fire(bid, 'death')
