@@ -642,6 +642,42 @@ impl Coordination for SqliteBroker {
         Ok(fired)
     }
 
+    /// All the records in one transaction (SQLite has one writer, so this orders nothing
+    /// differently and saves a commit per record).
+    async fn batch_record_many(
+        &self,
+        records: &[BatchRecord<'_>],
+    ) -> BrokerResult<Vec<BatchFired>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<batch::Record> = records
+            .iter()
+            .map(|r| batch::Record {
+                bid: r.bid.to_string(),
+                member: r.member.to_string(),
+                outcome: r.outcome,
+                enqueued_at: r.enqueued_at.to_string(),
+            })
+            .collect();
+        let fired = self
+            .write(move |tx| {
+                let at = now();
+                records
+                    .iter()
+                    .map(|r| batch::record(tx, r, at))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        if fired
+            .iter()
+            .any(|f| f.released > 0 || !f.callbacks.is_empty())
+        {
+            self.notify_pushed();
+        }
+        Ok(fired)
+    }
+
     async fn batch_status(&self, bid: &str) -> BrokerResult<Option<BatchStatus>> {
         let bid = bid.to_string();
         self.with(move |conn| batch::get(conn, &bid, now())).await
