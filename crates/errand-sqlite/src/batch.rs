@@ -10,8 +10,9 @@ use crate::rows::{add_member, enqueue};
 use crate::schema::{member, state};
 use errand_core::broker::batch::close_head;
 use errand_core::broker::{
-    BATCH_MAX_AGE, BUILDING, BatchCallback, BatchEvent, BatchFired, BatchOutcome, BatchStatus,
-    Enqueue, FailurePolicy, MemberState, NewBatch, ScheduledJob, WaitingStep, child_member,
+    BATCH_MAX_AGE, BUILDING, BatchEvent, BatchFired, BatchOutcome, BatchStatus, Enqueue,
+    FailurePolicy, MemberState, NewBatch, ScheduledJob, WaitingStep, child_member,
+    decode_callbacks, encode_callbacks,
 };
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
@@ -86,39 +87,6 @@ fn steps(waiting: &[WaitingStep]) -> Vec<Step> {
         });
     }
     out
-}
-
-/// The callbacks as stored: a JSON array of `{"event", "queue", "head"}`.
-fn encode_callbacks(callbacks: &[BatchCallback]) -> String {
-    serde_json::Value::Array(
-        callbacks
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "event": c.event.as_str(),
-                    "queue": c.job.queue,
-                    "head": c.job.head,
-                })
-            })
-            .collect(),
-    )
-    .to_string()
-}
-
-/// The stored callbacks as (event, queue, head), in creation order; entries that do not read
-/// are left out.
-fn decode_callbacks(text: &str) -> Vec<(BatchEvent, String, String)> {
-    let entries: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
-    entries
-        .iter()
-        .filter_map(|e| {
-            Some((
-                BatchEvent::parse(e.get("event")?.as_str()?)?,
-                e.get("queue")?.as_str()?.to_string(),
-                e.get("head")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 /// Deletes batch `bid` with its members and edges.

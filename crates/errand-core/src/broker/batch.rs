@@ -83,6 +83,39 @@ pub async fn record_removed<C: super::Coordination + ?Sized>(
     Ok(())
 }
 
+/// Callbacks as the SQL backends store them: a JSON array of `{"event", "queue", "head"}`.
+pub fn encode_callbacks(callbacks: &[BatchCallback]) -> String {
+    serde_json::Value::Array(
+        callbacks
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "event": c.event.as_str(),
+                    "queue": c.job.queue,
+                    "head": c.job.head,
+                })
+            })
+            .collect(),
+    )
+    .to_string()
+}
+
+/// Callbacks stored by [`encode_callbacks`], as (event, queue, head) in creation order; entries
+/// that do not read are left out.
+pub fn decode_callbacks(text: &str) -> Vec<(BatchEvent, String, String)> {
+    let entries: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
+    entries
+        .iter()
+        .filter_map(|e| {
+            Some((
+                BatchEvent::parse(e.get("event")?.as_str()?)?,
+                e.get("queue")?.as_str()?.to_string(),
+                e.get("head")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// The member name of child batch `bid` in its parent.
 pub fn child_member(bid: &str) -> String {
     format!("child:{bid}")

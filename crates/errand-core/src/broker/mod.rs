@@ -28,7 +28,7 @@ pub use crate::error::BrokerResult;
 pub use batch::{
     BATCH_KEEP, BATCH_MAX_AGE, BID_KEY, BUILDING, BatchCallback, BatchEvent, BatchFired,
     BatchOutcome, BatchRecord, BatchStatus, FailurePolicy, JobHead, MemberState, NewBatch,
-    WaitingStep, batch_of, child_member, record_removed,
+    WaitingStep, batch_of, child_member, decode_callbacks, encode_callbacks, record_removed,
 };
 pub use coordination::{
     CANCEL_MARK_TTL, Cancelled, Capabilities, Coordination, FENCE_GRACE, OnceClaim, OnceCompletion,
