@@ -118,7 +118,7 @@ impl Server {
         let identity = errand_core::id::new_identity();
         let info = info_json(&identity, &parts.config, (parts.clock)());
         let completer = Completer::new(parts.broker.clone(), identity.clone());
-        let recorder = super::batch::Recorder::new(parts.broker.clone());
+        let recorder = super::recorder::Recorder::new(parts.broker.clone());
         Self {
             shared: Arc::new(Shared {
                 completer,

@@ -2,7 +2,8 @@
 //!
 //! Module map (after Sidekiq): `launcher` runs everything and shuts down, `manager` fetches
 //! and dispatches jobs, `processor` runs one job, `retry` decides what a failure leads to,
-//! `completer` writes every outcome to the backend in batches, `scheduler` moves due jobs to
+//! `completer` writes every outcome to the backend in batches, `batch` records each outcome in
+//! the job's batch first (grouped by `recorder`), `scheduler` moves due jobs to
 //! their queues and recovers dead processes' jobs, `heartbeat` reports the process and its
 //! stats; `state` holds what they share. Each part imports `state`, none imports the
 //! launcher.
@@ -16,6 +17,7 @@ mod launcher;
 mod manager;
 mod periodic;
 mod processor;
+mod recorder;
 mod retry;
 mod scheduler;
 mod state;

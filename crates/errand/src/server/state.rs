@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     /// Writes every finished attempt's outcome to the backend, in batches.
     pub completer: Completer,
     /// Groups the batch records of attempts (written before their completions).
-    pub recorder: super::batch::Recorder,
+    pub recorder: super::recorder::Recorder,
     /// The backend's clock minus this server's, in microseconds ([`Shared::sync_clock`]).
     pub clock_offset_us: AtomicI64,
 }
