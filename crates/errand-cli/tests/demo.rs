@@ -22,13 +22,14 @@ fn demo(args: &[&str]) -> String {
 fn assert_summary(out: &str) {
     for expected in [
         "Enqueued 336 jobs",
-        "processed         335 ok: 12 welcome emails (2 skipped: user deleted), 20 orders, 3 inventory syncs, 300 export chunks",
+        "processed         336 ok: 12 welcome emails (2 skipped: user deleted), 20 orders, 3 inventory syncs, 300 export chunks, 1 batch report",
+        "batch      inventory sync success: 3 of 3 SKUs synced, 0 pending -> report sent once",
         "dead              1 job(s); 1 alert(s) raised by the death handler",
         "payments          20 orders charged once each; 3 retried charge(s) deduplicated by idempotency key",
         "ALERT      ImportLegacyFeed",
         "SKU-2 synced on attempt 3",
         "user 9 was deleted before the job ran",
-        "336/336 done | 0 queued | 0 retrying | 0 scheduled | 1 dead",
+        "337/337 done | 0 queued | 0 retrying | 0 scheduled | 1 dead",
         "exported          300000 rows",
         "Dashboard: http://127.0.0.1:",
     ] {

@@ -14,7 +14,9 @@ use crate::backend::Backend;
 use errand::admin::{Admin, SetName};
 use errand::broker::Broker;
 use errand::{Client, Server};
-use shop::{BulkExport, ImportLegacyFeed, ProcessOrder, SyncInventory, WelcomeEmail};
+use shop::{
+    BulkExport, ImportLegacyFeed, InventoryReport, ProcessOrder, SyncInventory, WelcomeEmail,
+};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,13 +194,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             cents: 1_500 + 250 * i,
         }))
         .await?;
-    client
+    // The inventory syncs are one batch: its report runs once, after the last SKU synced.
+    let inventory = errand::Batch::new(&client)
+        .description("inventory sync")
+        .on_success(InventoryReport)
+        .open()
+        .await?;
+    inventory
         .push_bulk((1..=SKUS).map(|sku| SyncInventory { sku }))
         .await?;
+    inventory.seal().await?;
     client.push(ImportLegacyFeed { feed_id: 42 }).await?;
-    let total = (args.export_chunks + USERS + ORDERS + SKUS + 1) as usize;
+    let enqueued = (args.export_chunks + USERS + ORDERS + SKUS + 1) as usize;
+    // And the batch's callback, enqueued when the batch succeeds.
+    let total = enqueued + 1;
     println!(
-        "Enqueued {total} jobs: {} export chunks (bulk), {USERS} welcome emails (critical), {ORDERS} orders, {SKUS} inventory syncs, 1 feed import\n",
+        "Enqueued {enqueued} jobs: {} export chunks (bulk), {USERS} welcome emails (critical), {ORDERS} orders, {SKUS} inventory syncs (one batch, with a report when all succeed), 1 feed import\n",
         args.export_chunks
     );
 
@@ -212,7 +223,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .register::<SyncInventory>()
             .register::<ImportLegacyFeed>()
             .register::<BulkExport>()
-            .weighted_queues([("critical", 10), ("default", 5), ("bulk", 1)])
+            .register::<InventoryReport>()
+            .weighted_queues([
+                ("critical", 10),
+                ("callbacks", 5),
+                ("default", 5),
+                ("bulk", 1),
+            ])
             .concurrency(10)
             .data(shop.clone())
             .clear_middleware()
@@ -286,15 +303,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if interrupted { " (interrupted)" } else { "" },
         started.elapsed().as_secs_f64()
     );
-    println!("  enqueued          {total} jobs");
+    println!("  enqueued          {enqueued} jobs, and 1 batch callback");
     println!(
-        "  processed         {} ok: {} welcome emails ({} skipped: user deleted), {} orders, {} inventory syncs, {} export chunks",
+        "  processed         {} ok: {} welcome emails ({} skipped: user deleted), {} orders, {} inventory syncs, {} export chunks, {} batch report",
         shop.done_total(),
         shop.done_count("WelcomeEmail"),
         shop.skipped.load(Ordering::Relaxed),
         shop.done_count("ProcessOrder"),
         shop.done_count("SyncInventory"),
         shop.done_count("BulkExport"),
+        shop.done_count("InventoryReport"),
     );
     println!(
         "  failed attempts   {} (retried with backoff until they succeeded or ran out)",

@@ -216,6 +216,36 @@ impl Job for SyncInventory {
     }
 }
 
+/// The inventory batch's `on_success` callback: runs once, after the last SKU synced (however
+/// many retries they took), and reports from the batch's status.
+#[derive(Serialize, Deserialize)]
+pub struct InventoryReport;
+
+impl Job for InventoryReport {
+    const NAME: &'static str = "InventoryReport";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        let shop = Shop::from(cx)?;
+        shop.started(cx);
+        let (bid, event) = cx
+            .batch_callback()
+            .ok_or_else(|| JobError::dead("not a batch callback"))?;
+        let status = cx
+            .client()
+            .batch_status(&bid)
+            .await?
+            .ok_or_else(|| JobError::dead("the batch expired"))?;
+        shop.event(format!(
+            "  batch      inventory sync {}: {} of {} SKUs synced, {} pending -> report sent once",
+            event.as_str(),
+            status.total - status.pending - status.dead,
+            status.total,
+            status.pending
+        ));
+        shop.finished(Self::NAME);
+        Ok(())
+    }
+}
+
 /// Imports a partner's legacy feed, which is broken: it fails every time and ends in the dead
 /// set after its two retries, where the death handler raises an alert.
 #[derive(Serialize, Deserialize)]
