@@ -80,7 +80,7 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 /// What to say when Redis may evict Errand's keys: any `maxmemory-policy` but `noeviction`
-/// lets Redis delete keys under memory pressure, queues and in-flight lists included, and the
+/// lets Redis delete keys under memory pressure, queues and in-flight hashes included, and the
 /// jobs in them are gone. `None` for `noeviction`.
 pub fn eviction_warning(policy: &str) -> Option<String> {
     (policy != "noeviction").then(|| {

@@ -1,5 +1,5 @@
 //! A process's fleet duties on Redis ([`Fleet`]): Sidekiq's process set, heartbeat hash, work
-//! hashes and stat counters; Errand's registry of processes, whose in-flight lists a live
+//! hashes and stat counters; Errand's registry of processes, whose in-flight hashes a live
 //! process recovers when their heartbeat expires (one script per process).
 
 use crate::RedisBroker;
@@ -15,15 +15,15 @@ use std::time::Duration;
 /// Sidekiq keeps daily stat keys for five years.
 const DAILY_STAT_TTL: i64 = 5 * 365 * 24 * 3600;
 
-/// How often one process of the fleet looks for in-flight lists whose owner is neither
+/// How often one process of the fleet looks for in-flight hashes whose owner is neither
 /// registered nor alive (a SCAN over the keyspace, so one process per interval does it).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl RedisBroker {
-    /// The sweep that needs no registration: in-flight lists (`errand:inflight:*`, found with
+    /// The sweep that needs no registration: in-flight hashes (`errand:inflight:*`, found with
     /// SCAN, never KEYS) whose owner is neither registered nor beating go back to their queues,
     /// as a dead process's do. A process stopped without handing its jobs back leaves such
-    /// lists. At most once per [`SWEEP_EVERY`] across the fleet.
+    /// keys. At most once per [`SWEEP_EVERY`] across the fleet.
     async fn sweep_unregistered(
         &self,
         registered: &[(String, String)],
@@ -119,6 +119,7 @@ impl RedisBroker {
                 .arg(now)
                 .arg(now - limits.max_age.as_secs_f64())
                 .arg(limits.max_jobs)
+                .arg(crate::queue::BY_ENTRY)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.fail(e))?;
@@ -177,23 +178,23 @@ impl Fleet for RedisBroker {
         let mut out = Vec::new();
         for q in queues {
             let location = self.keys.inflight(identity, q);
-            let entries: Vec<String> = redis::cmd("LRANGE")
+            let fields: Vec<(u64, String)> = redis::cmd("HGETALL")
                 .arg(&location)
-                .arg(0)
-                .arg(-1)
                 .query_async(&mut self.connection())
                 .await
                 .map_err(|e| self.fail(e))?;
-            // The list's left end holds the newest fetched: oldest first is right to left.
-            out.extend(entries.iter().rev().map(|entry| {
-                let (token, raw) = crate::queue::parse_in_flight_entry(entry);
-                Fetched {
+            let mut held: Vec<Fetched> = fields
+                .into_iter()
+                .map(|(token, raw)| Fetched {
                     token,
                     queue: q.clone(),
-                    raw: raw.to_string(),
+                    raw,
                     location: location.clone(),
-                }
-            }));
+                })
+                .collect();
+            // Tokens grow with each fetch: oldest fetched first.
+            held.sort_by_key(|f| f.token);
+            out.extend(held);
         }
         Ok(out)
     }

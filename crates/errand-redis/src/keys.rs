@@ -95,17 +95,17 @@ impl Keys {
 
     // Errand's keys.
 
-    /// Every in-flight list starts with this (`errand:inflight:`, namespaced).
+    /// Every in-flight hash starts with this (`errand:inflight:`, namespaced).
     pub fn inflight_root(&self) -> String {
         self.key("errand:inflight:")
     }
 
-    /// The in-flight lists of `identity` share this prefix; add the queue name.
+    /// The in-flight hashes of `identity` share this prefix; add the queue name.
     pub fn inflight_prefix(&self, identity: &str) -> String {
         format!("{}errand:inflight:{identity}:", self.prefix)
     }
 
-    /// The in-flight list of `identity` for `queue`.
+    /// The in-flight hash of `identity` for `queue` (field: fencing token, value: job string).
     pub fn inflight(&self, identity: &str, queue: &str) -> String {
         format!("{}errand:inflight:{identity}:{queue}", self.prefix)
     }
@@ -130,7 +130,7 @@ impl Keys {
         self.key("errand:recoveries:")
     }
 
-    /// The fleet's turn to sweep for in-flight lists of unregistered processes (`SET NX PX`).
+    /// The fleet's turn to sweep for in-flight hashes of unregistered processes (`SET NX PX`).
     pub fn sweeper(&self) -> String {
         self.key("errand:sweeper")
     }

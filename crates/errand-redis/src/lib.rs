@@ -10,7 +10,8 @@
 //! work hashes and stats counters follow Sidekiq 6.4–8.x (see `docs/redis-layout.md`).
 //!
 //! What Sidekiq OSS lacks lives under Errand's own `errand:` namespace:
-//! - `errand:inflight:<identity>:<queue>`: reliable fetch's in-flight list per process and queue;
+//! - `errand:inflight:<identity>:<queue>`: reliable fetch's in-flight hash per process and queue
+//!   (field: the attempt's fencing token, value: the job string);
 //! - `errand:processes`: a hash from process identity to its `info` JSON, so a live process can
 //!   find and recover the in-flight jobs of one whose heartbeat expired.
 //!

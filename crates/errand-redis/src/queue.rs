@@ -1,6 +1,6 @@
 //! The hot path on Redis ([`JobQueue`]): queues are Sidekiq's `queue:<name>` lists; a fetch
-//! moves jobs into the process's in-flight list (`errand:inflight:<identity>:<queue>`) with a
-//! fencing token, in one script; completions go in one pipelined round trip.
+//! moves jobs into the process's in-flight hash (`errand:inflight:<identity>:<queue>`, field
+//! = fencing token) in one script; completions go in one round trip.
 
 use crate::RedisBroker;
 use crate::error::cmd_err;
@@ -25,28 +25,11 @@ const PUSH_CHUNK: usize = 1_000;
 /// How many due jobs one promote round moves.
 const PROMOTE_BATCH: isize = 100;
 
-/// A job's entry in its in-flight list: `<token>:<job string>`, so that only the attempt that
-/// fetched it can end it. Token 0 (an entry written before tokens were) is the job string.
-pub(crate) fn in_flight_entry(token: u64, raw: &[u8]) -> Vec<u8> {
-    if token == 0 {
-        return raw.to_vec();
-    }
-    let mut entry = format!("{token}:").into_bytes();
-    entry.extend_from_slice(raw);
-    entry
-}
-
-/// The token and the job string of an in-flight entry (token 0 when it has none).
-pub(crate) fn parse_in_flight_entry(entry: &str) -> (u64, &str) {
-    if let Some((digits, raw)) = entry.split_once(':')
-        && !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(token) = digits.parse()
-    {
-        return (token, raw);
-    }
-    (0, entry)
-}
+/// Where the settle script finds the job it ends: a field of an in-flight hash (named by the
+/// attempt's fencing token) or, for lists (the poison list), the entry itself.
+pub(crate) const BY_FIELD: &str = "field";
+/// See [`BY_FIELD`]: the job is an entry of a list.
+pub(crate) const BY_ENTRY: &str = "entry";
 
 impl RedisBroker {
     /// One run of the fetch script: up to `req.max` jobs into flight, each with its token.
@@ -89,7 +72,7 @@ impl RedisBroker {
         Ok(out)
     }
 
-    /// One settle: the job leaves its in-flight list and enters its set in one script (1 when
+    /// One settle: the job leaves its in-flight hash and enters its set in one script (1 when
     /// it was still held).
     fn settle_one(
         &self,
@@ -113,13 +96,14 @@ impl RedisBroker {
         let mut inv = scripts::SETTLE.prepare_invoke();
         inv.key(&job.location)
             .key(self.keys().set(set))
-            .arg(in_flight_entry(job.token, job.raw.as_bytes()))
+            .arg(job.token)
             .arg(payload)
             .arg(score);
         match trim {
             Some((before, max)) => inv.arg(before).arg(max),
             None => inv.arg("").arg(""),
         };
+        inv.arg(BY_FIELD);
         let mut conn = self.connection();
         async move { inv.invoke_async(&mut conn).await }
     }
@@ -200,11 +184,12 @@ impl RedisBroker {
         let _: i64 = scripts::SETTLE
             .key(location)
             .key(self.keys.set(SetName::Dead))
-            .arg(in_flight_entry(token, &bytes))
+            .arg(token)
             .arg(entry.to_json())
             .arg(now)
             .arg("")
             .arg("")
+            .arg(BY_FIELD)
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
@@ -286,30 +271,36 @@ impl JobQueue for RedisBroker {
         Ok(out)
     }
 
-    /// Acks are one pipeline of `LREM`s; each settle is one script, sent on the same
-    /// multiplexed connection at the same time, so a whole batch costs one round trip.
+    /// Acks are one run of the ack script (per in-flight hash, one `HMGET` and one `HDEL` for
+    /// the whole group); each settle is one script, sent on the same multiplexed connection at
+    /// the same time, so a whole batch costs one round trip.
     async fn complete_many(&self, batch: &[Completion<'_>]) -> BrokerResult<Vec<bool>> {
-        let mut pipe = redis::pipe();
-        let mut acks = Vec::new();
+        let mut by_key: BTreeMap<&str, Vec<(usize, u64)>> = BTreeMap::new();
         let mut settles = Vec::new();
         for (i, c) in batch.iter().enumerate() {
             match c {
-                Completion::Ack(job) => {
-                    pipe.cmd("LREM")
-                        .arg(&job.location)
-                        .arg(-1)
-                        .arg(in_flight_entry(job.token, job.raw.as_bytes()));
-                    acks.push(i);
-                }
+                Completion::Ack(job) => by_key
+                    .entry(job.location.as_str())
+                    .or_default()
+                    .push((i, job.token)),
                 Completion::Settle(job, to) => settles.push((i, self.settle_one(job, to))),
+            }
+        }
+        let mut inv = scripts::ACK.prepare_invoke();
+        let mut order = Vec::new();
+        for (key, acks) in &by_key {
+            inv.key(*key).arg(acks.len());
+            for (i, token) in acks {
+                inv.arg(*token);
+                order.push(*i);
             }
         }
         let mut conn = self.connection();
         let acked = async {
-            if acks.is_empty() {
+            if order.is_empty() {
                 Ok(Vec::new())
             } else {
-                pipe.query_async::<Vec<i64>>(&mut conn).await
+                inv.invoke_async::<Vec<i64>>(&mut conn).await
             }
         };
         let settled = futures::future::join_all(
@@ -319,7 +310,7 @@ impl JobQueue for RedisBroker {
         );
         let (acked, settled) = futures::join!(acked, settled);
         let mut held = vec![false; batch.len()];
-        for (i, removed) in acks.into_iter().zip(acked.map_err(|e| self.fail(e))?) {
+        for (i, removed) in order.into_iter().zip(acked.map_err(|e| self.fail(e))?) {
             held[i] = removed > 0;
         }
         for (i, moved) in settled {
@@ -332,7 +323,7 @@ impl JobQueue for RedisBroker {
         let n: i64 = scripts::RELEASE
             .key(&job.location)
             .key(self.keys.queue(&job.queue))
-            .arg(in_flight_entry(job.token, job.raw.as_bytes()))
+            .arg(job.token)
             .arg(&job.raw)
             .invoke_async(&mut self.connection())
             .await

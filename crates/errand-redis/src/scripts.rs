@@ -3,16 +3,18 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Reliable fetch of a batch from several queues into the in-flight lists.
+/// Reliable fetch of a batch from several queues into the in-flight hashes.
 pub static FETCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fetch.lua")));
+/// Acks: the attempts' fields out of their in-flight hashes, saying which were still held.
+pub static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/ack.lua")));
 /// In flight → the retry, scheduled or dead set (with the dead set's trim).
 pub static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
 /// Due members of `retry`/`schedule` → their queues.
 pub static PROMOTE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
-/// In-flight lists of a process → their queues (recovery and clean shutdown).
+/// In-flight hashes (or older versions' lists) of a process → their queues (recovery and clean shutdown).
 pub static RESCUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rescue.lua")));
 /// Once-only step records: claim, renew, complete, release.

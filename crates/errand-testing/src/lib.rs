@@ -12,7 +12,7 @@
 //!   at most once;
 //! - in-flight jobs are held in one list per (process identity, queue);
 //! - the process registry maps an identity to its `info` JSON, whose `queues` tell recovery
-//!   which in-flight lists to look at;
+//!   which in-flight hashes to look at;
 //! - heartbeats expire `ttl` after they were written, measured on an injectable clock
 //!   ([`ManualClock`]), so orphan recovery is testable without sleeping; the same clock is the
 //!   backend clock servers promote due jobs by;

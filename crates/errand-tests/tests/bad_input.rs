@@ -275,7 +275,7 @@ async fn bad_input_never_crashes_the_worker_and_every_entry_is_accounted_for() {
     }
     let in_flight: Vec<String> = conn.keys("errand:inflight:*").unwrap();
     for k in in_flight {
-        let n: usize = conn.llen(&k).unwrap();
+        let n: usize = conn.hlen(&k).unwrap();
         assert_eq!(n, 0, "nothing left in flight");
     }
 }

@@ -84,7 +84,7 @@ fn wait_quiet(conn: &mut redis::Connection) {
             let inflight: Vec<String> = conn.keys("errand:inflight:*").unwrap();
             let held: usize = inflight
                 .iter()
-                .map(|k| conn.llen::<_, usize>(k).unwrap())
+                .map(|k| conn.hlen::<_, usize>(k).unwrap())
                 .sum();
             held == 0
                 && conn.llen::<_, usize>("queue:default").unwrap() == 0
@@ -232,7 +232,7 @@ async fn a_hundred_last_jobs_finishing_at_once_on_three_processes_call_back_once
             let inflight: Vec<String> = conn.keys("errand:inflight:*").unwrap();
             let per_process: Vec<usize> = inflight
                 .iter()
-                .map(|k| conn.llen::<_, usize>(k).unwrap())
+                .map(|k| conn.hlen::<_, usize>(k).unwrap())
                 .filter(|&n| n > 0)
                 .collect();
             per_process.iter().sum::<usize>() == JOBS as usize && per_process.len() == 3

@@ -118,7 +118,7 @@ async fn unique_keys_of_a_killed_worker_free_within_unique_for() {
         || {
             let keys: Vec<String> = conn.keys("errand:inflight:*").unwrap();
             keys.iter()
-                .map(|k| conn.llen::<_, usize>(k).unwrap())
+                .map(|k| conn.hlen::<_, usize>(k).unwrap())
                 .sum::<usize>()
                 == 5
         },
@@ -185,7 +185,7 @@ fn charge_race(with_mutex: bool) -> usize {
             .keys::<_, Vec<String>>("errand:inflight:*")
             .unwrap()
             .iter()
-            .map(|k| conn.llen::<_, usize>(k).unwrap())
+            .map(|k| conn.hlen::<_, usize>(k).unwrap())
             .sum();
         let scheduled: usize = conn.zcard("schedule").unwrap();
         queued == 0 && running == 0 && scheduled == 0

@@ -59,7 +59,7 @@ async fn sigkill_mid_run_loses_no_job() {
     victim.wait().unwrap();
     // Frozen until the survivor sees the victim's heartbeat expire (3 s).
     let in_flight: u64 = conn
-        .llen(format!("errand:inflight:{victim_id}:default"))
+        .hlen(format!("errand:inflight:{victim_id}:default"))
         .unwrap();
     assert!(
         in_flight <= 20,
@@ -80,10 +80,10 @@ async fn sigkill_mid_run_loses_no_job() {
         "{duplicates} duplicates > {in_flight} in flight at the kill"
     );
     wait_until_sync(
-        "the victim's in-flight list to drain",
+        "the victim's in-flight hash to drain",
         Duration::from_secs(20),
         || {
-            conn.llen::<_, u64>(format!("errand:inflight:{victim_id}:default"))
+            conn.hlen::<_, u64>(format!("errand:inflight:{victim_id}:default"))
                 .unwrap()
                 == 0
         },
@@ -106,7 +106,7 @@ async fn sigterm_requeues_a_long_job_after_the_deadline() {
     let mut w = worker(&url, 2, 500);
     let id = identity_of(&mut conn, &mut w);
     wait_until_sync("the job to start", Duration::from_secs(20), || {
-        conn.llen::<_, u64>(format!("errand:inflight:{id}:default"))
+        conn.hlen::<_, u64>(format!("errand:inflight:{id}:default"))
             .unwrap()
             == 1
     });
@@ -127,7 +127,7 @@ async fn sigterm_requeues_a_long_job_after_the_deadline() {
         Some(raw.as_str()),
         "the exact original string is back at the consuming end"
     );
-    let in_flight: u64 = conn.llen(format!("errand:inflight:{id}:default")).unwrap();
+    let in_flight: u64 = conn.hlen(format!("errand:inflight:{id}:default")).unwrap();
     assert_eq!(in_flight, 0);
     let members: Vec<String> = conn.smembers("processes").unwrap();
     assert!(
@@ -461,7 +461,7 @@ async fn a_stalled_worker_is_fenced_off_when_it_wakes() {
     let mut frozen = 0;
     tokio::task::block_in_place(|| {
         wait_until_sync("A to hold ten jobs", Duration::from_secs(20), || {
-            frozen = conn.llen(&in_flight_key).unwrap();
+            frozen = conn.hlen(&in_flight_key).unwrap();
             frozen == 10
         })
     });
@@ -509,9 +509,9 @@ async fn a_stalled_worker_is_fenced_off_when_it_wakes() {
     assert!(a.try_wait().unwrap().is_none(), "A carries on after waking");
     tokio::task::block_in_place(|| {
         wait_until_sync(
-            "A's in-flight list to stay empty",
+            "A's in-flight hash to stay empty",
             Duration::from_secs(10),
-            || conn.llen::<_, usize>(&in_flight_key).unwrap() == 0,
+            || conn.hlen::<_, usize>(&in_flight_key).unwrap() == 0,
         )
     });
     let queued: usize = conn.llen("queue:default").unwrap();
@@ -552,7 +552,7 @@ async fn sigterm_with_ten_long_jobs_exits_in_time_and_requeues_all() {
     let id = identity_of(&mut conn, &mut w);
     let in_flight = format!("errand:inflight:{id}:default");
     wait_until_sync("all ten to start", Duration::from_secs(20), || {
-        conn.llen::<_, usize>(&in_flight).unwrap() == 10
+        conn.hlen::<_, usize>(&in_flight).unwrap() == 10
     });
     let pid = w.id().to_string();
     let sent = std::time::Instant::now();
@@ -579,7 +579,7 @@ async fn sigterm_with_ten_long_jobs_exits_in_time_and_requeues_all() {
     let mut expected = jobs.clone();
     expected.sort();
     assert_eq!(back, expected, "every job back, unchanged");
-    assert_eq!(conn.llen::<_, usize>(&in_flight).unwrap(), 0);
+    assert_eq!(conn.hlen::<_, usize>(&in_flight).unwrap(), 0);
     let ran: usize = conn.hlen("ledger").unwrap();
     assert_eq!(ran, 0, "none finished (each needed 30 s)");
 }
@@ -597,7 +597,7 @@ async fn a_killed_workers_jobs_are_requeued_within_ttl_and_scan() {
     let id = identity_of(&mut conn, &mut victim);
     let in_flight = format!("errand:inflight:{id}:default");
     wait_until_sync("all ten to start", Duration::from_secs(20), || {
-        conn.llen::<_, usize>(&in_flight).unwrap() == 10
+        conn.hlen::<_, usize>(&in_flight).unwrap() == 10
     });
     // The survivor starts first, so only the recovery latency is measured.
     let mut survivor = worker(&url, 10, 5_000);
@@ -608,7 +608,7 @@ async fn a_killed_workers_jobs_are_requeued_within_ttl_and_scan() {
     wait_until_sync(
         "the ten jobs to be recovered",
         Duration::from_secs(30),
-        || conn.llen::<_, usize>(&in_flight).unwrap() == 0,
+        || conn.hlen::<_, usize>(&in_flight).unwrap() == 0,
     );
     let took = killed.elapsed();
     assert!(

@@ -86,26 +86,25 @@ fn spawn(url: &str, concurrency: usize, failpoints: Option<&str>, env: &[(&str, 
 }
 
 /// The in-flight jobs held by the process with `pid` (its `errand:inflight:<host>:<pid>:…`
-/// lists), read after it died: nobody removes them until its heartbeat expires. Each entry
-/// is `<fencing token>:<job>`; the jobs are returned.
+/// hashes), read after it died: nobody removes them until its heartbeat expires. Each field is
+/// the attempt's fencing token and its value the job; the jobs are returned.
 fn held_by(conn: &mut redis::Connection, pid: u32) -> Vec<String> {
     let pid = pid.to_string();
     let keys: Vec<String> = conn.keys("errand:inflight:*").unwrap();
     keys.into_iter()
         .filter(|k| k.split(':').nth(3) == Some(pid.as_str()))
-        .flat_map(|k| conn.lrange::<_, Vec<String>>(k, 0, -1).unwrap())
-        .map(|entry| {
-            let (token, job) = entry.split_once(':').expect("a token-prefixed entry");
-            assert!(token.parse::<u64>().is_ok(), "{entry}");
-            job.to_string()
+        .flat_map(|k| conn.hgetall::<_, Vec<(String, String)>>(k).unwrap())
+        .map(|(token, job)| {
+            assert!(token.parse::<u64>().is_ok(), "{token}");
+            job
         })
         .collect()
 }
 
-/// Jobs in any process's in-flight lists.
+/// Jobs in any process's in-flight hashes.
 fn in_flight(conn: &mut redis::Connection) -> usize {
     let keys: Vec<String> = conn.keys("errand:inflight:*").unwrap();
-    keys.iter().map(|k| conn.llen::<_, usize>(k).unwrap()).sum()
+    keys.iter().map(|k| conn.hlen::<_, usize>(k).unwrap()).sum()
 }
 
 /// Nothing queued, retrying, scheduled or in flight.

@@ -308,14 +308,14 @@ async fn a_partitioned_worker_recovers_and_its_late_writes_are_refused() {
     // What W1 holds once cut off: a fetch already forwarded still lands, so read until two
     // reads 50 ms apart agree.
     let in_flight = format!("errand:inflight:{w1_id}:default");
-    let mut held: usize = conn.llen(&in_flight).unwrap();
+    let mut held: usize = conn.hlen(&in_flight).unwrap();
     tokio::task::block_in_place(|| {
         wait_until_sync(
-            "W1's in-flight list to settle",
+            "W1's in-flight hash to settle",
             Duration::from_secs(5),
             || {
                 std::thread::sleep(Duration::from_millis(50));
-                let now: usize = conn.llen(&in_flight).unwrap();
+                let now: usize = conn.hlen(&in_flight).unwrap();
                 std::mem::replace(&mut held, now) == now
             },
         )

@@ -236,11 +236,11 @@ async fn push_run_ack_and_stats() {
     h.wait_log("echo:1:two:default", 1).await;
     // Acked: nothing left in flight.
     let identity = handle.identity().to_string();
-    wait_until("in-flight list to empty", T, || async {
+    wait_until("in-flight hash to empty", T, || async {
         let n: usize = h
             .redis
             .conn()
-            .llen(format!("errand:inflight:{identity}:default"))
+            .hlen(format!("errand:inflight:{identity}:default"))
             .unwrap();
         n == 0
     })
@@ -559,7 +559,8 @@ async fn in_flight_jobs_of_a_dead_process_are_recovered() {
         )
         .unwrap()
         .to_json();
-    // A process that died: registered, jobs in flight, heartbeat hash expired (absent).
+    // A process of an older version that died: registered, a job in its in-flight *list* (the
+    // layout before in-flight hashes), heartbeat hash expired (absent). Recovered all the same.
     let _: () = conn
         .hset(
             "errand:processes",

@@ -49,17 +49,17 @@ fn connect(url: &str) -> redis::Connection {
     conn.expect("connected above")
 }
 
-/// Jobs in the in-flight lists of the process `pid`, or of every process when `None`.
+/// Jobs in the in-flight hashes of the process `pid`, or of every process when `None`.
 fn in_flight(conn: &mut redis::Connection, pid: Option<u32>) -> usize {
     let pid = pid.map(|p| p.to_string());
     let keys: Vec<String> = conn.keys("errand:inflight:*").unwrap();
     keys.iter()
         .filter(|k| pid.is_none() || k.split(':').nth(3) == pid.as_deref())
-        .map(|k| conn.llen::<_, usize>(k).unwrap())
+        .map(|k| conn.hlen::<_, usize>(k).unwrap())
         .sum()
 }
 
-/// What is left in in-flight lists: (list, whether its process still beats, job `n`, runs of
+/// What is left in in-flight hashes: (list, whether its process still beats, job `n`, runs of
 /// `n` in the ledger).
 fn stuck_in_flight(
     conn: &mut redis::Connection,
@@ -73,7 +73,7 @@ fn stuck_in_flight(
             .rsplit_once(':')
             .map_or(String::new(), |(i, _)| i.to_string());
         let beating: bool = conn.exists(&identity).unwrap();
-        for job in conn.lrange::<_, Vec<String>>(&k, 0, -1).unwrap() {
+        for job in conn.hvals::<_, Vec<String>>(&k).unwrap() {
             let n = errand::Payload::parse(&job)
                 .ok()
                 .and_then(|p| p.args().first().and_then(|a| a.as_u64()))
@@ -167,7 +167,7 @@ fn crash_soak_sigkill_and_redis_restart() {
         supervise(&mut workers, &mut restarts);
         ran(&mut ledger) == JOBS
     });
-    // Completed jobs must also be acked: nothing may stay in a live worker's in-flight list.
+    // Completed jobs must also be acked: nothing may stay in a live worker's in-flight hash.
     let mut conn = connect(&url);
     let drain_by = Instant::now() + Duration::from_secs(20);
     while in_flight(&mut conn, None) != 0 && Instant::now() < drain_by {
@@ -177,7 +177,7 @@ fn crash_soak_sigkill_and_redis_restart() {
     let stuck = stuck_in_flight(&mut conn, &mut ledger);
     assert!(
         stuck.is_empty(),
-        "jobs still in flight 20 s after every job ran (in-flight list, holder beating, \
+        "jobs still in flight 20 s after every job ran (in-flight hash, holder beating, \
          job, runs): {stuck:#?}"
     );
     let wall = started.elapsed();
