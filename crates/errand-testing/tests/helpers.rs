@@ -355,3 +355,27 @@ async fn drain_runs_a_batch_and_its_callbacks() {
         ]
     );
 }
+
+/// A raw push (a job for another language) goes to the queue its `Push` names, as a typed push
+/// does; before, `Push::queue` was ignored for raw pushes.
+#[tokio::test]
+async fn a_raw_push_goes_to_the_queue_its_push_names() {
+    use errand::admin::Admin;
+    let broker = errand_testing::MemoryBroker::new();
+    let client = errand::Client::new(broker.clone());
+    client
+        .push_raw(
+            errand::RawJob::new("Remote", vec![serde_json::json!(1)]),
+            errand::Push::new().queue("elsewhere"),
+        )
+        .await
+        .unwrap();
+    let queues: Vec<(String, u64)> = broker
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.name, q.size))
+        .collect();
+    assert_eq!(queues, vec![("elsewhere".to_string(), 1)]);
+}

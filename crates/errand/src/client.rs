@@ -777,7 +777,8 @@ impl Client {
     /// # Errors
     /// As for [`Client::push`].
     pub async fn push_raw(&self, job: RawJob, push: Push) -> Result<String, Error> {
-        let mut p = Payload::new(&job.class, job.args, &job.queue, self.profile);
+        let queue = push.queue.as_deref().unwrap_or(&job.queue);
+        let mut p = Payload::new(&job.class, job.args, queue, self.profile);
         p.set("retry", job.retry);
         let p = self.finish(p, &push)?;
         self.push_payload(p, self.run_at(&push)).await
