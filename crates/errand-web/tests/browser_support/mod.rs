@@ -789,8 +789,23 @@ impl Browser {
         }
     }
 
+    /// The text of the element `css` finds. A page that navigates between the find and the
+    /// read (a form's redirect landing) makes the element stale: it is found again on the new
+    /// page, within the same wait.
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.expect("element text")
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.text().await {
+                Ok(text) => return text,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && Instant::now() < deadline =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("element text of `{css}`: {e}"),
+            }
+        }
     }
 
     pub async fn count(&self, css: &str) -> usize {
