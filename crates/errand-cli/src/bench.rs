@@ -597,10 +597,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let drained = args.jobs + args.single;
 
     // 2. Drain. On Redis, what Redis spends is read around it too.
-    let mut redis_conn = match (&backend, args.redis.as_deref()) {
-        (Backend::Redis(_), Some(url)) => {
-            Some(redis::Client::open(url)?.get_connection_manager().await?)
-        }
+    let mut redis_conn = match &backend {
+        Backend::Redis(broker) => Some(broker.connection()),
         _ => None,
     };
     let redis_before = match &mut redis_conn {
@@ -778,14 +776,13 @@ struct RedisCost {
 }
 
 impl RedisCost {
-    async fn read(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<Self> {
-        let info: String = redis::cmd("INFO")
-            .arg("cpu")
-            .arg("commandstats")
-            .query_async(conn)
+    /// On a cluster, summed over its masters.
+    async fn read(conn: &mut errand::redis::RedisConn) -> anyhow::Result<Self> {
+        let infos: Vec<(String, String)> = conn
+            .on_every_master(redis::cmd("INFO").arg("cpu").arg("commandstats"))
             .await?;
         let mut cost = RedisCost::default();
-        for line in info.lines() {
+        for line in infos.iter().flat_map(|(_, info)| info.lines()) {
             if let Some(v) = line
                 .strip_prefix("used_cpu_sys:")
                 .or_else(|| line.strip_prefix("used_cpu_user:"))
@@ -799,7 +796,7 @@ impl RedisCost {
                     .find_map(|f| f.strip_prefix("calls="))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
-                cost.calls.insert(name.to_string(), calls);
+                *cost.calls.entry(name.to_string()).or_default() += calls;
             }
         }
         Ok(cost)

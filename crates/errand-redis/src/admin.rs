@@ -63,19 +63,15 @@ const INFO_FACTS: [(&str, &str); 6] = [
 ];
 
 impl RedisBroker {
-    fn set_key(&self, set: SetName) -> String {
-        self.keys().set(set)
-    }
-
     async fn set_range(
         &self,
-        set: SetName,
+        key: &str,
         cmd: &str,
         start: i64,
         stop: i64,
     ) -> BrokerResult<Vec<SetEntry>> {
         let raw: Vec<(Vec<u8>, String)> = redis::cmd(cmd)
-            .arg(self.set_key(set))
+            .arg(key)
             .arg(start)
             .arg(stop)
             .arg("WITHSCORES")
@@ -83,6 +79,77 @@ impl RedisBroker {
             .await
             .map_err(|e| self.fail(e))?;
         entries(raw)
+    }
+
+    /// Cluster mode: the dead set trimmed as one set. Each death trims its own shard's part in
+    /// its step; this drops what is older than `limits.max_age` in every part, then the oldest
+    /// entries across the parts until at most `limits.max_jobs` are left. Run by the admin side's
+    /// kills and by each recovery pass, so the whole set keeps the limits within a pass.
+    pub(crate) async fn trim_dead_parts(
+        &self,
+        now: f64,
+        limits: errand_core::broker::DeadLimits,
+    ) -> BrokerResult<()> {
+        if !self.keys().is_cluster() {
+            return Ok(());
+        }
+        let parts = self.keys().set_parts(SetName::Dead);
+        let before = now - limits.max_age.as_secs_f64();
+        let mut total = 0u64;
+        for key in &parts {
+            let (n,): (u64,) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(key)
+                .arg("-inf")
+                .arg(format!("({before}"))
+                .ignore()
+                .cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            total += n;
+        }
+        if total <= limits.max_jobs {
+            return Ok(());
+        }
+        let excess = (total - limits.max_jobs) as i64;
+        let mut oldest: Vec<(SetEntry, &String)> = Vec::new();
+        for key in &parts {
+            for e in self.set_range(key, "ZRANGE", 0, excess - 1).await? {
+                oldest.push((e, key));
+            }
+        }
+        oldest.sort_by(|(a, _), (b, _)| {
+            a.score
+                .total_cmp(&b.score)
+                .then_with(|| a.raw.as_bytes().cmp(b.raw.as_bytes()))
+        });
+        for (e, key) in oldest.into_iter().take(excess as usize) {
+            let _: i64 = redis::cmd("ZREM")
+                .arg(key)
+                .arg(&e.raw)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: the part of `set` (one per shard) that holds `member`, if any.
+    async fn part_holding(&self, set: SetName, member: &str) -> BrokerResult<Option<usize>> {
+        for shard in self.keys().shards() {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(self.keys().set_in(set, shard))
+                .arg(member)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            if score.is_some() {
+                return Ok(Some(shard));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -142,10 +209,16 @@ impl Admin for RedisBroker {
     }
 
     async fn backend_info(&self) -> BrokerResult<BackendInfo> {
-        let info: String = redis::cmd("INFO")
-            .query_async(&mut self.connection())
+        // On a cluster, the first master's (the others' differ in clients and memory only).
+        let info: String = self
+            .connection()
+            .on_every_master::<String>(&redis::cmd("INFO"))
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.fail(e))?
+            .into_iter()
+            .map(|(_, info)| info)
+            .next()
+            .unwrap_or_default();
         let fields: BTreeMap<&str, &str> = info
             .lines()
             .filter_map(|l| l.trim_end().split_once(':'))
@@ -168,30 +241,45 @@ impl Admin for RedisBroker {
     async fn queues(&self) -> BrokerResult<Vec<QueueSummary>> {
         let k = self.keys();
         let mut conn = self.connection();
-        let (known, paused): (Vec<String>, Vec<String>) = redis::pipe()
-            .cmd("SMEMBERS")
-            .arg(k.queues())
-            .cmd("SMEMBERS")
+        let paused: Vec<String> = redis::cmd("SMEMBERS")
             .arg(k.paused())
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
-        let mut names: BTreeMap<String, bool> = known.into_iter().map(|q| (q, false)).collect();
+        let mut names: BTreeMap<String, bool> = BTreeMap::new();
+        for shard in k.shards() {
+            let known: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(k.queues_in(shard))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            names.extend(known.into_iter().map(|q| (q, false)));
+        }
         for q in paused {
             names.insert(q, true);
         }
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for name in names.keys() {
-            let list = k.queue(name);
-            pipe.cmd("LLEN").arg(&list).cmd("LINDEX").arg(&list).arg(-1);
+        // One pipeline on one server; on a cluster one per queue (a pipeline stays in a slot).
+        let mut replies: Vec<Value> = Vec::with_capacity(names.len() * 2);
+        let lists: Vec<String> = names.keys().map(|name| k.queue(name)).collect();
+        let groups: Vec<&[String]> = if k.is_cluster() {
+            lists.chunks(1).collect()
+        } else {
+            vec![lists.as_slice()]
+        };
+        for group in groups {
+            let mut pipe = redis::pipe();
+            for list in group {
+                pipe.cmd("LLEN").arg(list).cmd("LINDEX").arg(list).arg(-1);
+            }
+            let got: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            replies.extend(got);
         }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(names.len());
         for (name, paused) in names {
@@ -259,7 +347,7 @@ impl Admin for RedisBroker {
             .arg(&list)
             .ignore()
             .cmd("SREM")
-            .arg(k.queues())
+            .arg(k.queues_in(k.shard_of(queue)))
             .arg(queue)
             .ignore()
             .query_async(&mut self.connection())
@@ -279,11 +367,16 @@ impl Admin for RedisBroker {
     }
 
     async fn set_size(&self, set: SetName) -> BrokerResult<u64> {
-        redis::cmd("ZCARD")
-            .arg(self.set_key(set))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))
+        let mut total = 0;
+        for key in self.keys().set_parts(set) {
+            let n: u64 = redis::cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            total += n;
+        }
+        Ok(total)
     }
 
     async fn set_page(&self, range: SetRange) -> BrokerResult<Vec<SetEntry>> {
@@ -304,29 +397,58 @@ impl Admin for RedisBroker {
             Order::Asc => "ZRANGE",
             Order::Desc => "ZREVRANGE",
         };
-        self.set_range(set, cmd, start, stop).await
+        let parts = self.keys().set_parts(set);
+        if parts.len() == 1 {
+            return self.set_range(&parts[0], cmd, start, stop).await;
+        }
+        // Cluster mode: the first `stop + 1` of every part, merged in the set's order (score,
+        // then member bytes, as Redis orders a sorted set), then the page cut from that.
+        let mut all = Vec::new();
+        for key in &parts {
+            all.extend(self.set_range(key, cmd, 0, stop).await?);
+        }
+        all.sort_by(|a, b| {
+            let asc = a
+                .score
+                .total_cmp(&b.score)
+                .then_with(|| a.raw.as_bytes().cmp(b.raw.as_bytes()));
+            match order {
+                Order::Asc => asc,
+                Order::Desc => asc.reverse(),
+            }
+        });
+        Ok(all.into_iter().skip(offset).take(limit).collect())
     }
 
     async fn set_at_score(&self, set: SetName, score: f64) -> BrokerResult<Vec<SetEntry>> {
-        let raw: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGEBYSCORE")
-            .arg(self.set_key(set))
-            .arg(score)
-            .arg(score)
-            .arg("WITHSCORES")
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        entries(raw)
+        let mut out = Vec::new();
+        for key in self.keys().set_parts(set) {
+            let raw: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(key)
+                .arg(score)
+                .arg(score)
+                .arg("WITHSCORES")
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            out.extend(entries(raw)?);
+        }
+        out.sort_by(|a, b| a.raw.as_bytes().cmp(b.raw.as_bytes()));
+        Ok(out)
     }
 
     async fn set_remove(&self, set: SetName, member: &str) -> BrokerResult<bool> {
-        let n: i64 = redis::cmd("ZREM")
-            .arg(self.set_key(set))
-            .arg(member)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(n > 0)
+        let mut removed = false;
+        for key in self.keys().set_parts(set) {
+            let n: i64 = redis::cmd("ZREM")
+                .arg(key)
+                .arg(member)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            removed |= n > 0;
+        }
+        Ok(removed)
     }
 
     async fn set_to_queue(&self, mv: MoveToQueue<'_>) -> BrokerResult<bool> {
@@ -337,10 +459,36 @@ impl Admin for RedisBroker {
             payload,
         } = mv;
         let k = self.keys();
+        let shard = k.shard_of(queue);
+        if k.is_cluster() && self.part_holding(set, member).await? != Some(shard) {
+            // The member waits in another shard's part (or nowhere): push, then remove, so a
+            // crash between the two runs the job twice, never loses it; if the member was
+            // gone meanwhile, the push is taken back.
+            let Some(from) = self.part_holding(set, member).await? else {
+                return Ok(false);
+            };
+            self.push_one(queue, payload).await?;
+            let n: i64 = redis::cmd("ZREM")
+                .arg(k.set_in(set, from))
+                .arg(member)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            if n == 0 {
+                let _: i64 = redis::cmd("LREM")
+                    .arg(k.queue(queue))
+                    .arg(1)
+                    .arg(payload)
+                    .query_async(&mut self.connection())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+            }
+            return Ok(n == 1);
+        }
         let n: i64 = crate::scripts::SET_TO_QUEUE
-            .key(self.set_key(set))
+            .key(k.set_in(set, shard))
             .key(k.queue(queue))
-            .key(k.queues())
+            .key(k.queues_in(shard))
             .arg(member)
             .arg(payload)
             .arg(queue)
@@ -358,9 +506,18 @@ impl Admin for RedisBroker {
             now,
             limits,
         } = mv;
+        // In cluster mode the entry moves within its shard.
+        let shard = if self.keys().is_cluster() {
+            match self.part_holding(set, member).await? {
+                Some(shard) => shard,
+                None => return Ok(false),
+            }
+        } else {
+            0
+        };
         let n: i64 = crate::scripts::SET_TO_DEAD
-            .key(self.set_key(set))
-            .key(self.set_key(SetName::Dead))
+            .key(self.keys().set_in(set, shard))
+            .key(self.keys().set_in(SetName::Dead, shard))
             .arg(member)
             .arg(payload)
             .arg(now)
@@ -369,22 +526,26 @@ impl Admin for RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
+        self.trim_dead_parts(now, limits).await?;
         Ok(n == 1)
     }
 
     async fn set_clear(&self, set: SetName) -> BrokerResult<u64> {
-        let key = self.set_key(set);
-        let (n,): (u64,) = redis::pipe()
-            .atomic()
-            .cmd("ZCARD")
-            .arg(&key)
-            .cmd("UNLINK")
-            .arg(&key)
-            .ignore()
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(n)
+        let mut total = 0;
+        for key in self.keys().set_parts(set) {
+            let (n,): (u64,) = redis::pipe()
+                .atomic()
+                .cmd("ZCARD")
+                .arg(&key)
+                .cmd("UNLINK")
+                .arg(&key)
+                .ignore()
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            total += n;
+        }
+        Ok(total)
     }
 
     /// Identities come from `processes`; one whose `<identity>` hash has no `info` (it expired)
@@ -514,7 +675,10 @@ impl RedisBroker {
                 "errand:*".to_string(),
             ]
         } else {
-            vec![format!("{}*", crate::broker::escape_glob(k.prefix()))]
+            k.all_prefixes()
+                .iter()
+                .map(|p| format!("{}*", crate::broker::escape_glob(p)))
+                .collect()
         };
         for pattern in &patterns {
             doomed.extend(

@@ -14,12 +14,22 @@ use std::collections::HashMap;
 impl RedisBroker {
     fn batch_script(&self, op: &str) -> redis::ScriptInvocation<'static> {
         let mut inv = scripts::BATCH.prepare_invoke();
-        inv.arg(op)
-            .arg(self.keys.batch_prefix())
-            .arg(self.keys.queue_prefix())
-            .arg(self.keys.queues())
-            .arg(self.keys.batches())
-            .arg(self.keys.set(SetName::Scheduled));
+        inv.key(self.keys.batches());
+        if self.keys.is_cluster() {
+            inv.key(self.keys.outbox_fleet());
+        }
+        inv.arg(op).arg(self.keys.batch_prefix());
+        if self.keys.is_cluster() {
+            inv.arg("")
+                .arg(self.keys.outbox_fleet())
+                .arg(self.keys.batches())
+                .arg("");
+        } else {
+            inv.arg(self.keys.queue_prefix())
+                .arg(self.keys.queues())
+                .arg(self.keys.batches())
+                .arg(self.keys.set(SetName::Scheduled));
+        }
         inv
     }
 
@@ -55,6 +65,7 @@ impl RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
+        self.drain_fleet_outbox().await?;
         match (n, b.parent) {
             (-1, Some(parent)) => Err(BrokerError::BatchClosed(parent.to_string())),
             _ => Ok(()),
@@ -88,6 +99,7 @@ impl RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
+        self.drain_fleet_outbox().await?;
         if n == -1 {
             return Err(BrokerError::BatchClosed(bid.to_string()));
         }
@@ -126,6 +138,7 @@ impl RedisBroker {
                 .map_err(|e| self.fail(e))?;
             all.extend(out.iter().map(|one| fired(one)));
         }
+        self.drain_fleet_outbox().await?;
         Ok(all)
     }
 

@@ -8,10 +8,112 @@ use crate::error::{cmd_err, hung_up_at_once, tls_error};
 use errand_core::BrokerError;
 use errand_core::broker::BrokerResult;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use std::time::Duration;
 use tokio::sync::Mutex;
+
+/// A connection to the backend: to one server, or to a Redis Cluster (which routes each
+/// command to the master of its key's slot and follows `MOVED`/`ASK` redirections itself).
+/// Commands, pipelines and scripts run on any of them alike.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server, through a connection manager that reconnects by itself.
+    Single(ConnectionManager),
+    /// One server, a plain multiplexed connection (blocking waits).
+    Plain(MultiplexedConnection),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Plain(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Plain(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisConn {
+    /// `cmd` on every master of a cluster (one server: on it), each reply with its node's
+    /// address (empty on one server). For per-server commands: `INFO`, `SCAN`.
+    ///
+    /// # Errors
+    /// A node's failure, or a reply that is not a `T`.
+    pub async fn on_every_master<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+    ) -> Result<Vec<(String, T)>, RedisError> {
+        match self {
+            RedisConn::Cluster(c) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                let v = c
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let map: Vec<(String, redis::Value)> = redis::from_redis_value(v)?;
+                map.into_iter()
+                    .map(|(node, v)| Ok((node, redis::from_redis_value(v)?)))
+                    .collect::<Result<_, redis::ParsingError>>()
+                    .map_err(Into::into)
+            }
+            other => Ok(vec![(String::new(), cmd.query_async(other).await?)]),
+        }
+    }
+
+    /// `cmd` on the node at `node` (an address from [`RedisConn::on_every_master`]; any
+    /// address on one server).
+    pub(crate) async fn on_node<T: redis::FromRedisValue>(
+        &mut self,
+        node: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        match self {
+            RedisConn::Cluster(c) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_string(),
+                    port: port.parse().unwrap_or(6379),
+                });
+                Ok(redis::from_redis_value(
+                    c.route_command(cmd.clone(), route).await?,
+                )?)
+            }
+            other => cmd.query_async(other).await,
+        }
+    }
+}
 
 /// The Redis backend. Cheap to clone; clones share connections.
 #[derive(Clone)]
@@ -24,12 +126,17 @@ pub struct RedisBroker {
     pub(crate) config: std::sync::Arc<RedisConfig>,
     /// The shared multiplexed connection; replaced when a login is refused (see
     /// [`RedisBroker::fail`]).
-    pub(crate) conn: std::sync::Arc<std::sync::RwLock<ConnectionManager>>,
+    pub(crate) conn: std::sync::Arc<std::sync::RwLock<RedisConn>>,
+    /// A Redis Cluster's client (cluster mode).
+    pub(crate) cluster: Option<ClusterClient>,
     /// When the last replacement connection was started, and whether one is being made now.
     pub(crate) relogin: std::sync::Arc<std::sync::Mutex<(Option<std::time::Instant>, bool)>>,
     /// Blocking waits (BLMOVE) hold a connection, so they get their own, made on first use.
-    pub(crate) blocking: std::sync::Arc<Mutex<Option<MultiplexedConnection>>>,
+    pub(crate) blocking: std::sync::Arc<Mutex<Option<RedisConn>>>,
     pub(crate) keys: Keys,
+    /// The largest fencing token a fetch of this broker handed out (cluster mode's floor for
+    /// the next, see `fetch.lua`).
+    pub(crate) last_token: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How many times in a row a lost master is asked for again (every half second).
@@ -110,6 +217,9 @@ impl RedisBroker {
     pub async fn connect_with(config: RedisConfig) -> BrokerResult<Self> {
         // rediss:// needs a process-wide rustls crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if config.cluster_nodes()?.is_some() {
+            return Self::connect_cluster(std::sync::Arc::new(config)).await;
+        }
         let sentinel = config
             .sentinel_client()?
             .map(|s| std::sync::Arc::new(Mutex::new(s)));
@@ -190,10 +300,67 @@ impl RedisBroker {
             sentinel,
             keys: Keys::new(config.namespace.as_deref()),
             config,
-            conn: std::sync::Arc::new(std::sync::RwLock::new(conn)),
+            conn: std::sync::Arc::new(std::sync::RwLock::new(RedisConn::Single(conn))),
+            cluster: None,
             relogin: Default::default(),
             blocking: Default::default(),
+            last_token: Default::default(),
         })
+    }
+
+    /// A broker on the Redis Cluster that `config` names, with cluster-mode keys.
+    pub(crate) async fn connect_cluster(config: std::sync::Arc<RedisConfig>) -> BrokerResult<Self> {
+        let nodes = config.cluster_nodes()?.unwrap_or_default();
+        if config
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns.contains(['{', '}']))
+        {
+            return Err(BrokerError::Config(
+                "a redis cluster namespace may not hold `{` or `}` (they would make its hash tag)"
+                    .into(),
+            ));
+        }
+        let first = Client::open(nodes[0].as_str())
+            .map_err(|e| BrokerError::Config(format!("redis cluster node url: {e}")))?;
+        let cluster = config.cluster_client(&nodes, Some(config.response_timeout))?;
+        let conn = cluster
+            .get_async_connection()
+            .await
+            .map_err(|e| BrokerError::Connection(format!("redis cluster: {e}").into()))?;
+        Ok(Self {
+            client: std::sync::Arc::new(std::sync::RwLock::new(first)),
+            sentinel: None,
+            keys: Keys::cluster(config.namespace.as_deref()),
+            config,
+            conn: std::sync::Arc::new(std::sync::RwLock::new(RedisConn::Cluster(conn))),
+            cluster: Some(cluster),
+            relogin: Default::default(),
+            blocking: Default::default(),
+            last_token: Default::default(),
+        })
+    }
+
+    /// A connection for blocking waits: no response timeout of its own (the caller bounds the
+    /// wait).
+    pub(crate) async fn blocking_connection(&self) -> BrokerResult<RedisConn> {
+        if self.cluster.is_some() {
+            let nodes = self.config.cluster_nodes()?.unwrap_or_default();
+            let client = self.config.cluster_client(&nodes, None)?;
+            return client
+                .get_async_connection()
+                .await
+                .map(RedisConn::Cluster)
+                .map_err(|e| self.fail(e));
+        }
+        let cfg = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        self.client()
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map(RedisConn::Plain)
+            .map_err(|e| self.fail(e))
     }
 
     /// The current server's client (the master the sentinels named last, for a sentinel
@@ -211,15 +378,25 @@ impl RedisBroker {
     /// # Errors
     /// A backend failure, or INFO refused.
     pub async fn maxmemory_policy(&self) -> BrokerResult<Option<String>> {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut self.connection())
+        let infos: Vec<(String, String)> = self
+            .connection()
+            .on_every_master(redis::cmd("INFO").arg("memory"))
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.trim_end().strip_prefix("maxmemory_policy:"))
-            .map(str::to_string))
+        // On a cluster, the first master that would evict speaks for all.
+        let policies: Vec<String> = infos
+            .iter()
+            .filter_map(|(_, info)| {
+                info.lines()
+                    .find_map(|l| l.trim_end().strip_prefix("maxmemory_policy:"))
+                    .map(str::to_string)
+            })
+            .collect();
+        Ok(policies
+            .iter()
+            .find(|p| p.as_str() != "noeviction")
+            .or(policies.first())
+            .cloned())
     }
 
     /// The key builder (namespace applied).
@@ -233,7 +410,7 @@ impl RedisBroker {
     }
 
     /// A connection for commands outside the broker contract (admin tools, tests).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -310,10 +487,16 @@ impl RedisBroker {
             Some(sentinel) => ask_sentinels(sentinel).await?,
             None => self.client(),
         };
-        let fresh = client
-            .get_connection_manager_with_config(self.config.manager(self.sentinel.is_some()))
-            .await
-            .map_err(cmd_err)?;
+        if self.cluster.is_some() {
+            // The cluster client reconnects and follows redirections itself.
+            return Ok(());
+        }
+        let fresh = RedisConn::Single(
+            client
+                .get_connection_manager_with_config(self.config.manager(self.sentinel.is_some()))
+                .await
+                .map_err(cmd_err)?,
+        );
         let (before, now) = (self.display_url(), display_url(&client));
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
         *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -327,28 +510,28 @@ impl RedisBroker {
     }
 }
 
-/// Every key matching `pattern`, by SCAN (a cursor, never KEYS).
-pub(crate) async fn scan(
-    conn: &mut redis::aio::ConnectionManager,
-    pattern: &str,
-) -> Result<Vec<String>, redis::RedisError> {
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+/// Every key matching `pattern`, by SCAN (a cursor, never KEYS); on a cluster, on every
+/// master.
+pub(crate) async fn scan(conn: &mut RedisConn, pattern: &str) -> Result<Vec<String>, RedisError> {
+    let scan = |cursor: u64| {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(1_000)
-            .query_async(conn)
-            .await?;
+            .arg(1_000);
+        cmd
+    };
+    let mut out = Vec::new();
+    for (node, (mut cursor, found)) in conn.on_every_master::<(u64, Vec<String>)>(&scan(0)).await? {
         out.extend(found);
-        if next == 0 {
-            return Ok(out);
+        while cursor != 0 {
+            let (next, found): (u64, Vec<String>) = conn.on_node(&node, &scan(cursor)).await?;
+            out.extend(found);
+            cursor = next;
         }
-        cursor = next;
     }
+    Ok(out)
 }
 
 /// `s` with the characters a SCAN `MATCH` pattern treats specially escaped.

@@ -101,6 +101,75 @@ impl RedisConfig {
         ))
     }
 
+    /// A config for the Redis Cluster whose nodes include `nodes` (`host:port` each; one is
+    /// enough, the others are found from it): the same as
+    /// `new("redis+cluster://host:port,…")`. A login for the nodes goes in the URL form
+    /// (`redis+cluster://user:password@host:port,…`).
+    ///
+    /// Cluster mode uses its own key layout, hash-tagged so that each atomic step touches one
+    /// slot, and queues spread over the masters (see `docs/redis-cluster.md`). **Ruby Sidekiq
+    /// cannot read it** (Sidekiq does not run on Redis Cluster): keep the default single-server
+    /// layout for a fleet shared with Sidekiq.
+    pub fn cluster<S: AsRef<str>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(|s| s.as_ref().to_string()).collect();
+        Self::new(format!("redis+cluster://{}", nodes.join(",")))
+    }
+
+    /// The node URLs of a `redis+cluster://` config (each `redis://[login@]host:port`, or
+    /// `rediss://` with `redis+clusters://`); `None` for any other URL.
+    pub(crate) fn cluster_nodes(&self) -> BrokerResult<Option<Vec<String>>> {
+        let (scheme, rest) = if let Some(rest) = self.url.strip_prefix("redis+cluster://") {
+            ("redis", rest)
+        } else if let Some(rest) = self.url.strip_prefix("redis+clusters://") {
+            ("rediss", rest)
+        } else {
+            return Ok(None);
+        };
+        let rest = rest.trim_end_matches('/');
+        let (login, hosts) = match rest.rsplit_once('@') {
+            Some((login, hosts)) => (format!("{login}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{scheme}://{login}{h}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(BrokerError::Config(format!(
+                "redis cluster url names no node: {}",
+                redact_url(&self.url)
+            )));
+        }
+        Ok(Some(nodes))
+    }
+
+    /// The cluster client for `nodes`, with `response_timeout` per attempt (none for blocking
+    /// waits) and redirections retried after short pauses: during a resharding a multi-key
+    /// script is told `TRYAGAIN` until its slot has moved, which takes milliseconds, not the
+    /// client's default second.
+    pub(crate) fn cluster_client(
+        &self,
+        nodes: &[String],
+        response_timeout: Option<Duration>,
+    ) -> BrokerResult<redis::cluster::ClusterClient> {
+        let mut builder = redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(Duration::from_secs(5))
+            .retries(16)
+            .min_retry_wait(10)
+            .max_retry_wait(500);
+        if let Some(timeout) = response_timeout {
+            builder = builder
+                .response_timeout(timeout)
+                .overall_response_timeout(Some(timeout * 2));
+        } else {
+            builder = builder.overall_response_timeout(None);
+        }
+        builder
+            .build()
+            .map_err(|e| BrokerError::Config(format!("redis cluster: {e}")))
+    }
+
     /// The login the sentinels themselves ask for (their `requirepass`, or an ACL user), for a
     /// `redis+sentinel://` config. The master's login goes in the URL.
     pub fn sentinel_auth(mut self, user: Option<&str>, password: &str) -> Self {

@@ -63,6 +63,10 @@ impl RedisBroker {
 
 #[async_trait]
 impl Coordination for RedisBroker {
+    /// Every primitive, on one server and on a cluster. In cluster mode the coordination
+    /// records live in the fleet's slot, and a step that pushes jobs (a unique push, a periodic
+    /// tick, a batch's callbacks and steps) writes them to the fleet's outbox in the same step;
+    /// the caller then pushes them onto their queues (see `drain_outbox`).
     fn capabilities(&self) -> Capabilities {
         Capabilities::ALL
     }
@@ -128,18 +132,27 @@ impl Coordination for RedisBroker {
         };
         // Rust prints an f64 in the shortest form that reads back to the same bits.
         let score = req.at.map(|at| at.to_string()).unwrap_or_default();
+        // In cluster mode the job goes to the fleet's outbox beside the lock, then on.
+        let cluster = self.keys.is_cluster();
+        let (target, queues) = if cluster {
+            (self.keys.outbox_fleet(), self.keys.outbox_fleet())
+        } else {
+            (target, self.keys.queues())
+        };
         let (stored, holder): (i64, String) = scripts::UNIQUE_PUSH
             .key(self.keys.permits(req.key))
             .key(target)
-            .key(self.keys.queues())
+            .key(queues)
             .arg(req.jid)
             .arg(req.ttl.as_millis().max(1) as u64)
             .arg(req.payload)
             .arg(req.queue)
             .arg(score)
+            .arg(if cluster { "1" } else { "" })
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
+        self.drain_fleet_outbox().await?;
         Ok(if stored == 1 {
             UniquePushed::Pushed
         } else {
@@ -152,11 +165,14 @@ impl Coordination for RedisBroker {
         req: errand_core::broker::ReplacePush<'_>,
     ) -> BrokerResult<Option<String>> {
         let score = req.at.map(|at| at.to_string()).unwrap_or_default();
+        // In cluster mode the debounce record lives in its queue's shard, beside what it
+        // replaces.
+        let shard = self.keys.shard_of(req.queue);
         let replaced: String = scripts::REPLACE_PUSH
-            .key(self.keys.debounce(req.key))
-            .key(self.keys.set(SetName::Scheduled))
+            .key(self.keys.debounce_in(req.key, shard))
+            .key(self.keys.set_in(SetName::Scheduled, shard))
             .key(self.keys.queue(req.queue))
-            .key(self.keys.queues())
+            .key(self.keys.queues_in(shard))
             .arg(req.jid)
             .arg(req.ttl.as_millis().max(1) as u64)
             .arg(req.payload)
@@ -278,11 +294,21 @@ impl Coordination for RedisBroker {
     }
 
     async fn periodic_claim(&self, claim: TickClaim<'_>) -> BrokerResult<bool> {
+        // In cluster mode the tick's job goes to the fleet's outbox beside the entry, then on.
+        let cluster = self.keys.is_cluster();
         let n: i64 = scripts::PERIODIC
             .key(self.keys.periodic())
             .key(self.keys.periodic_state(claim.name))
-            .key(self.keys.queue(claim.queue))
-            .key(self.keys.queues())
+            .key(if cluster {
+                self.keys.outbox_fleet()
+            } else {
+                self.keys.queue(claim.queue)
+            })
+            .key(if cluster {
+                self.keys.outbox_fleet()
+            } else {
+                self.keys.queues()
+            })
             .arg("claim")
             .arg(claim.name)
             // Rust prints an f64 in the shortest form that reads back to the same bits.
@@ -291,9 +317,11 @@ impl Coordination for RedisBroker {
             .arg(claim.now)
             .arg(claim.queue)
             .arg(claim.payload)
+            .arg(if cluster { "1" } else { "" })
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
+        self.drain_fleet_outbox().await?;
         Ok(n == 1)
     }
 
@@ -397,45 +425,50 @@ impl Coordination for RedisBroker {
             (SetName::Scheduled, Cancelled::Scheduled),
             (SetName::Retry, Cancelled::Retrying),
         ] {
-            let key = self.keys.set(set);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
-                    .arg(&key)
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1_000)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                // Member, score, member, score…
-                for member in page.iter().step_by(2) {
-                    if has_jid(member, jid) {
-                        let n: i64 = redis::cmd("ZREM")
-                            .arg(&key)
-                            .arg(member)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(|e| self.fail(e))?;
-                        if n > 0 {
-                            errand_core::broker::record_removed(self, member).await?;
-                            return Ok(found);
+            for key in self.keys.set_parts(set) {
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                    // Member, score, member, score…
+                    for member in page.iter().step_by(2) {
+                        if has_jid(member, jid) {
+                            let n: i64 = redis::cmd("ZREM")
+                                .arg(&key)
+                                .arg(member)
+                                .query_async(&mut conn)
+                                .await
+                                .map_err(|e| self.fail(e))?;
+                            if n > 0 {
+                                errand_core::broker::record_removed(self, member).await?;
+                                return Ok(found);
+                            }
                         }
                     }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
         }
-        let queues: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.queues())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let mut queues: Vec<String> = Vec::new();
+        for shard in self.keys.shards() {
+            let names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.queues_in(shard))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            queues.extend(names);
+        }
         const PAGE: isize = 1_000;
         for queue in queues {
             let key = self.keys.queue(&queue);

@@ -47,44 +47,47 @@ impl RedisBroker {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
-        let owners: Vec<String> = registered
-            .iter()
-            .map(|(identity, _)| identity)
-            .chain(&live)
-            .map(|identity| self.keys.inflight_prefix(identity))
-            .collect();
-        let root = self.keys.inflight_root();
-        let all = format!("{}*", crate::broker::escape_glob(&root));
-        let lists = crate::broker::scan(&mut conn, &all)
-            .await
-            .map_err(|e| self.fail(e))?;
         let mut total = 0;
-        for list in lists {
-            if owners
+        for shard in self.keys.shards() {
+            let owners: Vec<String> = registered
                 .iter()
-                .any(|prefix| list.starts_with(prefix.as_str()))
-            {
-                continue;
-            }
-            // `<identity>:<queue>`; Errand's identities are `host:pid:nonce`. Any split gives
-            // back the same list key; the identity is also the heartbeat key checked for life.
-            let rest = &list[root.len()..];
-            let cut = rest
-                .match_indices(':')
-                .nth(2)
-                .map_or(rest.rfind(':'), |(i, _)| Some(i));
-            let Some(cut) = cut else { continue };
-            let (identity, queue) = (&rest[..cut], &rest[cut + 1..]);
-            let n = self
-                .rescue(identity, &[queue.to_string()], true, policy.max_recoveries)
-                .await?;
-            if n > 0 {
-                tracing::warn!(
-                    identity,
-                    jobs = n,
-                    "recovered in-flight jobs of a process that was not registered"
-                );
-                total += n as usize;
+                .map(|(identity, _)| identity)
+                .chain(&live)
+                .map(|identity| self.keys.inflight_prefix_in(identity, shard))
+                .collect();
+            let root = self.keys.inflight_root_in(shard);
+            let all = format!("{}*", crate::broker::escape_glob(&root));
+            let lists = crate::broker::scan(&mut conn, &all)
+                .await
+                .map_err(|e| self.fail(e))?;
+            for list in lists {
+                if owners
+                    .iter()
+                    .any(|prefix| list.starts_with(prefix.as_str()))
+                {
+                    continue;
+                }
+                // `<identity>:<queue>`; Errand's identities are `host:pid:nonce`. Any split
+                // gives back the same key; the identity is also the heartbeat key checked for
+                // life.
+                let rest = &list[root.len()..];
+                let cut = rest
+                    .match_indices(':')
+                    .nth(2)
+                    .map_or(rest.rfind(':'), |(i, _)| Some(i));
+                let Some(cut) = cut else { continue };
+                let (identity, queue) = (&rest[..cut], &rest[cut + 1..]);
+                let n = self
+                    .rescue(identity, &[queue.to_string()], true, policy.max_recoveries)
+                    .await?;
+                if n > 0 {
+                    tracing::warn!(
+                        identity,
+                        jobs = n,
+                        "recovered in-flight jobs of a process that was not registered"
+                    );
+                    total += n as usize;
+                }
             }
         }
         Ok(total)
@@ -93,8 +96,16 @@ impl RedisBroker {
     /// `Errand::PoisonPill` entries, one atomic step each, so a crash in between leaves a job
     /// on the list for the next pass, never nowhere.
     async fn bury_poison(&self, policy: &RescuePolicy) -> BrokerResult<()> {
-        let poison = self.keys.poison();
-        let dead = self.keys.set(SetName::Dead);
+        for shard in self.keys.shards() {
+            self.bury_poison_in(shard, policy).await?;
+        }
+        Ok(())
+    }
+
+    /// [`RedisBroker::bury_poison`] for one shard's poison list (the only one, on one server).
+    async fn bury_poison_in(&self, shard: usize, policy: &RescuePolicy) -> BrokerResult<()> {
+        let poison = self.keys.poison_in(shard);
+        let dead = self.keys.set_in(SetName::Dead, shard);
         let mut conn = self.connection();
         loop {
             let raw: Option<String> = redis::cmd("LINDEX")
@@ -137,23 +148,97 @@ impl RedisBroker {
         require_dead: bool,
         max_recoveries: u32,
     ) -> BrokerResult<i64> {
+        if self.keys.is_cluster() {
+            return self
+                .rescue_by_shard(identity, queues, require_dead, max_recoveries)
+                .await;
+        }
+        let poison = self.keys.poison_in(0);
         let mut inv = scripts::RESCUE.prepare_invoke();
         inv.key(self.keys.process(identity))
             .key(self.keys.registry())
             .key(self.keys.processes())
-            .key(self.keys.poison())
-            .arg(identity)
-            .arg(self.keys.inflight_prefix(identity))
-            .arg(self.keys.queue_prefix())
+            .key(&poison)
+            .key(&poison);
+        for q in queues {
+            inv.key(self.keys.inflight(identity, q))
+                .key(self.keys.queue(q));
+        }
+        inv.arg(identity)
             .arg(if require_dead { "1" } else { "0" })
             .arg(max_recoveries.max(1))
-            .arg(self.keys.recoveries_prefix());
-        for q in queues {
-            inv.arg(q);
-        }
+            .arg(self.keys.recoveries_prefix_in(0));
         inv.invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))
+    }
+
+    /// Cluster mode's recovery, in steps of one slot each: the heartbeat checked, each shard's
+    /// in-flight hashes moved back to their queues by the rescue script, and only then the
+    /// process unregistered (a crash before that leaves it registered for the next pass). A
+    /// process that beats again between the check and a shard's step has its jobs put back
+    /// while it runs them: they run again, and its own completions are refused by their fencing
+    /// tokens.
+    async fn rescue_by_shard(
+        &self,
+        identity: &str,
+        queues: &[String],
+        require_dead: bool,
+        max_recoveries: u32,
+    ) -> BrokerResult<i64> {
+        let mut conn = self.connection();
+        if require_dead {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(self.keys.process(identity))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            if alive {
+                return Ok(-1);
+            }
+        }
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<&String>> = Default::default();
+        for q in queues {
+            by_shard.entry(self.keys.shard_of(q)).or_default().push(q);
+        }
+        let mut n = 0;
+        for (shard, queues) in by_shard {
+            let poison = self.keys.poison_in(shard);
+            let mut inv = scripts::RESCUE.prepare_invoke();
+            inv.key(&poison)
+                .key(&poison)
+                .key(&poison)
+                .key(&poison)
+                .key(self.keys.recoveries_in(shard));
+            for q in queues {
+                inv.key(self.keys.inflight(identity, q))
+                    .key(self.keys.queue(q));
+            }
+            inv.arg(identity)
+                .arg(if require_dead { "2" } else { "0" })
+                .arg(max_recoveries.max(1))
+                .arg("");
+            let moved: i64 = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            n += moved;
+        }
+        if require_dead {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HDEL")
+                .arg(self.keys.registry())
+                .arg(identity)
+                .ignore()
+                .cmd("SREM")
+                .arg(self.keys.processes())
+                .arg(identity)
+                .ignore();
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(n)
     }
 }
 
@@ -202,6 +287,10 @@ impl Fleet for RedisBroker {
     async fn isolated(
         &self,
     ) -> BrokerResult<Option<std::sync::Arc<dyn errand_core::broker::Broker>>> {
+        if self.cluster.is_some() {
+            let broker = RedisBroker::connect_cluster(self.config.clone()).await?;
+            return Ok(Some(std::sync::Arc::new(broker)));
+        }
         let sentinel = self
             .config
             .sentinel_client()?
@@ -318,6 +407,8 @@ impl Fleet for RedisBroker {
             }
         }
         self.bury_poison(policy).await?;
+        self.trim_dead_parts(errand_core::now(), policy.dead_limits)
+            .await?;
         Ok(total)
     }
 

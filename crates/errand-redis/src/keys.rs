@@ -1,13 +1,47 @@
 //! Every key Errand touches on Redis: Sidekiq's names, with an optional namespace prefix, and
 //! Errand's own under `errand:`. No other module formats a key.
+//!
+//! # Cluster mode
+//! On a Redis Cluster ([`Keys::cluster`]) a Lua script may only touch keys of one hash slot, so
+//! the keys carry hash tags. A queue belongs to one of [`CLUSTER_SHARDS`] *shards*, chosen by
+//! its name; a shard's keys share one tag: its queues' lists and in-flight hashes, its part of
+//! the `retry`, `schedule` and `dead` sets, its fencing counter, poison list and outbox. Each
+//! shard's tag is chosen so the shards' slots are spread evenly over the 16384, and so over the
+//! masters. Everything else (the fleet's process state, stats, metrics, coordination records)
+//! shares one more tag, `{f}`. On one server there is one shard and no tag: Sidekiq's layout.
 
 use errand_core::admin::SetName;
+
+/// How many queue shards a cluster-mode layout has. Fixed: it decides where every queue's keys
+/// live, so every process of a fleet must agree on it.
+pub const CLUSTER_SHARDS: usize = 16;
+
+/// Redis Cluster's hash slots.
+const SLOTS: u16 = 16384;
+
+/// The hash slot of `key` (CRC16-XMODEM of its hash tag, or of the whole key), as Redis
+/// Cluster computes it.
+pub fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % SLOTS
+}
 
 /// Builds every key Errand touches, with an optional namespace (as `redis-namespace` did for
 /// Sidekiq 6: `myapp` gives `myapp:queue:default`).
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
+    /// The namespace with its colon, and in cluster mode the fleet's tag (`{f}:`).
     prefix: String,
+    /// Cluster mode: each shard's key prefix (namespace and the shard's tag). Empty on one
+    /// server.
+    shards: Vec<String>,
 }
 
 impl Keys {
@@ -17,10 +51,70 @@ impl Keys {
             Some(ns) if !ns.is_empty() => format!("{ns}:"),
             _ => String::new(),
         };
-        Self { prefix }
+        Self {
+            prefix,
+            shards: Vec::new(),
+        }
     }
 
-    /// The namespace prefix, with its trailing colon (empty when none).
+    /// Cluster-mode keys under `namespace` (see the module's docs). The namespace must not
+    /// hold `{` or `}` (it would become the hash tag).
+    pub fn cluster(namespace: Option<&str>) -> Self {
+        let ns = match namespace {
+            Some(ns) if !ns.is_empty() => format!("{ns}:"),
+            _ => String::new(),
+        };
+        let width = SLOTS as usize / CLUSTER_SHARDS;
+        let shards = (0..CLUSTER_SHARDS)
+            .map(|i| {
+                // The first tag `s<i>-<n>` whose slot falls in the shard's even share.
+                let tag = (0u32..)
+                    .map(|n| format!("s{i}-{n}"))
+                    .find(|t| slot_of(t) as usize / width == i)
+                    .expect("some tag lands in every range");
+                format!("{ns}{{{tag}}}:")
+            })
+            .collect();
+        Self {
+            prefix: format!("{ns}{{f}}:"),
+            shards,
+        }
+    }
+
+    /// Whether these are cluster-mode keys.
+    pub fn is_cluster(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// The queue shards: `0..1` on one server, `0..CLUSTER_SHARDS` in cluster mode.
+    pub fn shards(&self) -> std::ops::Range<usize> {
+        0..self.shards.len().max(1)
+    }
+
+    /// The shard queue `name` belongs to (0 on one server).
+    pub fn shard_of(&self, queue: &str) -> usize {
+        if self.shards.is_empty() {
+            0
+        } else {
+            crc16::State::<crc16::XMODEM>::calculate(queue.as_bytes()) as usize % self.shards.len()
+        }
+    }
+
+    /// The prefix of shard `shard`'s keys (the namespace prefix on one server).
+    fn shard_prefix(&self, shard: usize) -> &str {
+        self.shards.get(shard).map_or(&self.prefix, String::as_str)
+    }
+
+    /// Every prefix Errand's keys start with: the namespace's (on one server), or the fleet's
+    /// and each shard's (in cluster mode).
+    pub fn all_prefixes(&self) -> Vec<String> {
+        std::iter::once(self.prefix.clone())
+            .chain(self.shards.iter().cloned())
+            .collect()
+    }
+
+    /// The namespace prefix, with its trailing colon (empty when none; in cluster mode with the
+    /// fleet's hash tag).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -31,24 +125,47 @@ impl Keys {
 
     // Sidekiq's keys.
 
-    /// `queues`: the set of known queue names.
-    pub fn queues(&self) -> String {
-        self.key("queues")
+    /// `queues`: the set of known queue names (in cluster mode, of the queues of `shard`).
+    pub fn queues_in(&self, shard: usize) -> String {
+        format!("{}queues", self.shard_prefix(shard))
     }
 
-    /// `queue:` with the namespace; a queue's list is this plus its name.
+    /// `queues`, the set of known queue names (the first shard's, in cluster mode).
+    pub fn queues(&self) -> String {
+        self.queues_in(0)
+    }
+
+    /// `queue:` with the namespace (and shard `shard`'s tag in cluster mode); a queue's list is
+    /// this plus its name.
+    pub fn queue_prefix_in(&self, shard: usize) -> String {
+        format!("{}queue:", self.shard_prefix(shard))
+    }
+
+    /// `queue:` with the namespace (the first shard's, in cluster mode).
     pub fn queue_prefix(&self) -> String {
-        self.key("queue:")
+        self.queue_prefix_in(0)
     }
 
     /// The list of queue `name`.
     pub fn queue(&self, name: &str) -> String {
-        format!("{}queue:{name}", self.prefix)
+        format!("{}queue:{name}", self.shard_prefix(self.shard_of(name)))
     }
 
-    /// One of the sorted sets: `retry`, `schedule`, `dead`.
+    /// One of the sorted sets, `retry`, `schedule` or `dead`: shard `shard`'s part of it in
+    /// cluster mode.
+    pub fn set_in(&self, set: SetName, shard: usize) -> String {
+        format!("{}{}", self.shard_prefix(shard), set.key())
+    }
+
+    /// One of the sorted sets: `retry`, `schedule`, `dead` (the first shard's part of it, in
+    /// cluster mode).
     pub fn set(&self, set: SetName) -> String {
-        self.key(set.key())
+        self.set_in(set, 0)
+    }
+
+    /// Every part of a sorted set: the set itself on one server, one per shard in cluster mode.
+    pub fn set_parts(&self, set: SetName) -> Vec<String> {
+        self.shards().map(|shard| self.set_in(set, shard)).collect()
     }
 
     /// `processes`: the set of live process identities.
@@ -95,19 +212,23 @@ impl Keys {
 
     // Errand's keys.
 
-    /// Every in-flight hash starts with this (`errand:inflight:`, namespaced).
-    pub fn inflight_root(&self) -> String {
-        self.key("errand:inflight:")
+    /// Every in-flight hash of shard `shard` starts with this (`errand:inflight:`, namespaced).
+    pub fn inflight_root_in(&self, shard: usize) -> String {
+        format!("{}errand:inflight:", self.shard_prefix(shard))
     }
 
-    /// The in-flight hashes of `identity` share this prefix; add the queue name.
-    pub fn inflight_prefix(&self, identity: &str) -> String {
-        format!("{}errand:inflight:{identity}:", self.prefix)
+    /// The in-flight hashes of `identity` in shard `shard` share this prefix; add the queue
+    /// name.
+    pub fn inflight_prefix_in(&self, identity: &str, shard: usize) -> String {
+        format!("{}errand:inflight:{identity}:", self.shard_prefix(shard))
     }
 
     /// The in-flight hash of `identity` for `queue` (field: fencing token, value: job string).
     pub fn inflight(&self, identity: &str, queue: &str) -> String {
-        format!("{}errand:inflight:{identity}:{queue}", self.prefix)
+        format!(
+            "{}errand:inflight:{identity}:{queue}",
+            self.shard_prefix(self.shard_of(queue))
+        )
     }
 
     /// Errand's registry of server processes (identity → `info`).
@@ -115,19 +236,40 @@ impl Keys {
         self.key("errand:processes")
     }
 
-    /// The counter that fetches take their fencing tokens from.
-    pub fn fetch_seq(&self) -> String {
-        self.key("errand:lease-seq")
+    /// The counter that fetches take their fencing tokens from (shard `shard`'s, in cluster
+    /// mode).
+    pub fn fetch_seq_in(&self, shard: usize) -> String {
+        format!("{}errand:lease-seq", self.shard_prefix(shard))
     }
 
-    /// Poison pills set aside by recovery, on their way to the dead set.
-    pub fn poison(&self) -> String {
-        self.key("errand:poison")
+    /// Poison pills set aside by recovery, on their way to the dead set (shard `shard`'s, in
+    /// cluster mode).
+    pub fn poison_in(&self, shard: usize) -> String {
+        format!("{}errand:poison", self.shard_prefix(shard))
     }
 
-    /// Per-job recovery counters share this prefix; add the jid.
-    pub fn recoveries_prefix(&self) -> String {
-        self.key("errand:recoveries:")
+    /// Per-job recovery counters share this prefix; add the jid (on one server).
+    pub fn recoveries_prefix_in(&self, shard: usize) -> String {
+        format!("{}errand:recoveries:", self.shard_prefix(shard))
+    }
+
+    /// Cluster mode: shard `shard`'s recovery counts, a hash of jid → count (kept a week after
+    /// its last change), declared to the rescue script with the shard's other keys.
+    pub fn recoveries_in(&self, shard: usize) -> String {
+        format!("{}errand:recoveries", self.shard_prefix(shard))
+    }
+
+    /// Cluster mode: jobs that a step in the fleet's slot (a unique push, a periodic tick, a
+    /// batch's record) stored for a queue's shard, each `<queue>\n<job>` (or
+    /// `\t<score>\n<job>` for the schedule), until they are pushed there.
+    pub fn outbox_fleet(&self) -> String {
+        self.key("errand:outbox")
+    }
+
+    /// Cluster mode: jobs a shard's promotion moved out of its sets for a queue of another
+    /// shard, each `<queue>\n<job>`, until they are pushed there.
+    pub fn outbox_in(&self, shard: usize) -> String {
+        format!("{}errand:outbox", self.shard_prefix(shard))
     }
 
     /// The fleet's turn to sweep for in-flight hashes of unregistered processes (`SET NX PX`).
@@ -167,9 +309,10 @@ impl Keys {
         format!("{}errand:cancel:{jid}", self.prefix)
     }
 
-    /// A debounce key's record: the job last pushed under it (`errand:debounce:<key>`).
-    pub fn debounce(&self, key: &str) -> String {
-        format!("{}errand:debounce:{key}", self.prefix)
+    /// A debounce key's record: the job last pushed under it (`errand:debounce:<key>`; in
+    /// cluster mode in the shard of the queue it pushes to).
+    pub fn debounce_in(&self, key: &str, shard: usize) -> String {
+        format!("{}errand:debounce:{key}", self.shard_prefix(shard))
     }
 
     /// The prefix of every batch's keys (`errand:batch:`; add the bid, and a suffix for its

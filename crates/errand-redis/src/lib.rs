@@ -18,6 +18,11 @@
 //! Every job transition is one Lua script, loaded once and run with EVALSHA; the scripts move
 //! payload strings and never re-encode JSON. [`Keys`] names every key.
 //!
+//! On a Redis Cluster ([`RedisConfig::cluster`], `redis+cluster://` URLs) the keys carry hash
+//! tags ([`Keys::cluster`]): each queue's keys share its shard's slot, the fleet's and the
+//! coordination records share one more, and steps that push into another slot go through an
+//! outbox; Ruby Sidekiq cannot read that layout (see `docs/redis-cluster.md`).
+//!
 //! The admin side (queues, sets, processes, signals, counters, metrics) works on the same keys
 //! Sidekiq's API and Web UI use; paused queues live in Sidekiq Pro's `paused` set, execution
 //! metrics in Errand's `errand:metrics:<minute>` and `errand:metrics:total` hashes.
@@ -34,6 +39,6 @@ mod metrics;
 mod queue;
 mod scripts;
 
-pub use broker::{RedisBroker, eviction_warning};
+pub use broker::{RedisBroker, RedisConn, eviction_warning};
 pub use config::RedisConfig;
-pub use keys::Keys;
+pub use keys::{CLUSTER_SHARDS, Keys, slot_of};

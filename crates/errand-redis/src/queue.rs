@@ -11,7 +11,7 @@ use errand_core::broker::{
     BrokerResult, Completion, Enqueue, FetchRequest, Fetched, JobQueue, ScheduledJob, Settle,
 };
 use errand_core::{BrokerError, Payload, WireProfile};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::RedisError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 
 /// How many values one LPUSH/ZADD carries in a bulk push.
 const PUSH_CHUNK: usize = 1_000;
+
+/// How long a drain's claim on outbox entries lasts before another drain may push them.
+const OUTBOX_CLAIM: Duration = Duration::from_secs(60);
 
 /// How many due jobs one promote round moves.
 const PROMOTE_BATCH: isize = 100;
@@ -32,34 +35,69 @@ pub(crate) const BY_FIELD: &str = "field";
 pub(crate) const BY_ENTRY: &str = "entry";
 
 impl RedisBroker {
-    /// One run of the fetch script: up to `req.max` jobs into flight, each with its token.
+    /// One fetch round: the fetch script once per run of consecutive queues of one shard (on
+    /// one server, once), in the round's order, each asked for what is still missing.
     async fn fetch_now(&self, req: &FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
-        let prefix = self.keys.inflight_prefix(req.identity);
+        let mut out = Vec::new();
+        let mut rest = req.queues;
+        while !rest.is_empty() && out.len() < req.max {
+            let shard = self.keys.shard_of(&rest[0]);
+            let run = rest
+                .iter()
+                .take_while(|q| self.keys.shard_of(q) == shard)
+                .count();
+            let (queues, after) = rest.split_at(run);
+            rest = after;
+            self.fetch_shard(req.identity, queues, shard, req.max - out.len(), &mut out)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// One run of the fetch script on `queues` (all of shard `shard`): up to `max` jobs into
+    /// flight, each with its token, appended to `out`.
+    async fn fetch_shard(
+        &self,
+        identity: &str,
+        queues: &[String],
+        shard: usize,
+        max: usize,
+        out: &mut Vec<Fetched>,
+    ) -> BrokerResult<()> {
         let mut inv = scripts::FETCH.prepare_invoke();
-        for q in req.queues {
+        for q in queues {
             inv.key(self.keys.queue(q));
         }
-        inv.arg(req.max).arg(&prefix).arg(self.keys.fetch_seq());
-        for q in req.queues {
-            inv.arg(q);
+        for q in queues {
+            inv.key(self.keys.inflight(identity, q));
+        }
+        inv.key(self.keys.fetch_seq_in(shard));
+        inv.arg(max).arg(queues.len());
+        // Cluster mode: each shard has its own counter, so tokens also follow Redis's clock and
+        // never fall below one this broker handed out (see fetch.lua).
+        if self.keys.is_cluster() {
+            inv.arg(self.last_token.load(std::sync::atomic::Ordering::Relaxed) + 1);
+        } else {
+            inv.arg("");
         }
         let flat: Vec<redis::Value> = inv
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
-        let mut out = Vec::with_capacity(flat.len() / 2);
         let first_token: u64 = match flat.first() {
             Some(v) => redis::from_redis_value_ref(v).map_err(|e| cmd_err(e.into()))?,
             None => 0,
         };
         let pairs = flat.get(1..).unwrap_or_default().chunks_exact(2);
+        let mut last = 0;
         for (token, pair) in (first_token..).zip(pairs) {
+            last = token;
             let idx: usize =
                 redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
             let bytes: Vec<u8> =
                 redis::from_redis_value_ref(&pair[1]).map_err(|e| cmd_err(e.into()))?;
-            let queue = req.queues[idx - 1].clone();
-            let location = self.keys.inflight(req.identity, &queue);
+            let queue = queues[idx - 1].clone();
+            let location = self.keys.inflight(identity, &queue);
             if let Some(raw) = self.text_or_bury(&location, &queue, token, bytes).await? {
                 out.push(Fetched {
                     location,
@@ -69,7 +107,9 @@ impl RedisBroker {
                 });
             }
         }
-        Ok(out)
+        self.last_token
+            .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// One settle: the job leaves its in-flight hash and enters its set in one script (1 when
@@ -95,7 +135,7 @@ impl RedisBroker {
         };
         let mut inv = scripts::SETTLE.prepare_invoke();
         inv.key(&job.location)
-            .key(self.keys().set(set))
+            .key(self.keys().set_in(set, self.keys.shard_of(&job.queue)))
             .arg(job.token)
             .arg(payload)
             .arg(score);
@@ -114,15 +154,7 @@ impl RedisBroker {
     async fn wait_for_job(&self, list: &str, wait: Duration) -> BrokerResult<bool> {
         let mut slot = self.blocking.lock().await;
         if slot.is_none() {
-            let cfg = AsyncConnectionConfig::new()
-                .set_response_timeout(None)
-                .set_connection_timeout(Some(Duration::from_secs(5)));
-            *slot = Some(
-                self.client()
-                    .get_multiplexed_async_connection_with_config(&cfg)
-                    .await
-                    .map_err(|e| self.fail(e))?,
-            );
+            *slot = Some(self.blocking_connection().await?);
         }
         let conn = slot.as_mut().expect("set above");
         let mut cmd = redis::cmd("BLMOVE");
@@ -183,7 +215,7 @@ impl RedisBroker {
         );
         let _: i64 = scripts::SETTLE
             .key(location)
-            .key(self.keys.set(SetName::Dead))
+            .key(self.keys.set_in(SetName::Dead, self.keys.shard_of(queue)))
             .arg(token)
             .arg(entry.to_json())
             .arg(now)
@@ -211,6 +243,9 @@ impl JobQueue for RedisBroker {
         for j in jobs {
             by_queue.entry(&j.queue).or_default().push(&j.payload);
         }
+        if self.keys.is_cluster() {
+            return self.push_by_shard(&by_queue).await;
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("SADD")
             .arg(self.keys.queues())
@@ -231,16 +266,29 @@ impl JobQueue for RedisBroker {
         if jobs.is_empty() {
             return Ok(());
         }
-        let key = self.keys.set(SetName::Scheduled);
-        let mut pipe = redis::pipe();
-        for chunk in jobs.chunks(PUSH_CHUNK) {
-            let members: Vec<(f64, &str)> =
-                chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
-            pipe.cmd("ZADD").arg(&key).arg(members).ignore();
+        // In cluster mode a job waits in its queue's shard of the schedule.
+        let mut by_shard: BTreeMap<usize, Vec<&ScheduledJob>> = BTreeMap::new();
+        for j in jobs {
+            let shard = if self.keys.is_cluster() {
+                self.keys.shard_of(&queue_of(&j.payload))
+            } else {
+                0
+            };
+            by_shard.entry(shard).or_default().push(j);
         }
-        pipe.query_async::<()>(&mut self.connection())
-            .await
-            .map_err(|e| self.fail(e))
+        for (shard, jobs) in by_shard {
+            let key = self.keys.set_in(SetName::Scheduled, shard);
+            let mut pipe = redis::pipe();
+            for chunk in jobs.chunks(PUSH_CHUNK) {
+                let members: Vec<(f64, &str)> =
+                    chunk.iter().map(|j| (j.at, j.payload.as_str())).collect();
+                pipe.cmd("ZADD").arg(&key).arg(members).ignore();
+            }
+            pipe.query_async::<()>(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
     }
 
     /// Every job is moved by the fetch script, which hands out its fencing token in the same
@@ -286,23 +334,27 @@ impl JobQueue for RedisBroker {
                 Completion::Settle(job, to) => settles.push((i, self.settle_one(job, to))),
             }
         }
-        let mut inv = scripts::ACK.prepare_invoke();
-        let mut order = Vec::new();
+        // One ack script per shard (each touches one slot); on one server, one.
+        let mut by_shard: BTreeMap<usize, (redis::ScriptInvocation<'_>, Vec<usize>)> =
+            BTreeMap::new();
         for (key, acks) in &by_key {
+            let shard = match batch[acks[0].0] {
+                Completion::Ack(job) | Completion::Settle(job, _) => self.keys.shard_of(&job.queue),
+            };
+            let (inv, order) = by_shard
+                .entry(shard)
+                .or_insert_with(|| (scripts::ACK.prepare_invoke(), Vec::new()));
             inv.key(*key).arg(acks.len());
             for (i, token) in acks {
                 inv.arg(*token);
                 order.push(*i);
             }
         }
-        let mut conn = self.connection();
-        let acked = async {
-            if order.is_empty() {
-                Ok(Vec::new())
-            } else {
-                inv.invoke_async::<Vec<i64>>(&mut conn).await
-            }
-        };
+        let conn = self.connection();
+        let acked = futures::future::join_all(by_shard.into_values().map(|(inv, order)| {
+            let mut conn = conn.clone();
+            async move { (order, inv.invoke_async::<Vec<i64>>(&mut conn).await) }
+        }));
         let settled = futures::future::join_all(
             settles
                 .into_iter()
@@ -310,8 +362,10 @@ impl JobQueue for RedisBroker {
         );
         let (acked, settled) = futures::join!(acked, settled);
         let mut held = vec![false; batch.len()];
-        for (i, removed) in order.into_iter().zip(acked.map_err(|e| self.fail(e))?) {
-            held[i] = removed > 0;
+        for (order, removed) in acked {
+            for (i, removed) in order.into_iter().zip(removed.map_err(|e| self.fail(e))?) {
+                held[i] = removed > 0;
+            }
         }
         for (i, moved) in settled {
             held[i] = moved.map_err(|e| self.fail(e))? == 1;
@@ -341,51 +395,193 @@ impl JobQueue for RedisBroker {
 
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
         let mut moved = 0;
-        for set in [SetName::Retry, SetName::Scheduled] {
-            let key = self.keys.set(set);
-            loop {
-                let due: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(&key)
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("BYSCORE")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(PROMOTE_BATCH)
-                    .query_async(&mut self.connection())
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                if due.is_empty() {
-                    break;
-                }
-                let mut inv = scripts::PROMOTE.prepare_invoke();
-                inv.key(&key)
-                    .arg(self.keys.queue_prefix())
-                    .arg(self.keys.queues());
-                for raw in &due {
-                    match Payload::parse(raw) {
-                        Ok(mut p) => {
-                            p.stamp_enqueued(profile, now);
-                            let queue = p.queue().to_string();
-                            inv.arg(raw).arg(p.to_json()).arg(queue);
-                        }
-                        // Unreadable members go to `default` unchanged, where the worker files
-                        // them in the dead set with the reason: nothing sits unseen in a set.
-                        Err(_) => {
-                            inv.arg(raw).arg(raw).arg("default");
-                        }
+        for shard in self.keys.shards() {
+            for set in [SetName::Retry, SetName::Scheduled] {
+                moved += self.promote_part(set, shard, now, profile).await?;
+            }
+            if self.keys.is_cluster() {
+                self.drain_outbox(&self.keys.outbox_in(shard)).await?;
+            }
+        }
+        self.drain_fleet_outbox().await?;
+        Ok(moved)
+    }
+}
+
+impl RedisBroker {
+    /// Promotes the due jobs of one part of `set` (the set itself on one server).
+    async fn promote_part(
+        &self,
+        set: SetName,
+        shard: usize,
+        now: f64,
+        profile: WireProfile,
+    ) -> BrokerResult<usize> {
+        let key = self.keys.set_in(set, shard);
+        let outbox = if self.keys.is_cluster() {
+            self.keys.outbox_in(shard)
+        } else {
+            String::new()
+        };
+        let mut moved = 0;
+        loop {
+            let due: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(PROMOTE_BATCH)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            if due.is_empty() {
+                break;
+            }
+            let mut inv = scripts::PROMOTE.prepare_invoke();
+            inv.key(&key)
+                .key(self.keys.queues_in(shard))
+                .key(if outbox.is_empty() { &key } else { &outbox });
+            // Each queue's list declared once, at the index the quadruples name.
+            let mut lists: Vec<String> = Vec::new();
+            let mut args: Vec<(String, String, String, usize)> = Vec::new();
+            for raw in &due {
+                let (payload, queue) = match Payload::parse(raw) {
+                    Ok(mut p) => {
+                        p.stamp_enqueued(profile, now);
+                        let queue = p.queue().to_string();
+                        (p.to_json(), queue)
                     }
-                }
-                let n: usize = inv
-                    .invoke_async(&mut self.connection())
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                moved += n;
-                if (due.len() as isize) < PROMOTE_BATCH {
-                    break;
-                }
+                    // Unreadable members go to `default` unchanged, where the worker files
+                    // them in the dead set with the reason: nothing sits unseen in a set.
+                    Err(_) => (raw.clone(), "default".to_string()),
+                };
+                let at = if self.keys.shard_of(&queue) == shard {
+                    let list = self.keys.queue(&queue);
+                    let i = match lists.iter().position(|l| *l == list) {
+                        Some(i) => i,
+                        None => {
+                            lists.push(list);
+                            lists.len() - 1
+                        }
+                    };
+                    i + 4
+                } else {
+                    0
+                };
+                args.push((raw.clone(), payload, queue, at));
+            }
+            for list in &lists {
+                inv.key(list);
+            }
+            for (raw, payload, queue, at) in args {
+                inv.arg(raw).arg(payload).arg(queue).arg(at);
+            }
+            let n: usize = inv
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            moved += n;
+            if (due.len() as isize) < PROMOTE_BATCH {
+                break;
             }
         }
         Ok(moved)
     }
+
+    /// Cluster mode: pushes the jobs waiting in `outbox` (a shard's, holding what its promotion
+    /// moved for a queue of another shard, or the fleet's, holding what a coordination step
+    /// stored) onto their queues or into the schedule. Entries are claimed first (`outbox.lua`),
+    /// so concurrent callers never push one twice, and a claim ends once its job is pushed. A
+    /// crash between the claim and the push leaves the claim to lapse ([`OUTBOX_CLAIM`]); the
+    /// next drain (the poller drains every outbox) puts it back and pushes it: at least once,
+    /// never lost.
+    pub(crate) async fn drain_outbox(&self, outbox: &str) -> BrokerResult<()> {
+        let claims = format!("{outbox}:claims");
+        loop {
+            let entries: Vec<String> = scripts::OUTBOX
+                .key(outbox)
+                .key(&claims)
+                .arg(OUTBOX_CLAIM.as_millis() as u64)
+                .arg("")
+                .arg(PROMOTE_BATCH)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for entry in &entries {
+                let (head, payload) = entry.split_once('\n').unwrap_or(("default", entry));
+                match head.strip_prefix('\t').map(str::parse::<f64>) {
+                    Some(Ok(at)) => {
+                        self.push_scheduled(&[ScheduledJob {
+                            at,
+                            payload: payload.to_string(),
+                        }])
+                        .await?
+                    }
+                    _ => self.push_one(head, payload).await?,
+                }
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(&claims)
+                    .arg(entry)
+                    .query_async(&mut self.connection())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+            }
+        }
+    }
+
+    /// Cluster mode: [`RedisBroker::drain_outbox`] of the fleet's outbox (nothing on one
+    /// server).
+    pub(crate) async fn drain_fleet_outbox(&self) -> BrokerResult<()> {
+        if self.keys.is_cluster() {
+            self.drain_outbox(&self.keys.outbox_fleet()).await?;
+        }
+        Ok(())
+    }
+
+    /// One job pushed onto `queue`.
+    pub(crate) async fn push_one(&self, queue: &str, payload: &str) -> BrokerResult<()> {
+        self.push(&[Enqueue {
+            queue: queue.to_string(),
+            payload: payload.to_string(),
+        }])
+        .await
+    }
+
+    /// Cluster mode: `by_queue`'s jobs pushed with one script per shard.
+    async fn push_by_shard(&self, by_queue: &BTreeMap<&str, Vec<&str>>) -> BrokerResult<()> {
+        let mut by_shard: BTreeMap<usize, Vec<(&str, &Vec<&str>)>> = BTreeMap::new();
+        for (queue, payloads) in by_queue {
+            by_shard
+                .entry(self.keys.shard_of(queue))
+                .or_default()
+                .push((queue, payloads));
+        }
+        for (shard, queues) in by_shard {
+            let mut inv = scripts::PUSH.prepare_invoke();
+            inv.key(self.keys.queues_in(shard));
+            for (queue, payloads) in queues {
+                inv.key(self.keys.queue(queue))
+                    .arg(queue)
+                    .arg(payloads.len())
+                    .arg(payloads.as_slice());
+            }
+            let _: i64 = inv
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The queue a payload names (`default` when it names none or does not parse).
+pub(crate) fn queue_of(payload: &str) -> String {
+    Payload::parse(payload)
+        .map(|p| p.queue().to_string())
+        .unwrap_or_else(|_| "default".to_string())
 }

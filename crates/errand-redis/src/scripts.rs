@@ -11,6 +11,11 @@ pub static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sc
 /// In flight → the retry, scheduled or dead set (with the dead set's trim).
 pub static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+/// Cluster mode: claim outbox entries for delivery.
+pub static OUTBOX: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/outbox.lua")));
+/// Cluster mode: jobs pushed onto the queues of one shard.
+pub static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/push.lua")));
 /// Due members of `retry`/`schedule` → their queues.
 pub static PROMOTE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));

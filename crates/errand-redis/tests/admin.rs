@@ -9,10 +9,10 @@ use errand_core::broker::Fleet;
 use errand_core::broker::JobQueue;
 use errand_core::broker::{DeadLimits, Enqueue, Heartbeat, RemoteSignal, ScheduledJob, WorkEntry};
 use errand_core::metrics::ClassMetrics;
+use errand_redis::RedisConn;
 use errand_redis::{Keys, RedisBroker, RedisConfig};
 use errand_tests::{RedisServer, wait_until};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -39,7 +39,7 @@ fn layout_key(keys: &Keys, name: &str) -> String {
 /// One case's view: its broker (in a namespace of its own), a raw connection and its keys.
 struct Case {
     b: RedisBroker,
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     url: String,
     _server: Option<Arc<RedisServer>>,

@@ -174,6 +174,210 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of the test's own: `masters` `redis-server`s in cluster mode on free
+/// loopback ports (each with its own cluster-bus port and folder), the 16384 slots split evenly
+/// in order, no replicas; killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<(Child, u16, u16)>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl RedisCluster {
+    /// Starts the servers, assigns the slots (`CLUSTER ADDSLOTSRANGE`), joins them
+    /// (`CLUSTER MEET`) and waits until every node reports `cluster_state:ok` with the same
+    /// slot map.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed or the cluster does not form within 30 s.
+    pub fn start(masters: usize) -> Self {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..masters {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (port, bus) = (free_port(), free_port());
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+                "--cluster-port",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([bus.to_string()])
+            .collect();
+            let child = spawn_redis(port, dir.path(), EPHEMERAL, &extra);
+            nodes.push((child, port, bus));
+            dirs.push(dir);
+        }
+        let cluster = Self { nodes, _dirs: dirs };
+        for i in 0..masters {
+            wait_until_sync("a cluster node to answer", Duration::from_secs(10), || {
+                cluster.try_node(i).is_some()
+            });
+        }
+        let per = 16384 / masters;
+        for i in 0..masters {
+            let last = if i + 1 == masters {
+                16383
+            } else {
+                (i + 1) * per - 1
+            };
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(i * per)
+                .arg(last)
+                .query(&mut cluster.node(i))
+                .expect("CLUSTER ADDSLOTSRANGE");
+        }
+        for i in 1..masters {
+            let (_, port, bus) = cluster.nodes[i];
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(port)
+                .arg(bus)
+                .query(&mut cluster.node(0))
+                .expect("CLUSTER MEET");
+        }
+        wait_until_sync("the cluster to form", Duration::from_secs(30), || {
+            let mut maps = Vec::new();
+            for i in 0..masters {
+                let Some(mut c) = cluster.try_node(i) else {
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                if !info.contains("cluster_state:ok") {
+                    return false;
+                }
+                let slots: redis::Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query(&mut c)
+                    .unwrap_or(redis::Value::Nil);
+                maps.push(format!("{slots:?}"));
+            }
+            maps.windows(2).all(|w| w[0] == w[1])
+        });
+        cluster
+    }
+
+    fn try_node(&self, i: usize) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.nodes[i].1))
+            .and_then(|c| c.get_connection())
+            .ok()
+    }
+
+    /// A blocking connection to master `i` (its own commands only: no redirections followed).
+    pub fn node(&self, i: usize) -> redis::Connection {
+        self.try_node(i).expect("connect to a cluster node")
+    }
+
+    /// `host:port` of every master, for `RedisConfig::cluster`.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(_, port, _)| format!("127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// The index of the master serving `slot`, as master 0 sees it.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        let id: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query::<String>(&mut self.node(0))
+            .expect("CLUSTER NODES")
+            .lines()
+            .find(|l| {
+                l.split(' ').skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    match (a.parse::<u16>(), b.parse::<u16>()) {
+                        (Ok(a), Ok(b)) => a <= slot && slot <= b,
+                        _ => false,
+                    }
+                })
+            })
+            .and_then(|l| l.split(' ').next().map(str::to_string))
+            .expect("a node serves the slot");
+        (0..self.nodes.len())
+            .find(|&i| self.node_id(i) == id)
+            .expect("the owner is one of ours")
+    }
+
+    fn node_id(&self, i: usize) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.node(i))
+            .expect("CLUSTER MYID")
+    }
+
+    /// Moves `slot` and its keys from master `from` to master `to`, live, as
+    /// `redis-cli --cluster reshard` does: the target marked importing and the source
+    /// migrating (clients are sent `ASK`/`TRYAGAIN` meanwhile), the keys moved with `MIGRATE` in
+    /// batches, then every master told the new owner.
+    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let to_port = self.nodes[to].1;
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&from_id)
+            .query(&mut self.node(to))
+            .expect("SETSLOT IMPORTING");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&to_id)
+            .query(&mut self.node(from))
+            .expect("SETSLOT MIGRATING");
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut self.node(from))
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to_port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut self.node(from))
+                .expect("MIGRATE");
+        }
+        for i in 0..self.nodes.len() {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id)
+                .query(&mut self.node(i))
+                .expect("SETSLOT NODE");
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (child, _, _) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A Redis Sentinel of the test's own (Debian's `redis-sentinel`), on a free loopback port,
 /// with its config file in a temporary folder (a sentinel rewrites it), killed on drop.
 pub struct SentinelServer {

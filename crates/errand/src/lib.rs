@@ -98,5 +98,7 @@ pub mod postgres {
 /// The Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub mod redis {
-    pub use errand_redis::{Keys, RedisBroker, RedisConfig, eviction_warning};
+    pub use errand_redis::{
+        CLUSTER_SHARDS, Keys, RedisBroker, RedisConfig, RedisConn, eviction_warning, slot_of,
+    };
 }

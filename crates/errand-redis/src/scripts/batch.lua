@@ -14,7 +14,10 @@
 --   P..B..':steps'     hash: 'h:'..jid -> the step's head, 'q:'..jid -> its queue
 --   P..B..':next'      hash: jid -> JSON array of the waiting steps that need it
 -- ARGV[1] the operation, ARGV[2] P, ARGV[3] the queue key prefix, ARGV[4] the queue names set,
--- ARGV[5] the batch index (zset by created_at), ARGV[6] the schedule set; then per operation:
+-- ARGV[5] the batch index (zset by created_at), ARGV[6] the schedule set; in cluster mode
+-- ARGV[3] and ARGV[6] are '' and ARGV[4] is the fleet's outbox: jobs to push go there as
+-- '<queue>\n<payload>' ('\t<score>\n<payload>' to schedule), for the caller to push on. KEYS[1]
+-- is the batch index (it routes the script to the fleet's slot); then per operation:
 --   create: bid, parent or '', desc, keep ms, max age ms, policy, workflow or '', n callbacks,
 --           (event, queue, head) * n, m steps, (jid, queue, head, parents JSON) * m.
 --           Returns 1 (created), 0 (it existed) or -1 (the parent is gone or complete).
@@ -28,6 +31,50 @@ local SUFFIXES = {':pending', ':failed', ':dead', ':cancelled', ':waiting', ':st
 
 local function k(bid, suffix)
   return P .. bid .. (suffix or '')
+end
+
+-- Cluster mode: every key of the batches this run may touch (those `bids` names, and their
+-- parents up the chain) is read first with pcall; if one is being moved to another node (a
+-- resharding of the fleet's slot), the run stops before any write with TRYAGAIN, which the
+-- client retries once the slot has moved. The keys are not declared (they are found as the
+-- script runs), so this is what keeps a record whole during a migration.
+local function probe(bids)
+  local seen = {}
+  for _, bid in ipairs(bids) do
+    local b = bid
+    while b and b ~= '' and not seen[b] do
+      seen[b] = true
+      for _, key in ipairs({k(b), k(b, ':pending'), k(b, ':failed'), k(b, ':dead'),
+          k(b, ':cancelled'), k(b, ':waiting'), k(b, ':steps'), k(b, ':next')}) do
+        local ok = redis.pcall('EXISTS', key)
+        if type(ok) == 'table' and ok.err then
+          return false
+        end
+      end
+      local parent = redis.pcall('HGET', k(b), 'parent')
+      if type(parent) == 'table' and parent.err then
+        return false
+      end
+      b = parent
+    end
+  end
+  return true
+end
+
+if QP == '' then
+  local bids = {}
+  if op == 'create' then
+    bids = {ARGV[7], ARGV[8]}
+  elseif op == 'add' then
+    bids = {ARGV[7]}
+  else
+    for i = 8, #ARGV, 3 do
+      bids[#bids + 1] = ARGV[i]
+    end
+  end
+  if not probe(bids) then
+    return redis.error_reply('TRYAGAIN batch keys are moving between cluster nodes')
+  end
 end
 
 local function now()
@@ -65,6 +112,11 @@ local function join(bid, suffix, member)
 end
 
 local function push(queue, payload)
+  if QP == '' then
+    -- Cluster mode: QS is the fleet's outbox.
+    redis.call('RPUSH', QS, queue .. '\n' .. payload)
+    return
+  end
   redis.call('SADD', QS, queue)
   redis.call('LPUSH', QP .. queue, payload)
 end
@@ -152,7 +204,11 @@ if op == 'add' then
   local m = tonumber(ARGV[i])
   for j = 1, m do
     added = added + add_member(bid, ARGV[i + 1])
-    redis.call('ZADD', SCHEDULE, ARGV[i + 2], ARGV[i + 3])
+    if SCHEDULE == '' then
+      redis.call('RPUSH', QS, '\t' .. ARGV[i + 2] .. '\n' .. ARGV[i + 3])
+    else
+      redis.call('ZADD', SCHEDULE, ARGV[i + 2], ARGV[i + 3])
+    end
     i = i + 3
   end
   redis.call('HINCRBY', k(bid), 'total', added)

@@ -3,7 +3,9 @@
 -- claim: KEYS[3] the queue's list, KEYS[4] the queue names; ARGV[3] the tick's time, ARGV[4]
 --   the jid, ARGV[5] now, ARGV[6] the queue's name, ARGV[7] the payload. Enqueues the job and
 --   makes the tick the last, only if the entry exists, is not paused and the tick is later
---   than its last: each (entry, tick) is enqueued at most once. Returns 1 or 0.
+--   than its last: each (entry, tick) is enqueued at most once. Returns 1 or 0. ARGV[8] '1' in
+--   cluster mode: KEYS[3] is then the fleet's outbox, where the job goes as
+--   '<queue>\n<payload>' for the caller to push on.
 -- pause: ARGV[3] '1' or '0'. Returns 0 when there is no such entry.
 -- prune: ARGV[3] a time; removes the entry if it was last declared before it. Returns 1 or 0.
 local op, name = ARGV[1], ARGV[2]
@@ -19,6 +21,10 @@ if op == 'claim' then
     return 0
   end
   redis.call('HSET', KEYS[2], 'last_tick', ARGV[3], 'last_jid', ARGV[4], 'last_run', ARGV[5])
+  if ARGV[8] == '1' then
+    redis.call('RPUSH', KEYS[3], ARGV[6] .. '\n' .. ARGV[7])
+    return 1
+  end
   redis.call('SADD', KEYS[4], ARGV[6])
   redis.call('LPUSH', KEYS[3], ARGV[7])
   return 1

@@ -1,0 +1,123 @@
+//! The backend conformance suites on a Redis Cluster (cluster mode, `RedisConfig::cluster`):
+//! three masters started by the test (`RedisCluster`), shared by the cases running at a time,
+//! each case in its own key namespace. The whole suite runs, as on one server.
+
+use async_trait::async_trait;
+use errand_backend_tests::{AdminBackend, AdminFactory, BackendFactory, Inspect, TestBackend};
+use errand_core::admin::Admin;
+use errand_core::broker::Broker;
+use errand_redis::{RedisBroker, RedisConfig};
+use errand_tests::RedisCluster;
+use redis::AsyncCommands;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// The server the running cases share. A `static` is never dropped, so a server kept there
+/// would outlive the test binary; instead each case's factory holds an `Arc`, and the server
+/// stops when the last case using it ends (a later case starts a new one).
+static SERVER: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+
+fn server() -> Arc<RedisCluster> {
+    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot.upgrade() {
+        return s;
+    }
+    let s = Arc::new(RedisCluster::start(3));
+    *slot = Arc::downgrade(&s);
+    s
+}
+
+fn unique_namespace() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "conformance-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Made once per case (the macro evaluates `Redis::new()` per test), so it keeps the shared
+/// server alive for exactly as long as the case runs.
+struct Redis {
+    nodes: Vec<String>,
+    _server: Arc<RedisCluster>,
+}
+
+impl Redis {
+    fn new() -> Self {
+        errand_tests::init_tracing();
+        let s = server();
+        Self {
+            nodes: s.addrs(),
+            _server: s,
+        }
+    }
+}
+
+struct RedisInspect(RedisBroker);
+
+#[async_trait]
+impl Inspect for RedisInspect {
+    fn admin(&self) -> &dyn Admin {
+        &self.0
+    }
+    fn broker(&self) -> &dyn Broker {
+        &self.0
+    }
+    async fn push_signal(&self, identity: &str, name: &str) -> bool {
+        // Any name, as Sidekiq's Web UI (or anything else) could push it.
+        let _: () = self
+            .0
+            .connection()
+            .lpush(self.0.keys().signals(identity), name)
+            .await
+            .unwrap();
+        true
+    }
+    async fn let_time_pass(&self, _by: Duration) {
+        // Redis expires keys on its own clock; the case polls with a deadline.
+    }
+}
+
+#[async_trait]
+impl BackendFactory for Redis {
+    fn name(&self) -> &str {
+        "redis-cluster"
+    }
+    async fn new_backend(&self) -> TestBackend {
+        let (broker, inspect) = self.connect_new().await;
+        TestBackend {
+            inspect,
+            broker: Arc::new(broker),
+        }
+    }
+}
+
+#[async_trait]
+impl AdminFactory for Redis {
+    async fn new_admin_backend(&self) -> AdminBackend {
+        let (broker, inspect) = self.connect_new().await;
+        AdminBackend::new(Arc::new(broker), inspect)
+    }
+}
+
+impl Redis {
+    /// A broker in a new namespace of its own, and the inspection view of that namespace.
+    async fn connect_new(&self) -> (RedisBroker, Arc<dyn Inspect>) {
+        let ns = unique_namespace();
+        let broker =
+            RedisBroker::connect_with(RedisConfig::cluster(&self.nodes).namespace(ns.clone()))
+                .await
+                .expect("connect to the test cluster");
+        let inspect = Arc::new(RedisInspect(broker.clone()));
+        (broker, inspect)
+    }
+}
+
+errand_backend_tests::conformance_tests!(Redis::new());
+errand_backend_tests::admin_conformance_tests!(Redis::new());
