@@ -23,6 +23,15 @@ end
 def now = Process.clock_gettime(Process::CLOCK_REALTIME)
 def llen = Sidekiq.redis { |r| r.llen("queue:default") }
 
+# What Redis itself has spent: CPU seconds (sys + user) and commands run, from INFO. Read
+# around the drain, as `errand bench` does (the bench's own LLEN polls are in it: one per 5 ms).
+def redis_cost
+  info = Sidekiq.redis { |r| r.call("INFO", "cpu", "commandstats") }
+  cpu = info[/used_cpu_sys:([\d.]+)/, 1].to_f + info[/used_cpu_user:([\d.]+)/, 1].to_f
+  calls = info.scan(/^cmdstat_[^:]+:calls=(\d+)/).flatten.sum(&:to_i)
+  [cpu, calls]
+end
+
 def cpu_and_rss(pid)
   stat = File.read("/proc/#{pid}/stat").split(") ").last.split
   ticks = stat[11].to_i + stat[12].to_i
@@ -51,9 +60,11 @@ pid = spawn({ "REDIS_URL" => url }, "sidekiq", "-r", app, "-c", concurrency.to_i
 sleep 0.005 while llen == total
 t = now
 cpu0, = cpu_and_rss(pid)
+redis0 = redis_cost
 sleep 0.005 while llen > 0
 drain_s = now - t
 cpu1, = cpu_and_rss(pid)
+redis1 = redis_cost
 
 # 3. Latency at a steady rate on the idle server: each job records now - enqueued_at.
 lat_jobs = (rate * seconds).round
@@ -78,5 +89,7 @@ puts JSON.generate(
   "enqueue_jobs_per_sec" => jobs / enqueue_s, "single_enqueue_jobs_per_sec" => single / single_s,
   "drain_jobs_per_sec" => total / drain_s, "cpu_s_per_100k" => (cpu1 - cpu0) * 100_000 / total,
   "latency_p50_ms" => pct.(0.5), "latency_p99_ms" => pct.(0.99), "latency_max_ms" => lat.last || 0,
-  "latency_jobs" => lat.size, "peak_rss_mb" => rss
+  "latency_jobs" => lat.size, "peak_rss_mb" => rss,
+  "redis_cpu_s_per_100k" => (redis1[0] - redis0[0]) * 100_000 / total,
+  "redis_commands_per_job" => (redis1[1] - redis0[1]).to_f / total
 )
