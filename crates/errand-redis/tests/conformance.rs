@@ -1,29 +1,31 @@
-//! The backend conformance suites (the broker's and the admin side's) on Redis: one
-//! `redis-server` shared by the cases running at a time (or `REDIS_URL` when set), each case in
-//! its own key namespace.
+//! The backend conformance suites (the broker's and the admin side's) on Redis, twice: on one
+//! `redis-server` (`single::`, or `REDIS_URL` when set), and in cluster mode on a three-master
+//! Redis Cluster the test starts (`cluster::`, `RedisConfig::cluster`). Each is shared by the
+//! cases running at a time, each case in its own key namespace.
 
 use async_trait::async_trait;
 use errand_backend_tests::{AdminBackend, AdminFactory, BackendFactory, Inspect, TestBackend};
 use errand_core::admin::Admin;
 use errand_core::broker::Broker;
 use errand_redis::{RedisBroker, RedisConfig};
-use errand_tests::RedisServer;
+use errand_tests::{RedisCluster, RedisServer};
 use redis::AsyncCommands;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// The server the running cases share. A `static` is never dropped, so a server kept there
+/// The servers the running cases share. A `static` is never dropped, so a server kept there
 /// would outlive the test binary; instead each case's factory holds an `Arc`, and the server
 /// stops when the last case using it ends (a later case starts a new one).
 static SERVER: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+static CLUSTER: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
 
-fn server() -> Arc<RedisServer> {
-    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+fn shared<T>(slot: &Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc<T> {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(s) = slot.upgrade() {
         return s;
     }
-    let s = Arc::new(RedisServer::start());
+    let s = Arc::new(start());
     *slot = Arc::downgrade(&s);
     s
 }
@@ -41,24 +43,39 @@ fn unique_namespace() -> String {
     )
 }
 
-/// Made once per case (the macro evaluates `Redis::new()` per test), so it keeps the shared
-/// server alive for exactly as long as the case runs.
+/// Made once per case (the macro evaluates `Redis::single()` or `Redis::cluster()` per test),
+/// so it keeps the shared server alive for exactly as long as the case runs.
 struct Redis {
-    url: String,
-    _server: Option<Arc<RedisServer>>,
+    name: &'static str,
+    config: RedisConfig,
+    _server: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Redis {
-    fn new() -> Self {
+    fn single() -> Self {
         match std::env::var("REDIS_URL") {
-            Ok(url) if !url.is_empty() => Self { url, _server: None },
+            Ok(url) if !url.is_empty() => Self {
+                name: "redis",
+                config: RedisConfig::new(url),
+                _server: None,
+            },
             _ => {
-                let s = server();
+                let s = shared(&SERVER, RedisServer::start);
                 Self {
-                    url: s.url(),
+                    name: "redis",
+                    config: RedisConfig::new(s.url()),
                     _server: Some(s),
                 }
             }
+        }
+    }
+
+    fn cluster() -> Self {
+        let s = shared(&CLUSTER, || RedisCluster::start(3));
+        Self {
+            name: "redis-cluster",
+            config: RedisConfig::cluster(s.addrs()),
+            _server: Some(s),
         }
     }
 }
@@ -91,7 +108,7 @@ impl Inspect for RedisInspect {
 #[async_trait]
 impl BackendFactory for Redis {
     fn name(&self) -> &str {
-        "redis"
+        self.name
     }
     async fn new_backend(&self) -> TestBackend {
         let (broker, inspect) = self.connect_new().await;
@@ -114,7 +131,7 @@ impl Redis {
     /// A broker in a new namespace of its own, and the inspection view of that namespace.
     async fn connect_new(&self) -> (RedisBroker, Arc<dyn Inspect>) {
         let ns = unique_namespace();
-        let broker = RedisBroker::connect_with(RedisConfig::new(&self.url).namespace(ns.clone()))
+        let broker = RedisBroker::connect_with(self.config.clone().namespace(ns.clone()))
             .await
             .expect("connect to the test redis");
         let inspect = Arc::new(RedisInspect(broker.clone()));
@@ -122,5 +139,14 @@ impl Redis {
     }
 }
 
-errand_backend_tests::conformance_tests!(Redis::new());
-errand_backend_tests::admin_conformance_tests!(Redis::new());
+mod single {
+    use super::Redis;
+    errand_backend_tests::conformance_tests!(Redis::single());
+    errand_backend_tests::admin_conformance_tests!(Redis::single());
+}
+
+mod cluster {
+    use super::Redis;
+    errand_backend_tests::conformance_tests!(Redis::cluster());
+    errand_backend_tests::admin_conformance_tests!(Redis::cluster());
+}
