@@ -460,28 +460,32 @@ impl Admin for RedisBroker {
         } = mv;
         let k = self.keys();
         let shard = k.shard_of(queue);
-        if k.is_cluster() && self.part_holding(set, member).await? != Some(shard) {
-            // The member waits in another shard's part (or nowhere): push, then remove, so a
-            // crash between the two runs the job twice, never loses it; if the member was
-            // gone meanwhile, the push is taken back.
-            let Some(from) = self.part_holding(set, member).await? else {
+        let holder = if k.is_cluster() {
+            self.part_holding(set, member).await?
+        } else {
+            Some(shard)
+        };
+        if holder != Some(shard) {
+            // The member waits in another shard's part (or nowhere): in one step of its own
+            // shard it leaves the set for that shard's outbox (the promote script's path for a
+            // job of another shard), then the outbox is drained onto the queue.
+            let Some(from) = holder else {
                 return Ok(false);
             };
-            self.push_one(queue, payload).await?;
-            let n: i64 = redis::cmd("ZREM")
-                .arg(k.set_in(set, from))
+            let n: i64 = crate::scripts::PROMOTE
+                .key(k.set_in(set, from))
+                .key(k.queues_in(from))
+                .key(k.outbox_in(from))
                 .arg(member)
-                .query_async(&mut self.connection())
+                .arg(payload)
+                .arg(queue)
+                .arg(0)
+                .invoke_async(&mut self.connection())
                 .await
                 .map_err(|e| self.fail(e))?;
-            if n == 0 {
-                let _: i64 = redis::cmd("LREM")
-                    .arg(k.queue(queue))
-                    .arg(1)
-                    .arg(payload)
-                    .query_async(&mut self.connection())
-                    .await
-                    .map_err(|e| self.fail(e))?;
+            // Moved out of the set: a failed push is the poller's to finish, not an error here.
+            if let Err(e) = self.drain_outbox(&k.outbox_in(from)).await {
+                tracing::warn!(error = %e, queue, "could not push a job from its shard's outbox yet; the poller will");
             }
             return Ok(n == 1);
         }

@@ -33,12 +33,36 @@ impl RedisBroker {
         inv
     }
 
+    /// Cluster mode: declares every key of batch `bid` to the script, so that during a
+    /// migration of the fleet's slot Redis refuses the run (TRYAGAIN, retried) while the
+    /// batch's keys are split between nodes, instead of the script finding some of them
+    /// missing. On one server nothing is declared.
+    fn declare(&self, inv: &mut redis::ScriptInvocation<'static>, bid: &str) {
+        if !self.keys.is_cluster() || bid.is_empty() {
+            return;
+        }
+        for suffix in [
+            "",
+            ":pending",
+            ":failed",
+            ":dead",
+            ":cancelled",
+            ":waiting",
+            ":steps",
+            ":next",
+        ] {
+            inv.key(self.batch_key(bid, suffix));
+        }
+    }
+
     fn batch_key(&self, bid: &str, suffix: &str) -> String {
         format!("{}{bid}{suffix}", self.keys.batch_prefix())
     }
 
     pub(crate) async fn create_batch(&self, b: &NewBatch<'_>) -> BrokerResult<()> {
         let mut inv = self.batch_script("create");
+        self.declare(&mut inv, b.bid);
+        self.declare(&mut inv, b.parent.unwrap_or(""));
         inv.arg(b.bid)
             .arg(b.parent.unwrap_or(""))
             .arg(b.description)
@@ -65,7 +89,7 @@ impl RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
-        self.drain_fleet_outbox().await?;
+        self.drain_fleet_outbox().await;
         match (n, b.parent) {
             (-1, Some(parent)) => Err(BrokerError::BatchClosed(parent.to_string())),
             _ => Ok(()),
@@ -87,6 +111,7 @@ impl RedisBroker {
             )));
         }
         let mut inv = self.batch_script("add");
+        self.declare(&mut inv, bid);
         inv.arg(bid).arg(now.len());
         for (jid, job) in jids.iter().zip(now) {
             inv.arg(*jid).arg(&job.queue).arg(&job.payload);
@@ -99,7 +124,7 @@ impl RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
-        self.drain_fleet_outbox().await?;
+        self.drain_fleet_outbox().await;
         if n == -1 {
             return Err(BrokerError::BatchClosed(bid.to_string()));
         }
@@ -123,6 +148,13 @@ impl RedisBroker {
             let (group, tail) = rest.split_at(n);
             rest = tail;
             let mut inv = self.batch_script("record");
+            let mut declared: Vec<&str> = Vec::new();
+            for r in group {
+                if !declared.contains(&r.bid) {
+                    declared.push(r.bid);
+                    self.declare(&mut inv, r.bid);
+                }
+            }
             inv.arg(first.enqueued_at);
             for r in group {
                 let outcome = match r.outcome {
@@ -138,7 +170,7 @@ impl RedisBroker {
                 .map_err(|e| self.fail(e))?;
             all.extend(out.iter().map(|one| fired(one)));
         }
-        self.drain_fleet_outbox().await?;
+        self.drain_fleet_outbox().await;
         Ok(all)
     }
 

@@ -152,7 +152,7 @@ impl Coordination for RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
-        self.drain_fleet_outbox().await?;
+        self.drain_fleet_outbox().await;
         Ok(if stored == 1 {
             UniquePushed::Pushed
         } else {
@@ -321,7 +321,7 @@ impl Coordination for RedisBroker {
             .invoke_async(&mut self.connection())
             .await
             .map_err(|e| self.fail(e))?;
-        self.drain_fleet_outbox().await?;
+        self.drain_fleet_outbox().await;
         Ok(n == 1)
     }
 

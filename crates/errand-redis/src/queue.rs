@@ -89,9 +89,14 @@ impl RedisBroker {
             None => 0,
         };
         let pairs = flat.get(1..).unwrap_or_default().chunks_exact(2);
-        let mut last = 0;
+        // Known before any later step can fail: the next fetch never hands out a smaller token.
+        if pairs.len() > 0 {
+            self.last_token.fetch_max(
+                first_token + pairs.len() as u64 - 1,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         for (token, pair) in (first_token..).zip(pairs) {
-            last = token;
             let idx: usize =
                 redis::from_redis_value_ref(&pair[0]).map_err(|e| cmd_err(e.into()))?;
             let bytes: Vec<u8> =
@@ -107,8 +112,6 @@ impl RedisBroker {
                 });
             }
         }
-        self.last_token
-            .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -394,17 +397,32 @@ impl JobQueue for RedisBroker {
     }
 
     async fn promote_due(&self, now: f64, profile: WireProfile) -> BrokerResult<usize> {
+        // Each shard on its own: one whose slot is migrating does not hold up the others; the
+        // first error is returned after all were tried.
         let mut moved = 0;
+        let mut first_err = None;
         for shard in self.keys.shards() {
             for set in [SetName::Retry, SetName::Scheduled] {
-                moved += self.promote_part(set, shard, now, profile).await?;
+                match self.promote_part(set, shard, now, profile).await {
+                    Ok(n) => moved += n,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
-            if self.keys.is_cluster() {
-                self.drain_outbox(&self.keys.outbox_in(shard)).await?;
+            if self.keys.is_cluster()
+                && let Err(e) = self.drain_outbox(&self.keys.outbox_in(shard)).await
+            {
+                first_err.get_or_insert(e);
             }
         }
-        self.drain_fleet_outbox().await?;
-        Ok(moved)
+        if let Err(e) = self.drain_outbox_now().await {
+            first_err.get_or_insert(e);
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 }
 
@@ -536,11 +554,20 @@ impl RedisBroker {
 
     /// Cluster mode: [`RedisBroker::drain_outbox`] of the fleet's outbox (nothing on one
     /// server).
-    pub(crate) async fn drain_fleet_outbox(&self) -> BrokerResult<()> {
+    async fn drain_outbox_now(&self) -> BrokerResult<()> {
         if self.keys.is_cluster() {
             self.drain_outbox(&self.keys.outbox_fleet()).await?;
         }
         Ok(())
+    }
+
+    /// After a step that committed jobs to the fleet's outbox: pushes them on now. A failure is
+    /// logged, not returned (the step itself is done, and retrying it would push its jobs
+    /// again): the poller's next round drains the outbox.
+    pub(crate) async fn drain_fleet_outbox(&self) {
+        if let Err(e) = self.drain_outbox_now().await {
+            tracing::warn!(error = %e, "could not push the jobs of the fleet's outbox yet; the poller will");
+        }
     }
 
     /// One job pushed onto `queue`.

@@ -33,11 +33,11 @@ local function k(bid, suffix)
   return P .. bid .. (suffix or '')
 end
 
--- Cluster mode: every key of the batches this run may touch (those `bids` names, and their
--- parents up the chain) is read first with pcall; if one is being moved to another node (a
--- resharding of the fleet's slot), the run stops before any write with TRYAGAIN, which the
--- client retries once the slot has moved. The keys are not declared (they are found as the
--- script runs), so this is what keeps a record whole during a migration.
+-- Cluster mode: the keys of the batches the call names are declared (KEYS[3..]), so Redis
+-- refuses a run while they are split between nodes. Their parents up the chain are found as the
+-- script runs: each is read first with pcall, and if one is being moved to another node (a
+-- resharding of the fleet's slot) the run stops before any write with TRYAGAIN, which the
+-- client retries once the slot has moved.
 local function probe(bids)
   local seen = {}
   for _, bid in ipairs(bids) do
@@ -53,6 +53,10 @@ local function probe(bids)
       end
       local parent = redis.pcall('HGET', k(b), 'parent')
       if type(parent) == 'table' and parent.err then
+        return false
+      end
+      -- A parent whose record is missing here is being moved (a batch's parent outlives it).
+      if parent and parent ~= '' and redis.pcall('EXISTS', k(parent)) ~= 1 then
         return false
       end
       b = parent

@@ -35,10 +35,12 @@ local n = 0
 local function recovered_too_often(jid)
   local count
   if ARGV[4] == '' then
+    -- Reset to 0, not deleted: deleting the last field would delete the hash, and on a Redis
+    -- Cluster the next job's count would then fail mid-run while the slot migrates.
     count = redis.call('HINCRBY', KEYS[5], jid, 1)
     redis.call('EXPIRE', KEYS[5], WEEK)
     if count >= limit then
-      redis.call('HDEL', KEYS[5], jid)
+      redis.call('HSET', KEYS[5], jid, 0)
     end
   else
     local counter = ARGV[4] .. jid
