@@ -663,6 +663,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let figures = workers.stop(&tally, drain_cpu_s).await?;
     let mut lat = figures.latencies;
+    // The slowest starts and when they happened (seconds into the latency phase, from their
+    // place in start order at the offered rate): to tell a periodic stall from noise.
+    let mut worst: Vec<(f64, f64)> = lat
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| (i as f64 / args.rate.max(1.0), ms))
+        .collect();
+    worst.sort_by(|a, b| b.1.total_cmp(&a.1));
+    worst.truncate(5);
     lat.sort_by(f64::total_cmp);
     let enqueue_rate = args.jobs as f64 / enqueue_s;
     let drain_rate = drained as f64 / drain_s;
@@ -690,6 +699,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "latency_p50_ms": p50,
             "latency_p99_ms": p99,
             "latency_max_ms": max,
+            "latency_worst": worst.iter().map(|(at, ms)| json!({"at_s": at, "ms": ms})).collect::<Vec<_>>(),
             "latency_jobs": lat.len(),
             "latency_rate_per_sec": offered,
             "cpu_s_per_100k": cpu_per_100k,

@@ -55,6 +55,22 @@ fn assert_figures(v: &Value, backend: &str, processes: u64) {
         figure(v, "latency_max_ms"),
     );
     assert!(max >= p99 && p99 >= p50, "latency order in {v}");
+    // The five slowest starts, the slowest first: the maximum, and when in the phase it was.
+    let worst = v["latency_worst"].as_array().expect("latency_worst");
+    assert_eq!(worst.len(), 5, "{v}");
+    assert_eq!(worst[0]["ms"].as_f64(), Some(max), "{v}");
+    assert!(
+        worst
+            .windows(2)
+            .all(|w| w[0]["ms"].as_f64() >= w[1]["ms"].as_f64()),
+        "{v}"
+    );
+    assert!(
+        worst
+            .iter()
+            .all(|w| w["at_s"].as_f64().is_some_and(|t| t >= 0.0)),
+        "{v}"
+    );
 }
 
 #[test]
