@@ -46,6 +46,14 @@ fn entries(raw: Vec<(Vec<u8>, String)>) -> BrokerResult<Vec<SetEntry>> {
         .collect()
 }
 
+/// The order of a sorted set's members, as Redis keeps it: by score, then by member bytes (for
+/// merging the parts of a cluster-mode set).
+fn set_order(a: &SetEntry, b: &SetEntry) -> std::cmp::Ordering {
+    a.score
+        .total_cmp(&b.score)
+        .then_with(|| a.raw.as_bytes().cmp(b.raw.as_bytes()))
+}
+
 /// A counter's value; absent or unreadable counts as 0.
 fn count(v: Option<String>) -> u64 {
     v.and_then(|s| s.trim().parse::<i64>().ok())
@@ -67,8 +75,8 @@ impl RedisBroker {
         &self,
         key: &str,
         cmd: &str,
-        start: i64,
-        stop: i64,
+        start: impl redis::ToRedisArgs + Send,
+        stop: impl redis::ToRedisArgs + Send,
     ) -> BrokerResult<Vec<SetEntry>> {
         let raw: Vec<(Vec<u8>, String)> = redis::cmd(cmd)
             .arg(key)
@@ -120,11 +128,7 @@ impl RedisBroker {
                 oldest.push((e, key));
             }
         }
-        oldest.sort_by(|(a, _), (b, _)| {
-            a.score
-                .total_cmp(&b.score)
-                .then_with(|| a.raw.as_bytes().cmp(b.raw.as_bytes()))
-        });
+        oldest.sort_by(|(a, _), (b, _)| set_order(a, b));
         for (e, key) in oldest.into_iter().take(excess as usize) {
             let _: i64 = redis::cmd("ZREM")
                 .arg(key)
@@ -407,15 +411,9 @@ impl Admin for RedisBroker {
         for key in &parts {
             all.extend(self.set_range(key, cmd, 0, stop).await?);
         }
-        all.sort_by(|a, b| {
-            let asc = a
-                .score
-                .total_cmp(&b.score)
-                .then_with(|| a.raw.as_bytes().cmp(b.raw.as_bytes()));
-            match order {
-                Order::Asc => asc,
-                Order::Desc => asc.reverse(),
-            }
+        all.sort_by(|a, b| match order {
+            Order::Asc => set_order(a, b),
+            Order::Desc => set_order(b, a),
         });
         Ok(all.into_iter().skip(offset).take(limit).collect())
     }
@@ -423,15 +421,7 @@ impl Admin for RedisBroker {
     async fn set_at_score(&self, set: SetName, score: f64) -> BrokerResult<Vec<SetEntry>> {
         let mut out = Vec::new();
         for key in self.keys().set_parts(set) {
-            let raw: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGEBYSCORE")
-                .arg(key)
-                .arg(score)
-                .arg(score)
-                .arg("WITHSCORES")
-                .query_async(&mut self.connection())
-                .await
-                .map_err(|e| self.fail(e))?;
-            out.extend(entries(raw)?);
+            out.extend(self.set_range(&key, "ZRANGEBYSCORE", score, score).await?);
         }
         out.sort_by(|a, b| a.raw.as_bytes().cmp(b.raw.as_bytes()));
         Ok(out)
