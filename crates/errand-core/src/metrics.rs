@@ -12,11 +12,12 @@ pub const HISTOGRAM_BOUNDS_MS: [u64; 25] = [
 /// Number of histogram buckets: the bounds plus one for slower runs.
 pub const HISTOGRAM_BUCKETS: usize = HISTOGRAM_BOUNDS_MS.len() + 1;
 
-/// The histogram bucket a run of `ms` milliseconds falls in.
+/// The histogram bucket a run of `ms` milliseconds falls in: the first whose bound is above
+/// it (Sidekiq 7's rule, `ms < bound`: a run of exactly 20 ms is in the second bucket).
 pub fn histogram_bucket(ms: u64) -> usize {
     HISTOGRAM_BOUNDS_MS
         .iter()
-        .position(|&bound| ms <= bound)
+        .position(|&bound| ms < bound)
         .unwrap_or(HISTOGRAM_BOUNDS_MS.len())
 }
 
@@ -110,10 +111,10 @@ mod tests {
     #[test]
     fn buckets_follow_sidekiqs_bounds() {
         assert_eq!(histogram_bucket(0), 0);
-        assert_eq!(histogram_bucket(20), 0);
-        assert_eq!(histogram_bucket(21), 1);
-        assert_eq!(histogram_bucket(335_000), 24);
-        assert_eq!(histogram_bucket(335_001), 25);
+        assert_eq!(histogram_bucket(19), 0);
+        assert_eq!(histogram_bucket(20), 1, "Sidekiq 7: ms < bound");
+        assert_eq!(histogram_bucket(334_999), 24);
+        assert_eq!(histogram_bucket(335_000), 25);
         assert_eq!(HISTOGRAM_BUCKETS, 26);
     }
 

@@ -16,6 +16,8 @@ pub struct RedisConfig {
     pub(crate) trust_ca: Option<Vec<u8>>,
     /// The login the sentinels ask for (`requirepass` / ACL in their own config), if any.
     pub(crate) sentinel_auth: Option<(Option<String>, String)>,
+    /// Also write execution metrics in Sidekiq 7's format ([`RedisConfig::sidekiq_metrics`]).
+    pub(crate) sidekiq_metrics: bool,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -29,6 +31,7 @@ impl std::fmt::Debug for RedisConfig {
                 "sentinel_auth",
                 &self.sentinel_auth.as_ref().map(|(user, _)| (user, "***")),
             )
+            .field("sidekiq_metrics", &self.sidekiq_metrics)
             .finish()
     }
 }
@@ -74,6 +77,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(30),
             trust_ca: None,
             sentinel_auth: None,
+            sidekiq_metrics: false,
         }
     }
 
@@ -116,7 +120,8 @@ impl RedisConfig {
     }
 
     /// The node URLs of a `redis+cluster://` config (each `redis://[login@]host:port`, or
-    /// `rediss://` with `redis+clusters://`); `None` for any other URL.
+    /// `rediss://` with `redis+clusters://`); `None` for any other URL. A cluster config with
+    /// [`RedisConfig::sidekiq_metrics`] on is refused here, so connecting fails at once.
     pub(crate) fn cluster_nodes(&self) -> BrokerResult<Option<Vec<String>>> {
         let (scheme, rest) = if let Some(rest) = self.url.strip_prefix("redis+cluster://") {
             ("redis", rest)
@@ -125,6 +130,13 @@ impl RedisConfig {
         } else {
             return Ok(None);
         };
+        if self.sidekiq_metrics {
+            return Err(BrokerError::Config(
+                "sidekiq_metrics is not available in redis cluster mode: Sidekiq 7 does not run \
+                 on Redis Cluster, so no Sidekiq Web UI could read the keys; turn the option off"
+                    .into(),
+            ));
+        }
         let rest = rest.trim_end_matches('/');
         let (login, hosts) = match rest.rsplit_once('@') {
             Some((login, hosts)) => (format!("{login}@"), hosts),
@@ -216,6 +228,26 @@ impl RedisConfig {
     /// Prefixes every key with `namespace:` (redis-namespace style). Defaults to none.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Also writes the execution metrics servers record ([`Fleet::record_metrics`]) in Sidekiq
+    /// 7's format, beside Errand's own `errand:metrics:*` hashes and in the same MULTI, so the
+    /// Metrics tab of a Sidekiq 7 Web UI on the same Redis shows Errand's jobs: per minute the
+    /// hash `j|<YYYYMMDD>|<H>:<M>` (fields `<Class>|p`, `|f`, `|ms`, HINCRBY) and per class the
+    /// histogram `<Class>-<DD>-<HH>:<M>` (26 saturating `u16` counters, BITFIELD), both UTC and
+    /// kept 8 hours, as Sidekiq 7.0–7.3 write them. Off by default. With a
+    /// [`namespace`](RedisConfig::namespace) the keys take its prefix like every Sidekiq key
+    /// (Sidekiq 7 itself has no namespaces). Sidekiq 8 stores metrics differently and does not
+    /// read these keys.
+    ///
+    /// Not available in cluster mode (Sidekiq does not run on Redis Cluster):
+    /// [`RedisBroker::connect_with`](crate::RedisBroker::connect_with) fails with
+    /// [`BrokerError::Config`] for a `redis+cluster://` config with the option on.
+    ///
+    /// [`Fleet::record_metrics`]: errand_core::broker::Fleet::record_metrics
+    pub fn sidekiq_metrics(mut self, on: bool) -> Self {
+        self.sidekiq_metrics = on;
         self
     }
 
@@ -457,5 +489,34 @@ mod tests {
             let err = SentinelUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn sidekiq_metrics_is_off_by_default_and_refused_in_cluster_mode() {
+        assert!(!RedisConfig::new("redis://h/0").sidekiq_metrics);
+        assert!(
+            RedisConfig::new("redis://h/0")
+                .sidekiq_metrics(true)
+                .sidekiq_metrics
+        );
+        let on = RedisConfig::cluster(["h:1"]).sidekiq_metrics(true);
+        let err = on.cluster_nodes().unwrap_err();
+        assert!(matches!(err, BrokerError::Config(_)), "{err:?}");
+        assert!(err.to_string().contains("cluster mode"), "{err}");
+        assert!(
+            RedisConfig::cluster(["h:1"])
+                .sidekiq_metrics(false)
+                .cluster_nodes()
+                .unwrap()
+                .is_some()
+        );
+        // Not a cluster URL: nothing to refuse here.
+        assert_eq!(
+            RedisConfig::new("redis://h/0")
+                .sidekiq_metrics(true)
+                .cluster_nodes()
+                .unwrap(),
+            None
+        );
     }
 }

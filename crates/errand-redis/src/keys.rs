@@ -361,4 +361,48 @@ impl Keys {
     pub fn metrics_total(&self) -> String {
         self.key("errand:metrics:total")
     }
+
+    // Sidekiq 7's execution metrics (written only with `RedisConfig::sidekiq_metrics`).
+
+    /// Sidekiq 7's execution metrics of one minute (`minute` = minutes since the epoch, UTC):
+    /// `j|<YYYYMMDD>|<H>:<M>`, hour and minute not zero-padded (Ruby's
+    /// `strftime("%Y%m%d|%-H:%-M")`), e.g. `j|20240305|7:4`.
+    pub fn sidekiq7_metrics(&self, minute: i64) -> String {
+        let t = UtcMinute::of(minute);
+        format!("{}j|{}|{}:{}", self.prefix, t.ymd, t.hour, t.minute)
+    }
+
+    /// Sidekiq 7's execution-time histogram of `class` for one minute: `<Class>-<DD>-<HH>:<M>`,
+    /// day of the month and hour zero-padded, minute not (Ruby's `strftime("%d-%H:%-M")`), e.g.
+    /// `HardJob-05-07:4`.
+    pub fn sidekiq7_histogram(&self, class: &str, minute: i64) -> String {
+        let t = UtcMinute::of(minute);
+        format!(
+            "{}{class}-{}-{:02}:{}",
+            self.prefix,
+            &t.ymd[t.ymd.len().saturating_sub(2)..],
+            t.hour,
+            t.minute
+        )
+    }
+}
+
+/// A minute since the epoch as UTC calendar parts, for Sidekiq 7's metrics key names.
+struct UtcMinute {
+    /// `YYYYMMDD`.
+    ymd: String,
+    hour: i64,
+    minute: i64,
+}
+
+impl UtcMinute {
+    fn of(minute: i64) -> Self {
+        let date = errand_core::utc_date(minute.saturating_mul(60) as f64);
+        let of_day = minute.rem_euclid(24 * 60);
+        Self {
+            ymd: date.chars().filter(|c| *c != '-').collect(),
+            hour: of_day / 60,
+            minute: of_day % 60,
+        }
+    }
 }
