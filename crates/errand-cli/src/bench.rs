@@ -283,7 +283,10 @@ enum Workers {
 fn worker_command(args: &BenchArgs) -> anyhow::Result<tokio::process::Command> {
     let exe = std::env::current_exe().context("locating the errand binary")?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("bench").arg("--worker");
+    cmd.arg("--log-format")
+        .arg(args.log_format.as_str())
+        .arg("bench")
+        .arg("--worker");
     match (&args.redis, &args.postgres) {
         (Some(url), _) => cmd.arg("--redis").arg(url),
         (None, Some(url)) => cmd.arg("--postgres").arg(url),
@@ -507,7 +510,6 @@ async fn push_at_rate(
 /// The backend cannot be opened or reached, a worker process fails, or no job finishes for a
 /// minute.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    crate::init_tracing();
     if args.worker {
         return worker(args).await;
     }

@@ -23,6 +23,17 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "errand", version, about)]
 pub struct Cli {
+    /// Log lines on stderr as `text`, or `json` (one object per line, for log pipelines).
+    /// Which events: `RUST_LOG` (errors only by default; `RUST_LOG=info` adds a line per job
+    /// attempt).
+    #[arg(
+        long,
+        global = true,
+        env = errand::logs::FORMAT_ENV,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: errand::logs::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -403,28 +414,64 @@ pub struct BenchArgs {
     /// Internal: run as one of the bench's worker processes.
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// The log format (the global `--log-format`), passed on to worker processes.
+    #[arg(skip)]
+    pub log_format: errand::logs::LogFormat,
 }
 
-/// Logs errors only (or what `RUST_LOG` asks for) to stderr, so the commands' own output stays
+/// The log filter when `RUST_LOG` is unset: errors only, so the commands' own output stays
 /// readable.
-pub(crate) fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+const DEFAULT_LOG_FILTER: &str = "error";
+
+/// Installs the log subscriber: `format` lines on stderr, filtered by `RUST_LOG` or
+/// [`DEFAULT_LOG_FILTER`].
+///
+/// # Errors
+/// `RUST_LOG` does not parse. One already installed (a test running commands in its own
+/// process) is kept.
+pub fn init_logs(format: errand::logs::LogFormat) -> anyhow::Result<()> {
+    match errand::logs::init(format, DEFAULT_LOG_FILTER) {
+        Ok(()) | Err(errand::logs::LogError::Install(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Prints the error a command ended with on stderr: `error: …`, or in the JSON log format one
+/// JSON line (`level` `ERROR`, `message`, `error`), so that stderr stays JSON throughout.
+pub fn report_error(format: errand::logs::LogFormat, e: &anyhow::Error) {
+    match format {
+        errand::logs::LogFormat::Text => eprintln!("error: {e:#}"),
+        errand::logs::LogFormat::Json => {
+            use tracing_subscriber::fmt::time::FormatTime;
+            let mut timestamp = String::new();
+            let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
+                &mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp),
+            );
+            let line = serde_json::json!({
+                "timestamp": timestamp,
+                "level": "ERROR",
+                "message": "command failed",
+                "error": format!("{e:#}"),
+                "target": "errand",
+            });
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// Runs a parsed command line.
 ///
 /// # Errors
-/// Whatever the command reports (backend unreachable, invalid options).
+/// Whatever the command reports (backend unreachable, invalid options), or a `RUST_LOG` that
+/// does not parse.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logs(cli.log_format)?;
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(mut args) => {
+            args.log_format = cli.log_format;
+            bench::run(args).await
+        }
         #[cfg(feature = "web")]
         Command::Web(args) => web::run(args).await,
         Command::Ops { backend, command } => ops::run(backend, command).await,

@@ -61,7 +61,6 @@ fn ago(epoch: f64) -> String {
 
 /// Runs an ops command.
 pub async fn run(args: OpsArgs, command: OpsCommand) -> anyhow::Result<()> {
-    crate::init_tracing();
     let backend = Backend::open(
         &args.sqlite,
         args.redis.as_deref(),

@@ -55,7 +55,6 @@ fn config(args: &WebArgs, auth: Auth) -> WebConfig {
 
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(args: WebArgs) -> anyhow::Result<()> {
-    crate::init_tracing();
     let auth = auth(&args)?;
     if !errand_web::is_loopback(&args.bind) && !auth.is_enabled() {
         if !args.insecure_no_auth {

@@ -41,3 +41,31 @@ class UserWelcomeJob < ActiveJob::Base
   queue_as :default
   def perform(user_id); end
 end
+
+# The trace context a job arrived with, read the way Ruby's OpenTelemetry Sidekiq
+# instrumentation reads it (`OpenTelemetry.propagation.extract(job)`: the job hash's own
+# top-level `traceparent` and `tracestate` keys), parsed by the W3C Trace Context rules.
+class TraceContextMiddleware
+  TRACEPARENT = /\A(?<version>[0-9a-f]{2})-(?<trace_id>[0-9a-f]{32})-(?<parent_id>[0-9a-f]{16})-(?<flags>[0-9a-f]{2})\z/
+
+  def call(_worker, job, _queue)
+    if job["class"] == "TracedRubyJob"
+      m = TRACEPARENT.match(job["traceparent"].to_s)
+      valid = m && m[:version] != "ff" && m[:trace_id] != "0" * 32 && m[:parent_id] != "0" * 16
+      record("class" => "TracedRubyJob", "jid" => job["jid"], "valid" => !!valid,
+             "trace_id" => m && m[:trace_id], "parent_id" => m && m[:parent_id],
+             "sampled" => m && (m[:flags].to_i(16) & 1) == 1, "tracestate" => job["tracestate"])
+    end
+    yield
+  end
+end
+
+Sidekiq.configure_server do |c|
+  c.server_middleware { |chain| chain.add TraceContextMiddleware }
+end
+
+# A Ruby job Errand pushes with a trace context (recorded by the middleware above).
+class TracedRubyJob
+  include Sidekiq::Worker
+  def perform(*); end
+end

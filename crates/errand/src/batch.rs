@@ -44,6 +44,7 @@
 
 use crate::Push;
 use crate::client::Client;
+use crate::client_middleware::PushKind;
 use crate::error::Error;
 use crate::job::{Job, KEEP_RESULT};
 use errand_core::broker::{
@@ -306,9 +307,13 @@ impl BatchHandle {
         }
         let push = push.set(BID, self.bid.as_str());
         let at = self.client.run_at(&push);
+        let built = jobs
+            .into_iter()
+            .map(|job| self.client.build(&job, &push))
+            .collect::<Result<Vec<_>, _>>()?;
+        let built = self.client.accept(built, at, PushKind::Batch).await?;
         let (mut now, mut later, mut jids) = (Vec::new(), Vec::new(), Vec::new());
-        for job in jobs {
-            let p = self.client.build(&job, &push)?;
+        for p in built {
             jids.push(p.jid().to_string());
             let (queue, at, payload) = self.client.stored(p, at)?;
             match at {
@@ -610,15 +615,16 @@ impl Workflow {
             .map(|s| (s.name.clone(), errand_core::id::new_jid()))
             .collect();
         let keep_results = self.keep_results.as_secs_f64();
-        let mut roots = Vec::new();
-        let mut waiting = Vec::new();
-        let mut graph = Vec::new();
+        // Every step's payload is built now (the waiting ones are stored as heads the
+        // backend pushes later) and goes through the client middleware once, at the start.
+        let mut built = Vec::new();
+        let mut steps = Vec::new();
         for s in self.steps {
             let jid = &jids[&s.name];
-            let parents: BTreeMap<&str, &str> = s
+            let parents: BTreeMap<String, String> = s
                 .after
                 .iter()
-                .map(|a| (a.as_str(), jids[a].as_str()))
+                .map(|a| (a.clone(), jids[a].clone()))
                 .collect();
             let push = Push::new()
                 .jid(jid.as_str())
@@ -628,14 +634,29 @@ impl Workflow {
             if p.get(KEEP_RESULT).is_none() {
                 p.set(KEEP_RESULT, keep_results);
             }
+            built.push(p);
+            steps.push((s.name, s.after, parents));
+        }
+        let built = client.accept(built, None, PushKind::Batch).await?;
+        let mut roots = Vec::new();
+        let mut waiting = Vec::new();
+        let mut graph = Vec::new();
+        for (p, (name, after_names, parents)) in built.into_iter().zip(steps) {
+            let jid = &jids[&name];
+            if p.jid() != jid {
+                return Err(Error::Config(format!(
+                    "a client middleware changed the jid of workflow step {name:?}: a \
+                     workflow's steps keep the ids their graph names"
+                )));
+            }
             graph.push(json!({
-                "name": s.name,
+                "name": name,
                 "jid": jid,
                 "class": p.display_class(),
                 "queue": p.queue(),
-                "after": s.after,
+                "after": after_names,
             }));
-            let after: BTreeSet<&str> = parents.values().copied().collect();
+            let after: BTreeSet<&str> = parents.values().map(String::as_str).collect();
             if after.is_empty() {
                 roots.push(p);
             } else {

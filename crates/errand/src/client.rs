@@ -1,6 +1,8 @@
 //! [`Client`]: enqueue jobs now, later, in bulk, or by class name for other languages.
 
+use crate::client_middleware::{self, Accept, ClientMiddleware, Outgoing, PushKind, Store};
 use crate::{Error, Job, encode_args};
+use async_trait::async_trait;
 use errand_core::broker::{Broker, Enqueue, ReplacePush, ScheduledJob, UniquePush, UniquePushed};
 use errand_core::{Clock, Payload, PayloadError, WireProfile, activejob};
 use serde_json::Value;
@@ -38,6 +40,7 @@ pub struct Client {
     profile: WireProfile,
     max_payload: usize,
     clock: Clock,
+    middleware: Arc<[Arc<dyn ClientMiddleware>]>,
 }
 
 impl std::fmt::Debug for Client {
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("profile", &self.profile)
             .field("max_payload", &self.max_payload)
+            .field("middleware", &self.middleware.len())
             .finish_non_exhaustive()
     }
 }
@@ -161,7 +165,24 @@ impl Client {
             profile: WireProfile::default(),
             max_payload: 1024 * 1024,
             clock: errand_core::system_clock(),
+            middleware: default_middleware(),
         }
+    }
+
+    /// Adds a client middleware around every push ([`ClientMiddleware`]);
+    /// the first added runs outermost. With the feature `spans`, a
+    /// [`PushSpans`](crate::trace::PushSpans) middleware is installed first by default.
+    pub fn client_middleware<M: ClientMiddleware>(mut self, m: M) -> Self {
+        let mut chain = self.middleware.to_vec();
+        chain.push(Arc::new(m));
+        self.middleware = chain.into();
+        self
+    }
+
+    /// Removes every client middleware added so far, the default ones included.
+    pub fn clear_client_middleware(mut self) -> Self {
+        self.middleware = Arc::new([]);
+        self
     }
 
     /// Reads the time from `clock` (for delays and `enqueued_at`) instead of the wall clock:
@@ -348,17 +369,48 @@ impl Client {
     /// # Errors
     /// A payload above the size limit, or a backend failure.
     pub async fn push_payload(&self, p: Payload, at: Option<f64>) -> Result<String, Error> {
-        let jid = p.jid().to_string();
-        let (queue, at, payload) = self.stored(p, at)?;
-        match at {
-            Some(at) => {
-                self.broker
-                    .push_scheduled(&[ScheduledJob { at, payload }])
-                    .await?
-            }
-            None => self.broker.push(&[Enqueue { queue, payload }]).await?,
+        let mut out = Outgoing::new(vec![p], at, PushKind::One);
+        self.send(&Plain, &mut out).await?;
+        Ok(out.jobs[0].jid().to_string())
+    }
+
+    /// Runs `out` through the client middleware into `store`; straight into the store when
+    /// there is none.
+    async fn send(&self, store: &dyn Store, out: &mut Outgoing) -> Result<(), Error> {
+        if self.middleware.is_empty() {
+            return store.store(self, out).await;
         }
-        Ok(jid)
+        client_middleware::send(&self.middleware, self, store, out).await
+    }
+
+    /// Runs the client middleware over jobs another step stores (a batch's, a workflow's):
+    /// their payloads as the chain left them. [`Error::NotPushed`] when a middleware stopped
+    /// the push.
+    pub(crate) async fn accept(
+        &self,
+        jobs: Vec<Payload>,
+        at: Option<f64>,
+        kind: PushKind,
+    ) -> Result<Vec<Payload>, Error> {
+        let mut out = Outgoing::new(jobs, at, kind);
+        self.send(&Accept, &mut out).await?;
+        Ok(out.jobs)
+    }
+
+    /// [`Client::accept`] for a push that cannot wait (inside a SQLite transaction): every
+    /// middleware must finish without waiting on I/O, or the push is refused.
+    #[cfg(feature = "sqlite")]
+    fn accept_now(&self, jobs: Vec<Payload>, at: Option<f64>) -> Result<Vec<Payload>, Error> {
+        use futures::FutureExt;
+        self.accept(jobs, at, PushKind::Transaction)
+            .now_or_never()
+            .unwrap_or_else(|| {
+                Err(Error::Config(
+                    "a client middleware waited during push_tx: the SQLite transaction's push \
+                     cannot wait; push after the commit, or use a middleware that does no I/O"
+                        .into(),
+                ))
+            })
     }
 
     /// What a push of `p` stores: its queue, its time when that is still ahead (the schedule
@@ -367,6 +419,15 @@ impl Client {
     pub(crate) fn stored(
         &self,
         mut p: Payload,
+        at: Option<f64>,
+    ) -> Result<(String, Option<f64>, String), Error> {
+        self.stored_mut(&mut p, at)
+    }
+
+    /// [`Client::stored`], stamping `p` in place.
+    pub(crate) fn stored_mut(
+        &self,
+        p: &mut Payload,
         at: Option<f64>,
     ) -> Result<(String, Option<f64>, String), Error> {
         let now = self.now();
@@ -442,31 +503,17 @@ impl Client {
         let at = self
             .run_at(&push)
             .or_else(|| (!window.is_zero()).then_some(now + window.as_secs_f64()));
-        let key = p
-            .get(crate::job::DEBOUNCE_KEY)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let jid = p.jid().to_string();
-        let (queue, at, payload) = self.stored(p, at)?;
-        // The key outlives any wait in the schedule, plus a day in a queue's backlog.
-        let wait = at.map_or(0.0, |at| (at - now).max(0.0));
-        let ttl = Duration::from_secs_f64(wait) + Duration::from_secs(24 * 3600);
-        let replaced = self
-            .broker
-            .push_replacing(ReplacePush {
-                key: &key,
-                jid: &jid,
-                ttl,
-                queue: &queue,
-                payload: &payload,
-                at,
-            })
-            .await?;
-        if let Some(old) = &replaced {
-            tracing::debug!(jid, replaced = %old, key, "debounced: the waiting job was replaced");
-        }
-        Ok(Debounced { jid, replaced })
+        let store = Debounce {
+            now,
+            replaced: std::sync::Mutex::new(None),
+        };
+        let mut out = Outgoing::new(vec![p], at, PushKind::Debounced);
+        self.send(&store, &mut out).await?;
+        let replaced = store.replaced.lock().ok().and_then(|mut r| r.take());
+        Ok(Debounced {
+            jid: out.jobs[0].jid().to_string(),
+            replaced,
+        })
     }
 
     /// Takes the unique lock of payload `p` (its `unique_key`) for `period` (plus the delay
@@ -477,31 +524,9 @@ impl Client {
         at: Option<f64>,
         period: Duration,
     ) -> Result<String, Error> {
-        let key = p
-            .get("unique_key")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let delay = at.map_or(0.0, |at| (at - self.now()).max(0.0));
-        let ttl = period + Duration::from_secs_f64(delay);
-        let jid = p.jid().to_string();
-        let (queue, at, payload) = self.stored(p, at)?;
-        let req = UniquePush {
-            key: &key,
-            jid: &jid,
-            ttl,
-            queue: &queue,
-            payload: &payload,
-            at,
-        };
-        // One atomic step: no crash can leave the lock without its job, and an error (a lost
-        // reply among them) never frees the lock of a job that may be stored.
-        match self.broker.push_unique(req).await? {
-            UniquePushed::Pushed => Ok(jid),
-            UniquePushed::Duplicate { holder } => Err(Error::Duplicate {
-                existing_jid: holder,
-            }),
-        }
+        let mut out = Outgoing::new(vec![p], at, PushKind::Unique);
+        self.send(&Unique { period }, &mut out).await?;
+        Ok(out.jobs[0].jid().to_string())
     }
 
     /// Pushes `job` inside `tx`, the application's own transaction on a connection to the
@@ -548,10 +573,11 @@ impl Client {
         job: J,
         push: Push,
     ) -> Result<String, Error> {
-        let mut jobs = TxJobs::default();
-        let jid = self.for_tx(&job, &push, &mut jobs)?;
+        let at = self.run_at(&push);
+        let jobs = self.accept_now(vec![self.for_tx(&job, &push)?], at)?;
+        let (mut jids, jobs) = self.rows_for_tx(jobs, at)?;
         jobs.write_sqlite(tx)?;
-        Ok(jid)
+        Ok(jids.remove(0))
     }
 
     /// [`Client::push_bulk`] inside `tx` (see [`Client::push_tx`]): every job exists if and
@@ -569,33 +595,30 @@ impl Client {
         J: Job,
         I: IntoIterator<Item = J>,
     {
-        let (jids, out) = self.all_for_tx(jobs)?;
+        let jobs = self.accept_now(self.all_for_tx(jobs)?, None)?;
+        let (jids, out) = self.rows_for_tx(jobs, None)?;
         out.write_sqlite(tx)?;
         Ok(jids)
     }
 
-    /// Builds every job of `jobs` for an application transaction ([`Client::for_tx`]):
-    /// their ids in order, and the jobs to write.
+    /// Builds every job of `jobs` for an application transaction ([`Client::for_tx`]).
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    fn all_for_tx<J, I>(&self, jobs: I) -> Result<(Vec<String>, TxJobs), Error>
+    fn all_for_tx<J, I>(&self, jobs: I) -> Result<Vec<Payload>, Error>
     where
         J: Job,
         I: IntoIterator<Item = J>,
     {
-        let mut out = TxJobs::default();
         let push = Push::new();
-        let jids = jobs
-            .into_iter()
-            .map(|job| self.for_tx(&job, &push, &mut out))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((jids, out))
+        jobs.into_iter()
+            .map(|job| self.for_tx(&job, &push))
+            .collect()
     }
 
-    /// Builds `job` for an application transaction into `into`; returns its id. Unique and
-    /// debounced jobs are refused: their key is taken through the backend in one step of its
-    /// own, which an application transaction cannot join.
+    /// Builds `job` for an application transaction. Unique and debounced jobs are refused:
+    /// their key is taken through the backend in one step of its own, which an application
+    /// transaction cannot join.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    fn for_tx<J: Job>(&self, job: &J, push: &Push, into: &mut TxJobs) -> Result<String, Error> {
+    fn for_tx<J: Job>(&self, job: &J, push: &Push) -> Result<Payload, Error> {
         let opts = J::options();
         if opts.unique_for.is_some() || opts.debounce.is_some() {
             return Err(Error::Config(format!(
@@ -604,15 +627,28 @@ impl Client {
                 J::NAME
             )));
         }
-        let p = self.build(job, push)?;
-        let at = self.run_at(push);
-        let jid = p.jid().to_string();
-        let (queue, at, payload) = self.stored(p, at)?;
-        match at {
-            Some(at) => into.later.push(ScheduledJob { at, payload }),
-            None => into.now.push(Enqueue { queue, payload }),
+        self.build(job, push)
+    }
+
+    /// The rows to write for `jobs` (to run at `at`, or now): their ids in order, and the
+    /// jobs to run now and later.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    fn rows_for_tx(
+        &self,
+        jobs: Vec<Payload>,
+        at: Option<f64>,
+    ) -> Result<(Vec<String>, TxJobs), Error> {
+        let mut into = TxJobs::default();
+        let mut jids = Vec::with_capacity(jobs.len());
+        for p in jobs {
+            jids.push(p.jid().to_string());
+            let (queue, at, payload) = self.stored(p, at)?;
+            match at {
+                Some(at) => into.later.push(ScheduledJob { at, payload }),
+                None => into.now.push(Enqueue { queue, payload }),
+            }
         }
-        Ok(jid)
+        Ok((jids, into))
     }
 
     /// Pushes `job` inside `tx`, the application's own transaction on the database of `pg`
@@ -658,10 +694,13 @@ impl Client {
         job: J,
         push: Push,
     ) -> Result<String, Error> {
-        let mut jobs = TxJobs::default();
-        let jid = self.for_tx(&job, &push, &mut jobs)?;
+        let at = self.run_at(&push);
+        let jobs = self
+            .accept(vec![self.for_tx(&job, &push)?], at, PushKind::Transaction)
+            .await?;
+        let (mut jids, jobs) = self.rows_for_tx(jobs, at)?;
         pg.push_in(tx, &jobs.now, &jobs.later).await?;
-        Ok(jid)
+        Ok(jids.remove(0))
     }
 
     /// [`Client::push_bulk`] inside `tx` (see [`Client::push_pg_tx`]): every job exists if
@@ -681,7 +720,10 @@ impl Client {
         J: Job,
         I: IntoIterator<Item = J>,
     {
-        let (jids, out) = self.all_for_tx(jobs)?;
+        let jobs = self
+            .accept(self.all_for_tx(jobs)?, None, PushKind::Transaction)
+            .await?;
+        let (jids, out) = self.rows_for_tx(jobs, None)?;
         pg.push_in(tx, &out.now, &out.later).await?;
         Ok(jids)
     }
@@ -768,6 +810,15 @@ impl Client {
             });
             jids.push(jid);
         }
+        if !self.middleware.is_empty() {
+            let jobs = batch
+                .iter()
+                .map(|e| Payload::parse(&e.payload))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Outgoing::new(jobs, None, PushKind::Bulk);
+            self.send(&Plain, &mut out).await?;
+            return Ok(out.jobs.iter().map(|p| p.jid().to_string()).collect());
+        }
         self.broker.push(&batch).await?;
         Ok(jids)
     }
@@ -843,6 +894,128 @@ impl TxJobs {
         if !self.later.is_empty() {
             errand_sqlite::push_scheduled_in(tx, &self.later)?;
         }
+        Ok(())
+    }
+}
+
+/// The client middleware a new [`Client`] starts with: the push spans with the feature
+/// `spans`, none without.
+fn default_middleware() -> Arc<[Arc<dyn ClientMiddleware>]> {
+    #[cfg(feature = "spans")]
+    {
+        Arc::new([Arc::new(crate::trace::PushSpans) as Arc<dyn ClientMiddleware>])
+    }
+    #[cfg(not(feature = "spans"))]
+    {
+        Arc::new([])
+    }
+}
+
+/// Stores jobs on their queues now, or in the schedule set when their time is ahead.
+struct Plain;
+
+#[async_trait]
+impl Store for Plain {
+    async fn store(&self, client: &Client, out: &mut Outgoing) -> Result<(), Error> {
+        let (mut now, mut later) = (Vec::new(), Vec::new());
+        for p in &mut out.jobs {
+            let (queue, at, payload) = client.stored_mut(p, out.at)?;
+            match at {
+                Some(at) => later.push(ScheduledJob { at, payload }),
+                None => now.push(Enqueue { queue, payload }),
+            }
+        }
+        if !later.is_empty() {
+            client.broker.push_scheduled(&later).await?;
+        }
+        if !now.is_empty() {
+            client.broker.push(&now).await?;
+        }
+        out.stored = true;
+        Ok(())
+    }
+}
+
+/// Takes the unique lock of the job (its `unique_key`) for `period` (plus the delay of a
+/// scheduled push) and stores it, in one step; a held lock is a [`Error::Duplicate`].
+struct Unique {
+    period: Duration,
+}
+
+#[async_trait]
+impl Store for Unique {
+    async fn store(&self, client: &Client, out: &mut Outgoing) -> Result<(), Error> {
+        for p in &mut out.jobs {
+            let key = p
+                .get("unique_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let delay = out.at.map_or(0.0, |at| (at - client.now()).max(0.0));
+            let ttl = self.period + Duration::from_secs_f64(delay);
+            let jid = p.jid().to_string();
+            let (queue, at, payload) = client.stored_mut(p, out.at)?;
+            let req = UniquePush {
+                key: &key,
+                jid: &jid,
+                ttl,
+                queue: &queue,
+                payload: &payload,
+                at,
+            };
+            // One atomic step: no crash can leave the lock without its job, and an error (a
+            // lost reply among them) never frees the lock of a job that may be stored.
+            if let UniquePushed::Duplicate { holder } = client.broker.push_unique(req).await? {
+                return Err(Error::Duplicate {
+                    existing_jid: holder,
+                });
+            }
+        }
+        out.stored = true;
+        Ok(())
+    }
+}
+
+/// Stores the job, replacing the waiting job of its debounce key, in one step; says which it
+/// replaced.
+struct Debounce {
+    now: f64,
+    replaced: std::sync::Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl Store for Debounce {
+    async fn store(&self, client: &Client, out: &mut Outgoing) -> Result<(), Error> {
+        for p in &mut out.jobs {
+            let key = p
+                .get(crate::job::DEBOUNCE_KEY)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let jid = p.jid().to_string();
+            let (queue, at, payload) = client.stored_mut(p, out.at)?;
+            // The key outlives any wait in the schedule, plus a day in a queue's backlog.
+            let wait = at.map_or(0.0, |at| (at - self.now).max(0.0));
+            let ttl = Duration::from_secs_f64(wait) + Duration::from_secs(24 * 3600);
+            let replaced = client
+                .broker
+                .push_replacing(ReplacePush {
+                    key: &key,
+                    jid: &jid,
+                    ttl,
+                    queue: &queue,
+                    payload: &payload,
+                    at,
+                })
+                .await?;
+            if let Some(old) = &replaced {
+                tracing::debug!(jid, replaced = %old, key, "debounced: the waiting job was replaced");
+            }
+            if let Ok(mut slot) = self.replaced.lock() {
+                *slot = replaced;
+            }
+        }
+        out.stored = true;
         Ok(())
     }
 }

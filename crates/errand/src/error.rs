@@ -164,6 +164,10 @@ pub enum Error {
         /// The id of the job that holds the unique key.
         existing_jid: String,
     },
+    /// A client middleware stopped the push: nothing was stored
+    /// ([`ClientMiddleware`](crate::ClientMiddleware)).
+    #[error("a client middleware stopped the push; nothing was stored")]
+    NotPushed,
     /// A kept result does not decode as the type asked for ([`crate::Client::result`]).
     #[error("job result does not decode")]
     Result(#[source] serde_json::Error),

@@ -53,19 +53,24 @@
 pub mod api;
 pub mod batch;
 mod client;
+mod client_middleware;
 mod context;
 mod error;
 mod job;
 pub mod locks;
+pub mod logs;
 pub mod middleware;
 pub mod periodic;
 mod reconnect;
 mod registry;
 pub mod server;
+#[cfg(feature = "spans")]
+pub mod trace;
 
 pub use async_trait::async_trait;
 pub use batch::{Batch, BatchHandle, FailurePolicy, Workflow, WorkflowRun};
 pub use client::{Client, Debounced, Push, RawJob};
+pub use client_middleware::{ClientMiddleware, ClientNext, Outgoing, PushKind};
 pub use context::{
     DEFAULT_ONCE_TTL, Data, JobContext, MAX_RESULT_BYTES, PROGRESS_MESSAGE_MAX, Progress,
 };

@@ -161,7 +161,6 @@ fn percentile_max(waits: &[f64]) -> (f64, f64) {
 /// # Errors
 /// The backend cannot be opened or reached.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    crate::init_tracing();
     let started = Instant::now();
     let (broker, store, label) = open(&args).await?;
     let admin: Arc<dyn Admin> = store.clone();
@@ -232,7 +231,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ])
             .concurrency(10)
             .data(shop.clone())
-            .clear_middleware()
             .heartbeat_interval(Duration::from_secs(1))
             .poll_interval(Duration::from_millis(200))
             .handle_signals(false)

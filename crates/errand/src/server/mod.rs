@@ -97,6 +97,9 @@ pub(crate) struct Config {
     pub periodic_lease: Duration,
     /// How long an entry no server declares any more stays in the backend.
     pub periodic_grace: Duration,
+    /// How an attempt's span relates to the trace context its payload carries.
+    #[cfg(feature = "spans")]
+    pub propagation: crate::trace::Propagation,
 }
 
 impl Default for Config {
@@ -122,6 +125,8 @@ impl Default for Config {
             once_ttl: crate::context::DEFAULT_ONCE_TTL,
             max_recoveries: 3,
             own_clock: false,
+            #[cfg(feature = "spans")]
+            propagation: crate::trace::Propagation::default(),
             periodic: Vec::new(),
             periodic_lease: Duration::from_secs(5),
             periodic_grace: Duration::from_secs(3600),
@@ -328,6 +333,15 @@ impl ServerBuilder {
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self.config.own_clock = true;
+        self
+    }
+
+    /// How an attempt's span relates to the trace context its payload carries (feature
+    /// `spans`; the context is read with `opentelemetry`): a child of the push's span by
+    /// default ([`Propagation`](crate::trace::Propagation)).
+    #[cfg(feature = "spans")]
+    pub fn trace_propagation(mut self, how: crate::trace::Propagation) -> Self {
+        self.config.propagation = how;
         self
     }
 

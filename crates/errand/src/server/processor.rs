@@ -209,6 +209,28 @@ async fn attempt(
     args: &[serde_json::Value],
     cx: &JobContext,
 ) -> JobResult {
+    #[cfg(feature = "spans")]
+    {
+        use tracing::Instrument;
+        let span = crate::trace::attempt_span(cx.payload(), cx.attempt(), s.config().propagation);
+        let result = guarded_attempt(s, h, args, cx)
+            .instrument(span.clone())
+            .await;
+        crate::trace::record_outcome(&span, &result);
+        result
+    }
+    #[cfg(not(feature = "spans"))]
+    guarded_attempt(s, h, args, cx).await
+}
+
+/// One attempt through the middleware chain, under the job's timeout, a panic caught as a
+/// retryable failure.
+async fn guarded_attempt(
+    s: &Shared,
+    h: &dyn Handler,
+    args: &[serde_json::Value],
+    cx: &JobContext,
+) -> JobResult {
     let timeout = h.options().timeout.or(s.config().job_timeout);
     let chain = Next::new(&s.parts.middleware, h.perform(args, cx), cx).run();
     let guarded = AssertUnwindSafe(chain).catch_unwind();

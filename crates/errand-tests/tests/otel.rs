@@ -1,0 +1,513 @@
+//! OpenTelemetry traces (issue 18), exported for real: the test starts an OTLP/HTTP receiver
+//! (axum, decoding the protobuf `ExportTraceServiceRequest` with `opentelemetry-proto`), the
+//! process exports to it through `opentelemetry-otlp` from a `tracing-opentelemetry` layer,
+//! and the assertions read the spans the receiver decoded: names, kinds, parents, trace ids
+//! and attributes after the messaging conventions.
+//!
+//! Across languages, on a real `redis-server` with real Ruby:
+//! - a trace context a Ruby push put into the job hash (top-level `traceparent`/`tracestate`,
+//!   the keys `OpenTelemetry.propagation.inject(job)` writes in Ruby's
+//!   `opentelemetry-instrumentation-sidekiq` client middleware) is continued by the Errand
+//!   worker: its `process` span has the Ruby span as parent, in the Ruby trace;
+//! - a context Errand pushes is read by a real Sidekiq server's middleware the way the gem's
+//!   server middleware reads it (`propagation.extract(job)`) and is Errand's `send` span.
+//!
+//! The gem itself is not packaged for Debian (and RubyGems is not reachable here), so the Ruby
+//! side writes and reads those keys by the W3C rules in `ruby/app.rb` and the snippets below.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use errand::redis::RedisBroker;
+use errand::{Client, Job, JobContext, JobError, JobOptions, JobResult, Push, RawJob, Server};
+use errand_tests::{RedisServer, RubySidekiq, ruby, wait_until};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tracing::Instrument;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One span as the receiver decoded it.
+#[derive(Debug, Clone)]
+struct Got {
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    status: i32,
+    attrs: BTreeMap<String, String>,
+    links: Vec<(String, String)>,
+}
+
+impl Got {
+    fn attr(&self, key: &str) -> &str {
+        self.attrs.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Span kinds and status codes of the OTLP protobuf.
+const KIND_INTERNAL: i32 = 1;
+const KIND_PRODUCER: i32 = 4;
+const KIND_CONSUMER: i32 = 5;
+const STATUS_ERROR: i32 = 2;
+
+type Received = Arc<Mutex<Vec<Got>>>;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn receive(State(got): State<Received>, body: Bytes) -> Vec<u8> {
+    let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
+    let mut got = got.lock().unwrap();
+    for rs in req.resource_spans {
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                got.push(Got {
+                    name: s.name,
+                    kind: s.kind,
+                    trace_id: hex(&s.trace_id),
+                    span_id: hex(&s.span_id),
+                    parent: hex(&s.parent_span_id),
+                    status: s.status.map_or(0, |st| st.code),
+                    attrs: s
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(&kv.value)))
+                        .collect(),
+                    links: s
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    ExportTraceServiceResponse::default().encode_to_vec()
+}
+
+/// The receiver and the tracer provider exporting to it, installed once for this test binary
+/// (the subscriber is global: the server's tasks run on every thread).
+struct Otel {
+    got: Received,
+    provider: SdkTracerProvider,
+}
+
+static OTEL: OnceLock<Otel> = OnceLock::new();
+
+fn otel() -> &'static Otel {
+    OTEL.get_or_init(|| {
+        let got: Received = Arc::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/v1/traces", post(receive))
+            .with_state(got.clone());
+        // The receiver runs on a runtime of its own: each test has its own runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("http://{addr}/v1/traces"))
+            .build()
+            .expect("an OTLP exporter");
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .build();
+        let tracer = provider.tracer("errand-tests");
+        tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_target("errand", tracing::Level::INFO)
+                            .with_target("otel", tracing::Level::INFO),
+                    ),
+            )
+            .init();
+        Otel { got, provider }
+    })
+}
+
+/// Waits until the receiver holds spans matching `pick` (at least `n`), flushing the batch
+/// exporter while it waits; returns them.
+async fn spans(what: &str, n: usize, pick: impl Fn(&Got) -> bool + Send + Sync) -> Vec<Got> {
+    let o = otel();
+    let pick = Arc::new(pick);
+    wait_until(what, WAIT, || {
+        let pick = pick.clone();
+        async move {
+            let provider = o.provider.clone();
+            let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            o.got.lock().unwrap().iter().filter(|g| pick(g)).count() >= n
+        }
+    })
+    .await;
+    o.got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| pick(g))
+        .cloned()
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Signup(u64);
+
+impl Job for Signup {
+    const NAME: &'static str = "Signup";
+    async fn perform(self, _: &JobContext) -> JobResult {
+        tracing::info!(target: "errand::job_body", user = self.0, "welcoming");
+        Ok(())
+    }
+}
+
+/// Fails its first attempt, succeeds on the retry.
+#[derive(Serialize, Deserialize)]
+struct Flaky;
+
+impl Job for Flaky {
+    const NAME: &'static str = "Flaky";
+    fn options() -> JobOptions {
+        JobOptions::default().queue("flaky")
+    }
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        if cx.retry_count().is_none() {
+            return Err(JobError::retry("card declined").with_class("Stripe::CardError"));
+        }
+        Ok(())
+    }
+}
+
+/// Run by Errand, pushed by Ruby with a trace context.
+#[derive(Serialize, Deserialize)]
+struct FromRuby(u64);
+
+impl Job for FromRuby {
+    const NAME: &'static str = "FromRuby";
+    async fn perform(self, _: &JobContext) -> JobResult {
+        Ok(())
+    }
+}
+
+fn server(b: RedisBroker, queues: &[&str]) -> Server {
+    Server::builder(b)
+        .register::<Signup>()
+        .register::<Flaky>()
+        .register::<FromRuby>()
+        .queues(queues.iter().copied())
+        .retry_delay(|_| Duration::from_millis(100))
+        .poll_interval(Duration::from_millis(200))
+        .heartbeat_interval(Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_secs(2))
+        .handle_signals(false)
+        .build()
+        .expect("valid server")
+}
+
+/// Runs `server` until `done` resolves.
+async fn run_until(server: Server, done: impl std::future::Future<Output = ()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(async move {
+        let _ = rx.await;
+    }));
+    done.await;
+    let _ = tx.send(());
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("server stopped")
+        .expect("server task")
+        .expect("server ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_from_the_request_to_each_attempt_exported_over_otlp() {
+    otel();
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&redis.url()).await.unwrap();
+    let client = Client::new(broker.clone());
+
+    // A "web request" pushes two jobs; the first one succeeds, the second fails once.
+    let request = tracing::info_span!(target: "otel", "POST /signup", otel.kind = "server");
+    let (signup, flaky) = async {
+        let a = client.push(Signup(42)).await.unwrap();
+        let b = client.push(Flaky).await.unwrap();
+        (a, b)
+    }
+    .instrument(request)
+    .await;
+
+    let s = server(broker.clone(), &["default", "flaky"]);
+    run_until(s, async {
+        spans("three attempts", 3, |g| {
+            g.name.starts_with("process ")
+                && (g.attr("messaging.message.id") == signup
+                    || g.attr("messaging.message.id") == flaky)
+        })
+        .await;
+    })
+    .await;
+
+    let all = spans("the request and its sends", 1, |g| g.name == "POST /signup").await;
+    let root = &all[0];
+    assert_eq!(root.parent, "", "the request is the trace's root");
+    let of = |jid: &str, name: &str| -> Vec<Got> {
+        otel()
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.attr("messaging.message.id") == jid && g.name == name)
+            .cloned()
+            .collect()
+    };
+
+    let send = of(&signup, "send default");
+    assert_eq!(send.len(), 1, "one producer span per push");
+    let send = &send[0];
+    assert_eq!(send.kind, KIND_PRODUCER);
+    assert_eq!(send.trace_id, root.trace_id);
+    assert_eq!(
+        send.parent, root.span_id,
+        "the push is a child of the request"
+    );
+    assert_eq!(send.attr("messaging.system"), "errand");
+    assert_eq!(send.attr("messaging.operation.type"), "send");
+    assert_eq!(send.attr("messaging.destination.name"), "default");
+    assert_eq!(send.attr("messaging.errand.job.class"), "Signup");
+
+    let process = of(&signup, "process default");
+    assert_eq!(process.len(), 1);
+    let process = &process[0];
+    assert_eq!(process.kind, KIND_CONSUMER);
+    assert_eq!(
+        process.trace_id, root.trace_id,
+        "one trace from request to attempt"
+    );
+    assert_eq!(
+        process.parent, send.span_id,
+        "the attempt continues the push"
+    );
+    assert_eq!(process.attr("messaging.operation.type"), "process");
+    assert_eq!(process.attr("messaging.errand.attempt"), "1");
+    assert_eq!(process.attr("messaging.errand.outcome"), "done");
+    assert_ne!(process.status, STATUS_ERROR);
+
+    let flaky_send = &of(&flaky, "send flaky")[0];
+    let mut attempts = of(&flaky, "process flaky");
+    attempts.sort_by_key(|g| g.attr("messaging.errand.attempt").to_string());
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0].attr("messaging.errand.attempt"), "1");
+    assert_eq!(attempts[0].attr("messaging.errand.outcome"), "failed");
+    assert_eq!(attempts[0].attr("error.type"), "Stripe::CardError");
+    assert_eq!(attempts[0].status, STATUS_ERROR);
+    assert_eq!(attempts[1].attr("messaging.errand.attempt"), "2");
+    assert_eq!(attempts[1].attr("messaging.errand.outcome"), "done");
+    for a in &attempts {
+        assert_eq!(
+            a.trace_id, root.trace_id,
+            "a retry stays in the request's trace"
+        );
+        assert_eq!(a.parent, flaky_send.span_id);
+    }
+    assert!(
+        otel()
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|g| g.kind != KIND_INTERNAL || g.name != "errand.push"),
+        "the span names come from otel.name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ruby_trace_is_continued_by_the_errand_worker() {
+    otel();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Ruby pushes with a client middleware that writes the context as the gem's does
+    // (`OpenTelemetry.propagation.inject(job)`: top-level W3C keys in the job hash).
+    let out = ruby(
+        &url,
+        r#"
+        require "securerandom"
+        class TraceInject
+          def call(_klass, job, _queue, _pool)
+            $trace_id = SecureRandom.hex(16)
+            $span_id = SecureRandom.hex(8)
+            job["traceparent"] = "00-#{$trace_id}-#{$span_id}-01"
+            job["tracestate"] = "rojo=00f067aa0ba902b7"
+            yield
+          end
+        end
+        Sidekiq.configure_client { |c| c.client_middleware { |ch| ch.add TraceInject } }
+        jid = Sidekiq::Client.push("class" => "FromRuby", "args" => [7], "queue" => "default")
+        puts JSON.generate("jid" => jid, "trace_id" => $trace_id, "span_id" => $span_id)
+        "#,
+    );
+    let pushed: Value = serde_json::from_str(&out).unwrap();
+    let jid = pushed["jid"].as_str().unwrap().to_string();
+
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let want = jid.clone();
+    run_until(server(broker, &["default"]), async move {
+        spans("the Ruby job's attempt", 1, move |g| {
+            g.attr("messaging.message.id") == want
+        })
+        .await;
+    })
+    .await;
+    let got = spans("the Ruby job's attempt", 1, |g| {
+        g.attr("messaging.message.id") == jid
+    })
+    .await;
+    let process = &got[0];
+    assert_eq!(process.name, "process default");
+    assert_eq!(process.kind, KIND_CONSUMER);
+    assert_eq!(
+        process.trace_id, pushed["trace_id"],
+        "the Ruby trace goes on in Rust"
+    );
+    assert_eq!(
+        process.parent, pushed["span_id"],
+        "its parent is the Ruby push's span"
+    );
+    assert_eq!(process.attr("messaging.errand.job.class"), "FromRuby");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ruby_worker_reads_the_context_errand_pushed() {
+    otel();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let client = Client::new(RedisBroker::connect(&url).await.unwrap());
+    let span = tracing::info_span!(target: "otel", "nightly export");
+    let jid = client
+        .push_raw(
+            RawJob::new("TracedRubyJob", vec![Value::from(1)]),
+            Push::new(),
+        )
+        .instrument(span)
+        .await
+        .unwrap();
+    let send = spans("Errand's send span", 1, |g| {
+        g.name == "send default" && g.attr("messaging.message.id") == jid
+    })
+    .await
+    .remove(0);
+
+    let _sidekiq = RubySidekiq::start(&url, &["default"]);
+    let mut conn = redis.conn();
+    let mut seen = Vec::new();
+    errand_tests::wait_until_sync("Ruby to run the traced job", WAIT, || {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg("ruby:ran")
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .unwrap();
+        seen = raw
+            .iter()
+            .map(|r| serde_json::from_str::<Value>(r).unwrap())
+            .collect();
+        !seen.is_empty()
+    });
+    let ran = &seen[0];
+    assert_eq!(ran["class"], "TracedRubyJob");
+    assert_eq!(ran["jid"], jid.as_str());
+    assert_eq!(ran["valid"], true, "a W3C traceparent: {ran}");
+    assert_eq!(
+        ran["trace_id"],
+        send.trace_id.as_str(),
+        "Ruby reads Errand's trace"
+    );
+    assert_eq!(
+        ran["parent_id"],
+        send.span_id.as_str(),
+        "whose parent is Errand's send span"
+    );
+    assert_eq!(ran["sampled"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_propagation_starts_a_trace_linked_to_the_push() {
+    otel();
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&redis.url()).await.unwrap();
+    let client = Client::new(broker.clone());
+    let jid = client
+        .push(Signup(9))
+        .instrument(tracing::info_span!(target: "otel", "fan-out"))
+        .await
+        .unwrap();
+    let server = Server::builder(broker)
+        .register::<Signup>()
+        .trace_propagation(errand::trace::Propagation::Link)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let want = jid.clone();
+    run_until(server, async move {
+        spans("the linked attempt", 1, move |g| {
+            g.name == "process default" && g.attr("messaging.message.id") == want
+        })
+        .await;
+    })
+    .await;
+    let send = spans("the send", 1, |g| {
+        g.name == "send default" && g.attr("messaging.message.id") == jid
+    })
+    .await
+    .remove(0);
+    let process = spans("the attempt", 1, |g| {
+        g.name == "process default" && g.attr("messaging.message.id") == jid
+    })
+    .await
+    .remove(0);
+    assert_ne!(process.trace_id, send.trace_id, "a trace of its own");
+    assert_eq!(process.parent, "", "a root");
+    assert_eq!(
+        process.links,
+        vec![(send.trace_id.clone(), send.span_id.clone())],
+        "linked to the push"
+    );
+}
