@@ -52,6 +52,9 @@ struct Got {
     status: i32,
     attrs: BTreeMap<String, String>,
     links: Vec<(String, String)>,
+    /// Start and end, ns since the epoch.
+    start: u64,
+    end: u64,
 }
 
 impl Got {
@@ -105,6 +108,8 @@ async fn receive(State(got): State<Received>, body: Bytes) -> Vec<u8> {
                         .iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
+                    start: s.start_time_unix_nano,
+                    end: s.end_time_unix_nano,
                 });
             }
         }
@@ -228,8 +233,39 @@ impl Job for FromRuby {
     }
 }
 
+/// The README picture's job: creates an account, then pushes its welcome email.
+#[derive(Serialize, Deserialize)]
+struct CreateAccount(u64);
+
+impl Job for CreateAccount {
+    const NAME: &'static str = "CreateAccount";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        tokio::time::sleep(Duration::from_millis(12)).await;
+        cx.client().push(WelcomeEmail(self.0)).await?;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        Ok(())
+    }
+}
+
+/// Pushed by [`CreateAccount`] from inside its attempt.
+#[derive(Serialize, Deserialize)]
+struct WelcomeEmail(u64);
+
+impl Job for WelcomeEmail {
+    const NAME: &'static str = "WelcomeEmail";
+    fn options() -> JobOptions {
+        JobOptions::default().queue("mailers")
+    }
+    async fn perform(self, _: &JobContext) -> JobResult {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        Ok(())
+    }
+}
+
 fn server(b: RedisBroker, queues: &[&str]) -> Server {
     Server::builder(b)
+        .register::<CreateAccount>()
+        .register::<WelcomeEmail>()
         .register::<Signup>()
         .register::<Flaky>()
         .register::<FromRuby>()
@@ -510,4 +546,161 @@ async fn link_propagation_starts_a_trace_linked_to_the_push() {
         vec![(send.trace_id.clone(), send.span_id.clone())],
         "linked to the push"
     );
+}
+
+/// The trace of `spans` (one trace) as an HTML waterfall: one row per span, indented under its
+/// parent, its bar placed on the trace's time axis; failed attempts in red.
+fn waterfall(title: &str, spans: &[Got]) -> String {
+    let t0 = spans.iter().map(|g| g.start).min().unwrap_or(0);
+    let t1 = spans.iter().map(|g| g.end).max().unwrap_or(1).max(t0 + 1);
+    let total_ms = (t1 - t0) as f64 / 1e6;
+    let mut rows = String::new();
+    fn walk(parent: &str, depth: usize, spans: &[Got], out: &mut Vec<(usize, Got)>) {
+        let mut kids: Vec<&Got> = spans.iter().filter(|g| g.parent == parent).collect();
+        kids.sort_by_key(|g| g.start);
+        for k in kids {
+            out.push((depth, k.clone()));
+            walk(&k.span_id, depth + 1, spans, out);
+        }
+    }
+    let mut ordered = Vec::new();
+    walk("", 0, spans, &mut ordered);
+    for (depth, g) in ordered {
+        let left = (g.start - t0) as f64 / (t1 - t0) as f64 * 100.0;
+        let width = ((g.end - g.start) as f64 / (t1 - t0) as f64 * 100.0).max(0.3);
+        let kind = match g.kind {
+            KIND_PRODUCER => "producer",
+            KIND_CONSUMER => "consumer",
+            2 => "server",
+            _ => "internal",
+        };
+        let mut facts = Vec::new();
+        for key in [
+            "messaging.errand.job.class",
+            "messaging.message.id",
+            "messaging.errand.attempt",
+            "messaging.errand.outcome",
+            "error.type",
+        ] {
+            if let Some(v) = g.attrs.get(key) {
+                let short = if key == "error.type" {
+                    "error"
+                } else {
+                    key.rsplit('.').next().unwrap_or(key)
+                };
+                facts.push(format!("{short}={v}"));
+            }
+        }
+        let class = if g.status == STATUS_ERROR {
+            "bar error"
+        } else {
+            &format!("bar {kind}")
+        };
+        rows.push_str(&format!(
+            "<tr><td class=name style=\"padding-left:{pad}px\">{name}<span class=kind>{kind}</span></td>\
+             <td class=facts>{facts}</td><td class=dur>{dur:.1} ms</td>\
+             <td class=lane><div class=\"{class}\" style=\"left:{left:.2}%;width:{width:.2}%\"></div></td></tr>\n",
+            pad = 8 + depth * 18,
+            name = g.name,
+            facts = facts.join(" · "),
+            dur = (g.end - g.start) as f64 / 1e6,
+        ));
+    }
+    format!(
+        "<!doctype html><meta charset=utf-8><title>{title}</title><style>\
+         body{{font:13px system-ui,sans-serif;margin:18px;color:#1d2330;background:#fff}}\
+         h1{{font-size:16px;margin:0 0 4px}} p{{margin:0 0 12px;color:#5b6475}}\
+         table{{border-collapse:collapse;width:100%}} td{{padding:5px 8px;border-bottom:1px solid #eceff4;white-space:nowrap}}\
+         .kind{{margin-left:8px;font-size:11px;color:#7a8496}} .facts{{color:#465063;font-size:12px}}\
+         .dur{{text-align:right;color:#465063}} .lane{{position:relative;width:38%}}\
+         .bar{{position:absolute;top:6px;height:12px;border-radius:3px}} .server{{background:#6c7a96}}\
+         .producer{{background:#3f7be0}} .consumer{{background:#2fa37a}} .internal{{background:#9aa3b5}}\
+         .error{{background:#d9483b}}</style>\
+         <h1>{title}</h1><p>{n} spans over {total_ms:.1} ms, exported over OTLP/HTTP and rendered from what the receiver decoded</p>\
+         <table>{rows}</table>",
+        n = spans.len(),
+    )
+}
+
+/// Makes the README's trace picture (`docs/images/trace.png`, and the page it is taken of,
+/// `docs/images/trace.html`): a web request pushes two jobs on a real Redis; one pushes a
+/// welcome email from inside its attempt, the other fails once and is retried; every span is
+/// exported over OTLP to the test's receiver and drawn as a waterfall, which Debian's Chromium
+/// photographs. Run by hand:
+/// `cargo test -p errand-tests --test otel readme_trace_picture -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/images/trace.png; run by hand"]
+async fn readme_trace_picture() {
+    otel();
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&redis.url()).await.unwrap();
+    let client = Client::new(broker.clone());
+    let request = tracing::info_span!(target: "otel", "POST /signup", otel.kind = "server");
+    let (account, charge) = async {
+        tokio::time::sleep(Duration::from_millis(4)).await;
+        let a = client.push(CreateAccount(42)).await.unwrap();
+        let b = client.push(Flaky).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        (a, b)
+    }
+    .instrument(request)
+    .await;
+    let s = server(broker, &["default", "flaky", "mailers"]);
+    run_until(s, async {
+        spans("every attempt", 4, |g| {
+            g.name.starts_with("process ")
+                && ["default", "flaky", "mailers"].contains(&g.attr("messaging.destination.name"))
+        })
+        .await;
+    })
+    .await;
+    let root = spans("the request", 1, |g| g.name == "POST /signup")
+        .await
+        .pop()
+        .unwrap();
+    let trace: Vec<Got> = otel()
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.trace_id == root.trace_id)
+        .cloned()
+        .collect();
+    assert!(
+        trace
+            .iter()
+            .any(|g| g.attr("messaging.message.id") == account)
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|g| g.attr("messaging.message.id") == charge)
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/images");
+    let html = dir.join("trace.html");
+    std::fs::write(
+        &html,
+        waterfall(
+            &format!(
+                "Trace {} — one sign-up, from the web request to each attempt",
+                &root.trace_id[..12]
+            ),
+            &trace,
+        ),
+    )
+    .unwrap();
+    let png = dir.join("trace.png");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,300",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.canonicalize().unwrap().display()))
+        .output()
+        .expect("Debian's chromium");
+    assert!(png.exists(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -49,6 +49,11 @@
 //! # Feature flags
 //! - `redis` (default): the Redis backend, re-exported as [`redis`].
 //! - `sqlite` (default): the embedded SQLite backend, re-exported as [`sqlite`].
+//! - `postgres` (default): the PostgreSQL backend, re-exported as [`postgres`].
+//! - `spans`: `tracing` spans for every push and attempt, after OpenTelemetry's messaging
+//!   conventions (`trace`).
+//! - `opentelemetry`: `spans`, plus the W3C trace context carried in the payload (written on
+//!   push, continued on perform), compatible with Ruby's OpenTelemetry Sidekiq instrumentation.
 
 pub mod api;
 pub mod batch;
