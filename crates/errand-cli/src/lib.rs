@@ -424,7 +424,7 @@ pub struct BenchArgs {
 const DEFAULT_LOG_FILTER: &str = "error";
 
 /// Installs the log subscriber: `format` lines on stderr, filtered by `RUST_LOG` or
-/// [`DEFAULT_LOG_FILTER`].
+/// the default (errors only).
 ///
 /// # Errors
 /// `RUST_LOG` does not parse. One already installed (a test running commands in its own
