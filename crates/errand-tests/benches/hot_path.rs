@@ -1,7 +1,7 @@
 //! Criterion benchmarks of Errand's hot path: payload decode/encode, argument (de)serialization,
 //! retry backoff, and broker round trips (push, fetch + ack, batch fetch + concurrent acks) on
 //! every backend: Redis (a private `redis-server`), SQLite (a temp file, default durability) and
-//! the in-memory reference broker.
+//! the in-memory reference broker; and what client middleware and spans cost a push.
 //!
 //! Run with `cargo bench -p errand-tests --bench hot_path`. Broker benchmarks refill (or drain)
 //! their queue in chunks outside the timed part, so a queue never runs dry mid-measurement and
@@ -263,6 +263,73 @@ fn bench_broker(c: &mut Criterion, rt: &Runtime, backend: &str, broker: &dyn Bro
     g.finish();
 }
 
+/// A job for the client benchmarks.
+#[derive(Serialize, Deserialize)]
+struct Ping(u64);
+
+impl errand::Job for Ping {
+    const NAME: &'static str = "Ping";
+    async fn perform(self, _: &errand::JobContext) -> errand::JobResult {
+        Ok(())
+    }
+}
+
+/// What the client middleware and the spans cost a push, on the in-memory broker (a fresh one
+/// per iteration): no middleware (the baseline), the default chain (the `PushSpans`
+/// middleware, its span disabled: no subscriber), and the spans recorded by an OpenTelemetry
+/// layer with the trace context written into every payload.
+fn client_push(c: &mut Criterion) {
+    use criterion::BatchSize;
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let otel = std::sync::Arc::new(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+    );
+    let variants: [(&str, fn(errand::Client) -> errand::Client, bool); 3] = [
+        ("none", errand::Client::clear_client_middleware, false),
+        ("spans_disabled", |c| c, false),
+        ("spans_otel", |c| c, true),
+    ];
+    for (name, n) in [("client_push_one", 1u64), ("client_push_bulk_1000", 1000)] {
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(n));
+        for (variant, setup, traced) in variants {
+            g.bench_function(variant, |b| {
+                b.iter_batched(
+                    || setup(errand::Client::new(errand_testing::MemoryBroker::new())),
+                    |client| {
+                        let run = || {
+                            rt.block_on(async {
+                                let root = tracing::info_span!("request");
+                                let _in = root.enter();
+                                if n == 1 {
+                                    client.push(Ping(1)).await.map(|_| ())
+                                } else {
+                                    client.push_bulk((0..n).map(Ping)).await.map(|_| ())
+                                }
+                            })
+                        };
+                        if traced {
+                            tracing::subscriber::with_default(otel.clone(), run)
+                        } else {
+                            run()
+                        }
+                        .expect("push")
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        g.finish();
+    }
+}
+
 fn brokers(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -301,6 +368,6 @@ criterion_group! {
     config = Criterion::default()
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = codec, backoff_delay, brokers
+    targets = codec, backoff_delay, client_push, brokers
 }
 criterion_main!(benches);

@@ -375,9 +375,9 @@ impl Client {
     }
 
     /// Runs `out` through the client middleware into `store`; straight into the store when
-    /// there is none.
+    /// none has work ([`ClientMiddleware::active`]).
     async fn send(&self, store: &dyn Store, out: &mut Outgoing) -> Result<(), Error> {
-        if self.middleware.is_empty() {
+        if !client_middleware::any_active(&self.middleware) {
             return store.store(self, out).await;
         }
         client_middleware::send(&self.middleware, self, store, out).await
@@ -785,6 +785,8 @@ impl Client {
         let jobs = jobs.into_iter();
         let mut jids = Vec::with_capacity(jobs.size_hint().0);
         let mut batch = Vec::with_capacity(jobs.size_hint().0);
+        let mut built = Vec::new();
+        let chain = client_middleware::any_active(&self.middleware);
         for job in jobs {
             let jid = errand_core::id::new_jid();
             let new = NewPayload {
@@ -802,6 +804,16 @@ impl Client {
                 errand_expires_at: opts.expires_in.map(|d| now + d.as_secs_f64()),
                 enqueued_at: &stamp,
             };
+            if chain {
+                // For the chain: the same payload as an object, checked when stored.
+                let map = match serde_json::to_value(&new) {
+                    Ok(Value::Object(map)) => map,
+                    Ok(_) => return Err(PayloadError::NotAnObject.into()),
+                    Err(e) => return Err(PayloadError::NotSerializable(e.to_string()).into()),
+                };
+                built.push(Payload::from_map(map)?);
+                continue;
+            }
             let payload = serde_json::to_string(&new)
                 .map_err(|e| PayloadError::NotSerializable(e.to_string()))?;
             batch.push(Enqueue {
@@ -810,12 +822,8 @@ impl Client {
             });
             jids.push(jid);
         }
-        if !self.middleware.is_empty() {
-            let jobs = batch
-                .iter()
-                .map(|e| Payload::parse(&e.payload))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut out = Outgoing::new(jobs, None, PushKind::Bulk);
+        if chain {
+            let mut out = Outgoing::new(built, None, PushKind::Bulk);
             self.send(&Plain, &mut out).await?;
             return Ok(out.jobs.iter().map(|p| p.jid().to_string()).collect());
         }

@@ -25,6 +25,19 @@ use std::sync::Arc;
 pub trait ClientMiddleware: Send + Sync + 'static {
     /// Runs around one push; call `next.run(jobs).await` to store the jobs.
     async fn call(&self, jobs: &mut Outgoing, next: ClientNext<'_>) -> Result<(), Error>;
+
+    /// Whether this middleware has work for the next push (true by default). When no
+    /// middleware of a chain has, a push goes straight to the store: a bulk push then skips
+    /// building a payload object per job for the chain. The default push spans answer false
+    /// while no subscriber records them.
+    fn active(&self) -> bool {
+        true
+    }
+}
+
+/// True when some middleware of `chain` has work for the next push.
+pub(crate) fn any_active(chain: &[Arc<dyn ClientMiddleware>]) -> bool {
+    chain.iter().any(|m| m.active())
 }
 
 /// What kind of push the jobs come from.

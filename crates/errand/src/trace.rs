@@ -40,6 +40,10 @@ pub struct PushSpans;
 
 #[async_trait]
 impl ClientMiddleware for PushSpans {
+    fn active(&self) -> bool {
+        tracing::enabled!(kind: tracing::metadata::Kind::SPAN, target: "errand::push", tracing::Level::INFO)
+    }
+
     async fn call(&self, jobs: &mut Outgoing, next: ClientNext<'_>) -> Result<(), Error> {
         let Some(first) = jobs.jobs().first() else {
             return next.run(jobs).await;
