@@ -291,7 +291,9 @@ fn client_push(c: &mut Criterion) {
         tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
     );
-    let variants: [(&str, fn(errand::Client) -> errand::Client, bool); 3] = [
+    /// A variant: its name, how its client is set up, and whether spans are recorded.
+    type Variant = (&'static str, fn(errand::Client) -> errand::Client, bool);
+    let variants: [Variant; 3] = [
         ("none", errand::Client::clear_client_middleware, false),
         ("spans_disabled", |c| c, false),
         ("spans_otel", |c| c, true),
