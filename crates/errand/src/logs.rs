@@ -161,6 +161,53 @@ where
     Ok(build(format, parse_filter(filter, "given")?, writer, false))
 }
 
+/// The same log lines as a `tracing_subscriber` layer over stderr, filtered by `RUST_LOG` when
+/// it is set and not empty, else by `default_filter` — to compose with other layers, such as
+/// `tracing-opentelemetry`'s, in one subscriber:
+///
+/// ```rust,no_run
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::util::SubscriberInitExt;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// tracing_subscriber::registry()
+///     .with(errand::logs::layer(errand::logs::LogFormat::Json, "info")?)
+///     // .with(tracing_opentelemetry::layer().with_tracer(tracer))
+///     .init();
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// Filter directives that do not parse ([`LogError::Filter`]).
+pub fn layer<S>(
+    format: LogFormat,
+    default_filter: &str,
+) -> Result<Box<dyn tracing_subscriber::Layer<S> + Send + Sync>, LogError>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    let filter = match std::env::var(FILTER_ENV) {
+        Ok(env) if !env.trim().is_empty() => parse_filter(&env, "from RUST_LOG")?,
+        _ => parse_filter(default_filter, "the default filter")?,
+    };
+    let ansi = format == LogFormat::Text && std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_timer(SystemTime)
+        .with_ansi(ansi);
+    Ok(match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
+    })
+}
+
 fn parse_filter(directives: &str, from: &'static str) -> Result<EnvFilter, LogError> {
     EnvFilter::builder()
         .parse(directives)
