@@ -294,6 +294,10 @@ pub struct WebArgs {
     /// Mount the dashboard under this path (`/errand`) instead of `/`.
     #[arg(long, default_value = "")]
     pub base_path: String,
+    /// Link each job's trace to your trace viewer: a URL template with `{trace_id}` (and
+    /// optionally `{span_id}`), e.g. `https://jaeger.internal/trace/{trace_id}`.
+    #[arg(long, env = "ERRAND_WEB_TRACE_URL", value_name = "TEMPLATE")]
+    pub trace_url: Option<String>,
     /// Answer requests naming this host (repeatable; `errand.internal`), besides loopback names
     /// and the bound address. Once one is given, every other host name is refused; without
     /// authentication only loopback names are answered by default (DNS rebinding protection).

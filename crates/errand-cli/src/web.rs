@@ -30,7 +30,7 @@ fn auth(args: &WebArgs) -> anyhow::Result<Auth> {
 
 /// The dashboard's settings from the options: authentication, mount path, the dead set's
 /// limits for kills, and the host names it answers to.
-fn config(args: &WebArgs, auth: Auth) -> WebConfig {
+fn config(args: &WebArgs, auth: Auth) -> anyhow::Result<WebConfig> {
     let mut config = WebConfig::default()
         .auth(auth)
         .base_path(&args.base_path)
@@ -50,7 +50,10 @@ fn config(args: &WebArgs, auth: Auth) -> WebConfig {
     for host in &args.allow_hosts {
         config = config.allow_host(host);
     }
-    config
+    if let Some(template) = &args.trace_url {
+        config = config.trace_url(template)?;
+    }
+    Ok(config)
 }
 
 /// Serves until SIGINT/SIGTERM.
@@ -83,7 +86,7 @@ pub async fn run(args: WebArgs) -> anyhow::Result<()> {
         false,
     )
     .await?;
-    let config = config(&args, auth);
+    let config = config(&args, auth)?;
     let base = config.base_path.clone();
     let app = if base.is_empty() {
         errand_web::router(backend.store(), config)
@@ -145,10 +148,11 @@ mod tests {
         let c = config(
             &web_args(&["--dead-max-jobs", "500", "--dead-max-age-days", "7"]),
             Auth::None,
-        );
+        )
+        .unwrap();
         assert_eq!(c.dead_limits.max_jobs, 500);
         assert_eq!(c.dead_limits.max_age.as_secs(), 7 * 86_400);
-        let d = config(&web_args(&[]), Auth::None);
+        let d = config(&web_args(&[]), Auth::None).unwrap();
         assert_eq!(d.dead_limits, errand::DeadLimits::default());
     }
 
@@ -157,9 +161,34 @@ mod tests {
         let c = config(
             &web_args(&["--bind", "10.1.2.3:7878", "--allow-host", "errand.internal"]),
             Auth::None,
-        );
+        )
+        .unwrap();
         assert_eq!(c.allowed_hosts, ["10.1.2.3", "errand.internal"]);
-        let c = config(&web_args(&["--bind", "0.0.0.0:7878"]), Auth::None);
+        let c = config(&web_args(&["--bind", "0.0.0.0:7878"]), Auth::None).unwrap();
         assert!(c.allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn a_trace_url_template_is_checked_and_kept() {
+        let c = config(
+            &web_args(&["--trace-url", "https://jaeger.internal/trace/{trace_id}"]),
+            Auth::None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.trace_url.as_deref(),
+            Some("https://jaeger.internal/trace/{trace_id}")
+        );
+        let bad = config(
+            &web_args(&["--trace-url", "javascript:alert({trace_id})"]),
+            Auth::None,
+        );
+        assert!(bad.is_err(), "a template that is not http(s) is refused");
+        assert!(
+            config(&web_args(&[]), Auth::None)
+                .unwrap()
+                .trace_url
+                .is_none()
+        );
     }
 }

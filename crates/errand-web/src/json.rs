@@ -283,13 +283,15 @@ pub(crate) async fn set_list(
     }
 }
 
-fn entry_json(e: &Entry) -> Value {
+/// An entry for the API; `trace_url` is the configured trace link template.
+fn entry_json(e: &Entry, trace_url: Option<&str>) -> Value {
     json!({
         "key": e.key,
         "score": e.score,
         "job": e.job,
         "raw": e.raw,
         "backtrace": api::backtrace(&e.raw),
+        "trace": crate::trace::json_of(&e.raw, trace_url),
     })
 }
 
@@ -300,7 +302,7 @@ pub(crate) async fn set_job(
     set: SetName,
 ) -> Response {
     match api::find(&*st.admin, set, q.key.as_deref().unwrap_or("")).await {
-        Ok(Some(e)) => Json(entry_json(&e)).into_response(),
+        Ok(Some(e)) => Json(entry_json(&e, st.config.trace_url.as_deref())).into_response(),
         Ok(None) => not_found("no such job in this set"),
         Err(e) => err(e),
     }

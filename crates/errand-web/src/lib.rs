@@ -37,6 +37,7 @@ mod pages;
 mod params;
 mod prom;
 pub mod security;
+mod trace;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -75,7 +76,25 @@ pub struct WebConfig {
     /// Most failed sign-ins per client address per minute (10 by default); more are answered
     /// 429 with `Retry-After`.
     pub max_failed_logins: u32,
+    /// A link template to a trace viewer, for jobs whose payload carries a W3C `traceparent`
+    /// (`https://jaeger.example/trace/{trace_id}`; `{trace_id}` and `{span_id}` are filled in
+    /// with the trace's hex ids). None by default: the job page shows the ids without a link.
+    /// Set it with [`WebConfig::trace_url()`], which checks it; a value set here directly that
+    /// does not pass [`WebConfig::validate`] is not used.
+    pub trace_url: Option<String>,
 }
+
+/// A dashboard setting that was refused, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 impl Default for WebConfig {
     fn default() -> Self {
@@ -89,6 +108,7 @@ impl Default for WebConfig {
             request_timeout: std::time::Duration::from_secs(30),
             max_streams: 16,
             max_failed_logins: 10,
+            trace_url: None,
         }
     }
 }
@@ -150,6 +170,26 @@ impl WebConfig {
         self.secure_cookies = on;
         self
     }
+
+    /// Links a job's trace to a trace viewer: `template` is an `http(s)` URL containing
+    /// `{trace_id}` (and, if wanted, `{span_id}`), e.g.
+    /// `https://jaeger.example/trace/{trace_id}`. Refused with a [`ConfigError`] saying why
+    /// when it is not an `http(s)` URL with a host, has spaces, or lacks `{trace_id}`.
+    pub fn trace_url(mut self, template: impl Into<String>) -> Result<Self, ConfigError> {
+        let template = template.into();
+        trace::check_template(&template).map_err(ConfigError)?;
+        self.trace_url = Some(template);
+        Ok(self)
+    }
+
+    /// Checks the settings that can be refused (the [trace link template](Self::trace_url())),
+    /// for a configuration whose fields were set directly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(t) = &self.trace_url {
+            trace::check_template(t).map_err(ConfigError)?;
+        }
+        Ok(())
+    }
 }
 
 /// What every handler shares.
@@ -190,8 +230,15 @@ pub(crate) fn set_slug(set: SetName) -> &'static str {
 }
 
 /// The dashboard, its JSON API and `/metrics`, on `store` (any backend: `Arc::new(broker)`).
-pub fn router(store: Arc<dyn Store>, config: WebConfig) -> Router {
+///
+/// A [`trace_url`](WebConfig::trace_url()) set directly on the field that does not pass
+/// [`WebConfig::validate`] is logged and not used: no link is made from it.
+pub fn router(store: Arc<dyn Store>, mut config: WebConfig) -> Router {
     let timeout = config.request_timeout;
+    if let Err(e) = config.validate() {
+        tracing::error!(error = %e, "dashboard trace link template refused; jobs' traces are shown without links");
+        config.trace_url = None;
+    }
     let state = AppState {
         admin: store.clone(),
         broker: store,

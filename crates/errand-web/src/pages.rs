@@ -1460,6 +1460,29 @@ pub(crate) async fn set_list(
     page(&c, set_title(set), slug, &q, body)
 }
 
+/// The job page's "Trace" row: a valid trace context's ids, the trace id linked to the
+/// configured trace viewer (the link holds only the ids' hex digits); an invalid one as text,
+/// marked invalid and never linked.
+fn trace_row(c: &Ctx<'_>, t: &crate::trace::Trace) -> Markup {
+    use crate::trace::Trace;
+    html! {
+        dt { "Trace" }
+        @match t {
+            Trace::Valid(tp) => { dd.trace {
+                @if let Some(tpl) = &c.st.config.trace_url {
+                    a.mono.trace-id href=(crate::trace::link(tpl, tp)) target="_blank" rel="noopener noreferrer" title="Open the trace" { (tp.trace_id) }
+                } @else {
+                    span.mono.trace-id { (tp.trace_id) }
+                }
+                " " span.muted.small { "parent span " span.mono.span-id { (tp.span_id) } @if !tp.sampled { " · not sampled" } }
+            } }
+            Trace::Invalid(text) => { dd.trace {
+                span.badge.badge-warn { "invalid" } " " span.mono.trace-invalid { (v(text)) }
+            } }
+        }
+    }
+}
+
 /// `GET /{set}/job?key=…`: one job in full.
 pub(crate) async fn set_job(
     State(st): State<AppState>,
@@ -1498,6 +1521,7 @@ async fn job_page(
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| e.raw.clone());
     let trace = api::backtrace(&e.raw);
+    let trace_ctx = crate::trace::of_raw(&e.raw);
     let (edit_error, edit_value) = match &error {
         Some((msg, args)) => (Some(msg.as_str()), args.clone()),
         None => (None, pretty_args.clone()),
@@ -1516,6 +1540,7 @@ async fn job_page(
                 dt { "Class" } dd { (v(&j.class)) @if let Some(w) = &j.wrapper { " " span.muted.small { "(" (v(w)) ")" } } }
                 dt { "Queue" } dd { a href=(c.url(&format!("/queues/{}", enc(&j.queue)))) { (v(&j.queue)) } }
                 dt { "Job id" } dd.mono { (v(&j.jid)) }
+                @if let Some(t) = &trace_ctx { (trace_row(&c, t)) }
                 dt { (when_label(set)) } dd { (time(e.score, c.now)) " " span.muted.small { (exact(e.score)) } }
                 dt { "Created" } dd { (opt_time(j.created_at, c.now)) }
                 dt { "Enqueued" } dd { (opt_time(j.enqueued_at, c.now)) }

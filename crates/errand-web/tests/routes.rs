@@ -1930,3 +1930,214 @@ async fn a_workflow_page_shows_each_steps_state() {
     assert_eq!(api["batch"]["policy"], "cancel_dependents");
     assert_eq!(api["members"]["cancelled"], json!(["jid-report"]));
 }
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// Puts a failed `class` job whose payload carries `traceparent` (and a `tracestate`) into
+/// `set` (`dead` or `retries`); returns its key.
+async fn traced(f: &Fixture, app: &Router, set: &str, class: &str, traceparent: Value) -> String {
+    let mut p = payload(class, "default", json!([1]));
+    p.set("traceparent", traceparent);
+    p.set("tracestate", "rojo=00f067aa0ba902b7");
+    let raw = failed(p, "RuntimeError", "boom");
+    let to = match set {
+        "dead" => Settle::Dead {
+            payload: raw,
+            now: errand_core::now(),
+            limits: DeadLimits::default(),
+        },
+        _ => Settle::Retry {
+            payload: raw,
+            at: errand_core::now() + 600.0,
+        },
+    };
+    put(&f.broker, to).await;
+    let list = json_of(app, &format!("/api/{set}?class={}", enc(class))).await;
+    let entries = list["page"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    entries[0]["key"].as_str().unwrap().to_string()
+}
+
+/// A link's `href` and `rel`.
+type Link = (String, Option<String>);
+
+/// The page's "Trace" row (`dd.trace`): its text and its links.
+fn trace_cell(body: &str) -> Option<(String, Vec<Link>)> {
+    let doc = scraper::Html::parse_document(body);
+    let dd = scraper::Selector::parse("dd.trace").unwrap();
+    let a = scraper::Selector::parse("a").unwrap();
+    let cell = doc.select(&dd).next()?;
+    let links = cell
+        .select(&a)
+        .map(|l| {
+            (
+                l.value().attr("href").unwrap_or_default().to_string(),
+                l.value().attr("rel").map(str::to_string),
+            )
+        })
+        .collect();
+    Some((cell.text().collect(), links))
+}
+
+/// A dead or retrying job whose payload carries a valid W3C `traceparent` shows its trace id
+/// and parent span id on its page, linked to the trace viewer when `trace_url` is set; the
+/// job's API has the `trace` object with the filled-in link, or `url: null` without a
+/// template (issue 18).
+#[tokio::test]
+async fn a_jobs_trace_is_shown_and_linked_to_the_trace_viewer() {
+    let f = fixture().await;
+    let traceparent = format!("00-{TRACE_ID}-{SPAN_ID}-01");
+    let linked = app(
+        &f,
+        WebConfig::default()
+            .trace_url("https://jaeger.example/trace/{trace_id}?uiFind={span_id}&x=1")
+            .unwrap(),
+    );
+    let plain = app(&f, WebConfig::default());
+    let dead = traced(&f, &plain, "dead", "Traced", json!(traceparent)).await;
+    let retry = traced(&f, &plain, "retries", "TracedRetry", json!(traceparent)).await;
+    let want_url = format!("https://jaeger.example/trace/{TRACE_ID}?uiFind={SPAN_ID}&x=1");
+
+    for (slug, key) in [("dead", &dead), ("retries", &retry)] {
+        let uri = format!("/{slug}/job?key={}", enc(key));
+        let r = get(&linked, &uri).await;
+        assert_inert(&uri, &r);
+        let (text, links) = trace_cell(&r.body).expect("a Trace row");
+        assert!(text.contains(TRACE_ID) && text.contains(SPAN_ID), "{text}");
+        assert_eq!(
+            links,
+            vec![(want_url.clone(), Some("noopener noreferrer".to_string()))],
+            "{uri}"
+        );
+        // The href is escaped in the HTML (`&` as `&amp;`).
+        assert!(
+            r.body.contains(&want_url.replace('&', "&amp;")),
+            "{}",
+            r.body
+        );
+
+        let api = json_of(&linked, &format!("/api/{slug}/job?key={}", enc(key))).await;
+        assert_eq!(
+            api["trace"],
+            json!({"trace_id": TRACE_ID, "span_id": SPAN_ID, "sampled": true, "url": want_url}),
+            "{api}"
+        );
+
+        // Without a template: the ids, no link; `url` is null.
+        let r = get(&plain, &uri).await;
+        assert_inert(&uri, &r);
+        let (text, links) = trace_cell(&r.body).expect("a Trace row");
+        assert!(text.contains(TRACE_ID), "{text}");
+        assert!(links.is_empty(), "{links:?}");
+        let api = json_of(&plain, &format!("/api/{slug}/job?key={}", enc(key))).await;
+        assert_eq!(api["trace"]["trace_id"], TRACE_ID, "{api}");
+        assert_eq!(api["trace"]["url"], Value::Null, "{api}");
+    }
+
+    // A job without a trace context has no Trace row, and `trace: null`.
+    let plain_key = keys(&plain, "scheduled").await[0].clone();
+    let r = get(&plain, &format!("/scheduled/job?key={}", enc(&plain_key))).await;
+    assert!(trace_cell(&r.body).is_none());
+    let api = json_of(
+        &linked,
+        &format!("/api/scheduled/job?key={}", enc(&plain_key)),
+    )
+    .await;
+    assert_eq!(api["trace"], Value::Null, "{api}");
+}
+
+/// A `traceparent` that is not valid per W3C (markup, all-zero ids, version `ff`, upper case,
+/// not a string) is shown as inert text marked invalid, never linked, and is `trace: null` in
+/// the API, even with a trace link template configured.
+#[tokio::test]
+async fn an_invalid_traceparent_is_shown_inert_and_never_linked() {
+    let f = fixture().await;
+    let app = app(
+        &f,
+        WebConfig::default()
+            .trace_url("https://jaeger.example/trace/{trace_id}")
+            .unwrap(),
+    );
+    let cases = [
+        json!(XSS[0]),
+        json!(format!(
+            "00-{TRACE_ID}-{SPAN_ID}-01\"><script>alert(1)</script>"
+        )),
+        json!(format!("00-{}-{SPAN_ID}-01", "0".repeat(32))),
+        json!(format!("00-{TRACE_ID}-{}-01", "0".repeat(16))),
+        json!(format!("ff-{TRACE_ID}-{SPAN_ID}-01")),
+        json!(format!("00-{}-{SPAN_ID}-01", TRACE_ID.to_uppercase())),
+        json!({"evil": XSS[1]}),
+    ];
+    for (i, tp) in cases.iter().enumerate() {
+        let class = format!("Bad{i}");
+        let key = traced(&f, &app, "dead", &class, tp.clone()).await;
+        let uri = format!("/dead/job?key={}", enc(&key));
+        let r = get(&app, &uri).await;
+        assert_inert(&uri, &r);
+        let (text, links) = trace_cell(&r.body).unwrap_or_else(|| panic!("{tp}: a Trace row"));
+        assert!(text.contains("invalid"), "{tp}: {text}");
+        assert!(links.is_empty(), "{tp}: not linked: {links:?}");
+        assert!(!r.body.contains("jaeger.example"), "{tp}: no link anywhere");
+        assert!(!r.body.contains("<script>alert"), "{tp}: escaped");
+        let api = json_of(&app, &format!("/api/dead/job?key={}", enc(&key))).await;
+        assert_eq!(api["trace"], Value::Null, "{tp}: {api}");
+    }
+    let r = get(&app, "/dead?class=Bad0").await;
+    assert_inert("/dead?class=Bad0", &r);
+}
+
+/// A trace link template that is not an http(s) URL with a host, or lacks `{trace_id}`, is
+/// refused when configured, with a message saying why; one put into the field directly is not
+/// used.
+#[tokio::test]
+async fn a_bad_trace_url_template_is_refused() {
+    for (bad, says) in [
+        ("javascript:alert('{trace_id}')", "http:// or https://"),
+        ("data:text/html,{trace_id}", "http:// or https://"),
+        ("//jaeger.example/trace/{trace_id}", "http:// or https://"),
+        ("jaeger.example/trace/{trace_id}", "http:// or https://"),
+        ("https://jaeger.example/trace/", "{trace_id}"),
+        ("https://jaeger.example/trace/{traceid}", "{trace_id}"),
+        ("https:///trace/{trace_id}", "host"),
+        (
+            "https://jaeger.example/trace/{trace_id}\" onclick=\"x",
+            "spaces",
+        ),
+    ] {
+        let e = WebConfig::default()
+            .trace_url(bad)
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let ok = WebConfig::default()
+        .trace_url("http://localhost:16686/trace/{trace_id}")
+        .unwrap();
+    assert!(ok.validate().is_ok());
+
+    let f = fixture().await;
+    let config = WebConfig {
+        trace_url: Some("javascript:alert('{trace_id}')".into()),
+        ..WebConfig::default()
+    };
+    assert!(config.validate().is_err());
+    let app = app(&f, config);
+    let key = traced(
+        &f,
+        &app,
+        "dead",
+        "Traced",
+        json!(format!("00-{TRACE_ID}-{SPAN_ID}-01")),
+    )
+    .await;
+    let uri = format!("/dead/job?key={}", enc(&key));
+    let r = get(&app, &uri).await;
+    assert_inert(&uri, &r);
+    let (text, links) = trace_cell(&r.body).expect("a Trace row");
+    assert!(text.contains(TRACE_ID), "{text}");
+    assert!(links.is_empty(), "{links:?}");
+    let api = json_of(&app, &format!("/api/dead/job?key={}", enc(&key))).await;
+    assert_eq!(api["trace"]["url"], Value::Null, "{api}");
+}
