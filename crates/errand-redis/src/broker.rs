@@ -133,6 +133,8 @@ pub struct RedisBroker {
     pub(crate) relogin: std::sync::Arc<std::sync::Mutex<(Option<std::time::Instant>, bool)>>,
     /// Blocking waits (BLMOVE) hold a connection, so they get their own, made on first use.
     pub(crate) blocking: std::sync::Arc<Mutex<Option<RedisConn>>>,
+    /// The per-queue waits of a fetch over several queues (see `queue.rs`).
+    pub(crate) watchers: std::sync::Arc<crate::queue::Watchers>,
     pub(crate) keys: Keys,
     /// The largest fencing token a fetch of this broker handed out (cluster mode's floor for
     /// the next, see `fetch.lua`).
@@ -304,6 +306,7 @@ impl RedisBroker {
             cluster: None,
             relogin: Default::default(),
             blocking: Default::default(),
+            watchers: Default::default(),
             last_token: Default::default(),
         })
     }
@@ -337,6 +340,7 @@ impl RedisBroker {
             cluster: Some(cluster),
             relogin: Default::default(),
             blocking: Default::default(),
+            watchers: Default::default(),
             last_token: Default::default(),
         })
     }
@@ -502,6 +506,7 @@ impl RedisBroker {
         *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         if before != now {
             *self.blocking.lock().await = None;
+            self.watchers.forget_connections();
             tracing::warn!(from = %before, to = %now, "redis master moved (sentinel)");
         } else {
             tracing::info!("new redis connection in use");

@@ -19,6 +19,60 @@ use std::time::Duration;
 /// broken.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 
+/// The most queues of one fetch that get a blocking wait each; a fetch over more queues also
+/// looks again every [`MANY_QUEUES_POLL`] for the rest.
+pub(crate) const MAX_WATCHED: usize = 8;
+
+/// How often a fetch over more than [`MAX_WATCHED`] queues looks at all of them again.
+const MANY_QUEUES_POLL: Duration = Duration::from_millis(100);
+
+/// The per-queue blocking waits of fetches over several queues. A `BLMOVE` takes one source,
+/// and a connection blocked in one serves nothing else, so each watched queue has a connection
+/// of its own with at most one wait on it; a wait that sees a job wakes the fetch, and a wait
+/// still pending from an earlier fetch keeps watching (it is never cancelled, so no reply is
+/// ever left behind on a connection).
+#[derive(Default)]
+pub(crate) struct Watchers {
+    by_queue: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Watcher>>>,
+    /// Woken (all waiters) when a watched queue holds a job or a wait fails.
+    woken: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Watcher {
+    conn: tokio::sync::Mutex<Option<crate::RedisConn>>,
+    /// True while its task runs (at most one per queue).
+    busy: std::sync::atomic::AtomicBool,
+    /// Until when some fetch wants the queue watched.
+    until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Watcher {
+    /// How long the queue is still wanted watched, if at all.
+    fn remaining(&self) -> Option<Duration> {
+        let until = (*self.until.lock().ok()?)?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        // Below Redis's timeout resolution a wait is not worth a command.
+        (left >= Duration::from_millis(2)).then_some(left)
+    }
+}
+
+impl Watchers {
+    /// Drops every idle watcher connection (the master moved); busy ones end with their wait.
+    pub(crate) fn forget_connections(&self) {
+        let all: Vec<_> = self
+            .by_queue
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for w in all {
+            if let Ok(mut conn) = w.conn.try_lock() {
+                *conn = None;
+            }
+        }
+    }
+}
+
 /// How many values one LPUSH/ZADD carries in a bulk push.
 const PUSH_CHUNK: usize = 1_000;
 
@@ -151,11 +205,16 @@ impl RedisBroker {
         async move { inv.invoke_async(&mut conn).await }
     }
 
-    /// Waits up to `wait` for queue `list` to hold a job, on the blocking connection: true when
-    /// one is there. Moves nothing (the queue is rotated onto itself, its right end to its
-    /// right end).
-    async fn wait_for_job(&self, list: &str, wait: Duration) -> BrokerResult<bool> {
-        let mut slot = self.blocking.lock().await;
+    /// Waits up to `wait` for queue `list` to hold a job, on the blocking connection in `slot`
+    /// (made when missing): true when one is there. Moves nothing (the queue is rotated onto
+    /// itself, its right end to its right end).
+    async fn wait_for_job(
+        &self,
+        slot: &tokio::sync::Mutex<Option<crate::RedisConn>>,
+        list: &str,
+        wait: Duration,
+    ) -> BrokerResult<bool> {
+        let mut slot = slot.lock().await;
         if slot.is_none() {
             *slot = Some(self.blocking_connection().await?);
         }
@@ -190,6 +249,72 @@ impl RedisBroker {
             *slot = None;
         }
         res.map(|job| job.is_some()).map_err(|e| self.fail(e))
+    }
+
+    /// Has `queue` watched for `wait` from now, on its own connection: by the task already on
+    /// it (which keeps waiting while some fetch wants the queue watched), or by a new one. A
+    /// wait that sees a job (or fails) wakes [`Watchers::woken`] and ends the task; the next
+    /// fetch starts another.
+    fn watch(&self, queue: &str, wait: Duration) {
+        use std::sync::atomic::Ordering;
+        let watcher = {
+            let Ok(mut map) = self.watchers.by_queue.lock() else {
+                return;
+            };
+            map.entry(queue.to_string()).or_default().clone()
+        };
+        if let Ok(mut until) = watcher.until.lock() {
+            let want = tokio::time::Instant::now() + wait;
+            *until = Some(until.map_or(want, |u| u.max(want)));
+        }
+        if watcher.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let list = self.keys.queue(queue);
+        tokio::spawn(async move {
+            loop {
+                let Some(left) = watcher.remaining() else {
+                    watcher.busy.store(false, Ordering::Release);
+                    // A fetch may have asked for more between the check and the store.
+                    if watcher.remaining().is_some() && !watcher.busy.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                };
+                match this.wait_for_job(&watcher.conn, &list, left).await {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => tracing::debug!(error = %e, list, "a queue's blocking wait failed"),
+                }
+                if let Ok(mut until) = watcher.until.lock() {
+                    *until = None;
+                }
+                watcher.busy.store(false, Ordering::Release);
+                this.watchers.woken.notify_waiters();
+                return;
+            }
+        });
+    }
+
+    /// Waits up to `wait` for a job on any of `queues`: the first [`MAX_WATCHED`] each get a
+    /// blocking wait on a connection of their own, and the fetch wakes when one sees a job (or
+    /// fails): true when woken. Over more queues the wait is cut to [`MANY_QUEUES_POLL`], so
+    /// the rest are looked at again soon.
+    async fn wait_for_any(&self, queues: &[String], wait: Duration) -> bool {
+        let wait = if queues.len() > MAX_WATCHED {
+            wait.min(MANY_QUEUES_POLL)
+        } else {
+            wait
+        };
+        let woken = self.watchers.woken.notified();
+        tokio::pin!(woken);
+        // Registered before the waits start, so a wake in between is not missed.
+        woken.as_mut().enable();
+        for queue in queues.iter().take(MAX_WATCHED) {
+            self.watch(queue, wait);
+        }
+        tokio::time::timeout(wait, woken).await.is_ok()
     }
 
     /// A fetched entry as text; an entry that is not UTF-8 (raw bytes pushed by another
@@ -295,9 +420,10 @@ impl JobQueue for RedisBroker {
     }
 
     /// Every job is moved by the fetch script, which hands out its fencing token in the same
-    /// step. When every queue is empty, a blocking wait on the first queue (a `BLMOVE` of the
-    /// queue onto itself: it moves nothing, and returns as soon as a job is there) is followed
-    /// by the script again; another process may have taken the job meanwhile, which is fine.
+    /// step. When every queue is empty, a blocking wait (a `BLMOVE` of a queue onto itself: it
+    /// moves nothing, and returns as soon as a job is there) on the queue, or on each of the
+    /// queues ([`Watchers`]), is followed by the script again; another process may have taken
+    /// the job meanwhile, which is fine.
     async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
         if req.queues.is_empty() || req.max == 0 {
             return Ok(Vec::new());
@@ -306,17 +432,19 @@ impl JobQueue for RedisBroker {
         if !out.is_empty() || req.wait.is_zero() {
             return Ok(out);
         }
-        // Everything is empty: wait on the first queue in this round's order. With several
-        // queues the wait is short so the others are polled again soon.
-        let wait = if req.queues.len() == 1 {
-            req.wait
-        } else {
-            req.wait.min(Duration::from_millis(100))
-        };
-        if self
-            .wait_for_job(&self.keys.queue(&req.queues[0]), wait)
-            .await?
-        {
+        // Everything is empty. One queue: a blocking wait on the fetch's own connection.
+        if let [queue] = req.queues {
+            if self
+                .wait_for_job(&self.blocking, &self.keys.queue(queue), req.wait)
+                .await?
+            {
+                return self.fetch_now(&req).await;
+            }
+            return Ok(out);
+        }
+        // Several: a wait on each (a job on any of them wakes the fetch), then the script
+        // again in this round's order; another process may have taken the job meanwhile.
+        if self.wait_for_any(req.queues, req.wait).await {
             return self.fetch_now(&req).await;
         }
         Ok(out)

@@ -879,6 +879,83 @@ async fn a_waiting_fetch_takes_job_and_token_in_one_step() {
     assert!(broker.ack(&got[0]).await.unwrap());
 }
 
+/// A fetch over several queues waits for a job on any of them: each of the queues is watched
+/// by a blocking wait of its own, so a job pushed to the last queue wakes the fetch at once.
+/// (It used to wait on the first queue only, for at most 100 ms, and return empty: a job on a
+/// later queue of an idle server waited up to 100 ms, and an idle server polled ten times a
+/// second.) A second fetch finds the first's pending waits still there and adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_over_several_queues_wakes_for_a_job_on_any_of_them() {
+    use errand::broker::{Enqueue, FetchRequest, JobQueue};
+    let server = RedisServer::start();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    let queues: Vec<String> = ["critical", "default", "mailers"]
+        .map(String::from)
+        .to_vec();
+    let fetch = |wait: Duration| {
+        let broker = broker.clone();
+        let queues = queues.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = broker
+                .fetch(FetchRequest {
+                    identity: "host:1:waiter",
+                    queues: &queues,
+                    max: 5,
+                    wait,
+                })
+                .await;
+            (got, started.elapsed())
+        })
+    };
+    let blocked = || server.info_field("clients", "blocked_clients");
+
+    // An empty round: every queue watched, nothing found when the wait ends.
+    let (got, _) = fetch(Duration::from_millis(300)).await.unwrap();
+    assert!(got.unwrap().is_empty());
+
+    let waiting = fetch(Duration::from_secs(10));
+    wait_until("a wait on each queue", Duration::from_secs(10), || async {
+        blocked().as_deref() == Some("3")
+    })
+    .await;
+    let pushed_at = Instant::now();
+    let payload = r#"{"class":"Noop","args":[],"jid":"late","queue":"mailers"}"#;
+    broker
+        .push(&[Enqueue {
+            queue: "mailers".into(),
+            payload: payload.into(),
+        }])
+        .await
+        .unwrap();
+    let (got, waited) = waiting.await.unwrap();
+    let got = got.expect("the waiting fetch gets the job");
+    assert_eq!(got.len(), 1, "the job on the last queue wakes the fetch");
+    assert_eq!(got[0].raw, payload);
+    assert_eq!(got[0].queue, "mailers");
+    eprintln!(
+        "woken {:?} after the push ({:?} into the fetch)",
+        pushed_at.elapsed(),
+        waited
+    );
+    // The other two waits are still pending on their own connections; a new fetch adds none.
+    assert_eq!(blocked().as_deref(), Some("2"));
+    let again = fetch(Duration::from_secs(10));
+    wait_until("the mailers wait back", Duration::from_secs(10), || async {
+        blocked().as_deref() == Some("3")
+    })
+    .await;
+    broker
+        .push(&[Enqueue {
+            queue: "critical".into(),
+            payload: r#"{"class":"Noop","args":[],"jid":"first","queue":"critical"}"#.into(),
+        }])
+        .await
+        .unwrap();
+    let (got, _) = again.await.unwrap();
+    assert_eq!(got.unwrap()[0].queue, "critical");
+}
+
 /// A fencing counter expires a day after the permit it was taken with (a mutex per order
 /// leaves no key behind), and a token taken after it is gone is still larger than every token
 /// before (issue 13, item 13).
