@@ -422,7 +422,7 @@ impl JobQueue for RedisBroker {
     /// Every job is moved by the fetch script, which hands out its fencing token in the same
     /// step. When every queue is empty, a blocking wait (a `BLMOVE` of a queue onto itself: it
     /// moves nothing, and returns as soon as a job is there) on the queue, or on each of the
-    /// queues ([`Watchers`]), is followed by the script again; another process may have taken
+    /// queues (one connection each), is followed by the script again; another process may have taken
     /// the job meanwhile, which is fine.
     async fn fetch(&self, req: FetchRequest<'_>) -> BrokerResult<Vec<Fetched>> {
         if req.queues.is_empty() || req.max == 0 {
