@@ -130,10 +130,7 @@ pub enum LogError {
 /// Filter directives that do not parse ([`LogError::Filter`]), or a global subscriber already
 /// installed ([`LogError::Install`]).
 pub fn init(format: LogFormat, default_filter: &str) -> Result<(), LogError> {
-    let filter = match std::env::var(FILTER_ENV) {
-        Ok(env) if !env.trim().is_empty() => parse_filter(&env, "from RUST_LOG")?,
-        _ => parse_filter(default_filter, "the default filter")?,
-    };
+    let filter = env_filter(default_filter)?;
     let ansi = format == LogFormat::Text && std::io::stderr().is_terminal();
     build(format, filter, std::io::stderr, ansi)
         .try_init()
@@ -187,10 +184,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::Layer;
-    let filter = match std::env::var(FILTER_ENV) {
-        Ok(env) if !env.trim().is_empty() => parse_filter(&env, "from RUST_LOG")?,
-        _ => parse_filter(default_filter, "the default filter")?,
-    };
+    let filter = env_filter(default_filter)?;
     let ansi = format == LogFormat::Text && std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -206,6 +200,14 @@ where
             .with_filter(filter)
             .boxed(),
     })
+}
+
+/// `RUST_LOG`'s filter when it is set and not empty, else `default_filter`'s.
+fn env_filter(default_filter: &str) -> Result<EnvFilter, LogError> {
+    match std::env::var(FILTER_ENV) {
+        Ok(env) if !env.trim().is_empty() => parse_filter(&env, "from RUST_LOG"),
+        _ => parse_filter(default_filter, "the default filter"),
+    }
 }
 
 fn parse_filter(directives: &str, from: &'static str) -> Result<EnvFilter, LogError> {
