@@ -171,7 +171,7 @@ impl Client {
 
     /// Adds a client middleware around every push ([`ClientMiddleware`]);
     /// the first added runs outermost. With the feature `spans`, a
-    /// [`PushSpans`](crate::trace::PushSpans) middleware is installed first by default.
+    /// `errand::trace::PushSpans` middleware is installed first by default.
     pub fn client_middleware<M: ClientMiddleware>(mut self, m: M) -> Self {
         let mut chain = self.middleware.to_vec();
         chain.push(Arc::new(m));
