@@ -141,6 +141,15 @@ where
     }
 }
 
+/// The message a panic was raised with (`panic!("...")` with a literal or a formatted
+/// string); `None` for any other payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> Option<&str> {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+}
+
 /// A failure of the client or server machinery (not of a job).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -250,12 +250,7 @@ where
 /// Replaces the default panic message (plain text on stderr) with an error event.
 fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let panic = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("Box<dyn Any>");
+        let panic = crate::error::panic_message(info.payload()).unwrap_or("Box<dyn Any>");
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));

@@ -154,18 +154,14 @@ impl Middleware for Logging {
         let result = match run {
             Ok(result) => result,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "job panicked".into());
+                let message = crate::error::panic_message(&*panic).unwrap_or("job panicked");
                 outcome!(
                     Level::WARN,
                     cx,
                     ms,
                     "failed",
                     "job failed",
-                    error = message.as_str(),
+                    error = message,
                     error_class = "Errand::Panic"
                 );
                 std::panic::resume_unwind(panic);

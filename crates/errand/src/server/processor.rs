@@ -245,11 +245,7 @@ async fn guarded_attempt(
         None => guarded.await,
     };
     outcome.unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "job panicked".into());
+        let msg = crate::error::panic_message(&*panic).unwrap_or("job panicked");
         Err(JobError::retry(msg).with_class("Errand::Panic"))
     })
 }
