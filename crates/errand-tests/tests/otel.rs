@@ -262,6 +262,24 @@ impl Job for WelcomeEmail {
     }
 }
 
+static UNTIL_CANCELLED_RUNS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Runs until cancelled, then returns an error (as a job that stops on a cancel does).
+#[derive(Serialize, Deserialize)]
+struct UntilCancelled;
+
+impl Job for UntilCancelled {
+    const NAME: &'static str = "UntilCancelled";
+    async fn perform(self, cx: &JobContext) -> JobResult {
+        UNTIL_CANCELLED_RUNS.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::select! {
+            _ = cx.cancelled() => Err(JobError::retry("stopped by a cancel")),
+            _ = tokio::time::sleep(WAIT) => Ok(()),
+        }
+    }
+}
+
 fn server(b: RedisBroker, queues: &[&str]) -> Server {
     Server::builder(b)
         .register::<CreateAccount>()
@@ -269,6 +287,7 @@ fn server(b: RedisBroker, queues: &[&str]) -> Server {
         .register::<Signup>()
         .register::<Flaky>()
         .register::<FromRuby>()
+        .register::<UntilCancelled>()
         .queues(queues.iter().copied())
         .retry_delay(|_| Duration::from_millis(100))
         .poll_interval(Duration::from_millis(200))
@@ -392,6 +411,76 @@ async fn one_trace_from_the_request_to_each_attempt_exported_over_otlp() {
             .iter()
             .all(|g| g.kind != KIND_INTERNAL || g.name != "errand.push"),
         "the span names come from otel.name"
+    );
+}
+
+/// A cancelled attempt's span says `cancelled` with no error status (ended on purpose); an
+/// attempt of a class the worker does not know never reaches the middleware chain but has its
+/// span all the same, `failed` with `Errand::UnknownJob`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_unknown_attempts_have_their_spans() {
+    otel();
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&redis.url()).await.unwrap();
+    let client = Client::new(broker.clone());
+    let cancelled = client.push(UntilCancelled).await.unwrap();
+    let unknown = client
+        .push_raw(
+            RawJob::new("Ghost::Job", vec![serde_json::json!(1)]),
+            Push::new(),
+        )
+        .await
+        .unwrap();
+    let s = server(broker.clone(), &["default"]);
+    run_until(s, async {
+        wait_until("the job to run", WAIT, || async {
+            UNTIL_CANCELLED_RUNS.load(std::sync::atomic::Ordering::SeqCst)
+        })
+        .await;
+        client.cancel(&cancelled).await.unwrap();
+        spans("both attempts", 2, |g| {
+            g.name == "process default"
+                && (g.attr("messaging.message.id") == cancelled
+                    || g.attr("messaging.message.id") == unknown)
+        })
+        .await;
+    })
+    .await;
+    // The first attempt of each (the unknown job is retried every 100 ms meanwhile).
+    let one = |jid: &str| -> Got {
+        let got = otel().got.lock().unwrap().clone();
+        let found: Vec<Got> = got
+            .into_iter()
+            .filter(|g| {
+                g.name == "process default"
+                    && g.attr("messaging.message.id") == jid
+                    && g.attr("messaging.errand.attempt") == "1"
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        found[0].clone()
+    };
+    let c = one(&cancelled);
+    assert_eq!(c.attr("messaging.errand.outcome"), "cancelled", "{c:#?}");
+    assert_ne!(c.status, STATUS_ERROR, "a cancel is not an error: {c:#?}");
+    assert_eq!(c.attr("error.type"), "", "{c:#?}");
+    let u = one(&unknown);
+    assert_eq!(u.kind, KIND_CONSUMER);
+    assert_eq!(u.attr("messaging.errand.job.class"), "Ghost::Job");
+    assert_eq!(u.attr("messaging.errand.outcome"), "failed", "{u:#?}");
+    assert_eq!(u.attr("error.type"), "Errand::UnknownJob", "{u:#?}");
+    assert_eq!(u.status, STATUS_ERROR);
+    let send = otel()
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|g| g.name == "send default" && g.attr("messaging.message.id") == unknown)
+        .cloned()
+        .expect("the unknown job's send span");
+    assert_eq!(
+        u.parent, send.span_id,
+        "the unknown attempt continues its push"
     );
 }
 

@@ -60,6 +60,11 @@ pub const LOG_TARGET: &str = "errand::job";
 ///
 /// `done`, `discarded`, `snoozed` and `cancelled` are logged at info, the others at warn.
 /// Installed by default, outermost.
+///
+/// Two outcomes never reach the middleware chain, so the server logs them itself, on the same
+/// target with the same fields (`duration_ms` 0), whatever the chain holds: `expired` (a job
+/// past its `expires_at`, dropped without running; info, with `late_by_s`) and a `failed`
+/// attempt of a class this process does not know (`error_class` `Errand::UnknownJob`; warn).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Logging;
 
@@ -67,7 +72,7 @@ pub struct Logging;
 macro_rules! outcome {
     ($level:expr, $cx:expr, $ms:expr, $outcome:literal, $msg:literal $(, $($extra:tt)+)?) => {
         tracing::event!(
-            target: LOG_TARGET,
+            target: $crate::middleware::LOG_TARGET,
             $level,
             jid = $cx.jid(),
             class = $cx.class(),
@@ -80,6 +85,7 @@ macro_rules! outcome {
         )
     };
 }
+pub(crate) use outcome;
 
 /// Milliseconds since `start`, to the microsecond.
 fn millis_since(start: Instant) -> f64 {

@@ -7,7 +7,7 @@
 //! | span | name | kind | attributes |
 //! | --- | --- | --- | --- |
 //! | a push ([`PushSpans`], a client middleware installed by default) | `send <queue>` | producer | `messaging.system` = `errand`, `messaging.operation.type` = `send`, `messaging.destination.name`, `messaging.message.id` (one job) or `messaging.batch.message_count` (several), `messaging.errand.job.class`, `messaging.errand.push.kind` |
-//! | an attempt (around the server middleware and the job) | `process <queue>` | consumer | `messaging.system`, `messaging.operation.type` = `process`, `messaging.destination.name`, `messaging.message.id`, `messaging.errand.job.class`, `messaging.errand.attempt` (1 for the first run), `messaging.errand.outcome` (`done`, `failed`, `dead`, `discarded`, `snoozed`: the words of the job log lines), `error.type` on a failure |
+//! | an attempt (around the server middleware and the job) | `process <queue>` | consumer | `messaging.system`, `messaging.operation.type` = `process`, `messaging.destination.name`, `messaging.message.id`, `messaging.errand.job.class`, `messaging.errand.attempt` (1 for the first run), `messaging.errand.outcome` (`done`, `failed`, `dead`, `discarded`, `snoozed`, `cancelled`: the words of the job log lines), `error.type` on a failure |
 //!
 //! Field names `otel.name`, `otel.kind` and `otel.status_code` are what
 //! `tracing-opentelemetry` turns into the OpenTelemetry span's name, kind and status.
@@ -23,7 +23,7 @@
 //! provider (OTLP, for instance).
 
 use crate::client_middleware::{ClientMiddleware, ClientNext, Outgoing};
-use crate::{Error, JobErrorKind, JobResult};
+use crate::{Error, JobError, JobErrorKind};
 use async_trait::async_trait;
 use errand_core::Payload;
 use tracing::Instrument;
@@ -139,10 +139,13 @@ pub(crate) fn attempt_span(
     span
 }
 
-/// Records an attempt's outcome on its span.
-pub(crate) fn record_outcome(span: &tracing::Span, result: &JobResult) {
+/// Records an attempt's outcome on its span, in the words of the job log lines: an error
+/// returned after a cancel is `cancelled` (ended on purpose: no error status), as the server
+/// decides.
+pub(crate) fn record_outcome(span: &tracing::Span, result: Result<(), &JobError>, cancelled: bool) {
     let outcome = match result {
         Ok(()) => "done",
+        Err(_) if cancelled => "cancelled",
         Err(e) => match e.kind() {
             JobErrorKind::Discard => "discarded",
             JobErrorKind::Snooze(_) => "snoozed",
@@ -152,6 +155,7 @@ pub(crate) fn record_outcome(span: &tracing::Span, result: &JobResult) {
     };
     span.record("messaging.errand.outcome", outcome);
     if let Err(e) = result
+        && !cancelled
         && !matches!(e.kind(), JobErrorKind::Snooze(_) | JobErrorKind::Discard)
     {
         span.record("otel.status_code", "error");

@@ -190,3 +190,82 @@ async fn every_outcome_is_one_json_line_with_its_fields() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// An expired job and a job of a class the server does not know never reach the middleware
+/// chain; the server writes their outcome lines itself, on the same target with the same fields.
+#[tokio::test]
+async fn expired_and_unknown_jobs_have_their_outcome_lines() {
+    let path = std::env::temp_dir().join(format!(
+        "errand-logging-unrun-{}.sqlite",
+        std::process::id()
+    ));
+    let broker = SqliteBroker::open(&path).await.unwrap();
+    let client = Client::new(broker.clone());
+    let server = Server::builder(broker)
+        .register::<Act>()
+        .queues(["acts"])
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let sub =
+        logs::subscriber(LogFormat::Json, "errand::job=debug", move || writer.clone()).unwrap();
+    let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(sub));
+
+    let mut stale = client
+        .build(&Act { what: "ok".into() }, &Push::default())
+        .unwrap();
+    stale.set("errand_expires_at", 1.0); // long past
+    let stale_jid = client.push_payload(stale, None).await.unwrap();
+    let unknown_jid = client
+        .push_raw(
+            errand::RawJob::new("Billing::Gone", vec![serde_json::json!(7)]).queue("acts"),
+            Push::new(),
+        )
+        .await
+        .unwrap();
+    let drained = server.drain().await.unwrap();
+    assert_eq!(drained.performed, 2);
+
+    let lines = buf.take();
+    let outcome_of = |jid: &str| -> Value {
+        let found: Vec<&Value> = lines
+            .iter()
+            .filter(|v| v.get("outcome").is_some() && v["jid"] == jid)
+            .collect();
+        assert_eq!(found.len(), 1, "one outcome line for {jid}: {lines:#?}");
+        found[0].clone()
+    };
+    let v = outcome_of(&stale_jid);
+    assert_eq!(v["target"], "errand::job", "{v}");
+    assert_eq!(
+        (&v["level"], &v["outcome"]),
+        (&"INFO".into(), &"expired".into())
+    );
+    assert_eq!(
+        (&v["class"], &v["queue"], &v["attempt"]),
+        (&"Act".into(), &"acts".into(), &1.into())
+    );
+    assert!(v["late_by_s"].as_f64().is_some_and(|s| s > 1e9), "{v}");
+    let v = outcome_of(&unknown_jid);
+    assert_eq!(v["target"], "errand::job", "{v}");
+    assert_eq!(
+        (&v["class"], &v["queue"], &v["attempt"]),
+        (&"Billing::Gone".into(), &"acts".into(), &1.into())
+    );
+    assert_eq!(v["level"], "WARN", "{v}");
+    assert_eq!(v["outcome"], "failed", "{v}");
+    assert_eq!(v["error_class"], "Errand::UnknownJob", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Billing::Gone")),
+        "{v}"
+    );
+
+    drop(server);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

@@ -67,11 +67,20 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
         && s.now() > deadline
     {
         s.expired.fetch_add(1, Ordering::Relaxed);
+        // Never reaches the middleware chain: its outcome line is written here.
         tracing::info!(
+            target: crate::middleware::LOG_TARGET,
             jid = payload.jid(),
             class = payload.display_class(),
+            queue = payload.queue(),
+            attempt = payload
+                .get("retry_count")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(1, |n| n.saturating_add(2)),
+            duration_ms = 0.0,
+            outcome = "expired",
             late_by_s = s.now() - deadline,
-            "expired: dropped without running"
+            "job expired: dropped without running"
         );
         if !batch::record(s, &payload, BatchOutcome::Died).await {
             return;
@@ -93,7 +102,25 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
         .with_fencing_token(job.token)
         .with_control(control.clone());
     let (handler, result) = match resolve(s, cx.payload()) {
-        Err(e) => (None, Err(e)),
+        Err(e) => {
+            // Never reaches the middleware chain (nor the attempt span): written here.
+            crate::middleware::outcome!(
+                tracing::Level::WARN,
+                cx,
+                0.0,
+                "failed",
+                "job failed",
+                error = e.message(),
+                error_class = e.class()
+            );
+            #[cfg(feature = "spans")]
+            crate::trace::record_outcome(
+                &crate::trace::attempt_span(cx.payload(), cx.attempt(), s.config().propagation),
+                Err(&e),
+                false,
+            );
+            (None, Err(e))
+        }
         Ok(Resolved {
             handler,
             class,
@@ -216,7 +243,7 @@ async fn attempt(
         let result = guarded_attempt(s, h, args, cx)
             .instrument(span.clone())
             .await;
-        crate::trace::record_outcome(&span, &result);
+        crate::trace::record_outcome(&span, result.as_ref().map(|_| ()), cx.is_cancelled());
         result
     }
     #[cfg(not(feature = "spans"))]
