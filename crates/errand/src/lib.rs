@@ -47,9 +47,9 @@
 //! ```
 //!
 //! # Feature flags
-//! - `redis` (default): the Redis backend, re-exported as [`redis`].
-//! - `sqlite` (default): the embedded SQLite backend, re-exported as [`sqlite`].
-//! - `postgres` (default): the PostgreSQL backend, re-exported as [`postgres`].
+//! - `redis` (default): the Redis backend, re-exported as `errand::redis`.
+//! - `sqlite` (default): the embedded SQLite backend, re-exported as `errand::sqlite`.
+//! - `postgres` (default): the PostgreSQL backend, re-exported as `errand::postgres`.
 //! - `spans`: `tracing` spans for every push and attempt, after OpenTelemetry's messaging
 //!   conventions (`trace`).
 //! - `opentelemetry`: `spans`, plus the W3C trace context carried in the payload (written on
