@@ -5,26 +5,25 @@
 -- Returns one 1 (held, now removed) or 0 (no longer held) per token, in order.
 -- Per key: one HMGET to learn which are held, one HDEL for all: two calls for the whole group.
 local out = {}
+local o = 0
 local at = 1
 for _, key in ipairs(KEYS) do
   local n = tonumber(ARGV[at])
-  local tokens = {}
-  for j = 1, n do
-    tokens[j] = ARGV[at + j]
-  end
-  at = at + n + 1
-  local held = redis.call('HMGET', key, unpack(tokens))
+  local first, last = at + 1, at + n
+  at = last + 1
+  local held = redis.call('HMGET', key, unpack(ARGV, first, last))
   local any = false
   for j = 1, n do
+    o = o + 1
     if held[j] then
-      out[#out + 1] = 1
+      out[o] = 1
       any = true
     else
-      out[#out + 1] = 0
+      out[o] = 0
     end
   end
   if any then
-    redis.call('HDEL', key, unpack(tokens))
+    redis.call('HDEL', key, unpack(ARGV, first, last))
   end
 end
 return out
