@@ -119,9 +119,21 @@ fn assert_error(v: &Value, level: &str, outcome: &str, class: &str, message: &st
     assert_eq!(v["error"], message, "{v}");
 }
 
-#[tokio::test]
-async fn every_outcome_is_one_json_line_with_its_fields() {
-    let path = std::env::temp_dir().join(format!("errand-logging-{}.sqlite", std::process::id()));
+/// A server for `Act` on a SQLite file of its own, with the JSON log lines of
+/// `errand::job` (debug and up) going to `buf` while `_guard` lives.
+struct Setup {
+    path: std::path::PathBuf,
+    client: Client,
+    server: Server,
+    buf: Buf,
+    _guard: tracing::dispatcher::DefaultGuard,
+}
+
+async fn setup(name: &str) -> Setup {
+    let path = std::env::temp_dir().join(format!(
+        "errand-logging-{name}-{}.sqlite",
+        std::process::id()
+    ));
     let broker = SqliteBroker::open(&path).await.unwrap();
     let client = Client::new(broker.clone());
     let server = Server::builder(broker)
@@ -135,6 +147,30 @@ async fn every_outcome_is_one_json_line_with_its_fields() {
     let sub =
         logs::subscriber(LogFormat::Json, "errand::job=debug", move || writer.clone()).unwrap();
     let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(sub));
+    Setup {
+        path,
+        client,
+        server,
+        buf,
+        _guard,
+    }
+}
+
+fn remove_db(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[tokio::test]
+async fn every_outcome_is_one_json_line_with_its_fields() {
+    let Setup {
+        path,
+        client,
+        server,
+        buf,
+        _guard,
+    } = setup("all").await;
 
     let (r, v) = outcome(&server, &client, &buf, "ok", None).await;
     assert!(r.is_ok());
@@ -186,32 +222,20 @@ async fn every_outcome_is_one_json_line_with_its_fields() {
     assert!((150.0..10_000.0).contains(&ms), "{v}");
 
     drop(server);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_db(&path);
 }
 
 /// An expired job and a job of a class the server does not know never reach the middleware
 /// chain; the server writes their outcome lines itself, on the same target with the same fields.
 #[tokio::test]
 async fn expired_and_unknown_jobs_have_their_outcome_lines() {
-    let path = std::env::temp_dir().join(format!(
-        "errand-logging-unrun-{}.sqlite",
-        std::process::id()
-    ));
-    let broker = SqliteBroker::open(&path).await.unwrap();
-    let client = Client::new(broker.clone());
-    let server = Server::builder(broker)
-        .register::<Act>()
-        .queues(["acts"])
-        .handle_signals(false)
-        .build()
-        .unwrap();
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let sub =
-        logs::subscriber(LogFormat::Json, "errand::job=debug", move || writer.clone()).unwrap();
-    let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(sub));
+    let Setup {
+        path,
+        client,
+        server,
+        buf,
+        _guard,
+    } = setup("unrun").await;
 
     let mut stale = client
         .build(&Act { what: "ok".into() }, &Push::default())
@@ -265,7 +289,5 @@ async fn expired_and_unknown_jobs_have_their_outcome_lines() {
     );
 
     drop(server);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_db(&path);
 }
