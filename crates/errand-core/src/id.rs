@@ -1,18 +1,8 @@
 //! Job ids and process identities in Sidekiq's formats.
 
-use std::fmt::Write;
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// A new job id: 12 random bytes as 24 lowercase hex characters, as Sidekiq makes them.
 pub fn new_jid() -> String {
-    hex(&rand::random::<[u8; 12]>())
+    hex::encode(rand::random::<[u8; 12]>())
 }
 
 /// The hostname Sidekiq shows: `DYNO` when set (and not empty), else the OS hostname
@@ -39,7 +29,7 @@ pub fn new_identity() -> String {
         "{}:{}:{}",
         hostname(),
         std::process::id(),
-        hex(&rand::random::<[u8; 6]>())
+        hex::encode(rand::random::<[u8; 6]>())
     )
 }
 
@@ -48,7 +38,7 @@ pub fn new_uuid() -> String {
     let mut b = rand::random::<[u8; 16]>();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
+    let h = hex::encode(b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
