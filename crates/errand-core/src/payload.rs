@@ -148,6 +148,12 @@ impl Payload {
             .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
+    /// Which attempt a run of this payload is: 1 for the first run, 2 for the first retry
+    /// (Sidekiq's `retry_count` 0), and so on.
+    pub fn attempt(&self) -> u32 {
+        self.retry_count().map_or(1, |n| n.saturating_add(2))
+    }
+
     /// A timestamp key (`created_at`, `enqueued_at`, `failed_at`, ...) in epoch seconds, whatever
     /// profile wrote it.
     pub fn time(&self, key: &str) -> Option<f64> {

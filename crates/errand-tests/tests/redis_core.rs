@@ -125,6 +125,18 @@ struct H {
     deaths: Arc<AtomicUsize>,
 }
 
+/// Pushes one job string onto `queue`, straight through the broker.
+async fn push_one(broker: &RedisBroker, queue: &str, payload: &str) {
+    use errand::broker::{Enqueue, JobQueue};
+    broker
+        .push(&[Enqueue {
+            queue: queue.into(),
+            payload: payload.into(),
+        }])
+        .await
+        .unwrap();
+}
+
 async fn harness() -> H {
     init_tracing();
     let redis = RedisServer::start();
@@ -830,7 +842,7 @@ async fn fifteen_thousand_deaths_keep_the_newest_ten_thousand() {
 /// reported an error, and a stall between the two gave the stale attempt the larger token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_fetch_takes_job_and_token_in_one_step() {
-    use errand::broker::{Enqueue, FetchRequest, Fleet, JobQueue};
+    use errand::broker::{FetchRequest, Fleet, JobQueue};
     let server = RedisServer::start();
     server.acl_setuser(
         "fetcher",
@@ -860,13 +872,7 @@ async fn a_waiting_fetch_takes_job_and_token_in_one_step() {
     })
     .await;
     let payload = r#"{"class":"Noop","args":[],"jid":"waited","queue":"default"}"#;
-    broker
-        .push(&[Enqueue {
-            queue: "default".into(),
-            payload: payload.into(),
-        }])
-        .await
-        .unwrap();
+    push_one(&broker, "default", payload).await;
     let got = waiting
         .await
         .unwrap()
@@ -886,7 +892,7 @@ async fn a_waiting_fetch_takes_job_and_token_in_one_step() {
 /// second.) A second fetch finds the first's pending waits still there and adds none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_over_several_queues_wakes_for_a_job_on_any_of_them() {
-    use errand::broker::{Enqueue, FetchRequest, JobQueue};
+    use errand::broker::{FetchRequest, JobQueue};
     let server = RedisServer::start();
     let broker = RedisBroker::connect(&server.url()).await.unwrap();
     let queues: Vec<String> = ["critical", "default", "mailers"]
@@ -921,13 +927,7 @@ async fn a_fetch_over_several_queues_wakes_for_a_job_on_any_of_them() {
     .await;
     let pushed_at = Instant::now();
     let payload = r#"{"class":"Noop","args":[],"jid":"late","queue":"mailers"}"#;
-    broker
-        .push(&[Enqueue {
-            queue: "mailers".into(),
-            payload: payload.into(),
-        }])
-        .await
-        .unwrap();
+    push_one(&broker, "mailers", payload).await;
     let (got, waited) = waiting.await.unwrap();
     let got = got.expect("the waiting fetch gets the job");
     assert_eq!(got.len(), 1, "the job on the last queue wakes the fetch");
@@ -945,13 +945,12 @@ async fn a_fetch_over_several_queues_wakes_for_a_job_on_any_of_them() {
         blocked().as_deref() == Some("3")
     })
     .await;
-    broker
-        .push(&[Enqueue {
-            queue: "critical".into(),
-            payload: r#"{"class":"Noop","args":[],"jid":"first","queue":"critical"}"#.into(),
-        }])
-        .await
-        .unwrap();
+    push_one(
+        &broker,
+        "critical",
+        r#"{"class":"Noop","args":[],"jid":"first","queue":"critical"}"#,
+    )
+    .await;
     let (got, _) = again.await.unwrap();
     assert_eq!(got.unwrap()[0].queue, "critical");
 }

@@ -240,7 +240,7 @@ impl JobContext {
 
     /// Which attempt this is: 1 for the first run, 2 for the first retry, and so on.
     pub fn attempt(&self) -> u32 {
-        self.retry_count().map_or(1, |n| n.saturating_add(2))
+        self.payload.attempt()
     }
 
     /// How many times this job has snoozed so far (for backoff between snoozes).

@@ -73,10 +73,7 @@ pub(crate) async fn process(s: &Shared, job: &Arc<Fetched>, control: Arc<Control
             jid = payload.jid(),
             class = payload.display_class(),
             queue = payload.queue(),
-            attempt = payload
-                .get("retry_count")
-                .and_then(serde_json::Value::as_u64)
-                .map_or(1, |n| n.saturating_add(2)),
+            attempt = payload.attempt(),
             duration_ms = 0.0,
             outcome = "expired",
             late_by_s = s.now() - deadline,
